@@ -1,0 +1,12 @@
+#include "eval/check_reference.h"
+#include "lm/lm_reference.h"
+#include "ttt/ttt_reference.h"
+
+namespace mt::eval {
+
+void register_builtin_kinds() {
+  lm::register_reference_kind();
+  ttt::register_reference_kind();
+}
+
+}  // namespace mt::eval

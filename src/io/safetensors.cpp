@@ -1,0 +1,283 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
+
+namespace mt::io {
+
+namespace {
+struct DTypeRow {
+  const char* name;
+  size_t size;
+  at::ScalarType type;
+  bool in_torch;
+};
+const DTypeRow kDTypes[] = {
+    {"F64", 8, at::kDouble, true},   {"F32", 4, at::kFloat, true},   {"F16", 2, at::kHalf, true},
+    {"BF16", 2, at::kBFloat16, true}, {"I64", 8, at::kLong, true},    {"I32", 4, at::kInt, true},
+    {"I16", 2, at::kShort, true},    {"I8", 1, at::kChar, true},     {"U8", 1, at::kByte, true},
+    {"BOOL", 1, at::kBool, true},    {"U16", 2, at::kShort, false},  {"U32", 4, at::kInt, false},
+    {"U64", 8, at::kLong, false},    {"F8_E4M3", 1, at::kByte, false}, {"F8_E5M2", 1, at::kByte, false},
+};
+const DTypeRow* find_dtype(const std::string& n) {
+  for (const auto& r : kDTypes)
+    if (n == r.name) return &r;
+  return nullptr;
+}
+}  // namespace
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+size_t dtype_size(const std::string& dtype) {
+  auto* r = find_dtype(dtype);
+  return r ? r->size : 0;
+}
+
+at::ScalarType to_scalar_type(const std::string& dtype) {
+  auto* r = find_dtype(dtype);
+  MT_CHECK(r && r->in_torch, "dtype ", dtype, " is not supported by libtorch");
+  return r->type;
+}
+
+std::string from_scalar_type(at::ScalarType t) {
+  for (const auto& r : kDTypes)
+    if (r.in_torch && r.type == t) return r.name;
+  fail("cannot store dtype ", c10::toString(t), " in safetensors");
+}
+
+struct SafeTensors::Mapping {
+  void* addr = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (addr && size) munmap(addr, size);
+  }
+};
+
+SafeTensors::SafeTensors(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  MT_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
+  struct stat st{};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    fail(path, ": cannot stat: ", std::strerror(errno));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    fail(path, ": is a folder, not a safetensors file");
+  }
+  const uint64_t fsize = static_cast<uint64_t>(st.st_size);
+  if (fsize < 8) {
+    ::close(fd);
+    fail(path, ": not a safetensors file (", fsize, " bytes, shorter than the 8-byte header length)");
+  }
+  map_ = std::make_shared<Mapping>();
+  void* addr = mmap(nullptr, fsize, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  MT_CHECK(addr != MAP_FAILED, path, ": mmap failed: ", std::strerror(errno));
+  map_->addr = addr;
+  map_->size = fsize;
+  const auto* bytes = static_cast<const uint8_t*>(addr);
+
+  uint64_t n = 0;
+  std::memcpy(&n, bytes, 8);  // little-endian hosts only (x86-64, aarch64)
+  MT_CHECK(n <= kMaxHeaderBytes, path, ": header length ", n, " exceeds the ", kMaxHeaderBytes,
+           "-byte bound (corrupt or not a safetensors file)");
+  MT_CHECK(n <= fsize - 8, path, ": header length ", n, " runs past the end of the file (",
+           fsize, " bytes): truncated or corrupt");
+  data_ = bytes + 8 + n;
+  data_size_ = fsize - 8 - n;
+
+  nlohmann::json h;
+  try {
+    h = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
+  } catch (const std::exception& e) {
+    fail(path, ": header is not valid JSON: ", e.what());
+  }
+  MT_CHECK(h.is_object(), path, ": header is not a JSON object");
+  for (auto it = h.begin(); it != h.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& v = it.value();
+    if (name == "__metadata__") {
+      MT_CHECK(v.is_object(), path, ": __metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        MT_CHECK(m.value().is_string(), path, ": __metadata__ value '", m.key(), "' is not a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    MT_CHECK(v.is_object(), path, ": tensor '", name, "': entry is not an object");
+    MT_CHECK(v.contains("dtype") && v["dtype"].is_string(), path, ": tensor '", name, "': missing dtype");
+    MT_CHECK(v.contains("shape") && v["shape"].is_array(), path, ": tensor '", name, "': missing shape");
+    MT_CHECK(v.contains("data_offsets") && v["data_offsets"].is_array() && v["data_offsets"].size() == 2,
+             path, ": tensor '", name, "': data_offsets must be [begin, end]");
+    TensorInfo ti;
+    ti.name = name;
+    ti.dtype = v["dtype"].get<std::string>();
+    size_t esize = dtype_size(ti.dtype);
+    MT_CHECK(esize > 0, path, ": tensor '", name, "': unknown dtype '", ti.dtype, "'");
+    unsigned __int128 nbytes = esize;
+    for (const auto& d : v["shape"]) {
+      MT_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), path,
+               ": tensor '", name, "': shape entries must be non-negative integers");
+      ti.shape.push_back(d.get<int64_t>());
+      nbytes *= static_cast<uint64_t>(ti.shape.back());
+      MT_CHECK(nbytes <= (unsigned __int128)UINT64_MAX, path, ": tensor '", name, "': shape overflows");
+    }
+    for (const auto& o : v["data_offsets"])
+      MT_CHECK(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0), path,
+               ": tensor '", name, "': data_offsets must be non-negative integers");
+    ti.begin = v["data_offsets"][0].get<uint64_t>();
+    ti.end = v["data_offsets"][1].get<uint64_t>();
+    MT_CHECK(ti.begin <= ti.end, path, ": tensor '", name, "': data_offsets begin ", ti.begin,
+             " > end ", ti.end);
+    MT_CHECK(ti.end <= data_size_, path, ": tensor '", name, "': data_offsets [", ti.begin, ", ",
+             ti.end, "] run past the data buffer (", data_size_, " bytes): truncated file?");
+    MT_CHECK(nbytes == ti.end - ti.begin, path, ": tensor '", name, "': shape ", shape_str(ti.shape),
+             " x ", ti.dtype, " needs ", (uint64_t)nbytes, " bytes but data_offsets span ",
+             ti.end - ti.begin);
+    infos_.push_back(std::move(ti));
+  }
+  std::sort(infos_.begin(), infos_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  for (size_t i = 1; i < infos_.size(); ++i) {
+    const auto& a = infos_[i - 1];
+    const auto& b = infos_[i];
+    MT_CHECK(b.begin >= a.end || a.begin == a.end || b.begin == b.end, path, ": tensors '", a.name,
+             "' and '", b.name, "' overlap in the data buffer");
+  }
+  for (size_t i = 0; i < infos_.size(); ++i) index_[infos_[i].name] = i;
+}
+
+const TensorInfo& SafeTensors::info(const std::string& name) const {
+  auto it = index_.find(name);
+  MT_CHECK(it != index_.end(), path_, ": no tensor named '", name, "'");
+  return infos_[it->second];
+}
+
+std::vector<std::string> SafeTensors::names() const {
+  std::vector<std::string> out;
+  for (const auto& t : infos_) out.push_back(t.name);
+  return out;
+}
+
+at::Tensor SafeTensors::view(const std::string& name) const {
+  const auto& ti = info(name);
+  auto keep = map_;
+  auto* p = const_cast<uint8_t*>(data_ + ti.begin);
+  if (ti.begin == ti.end) return at::empty(ti.shape, at::TensorOptions().dtype(to_scalar_type(ti.dtype)));
+  return at::from_blob(
+      p, ti.shape, [keep](void*) mutable { keep.reset(); },
+      at::TensorOptions().dtype(to_scalar_type(ti.dtype)));
+}
+
+at::Tensor SafeTensors::get(const std::string& name) const {
+  const auto& ti = info(name);
+  auto t = at::empty(ti.shape, at::TensorOptions().dtype(to_scalar_type(ti.dtype)));
+  if (ti.end > ti.begin) std::memcpy(t.data_ptr(), data_ + ti.begin, ti.end - ti.begin);
+  return t;
+}
+
+at::Tensor SafeTensors::get(const std::string& name, at::IntArrayRef expected) const {
+  const auto& ti = info(name);
+  MT_CHECK(at::IntArrayRef(ti.shape) == expected, path_, ": tensor '", name, "': expected shape ",
+           shape_str(expected.vec()), ", got ", shape_str(ti.shape));
+  return get(name);
+}
+
+std::map<std::string, at::Tensor> load_all(const std::string& path) {
+  SafeTensors f(path);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& t : f.tensors()) out[t.name] = f.get(t.name);
+  return out;
+}
+
+void atomic_write(const std::string& path, const std::string& bytes) {
+  namespace fs = std::filesystem;
+  fs::path p(path);
+  fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::string tmp = (dir / ("." + p.filename().string() + ".tmp." + std::to_string(getpid()))).string();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  MT_CHECK(fd >= 0, path, ": cannot create temp file ", tmp, ": ", std::strerror(errno));
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t w = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      fail(path, ": write failed: ", std::strerror(e));
+    }
+    off += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    fail(path, ": fsync/close failed: ", std::strerror(e));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    fail(path, ": rename failed: ", std::strerror(e));
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+void save(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+          const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json m = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : metadata) m[k] = v;
+    h["__metadata__"] = m;
+  }
+  std::vector<at::Tensor> cpu;
+  uint64_t off = 0;
+  for (const auto& [name, t0] : tensors) {
+    MT_CHECK(!name.empty() && name != "__metadata__", path, ": invalid tensor name '", name, "'");
+    MT_CHECK(!h.contains(name), path, ": duplicate tensor name '", name, "'");
+    at::Tensor t = t0.detach().to(at::kCPU).contiguous();
+    uint64_t nb = static_cast<uint64_t>(t.numel()) * t.element_size();
+    h[name] = {{"dtype", from_scalar_type(t.scalar_type())}, {"shape", t.sizes().vec()},
+               {"data_offsets", {off, off + nb}}};
+    off += nb;
+    cpu.push_back(t);
+  }
+  std::string hs = h.dump();
+  while ((hs.size() + 8) % 8 != 0) hs.push_back(' ');
+  std::string bytes;
+  bytes.reserve(8 + hs.size() + off);
+  uint64_t n = hs.size();
+  bytes.append(reinterpret_cast<const char*>(&n), 8);
+  bytes.append(hs);
+  for (const auto& t : cpu)
+    bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size());
+  atomic_write(path, bytes);
+}
+
+void save(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+          const std::map<std::string, std::string>& metadata) {
+  std::vector<std::pair<std::string, at::Tensor>> v(tensors.begin(), tensors.end());
+  save(path, v, metadata);
+}
+
+}  // namespace mt::io

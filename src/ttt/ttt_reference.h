@@ -1,0 +1,5 @@
+#pragma once
+// check-reference runner for ttt cases (see shared/reference/README.md).
+namespace mt::ttt {
+void register_reference_kind();
+}

@@ -1,0 +1,45 @@
+#include "util/runtime.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/Context.h>
+#include <torch/version.h>
+
+#include <sstream>
+
+#include "util/error.h"
+
+#ifndef MOSHI_TTT_GIT
+#define MOSHI_TTT_GIT "unknown"
+#endif
+
+namespace mt {
+
+bool cuda_available() { return at::globalContext().hasCUDA() && at::detail::getCUDAHooks().getNumGPUs() > 0; }
+
+c10::Device parse_device(const std::string& name) {
+  c10::Device d(c10::kCPU);
+  try {
+    d = c10::Device(name);
+  } catch (const std::exception&) {
+    fail("unknown device '", name, "' (expected cpu, cuda or cuda:N)");
+  }
+  if (d.is_cuda()) MT_CHECK(cuda_available(), "device '", name, "' asked for, but this build or machine has no CUDA");
+  return d;
+}
+
+void set_threads(int n) {
+  if (n > 0) at::set_num_threads(n);
+}
+
+std::string build_info() {
+  std::ostringstream os;
+  os << "moshi-ttt 0.1.0 (git " << MOSHI_TTT_GIT << ")\n";
+  os << "libtorch " << TORCH_VERSION << "\n";
+  os << "threads " << at::get_num_threads() << " (intra-op), " << at::get_num_interop_threads() << " (inter-op)\n";
+  os << "CUDA " << (cuda_available() ? "available" : "not available") << "\n";
+  os << "BLAS/backends:\n" << at::show_config();
+  return os.str();
+}
+
+}  // namespace mt

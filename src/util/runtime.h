@@ -1,0 +1,17 @@
+#pragma once
+// Build and runtime facts (libtorch version, BLAS, threads) and device selection.
+#include <c10/core/Device.h>
+
+#include <string>
+
+namespace mt {
+
+// "cpu" or "cuda" / "cuda:N"; throws a clear error when CUDA is asked for but not available.
+c10::Device parse_device(const std::string& name);
+bool cuda_available();
+// Multi-line description: version, git commit, libtorch version, BLAS/parallel backend, threads, CUDA.
+std::string build_info();
+// Applies a thread count (<= 0 leaves libtorch's default).
+void set_threads(int n);
+
+}  // namespace mt

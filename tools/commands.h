@@ -1,0 +1,26 @@
+#pragma once
+// Subcommand registry: each tools/cmd_*.cpp adds its subcommand and a handler.
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace mt::cli {
+
+using Handler = std::function<int()>;
+
+// Attaches a handler to a subcommand created by the caller.
+void set_handler(CLI::App* sub, Handler h);
+
+// One per command file.
+void add_check_reference(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_init(CLI::App& app);
+void add_demo(CLI::App& app);
+
+void register_all(CLI::App& app);
+int run_selected(CLI::App& app);
+std::string version_text();
+
+}  // namespace mt::cli

@@ -1,0 +1,36 @@
+// moshi-ttt: the command-line tool. Thin: parses arguments and calls the library.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "tools/commands.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moshi-ttt: train, evaluate and run Moshi speech-text LMs with test-time-training layers"};
+  app.require_subcommand(0, 1);
+  bool version = false;
+  app.add_flag("--version", version, "print version, libtorch, BLAS and threads, then exit");
+  mt::cli::register_all(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (version) {
+      std::cout << mt::cli::version_text();
+      return 0;
+    }
+    if (app.get_subcommands().empty()) {
+      std::cout << app.help();
+      return 0;
+    }
+    return mt::cli::run_selected(app);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "moshi-ttt: error: " << e.what() << "\n";
+    return 1;
+  }
+}
