@@ -40,7 +40,7 @@ void add_check_reference(CLI::App& app) {
           eval::TensorCheck c;
           c.name = "(run)";
           c.pass = false;
-          c.note = e.what();
+          c.note = mt::error_message(e);
           r.checks.push_back(c);
         }
         if (r.skipped) {

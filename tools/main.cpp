@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     return mt::cli::run_selected(app);
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::cerr << "moshi-ttt: error: " << e.what() << "\n";
+    std::cerr << "moshi-ttt: error: " << mt::error_message(e) << "\n";
     return 1;
   }
 }

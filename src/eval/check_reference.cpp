@@ -48,7 +48,9 @@ TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Te
   ratio = at::where(at::isnan(ratio), at::full({}, INFINITY, ratio.options()), ratio);
   err = at::where(at::isnan(err), at::full({}, INFINITY, err.options()), err);
   if (mask) {
-    auto m = mask->to(at::kCPU, at::kBool).expand_as(w);
+    auto m = mask->to(at::kCPU, at::kBool);
+    while (m.dim() < w.dim()) m = m.unsqueeze(-1);  // a [B, K, T] mask over [B, K, T, N] logits
+    m = m.expand_as(w);
     auto zero = at::zeros({}, ratio.options());
     ratio = at::where(m, ratio, zero);
     err = at::where(m, err, zero);

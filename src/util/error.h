@@ -41,6 +41,9 @@ std::string shape_str(const std::vector<T>& s) {
   return os.str();
 }
 
+// The message of any exception, without libtorch's C++ backtrace.
+std::string error_message(const std::exception& e);
+
 }  // namespace mt
 
 #define MT_CHECK(cond, ...) \

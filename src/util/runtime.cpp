@@ -5,6 +5,8 @@
 #include <ATen/Context.h>
 #include <torch/version.h>
 
+#include <c10/util/Exception.h>
+
 #include <sstream>
 
 #include "util/error.h"
@@ -26,6 +28,11 @@ c10::Device parse_device(const std::string& name) {
   }
   if (d.is_cuda()) MT_CHECK(cuda_available(), "device '", name, "' asked for, but this build or machine has no CUDA");
   return d;
+}
+
+std::string error_message(const std::exception& e) {
+  if (auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
+  return e.what();
 }
 
 void set_threads(int n) {

@@ -1,0 +1,57 @@
+#pragma once
+// Streaming generation as the reference's LMGen (moshi/models/lm.py): user audio codes go in one
+// step at a time; text and Moshi audio tokens come out realigned (undelayed), max_delay steps late.
+// The model is shared and immutable; everything that changes lives in LMGenState.
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "lm/lm_model.h"
+
+namespace mt::lm {
+
+struct SamplingConfig {
+  bool use_sampling = true;  // false: greedy (argmax) for text and audio
+  double temp = 0.8;         // audio
+  double temp_text = 0.7;
+  int64_t top_k = 250;       // audio; 0 = no top-k
+  int64_t top_k_text = 25;
+  uint64_t seed = 42;
+};
+
+struct LMGenState {
+  int64_t batch = 0;
+  at::Tensor cache;      // [B, K, max_delay + 2] tokens (-2: not generated yet)
+  at::Tensor offsets;    // [B] long
+  int64_t offset_cpu = 0;
+  TransformerState main; // KV caches of the temporal transformer
+  TransformerState dep;  // depformer state, reset every frame
+  at::Generator gen;     // sampling randomness, seeded
+  at::Tensor last_text_logits;  // [B, text_card_out] of the latest step (for probes and tests)
+};
+
+// Draws from softmax(logits / temp) restricted to the top k, by the exponential race (argmax of
+// p / Exp(1)) as the reference does; greedy when !use_sampling or temp <= 0. logits [..., N] -> [...].
+at::Tensor sample_token(const at::Tensor& logits, bool use_sampling, double temp, int64_t top_k, at::Generator& gen);
+
+class LMGen {
+ public:
+  LMGen(LMModel model, SamplingConfig sampling);
+  LMGenState make_state(int64_t batch) const;
+  // user_codes: [B, n_q - dep_q, 1] (extra rows ignored). Returns [B, 1 + dep_q, 1] or nothing during
+  // the first max_delay steps; slots still within their first max_delay steps read -2.
+  std::optional<at::Tensor> step(LMGenState& st, const at::Tensor& user_codes) const;
+  // Resets every slot (mask undefined) or those where mask [B] is true.
+  void reset(LMGenState& st, const at::Tensor& mask = {}) const;
+  const LMModel& model() const { return model_; }
+  const SamplingConfig& sampling() const { return sampling_; }
+
+ private:
+  LMModel model_;
+  SamplingConfig sampling_;
+  at::Tensor delays_;   // [K] long
+  at::Tensor initial_;  // [1, K, 1]
+  int64_t max_delay_;
+};
+
+}  // namespace mt::lm

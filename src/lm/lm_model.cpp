@@ -1,0 +1,367 @@
+#include "lm/lm_model.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <regex>
+#include <set>
+
+#include "io/safetensors.h"
+#include "util/error.h"
+
+namespace mt::lm {
+
+LMModelImpl::LMModelImpl(const LMConfig& c) : cfg(c) {
+  cfg.validate();
+  emb = register_module("emb", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.n_q; ++i) emb->push_back(ScaledEmbedding(cfg.card + 1, cfg.dim));
+  text_emb = register_module("text_emb", ScaledEmbedding(cfg.text_card + 1, cfg.dim));
+  text_linear = register_module("text_linear", Linear(cfg.dim, cfg.text_out_card()));
+  transformer = register_module("transformer", StreamingTransformer(cfg.transformer()));
+  out_norm = register_module("out_norm", Norm(cfg.norm, cfg.dim));
+  depformer_in = register_module("depformer_in", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_depformer_in(); ++i) depformer_in->push_back(Linear(cfg.dim, cfg.depformer_dim));
+  linears = torch::nn::ModuleList();
+  if (cfg.dep_q > 0) {
+    depformer_emb = register_module("depformer_emb", torch::nn::ModuleList());
+    for (int64_t i = 0; i + 1 < cfg.dep_q; ++i)
+      depformer_emb->push_back(ScaledEmbedding(cfg.card + 1, cfg.depformer_dim, cfg.depformer_low_rank_embeddings));
+    depformer_text_emb = register_module(
+        "depformer_text_emb", ScaledEmbedding(cfg.text_card + 1, cfg.depformer_dim, cfg.depformer_low_rank_embeddings));
+    depformer = register_module("depformer", StreamingTransformer(cfg.depformer()));
+    if (cfg.depformer_norm) {
+      depformer_norms = register_module("depformer_norms", torch::nn::ModuleList());
+      for (int64_t i = 0; i < cfg.dep_q; ++i) depformer_norms->push_back(Norm(*cfg.depformer_norm, cfg.depformer_dim));
+    }
+  }
+  register_module("linears", linears);
+  for (int64_t i = 0; i < cfg.dep_q; ++i) linears->push_back(Linear(cfg.depformer_dim, cfg.card));
+  init_weights(0);
+}
+
+at::Tensor LMModelImpl::initial_tokens() const {
+  std::vector<int64_t> v(static_cast<size_t>(cfg.num_codebooks()), cfg.initial_audio_token());
+  v[0] = cfg.initial_text_token();
+  return at::tensor(v, at::TensorOptions().dtype(at::kLong)).view({1, -1, 1}).to(text_linear->weight.device());
+}
+
+std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& seq, TransformerState* state) const {
+  MT_CHECK(seq.dim() == 3 && seq.size(1) == cfg.num_codebooks(), "forward_text: expected codes [B, ",
+           cfg.num_codebooks(), ", T], got ", shape_str(seq.sizes().vec()));
+  // Same summation order as the reference: audio streams first, then text.
+  at::Tensor x;
+  for (int64_t cb = 0; cb < cfg.n_q; ++cb) {
+    at::Tensor e = emb->ptr(cb)->as<ScaledEmbeddingImpl>()->forward(seq.select(1, cb + cfg.audio_offset()));
+    x = x.defined() ? x + e : e;
+  }
+  at::Tensor t = text_emb->forward(seq.select(1, 0));
+  x = x.defined() ? x + t : t;
+  at::Tensor out = state ? transformer->step(x, *state) : transformer->forward(x);
+  out = out_norm->forward(out);
+  return {out, text_linear->forward(out).unsqueeze(1)};
+}
+
+int64_t LMModelImpl::depformer_in_index(int64_t cb) const {
+  if (!cfg.depformer_multi_linear) return 0;
+  return cfg.depformer_weights_per_step_schedule.empty() ? cb : cfg.depformer_weights_per_step_schedule[cb];
+}
+
+at::Tensor LMModelImpl::depformer_token_emb(int64_t cb, const at::Tensor& tokens) const {
+  if (cb == 0) return depformer_text_emb->forward(tokens);
+  return depformer_emb->ptr(cb - 1)->as<ScaledEmbeddingImpl>()->forward(tokens);
+}
+
+at::Tensor LMModelImpl::depformer_head(int64_t cb, const at::Tensor& x) const {
+  at::Tensor h = depformer_norms ? depformer_norms->ptr(cb)->as<NormImpl>()->forward(x) : x;
+  return linears->ptr(cb)->as<LinearImpl>()->forward(h);
+}
+
+at::Tensor LMModelImpl::forward_depformer_training(const at::Tensor& seq, const at::Tensor& tout) const {
+  const int64_t B = seq.size(0), T = seq.size(2), Ka = cfg.dep_q;
+  std::vector<at::Tensor> inputs;
+  inputs.reserve(Ka);
+  for (int64_t cb = 0; cb < Ka; ++cb) {
+    at::Tensor tin = depformer_in->ptr(depformer_in_index(cb))->as<LinearImpl>()->forward(tout);
+    at::Tensor tok = depformer_token_emb(cb, seq.select(1, cb == 0 ? 0 : cb + cfg.audio_offset() - 1));
+    inputs.push_back(tok + tin);
+  }
+  at::Tensor x = at::stack(inputs, 2).view({B * T, Ka, -1});
+  at::Tensor y = depformer->forward(x);
+  std::vector<at::Tensor> logits;
+  for (int64_t cb = 0; cb < Ka; ++cb) logits.push_back(depformer_head(cb, y.select(1, cb)).view({B, T, -1}));
+  return at::stack(logits, 1);
+}
+
+at::Tensor LMModelImpl::depformer_step(int64_t cb, const at::Tensor& prev, const at::Tensor& tout,
+                                       TransformerState& st) const {
+  at::Tensor x = depformer_in->ptr(depformer_in_index(cb))->as<LinearImpl>()->forward(tout) +
+                 depformer_token_emb(cb, prev.view({-1, 1}));
+  at::Tensor y = depformer->step(x, st);
+  return depformer_head(cb, y.select(1, 0));
+}
+
+namespace {
+// Shifts stream k right by its delay, filling with the initial token (reference _delay_sequence).
+at::Tensor delay_sequence(const std::vector<int64_t>& delays, const at::Tensor& codes, const at::Tensor& initial) {
+  const int64_t B = codes.size(0), T = codes.size(2);
+  std::vector<at::Tensor> lines;
+  for (size_t k = 0; k < delays.size(); ++k) {
+    const int64_t d = std::min<int64_t>(delays[k], T);
+    at::Tensor line = codes.select(1, static_cast<int64_t>(k));
+    if (d > 0) line = at::cat({initial.select(1, static_cast<int64_t>(k)).expand({B, d}), line.narrow(1, 0, T - d)}, 1);
+    lines.push_back(line);
+  }
+  return at::stack(lines, 1);
+}
+// Shifts stream k left by its delay; the last `delay` steps become NaN and mask false.
+std::pair<at::Tensor, at::Tensor> undelay(const std::vector<int64_t>& delays, const at::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(2);
+  at::Tensor mask = at::ones({B, static_cast<int64_t>(delays.size()), T}, x.options().dtype(at::kBool));
+  std::vector<at::Tensor> lines;
+  for (size_t k = 0; k < delays.size(); ++k) {
+    const int64_t d = std::min<int64_t>(delays[k], T);
+    at::Tensor line = x.select(1, static_cast<int64_t>(k));
+    if (d > 0) {
+      auto shape = line.sizes().vec();
+      shape[1] = d;
+      line = at::cat({line.narrow(1, d, T - d), at::full(shape, NAN, line.options())}, 1);
+      mask.select(1, static_cast<int64_t>(k)).narrow(1, T - d, d).fill_(false);
+    }
+    lines.push_back(line);
+  }
+  return {at::stack(lines, 1), mask};
+}
+}  // namespace
+
+LMOutput LMModelImpl::forward(const at::Tensor& codes) const {
+  MT_CHECK(codes.dim() == 3 && codes.size(1) == cfg.num_codebooks(), "LM forward: expected codes [B, ",
+           cfg.num_codebooks(), ", T], got ", shape_str(codes.sizes().vec()));
+  MT_CHECK(codes.scalar_type() == at::kLong, "LM forward: codes must be int64");
+  const int64_t B = codes.size(0), T = codes.size(2);
+  at::Tensor initial = initial_tokens().to(codes.device()).expand({B, -1, -1});
+  at::Tensor delayed = at::cat({initial, delay_sequence(cfg.delays, codes, initial)}, 2);  // [B, K, T+1]
+  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, T));
+  LMOutput out;
+  std::vector<int64_t> audio_delays(cfg.delays.begin() + 1, cfg.delays.begin() + 1 + cfg.dep_q);
+  if (cfg.dep_q > 0) {
+    at::Tensor logits = forward_depformer_training(delayed.narrow(2, 1, T), tout);
+    std::tie(out.logits, out.mask) = undelay(audio_delays, logits);
+    out.mask = out.mask & codes.narrow(1, cfg.audio_offset(), cfg.dep_q).ne(LMConfig::kZeroToken);
+  }
+  std::tie(out.text_logits, out.text_mask) = undelay({cfg.delays[0]}, text_logits);
+  out.text_mask = out.text_mask & codes.narrow(1, 0, 1).ne(LMConfig::kZeroToken);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+namespace {
+void trunc_normal_(at::Tensor w, double std, at::Generator& gen) {
+  at::NoGradGuard ng;
+  at::Tensor t = at::empty(w.sizes(), w.options().dtype(at::kFloat));
+  t.normal_(0, std, gen);
+  for (int it = 0; it < 100; ++it) {
+    at::Tensor bad = t.abs() > 3 * std;
+    if (!bad.any().item<bool>()) break;
+    at::Tensor fresh = at::empty_like(t).normal_(0, std, gen);
+    t = at::where(bad, fresh, t);
+  }
+  w.copy_(t.clamp(-3 * std, 3 * std));
+}
+void uniform_fan_in_(at::Tensor w, at::Generator& gen) {
+  at::NoGradGuard ng;
+  double b = 1.0 / std::sqrt(static_cast<double>(w.size(-1)));
+  w.uniform_(-b, b, gen);
+}
+}  // namespace
+
+void LMModelImpl::init_weights(uint64_t seed) {
+  at::NoGradGuard ng;
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  auto cpu_init = [&](const at::Tensor& p, auto&& fn) {
+    if (p.device().is_cpu()) {
+      fn(p);
+    } else {
+      at::Tensor t = at::empty(p.sizes(), p.options().device(at::kCPU));
+      fn(t);
+      p.copy_(t);
+    }
+  };
+  // Depformer layers keep PyTorch's default Linear init; every other weight is trunc-normal 1/sqrt(fan_in),
+  // embeddings 1/sqrt(dim) (the reference's _init_weights).
+  for (auto& kv : named_parameters()) {
+    const std::string& n = kv.key();
+    at::Tensor p = kv.value();
+    if (n.find("norm") != std::string::npos || n.find("alpha") != std::string::npos) {
+      if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) p.zero_();
+      else p.fill_(1.0);
+    } else if (n.find("layer_scale") != std::string::npos) {
+      p.fill_(cfg.layer_scale.value_or(1.0));
+    } else if (n.rfind("depformer.", 0) == 0) {
+      cpu_init(p, [&](at::Tensor t) { uniform_fan_in_(t, gen); });
+    } else {
+      double std = 1.0 / std::sqrt(static_cast<double>(p.size(-1)));
+      cpu_init(p, [&](at::Tensor t) { trunc_normal_(t, std, gen); });
+    }
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LMModelImpl::state_dict() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& kv : named_parameters()) out.emplace_back(kv.key(), kv.value());
+  return out;
+}
+
+int64_t LMModelImpl::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+void LMModelImpl::load(const io::SafeTensors& file) {
+  std::map<std::string, at::Tensor> m;
+  for (const auto& t : file.tensors()) m[t.name] = file.view(t.name);
+  load(m, file.path());
+}
+
+void LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+  at::NoGradGuard ng;
+  std::set<std::string> used;
+  // Fused attention names (Kyutai's released files): in_proj_weight / out_proj.weight hold every
+  // weight set stacked along dim 0.
+  static const std::regex split_re(R"((.*self_attn\.)(in|out)_projs\.(\d+)\.weight)");
+  for (auto& kv : named_parameters()) {
+    const std::string& name = kv.key();
+    at::Tensor p = kv.value();
+    at::Tensor src;
+    auto it = tensors.find(name);
+    if (it != tensors.end()) {
+      src = it->second;
+      used.insert(name);
+    } else {
+      std::smatch m;
+      if (std::regex_match(name, m, split_re)) {
+        const std::string prefix = m[1];
+        const bool in = m[2] == "in";
+        const int64_t i = std::stoll(m[3]);
+        std::vector<std::string> fused = in ? std::vector<std::string>{prefix + "in_proj_weight", prefix + "in_proj.weight"}
+                                            : std::vector<std::string>{prefix + "out_proj.weight"};
+        for (const auto& f : fused) {
+          auto ft = tensors.find(f);
+          if (ft == tensors.end()) continue;
+          const at::Tensor& w = ft->second;
+          const int64_t rows = p.size(0);
+          MT_CHECK(w.dim() == 2 && w.size(1) == p.size(1) && w.size(0) % rows == 0, source, ": tensor '", f,
+                   "': expected shape [k*", rows, ", ", p.size(1), "], got ", shape_str(w.sizes().vec()));
+          const int64_t mult = w.size(0) / rows;
+          MT_CHECK(i < mult, source, ": tensor '", f, "' holds ", mult, " weight sets, the model needs set ", i);
+          src = w.view({mult, rows, -1})[i];
+          used.insert(f);
+          break;
+        }
+      }
+    }
+    MT_CHECK(src.defined(), source, ": missing tensor '", name, "' (expected shape ", shape_str(p.sizes().vec()), ")");
+    MT_CHECK(src.sizes() == p.sizes(), source, ": tensor '", name, "': expected shape ", shape_str(p.sizes().vec()),
+             ", got ", shape_str(src.sizes().vec()));
+    MT_CHECK(at::isFloatingType(src.scalar_type()), source, ": tensor '", name, "': expected a float dtype, got ",
+             c10::toString(src.scalar_type()));
+    p.copy_(src);
+  }
+  std::vector<std::string> extra;
+  for (const auto& kv : tensors)
+    if (!used.count(kv.first)) extra.push_back(kv.first);
+  if (!extra.empty()) {
+    std::string list;
+    for (size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
+    if (extra.size() > 5) list += str(" and ", extra.size() - 5, " more");
+    fail(source, ": unexpected tensor", extra.size() > 1 ? "s " : " ", list, " (not part of this model's config)");
+  }
+}
+
+LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype) {
+  io::SafeTensors f(path);
+  LMModel m(cfg);
+  if (!dtype) {
+    dtype = at::kFloat;
+    for (const auto& t : f.tensors())
+      if (t.dtype == "BF16" || t.dtype == "F16") dtype = io::to_scalar_type(t.dtype);
+  }
+  m->to(*dtype);
+  m->load(f);
+  for (auto& p : m->parameters()) p.set_requires_grad(false);
+  return m;
+}
+
+bool infer_config(const io::SafeTensors& f, LMConfig& c, std::vector<std::string>* notes) {
+  auto note = [&](const std::string& s) {
+    if (notes) notes->push_back(s);
+  };
+  auto count = [&](const std::string& prefix) {
+    int64_t n = 0;
+    while (true) {
+      bool found = false;
+      for (const auto& t : f.tensors())
+        if (t.name.rfind(prefix + std::to_string(n) + ".", 0) == 0) {
+          found = true;
+          break;
+        }
+      if (!found) return n;
+      ++n;
+    }
+  };
+  if (!f.contains("text_emb.weight") || !f.contains("emb.0.weight")) return false;
+  c = LMConfig();
+  const auto& te = f.info("text_emb.weight");
+  c.dim = te.shape.at(1);
+  c.text_card = te.shape.at(0) - 1;
+  if (f.contains("text_linear.weight") && f.info("text_linear.weight").shape.at(0) != c.text_card)
+    c.text_card_out = f.info("text_linear.weight").shape.at(0);
+  c.n_q = count("emb.");
+  c.card = f.info("emb.0.weight").shape.at(0) - 1;
+  c.num_layers = count("transformer.layers.");
+  c.norm = f.contains("out_norm.alpha") ? "rms_norm_f32" : "layer_norm";
+  if (f.contains("out_norm.alpha")) note("norm: RMSNorm weights; rms_norm_f32 assumed (rms_norm has the same tensors)");
+  const std::string l0 = "transformer.layers.0.";
+  auto ff_scale = [](int64_t dim, int64_t hidden) {
+    if (hidden == (21 * dim) / 8) return 4.0;
+    return static_cast<double>((3 * hidden + 1) / 2) / static_cast<double>(dim);
+  };
+  if (f.contains(l0 + "gating.linear_in.weight")) {
+    c.gating = "silu";
+    c.hidden_scale = ff_scale(c.dim, f.info(l0 + "gating.linear_out.weight").shape.at(1));
+    note("gating: gated FFN; SiLU assumed (the activation is not stored)");
+  } else if (f.contains(l0 + "linear1.weight")) {
+    c.gating = "none";
+    c.hidden_scale = static_cast<double>(f.info(l0 + "linear1.weight").shape.at(0)) / static_cast<double>(c.dim);
+  }
+  c.dep_q = count("linears.");
+  if (c.dep_q > 0) {
+    c.depformer_dim = f.info("linears.0.weight").shape.at(1);
+    c.depformer_num_layers = count("depformer.layers.");
+    c.depformer_multi_linear = count("depformer_in.") > 1;
+    c.depformer_weights_per_step = f.contains("depformer.layers.0.gating.0.linear_in.weight");
+    if (f.contains("depformer_text_emb.low_rank.weight"))
+      c.depformer_low_rank_embeddings = f.info("depformer_text_emb.weight").shape.at(1);
+    const std::string g = c.depformer_weights_per_step ? "depformer.layers.0.gating.0." : "depformer.layers.0.gating.";
+    if (f.contains(g + "linear_out.weight")) {
+      int64_t hidden = f.info(g + "linear_out.weight").shape.at(1);
+      c.depformer_dim_feedforward = {hidden == (21 * c.depformer_dim) / 8 ? 4 * c.depformer_dim : (3 * hidden + 1) / 2};
+      c.depformer_gating = "silu";
+    }
+  }
+  c.delays.assign(static_cast<size_t>(c.n_q + 1), 0);
+  if (c.n_q == 16 && c.dep_q == 8) c.delays = LMConfig::moshiko_7b().delays;
+  note("delays, heads, positional embedding and context are not stored in the weights: defaults shown");
+  if (c.dim == 4096 && c.n_q == 16) {
+    LMConfig m = LMConfig::moshiko_7b();
+    c.num_heads = m.num_heads;
+    c.depformer_num_heads = m.depformer_num_heads;
+    c.positional_embedding = m.positional_embedding;
+    c.depformer_pos_emb = m.depformer_pos_emb;
+    c.context = m.context;
+    note("shapes match moshiko 7B: its heads, RoPE and context taken from the preset");
+  }
+  return true;
+}
+
+}  // namespace mt::lm

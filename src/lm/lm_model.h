@@ -1,0 +1,89 @@
+#pragma once
+// Moshi's LMModel (moshi/models/lm.py): embeddings of the 1 + n_q streams, the temporal transformer,
+// the text head, and the depformer that predicts dep_q audio codebooks per step.
+// Member names mirror the reference's module tree, so each checkpoint tensor maps to one parameter.
+#include <torch/nn/module.h>
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lm/config.h"
+#include "lm/modules.h"
+
+namespace mt::io {
+class SafeTensors;
+}
+
+namespace mt::lm {
+
+struct LMOutput {
+  at::Tensor logits;       // [B, dep_q, T, card]; meaningless where mask is false
+  at::Tensor mask;         // [B, dep_q, T] bool
+  at::Tensor text_logits;  // [B, 1, T, text_card_out]
+  at::Tensor text_mask;    // [B, 1, T] bool
+};
+
+struct LMModelImpl : torch::nn::Module {
+  explicit LMModelImpl(const LMConfig& cfg);
+
+  // Training/scoring forward on codes [B, 1 + n_q, T] (text first), aligned with codes like the reference.
+  LMOutput forward(const at::Tensor& codes) const;
+
+  // Temporal part on an already delayed sequence [B, K, S]: (transformer_out [B, S, dim],
+  // text_logits [B, 1, S, text_card_out]). With a state, runs in streaming mode after what it has seen.
+  std::pair<at::Tensor, at::Tensor> forward_text(const at::Tensor& seq, TransformerState* state = nullptr) const;
+  // Depformer teacher-forced over all codebooks: seq [B, K, T] (delayed targets), out [B, T, dim] ->
+  // logits [B, dep_q, T, card].
+  at::Tensor forward_depformer_training(const at::Tensor& seq, const at::Tensor& transformer_out) const;
+  // One depformer step (codebook cb) in streaming mode: prev [B] (text token for cb 0, else audio token
+  // cb-1), transformer_out [B, 1, dim] -> logits [B, card].
+  at::Tensor depformer_step(int64_t cb, const at::Tensor& prev, const at::Tensor& transformer_out,
+                            TransformerState& dep_state) const;
+
+  at::Tensor initial_tokens() const;  // [1, K, 1]: text_card for text, card for audio
+  TransformerState make_state(int64_t batch) const { return transformer->make_state(batch); }
+  TransformerState make_depformer_state(int64_t batch) const { return depformer->make_state(batch, cfg.dep_q); }
+
+  // Reference initialisation (trunc-normal 1/sqrt(fan_in) for embeddings, heads and main layers;
+  // PyTorch's default uniform for the depformer layers), seeded.
+  void init_weights(uint64_t seed);
+  // Strict load: every parameter must be found (reference name, or the fused in_proj_weight /
+  // out_proj.weight names split per step), shapes must match, no tensor may be left over.
+  void load(const io::SafeTensors& file);
+  void load(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
+  // name -> parameter, in the reference's (split) names.
+  std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
+  int64_t num_parameters() const;
+
+  LMConfig cfg;
+  torch::nn::ModuleList emb;
+  ScaledEmbedding text_emb{nullptr};
+  Linear text_linear{nullptr};
+  StreamingTransformer transformer{nullptr};
+  Norm out_norm{nullptr};
+  torch::nn::ModuleList depformer_in{nullptr};
+  torch::nn::ModuleList depformer_emb{nullptr};
+  ScaledEmbedding depformer_text_emb{nullptr};
+  StreamingTransformer depformer{nullptr};
+  torch::nn::ModuleList depformer_norms{nullptr};  // only when depformer_norm is set
+  torch::nn::ModuleList linears{nullptr};
+
+ private:
+  int64_t depformer_in_index(int64_t cb) const;
+  at::Tensor depformer_token_emb(int64_t cb, const at::Tensor& tokens) const;
+  at::Tensor depformer_head(int64_t cb, const at::Tensor& x) const;
+};
+TORCH_MODULE(LMModel);
+
+// Builds a model from a config and a checkpoint (safetensors), strictly; dtype as in the file unless given.
+LMModel load_lm(const LMConfig& cfg, const std::string& weights_path,
+                std::optional<at::ScalarType> dtype = at::kFloat);
+
+// The LM config implied by a checkpoint's tensor names and shapes, where it can be read off
+// (dims, layers, cards, streams); fields it cannot see (delays, heads, ...) are left at defaults.
+// Returns false if the file does not look like a Moshi LM.
+bool infer_config(const io::SafeTensors& file, LMConfig& out, std::vector<std::string>* notes = nullptr);
+
+}  // namespace mt::lm

@@ -1,0 +1,299 @@
+#include "lm/modules.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace mt::lm {
+
+// ---------------------------------------------------------------------------------------------
+LinearImpl::LinearImpl(int64_t in, int64_t out) { weight = register_parameter("weight", at::empty({out, in})); }
+at::Tensor LinearImpl::forward(const at::Tensor& x) const { return at::linear(x, weight); }
+
+NormImpl::NormImpl(const std::string& k, int64_t dim) : kind(k) {
+  if (kind == "layer_norm" || kind == "layer_norm_f32") {
+    eps = kind == "layer_norm" ? 1e-5 : 1e-8;
+    weight = register_parameter("weight", at::ones({dim}));
+    bias = register_parameter("bias", at::zeros({dim}));
+  } else if (kind == "rms_norm" || kind == "rms_norm_f32") {
+    eps = kind == "rms_norm" ? 1e-5 : 1e-8;
+    alpha = register_parameter("alpha", at::ones({1, 1, dim}));
+  } else {
+    fail("unknown norm '", kind, "'");
+  }
+}
+
+at::Tensor NormImpl::forward(const at::Tensor& x) const {
+  if (kind == "layer_norm") return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+  if (kind == "layer_norm_f32")
+    return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat), bias.to(at::kFloat), eps).to(x.scalar_type());
+  // RMSNorm: y = x * alpha * rsqrt(eps + mean(x^2)); rms_norm_f32 computes in float32.
+  at::Tensor xf = kind == "rms_norm_f32" ? x.to(at::kFloat) : x;
+  at::Tensor var = (xf * xf).mean(-1, /*keepdim=*/true) + eps;
+  return (xf * (alpha.to(var.scalar_type()) * at::rsqrt(var))).to(x.scalar_type());
+}
+
+LayerScaleImpl::LayerScaleImpl(int64_t dim, double init) { scale = register_parameter("scale", at::full({dim}, init)); }
+
+at::Tensor activation(const std::string& name, const at::Tensor& x) {
+  if (name == "silu") return at::silu(x);
+  if (name == "gelu") return at::gelu(x);
+  if (name == "relu") return at::relu(x);
+  if (name == "sigmoid") return at::sigmoid(x);
+  if (name == "tanh") return at::tanh(x);
+  if (name == "leaky_relu") return at::leaky_relu(x, 0.01);
+  if (name == "elu") return at::elu(x);
+  if (name == "mish") return at::mish(x);
+  if (name == "softsign") return x / (1 + x.abs());
+  if (name == "identity") return x;
+  fail("unknown activation '", name, "'");
+}
+
+GatingImpl::GatingImpl(const std::string& act, int64_t dim, int64_t dim_feedforward) : activation(act) {
+  int64_t hidden = gating_hidden(dim, dim_feedforward);
+  linear_in = register_module("linear_in", Linear(dim, 2 * hidden));
+  linear_out = register_module("linear_out", Linear(hidden, dim));
+}
+
+at::Tensor GatingImpl::forward(const at::Tensor& x) const {
+  at::Tensor u = linear_in->forward(x);
+  auto shape = u.sizes().vec();
+  int64_t hidden = shape.back() / 2;
+  shape.back() = 2;
+  shape.push_back(hidden);
+  u = u.view(shape);
+  return linear_out->forward(mt::lm::activation(activation, u.select(-2, 0)) * u.select(-2, 1));
+}
+
+ScaledEmbeddingImpl::ScaledEmbeddingImpl(int64_t num, int64_t dim, std::optional<int64_t> lr) {
+  weight = register_parameter("weight", at::empty({num, lr.value_or(dim)}));
+  if (lr) low_rank = register_module("low_rank", Linear(*lr, dim));
+}
+
+at::Tensor ScaledEmbeddingImpl::forward(const at::Tensor& ids) const {
+  at::Tensor y = at::embedding(weight, ids.clamp_min(0));
+  y = at::where(ids.eq(LMConfig::kZeroToken).unsqueeze(-1), at::zeros({}, y.options()), y);
+  if (low_rank) y = low_rank->forward(y);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, double max_period) {
+  const int64_t D = q.size(-1);
+  auto fopt = at::TensorOptions().dtype(at::kFloat).device(q.device());
+  at::Tensor ds = at::arange(D / 2, fopt);
+  at::Tensor freqs = at::exp(ds * static_cast<float>(-std::log(max_period) * 2.0 / static_cast<double>(D)));
+  at::Tensor ts = positions.to(at::kFloat).unsqueeze(1).unsqueeze(-1);  // [B, 1, T, 1]
+  at::Tensor ang = freqs * ts;                                          // [B, 1, T, D/2]
+  at::Tensor rotr = at::cos(ang), roti = at::sin(ang);
+  auto rot = [&](const at::Tensor& x) {
+    auto dims = x.sizes().vec();
+    dims.back() = D / 2;
+    dims.push_back(2);
+    at::Tensor xv = x.view(dims);
+    at::Tensor xr = xv.select(-1, 0).to(at::kFloat), xi = xv.select(-1, 1).to(at::kFloat);
+    at::Tensor outr = xr * rotr - xi * roti;
+    at::Tensor outi = xr * roti + xi * rotr;
+    return at::stack({outr.to(x.scalar_type()), outi.to(x.scalar_type())}, -1).view(x.sizes());
+  };
+  q = rot(q);
+  k = rot(k);
+}
+
+at::Tensor sin_embedding(const at::Tensor& positions, int64_t dim, double max_period, at::ScalarType dtype) {
+  const int64_t half = dim / 2;
+  auto opt = at::TensorOptions().dtype(dtype).device(positions.device());
+  at::Tensor pos = positions.to(dtype).unsqueeze(-1);  // [B, T, 1]
+  at::Tensor adim = at::arange(half, opt).view({1, 1, -1});
+  at::Tensor denom = at::pow(at::full({}, max_period, opt), adim / static_cast<double>(half - 1));
+  at::Tensor phase = pos / denom;
+  return at::cat({at::cos(phase), at::sin(phase)}, -1);
+}
+
+// ---------------------------------------------------------------------------------------------
+void KVCache::reset() {
+  if (k.defined()) k.zero_();
+  if (v.defined()) v.zero_();
+}
+
+void TransformerState::reset(const at::Tensor& mask) {
+  if (!mask.defined()) {
+    offsets.zero_();
+    offset_cpu = 0;
+    return;
+  }
+  MT_CHECK(mask.dim() == 1 && mask.size(0) == batch, "reset mask must be [", batch, "] booleans, got ",
+           shape_str(mask.sizes().vec()));
+  // Slots with offset 0 see every cache entry as invalid, so their old keys are never read again.
+  offsets.masked_fill_(mask.to(offsets.device(), at::kBool), 0);
+}
+
+namespace {
+// Applies one module per time step (weights per step): step t of x uses set schedule[t + offset].
+template <class F>
+at::Tensor per_step(const at::Tensor& x, const TransformerConfig& cfg, int64_t offset_cpu, F&& apply) {
+  const int64_t T = x.size(1);
+  auto set_of = [&](int64_t t) {
+    int64_t s = t + offset_cpu;
+    MT_CHECK(s < cfg.weights_per_step, "weights-per-step module used at step ", s, " but it has only ",
+             cfg.weights_per_step, " steps");
+    return cfg.weights_per_step_schedule.empty() ? s : cfg.weights_per_step_schedule[s];
+  };
+  if (T == 1) return apply(set_of(0), x);
+  std::vector<at::Tensor> ys;
+  ys.reserve(T);
+  for (int64_t t = 0; t < T; ++t) ys.push_back(apply(set_of(t), x.narrow(1, t, 1)));
+  return at::cat(ys, 1);
+}
+}  // namespace
+
+AttentionImpl::AttentionImpl(const TransformerConfig& c) : cfg(c) {
+  in_projs = register_module("in_projs", torch::nn::ModuleList());
+  out_projs = register_module("out_projs", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_weight_sets(); ++i) {
+    in_projs->push_back(Linear(cfg.d_model, 3 * cfg.d_model));
+    out_projs->push_back(Linear(cfg.d_model, cfg.d_model));
+  }
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
+                                  KVCache* cache) const {
+  const int64_t B = x.size(0), T = x.size(1), H = cfg.num_heads, Dh = cfg.head_dim();
+  auto proj = [&](const torch::nn::ModuleList& list, const at::Tensor& in) {
+    if (list->size() == 1) return list->ptr(0)->as<LinearImpl>()->forward(in);
+    return per_step(in, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return list->ptr(s)->as<LinearImpl>()->forward(xi); });
+  };
+  at::Tensor qkv = proj(in_projs, x).view({B, T, 3, H, Dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, Dh]
+  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(x.device());
+  at::Tensor steps = at::arange(T, lopt);
+  at::Tensor pos_q = cache ? offsets.view({-1, 1}) + steps : steps.view({1, T}).expand({B, T});  // [B, T]
+  const bool rope = cfg.positional_embedding == "rope" || cfg.positional_embedding == "sin_rope";
+  if (rope) apply_rope(q, k, pos_q, cfg.max_period);
+
+  at::Tensor keys = k, values = v, pos_k;
+  if (cache) {
+    const int64_t cap = cache->capacity;
+    MT_CHECK(T <= cap, "streaming chunk of ", T, " steps exceeds the KV cache capacity ", cap);
+    at::Tensor idx = (offsets.view({-1, 1}) + steps).remainder(cap);  // [B, T]
+    at::Tensor sidx = idx.view({B, 1, T, 1}).expand({B, H, T, Dh});
+    cache->k.scatter_(2, sidx, k.to(cache->k.scalar_type()));
+    cache->v.scatter_(2, sidx, v.to(cache->v.scalar_type()));
+    keys = cache->k;
+    values = cache->v;
+    // Absolute position held by each slot, -1 if never written (as the reference's RingKVCache).
+    at::Tensor slots = at::arange(cap, lopt).view({1, cap});
+    at::Tensor last = offsets.view({-1, 1}) + (T - 1);
+    at::Tensor delta = slots - last.remainder(cap);
+    pos_k = at::where(delta <= 0, last + delta, last + delta - cap);
+    pos_k = at::where(slots >= offsets.view({-1, 1}) + T, at::full({}, -1, lopt), pos_k);  // [B, cap]
+  } else {
+    pos_k = pos_q;
+  }
+
+  at::Tensor out;
+  if (cfg.causal) {
+    const bool plain_causal = !cache && (!cfg.context || *cfg.context >= T);
+    if (plain_causal) {
+      out = at::scaled_dot_product_attention(q, keys, values, {}, 0.0, /*is_causal=*/true);
+    } else {
+      at::Tensor delta = pos_q.unsqueeze(2) - pos_k.unsqueeze(1);  // [B, T, S]
+      at::Tensor allowed = pos_k.unsqueeze(1).ge(0) & delta.ge(0);
+      if (cfg.context) allowed = allowed & delta.lt(*cfg.context);
+      out = at::scaled_dot_product_attention(q, keys, values, allowed.unsqueeze(1));
+    }
+  } else {
+    out = at::scaled_dot_product_attention(q, keys, values);
+  }
+  out = out.transpose(1, 2).reshape({B, T, H * Dh});
+  return proj(out_projs, out);
+}
+
+TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) {
+  self_attn = register_module("self_attn", Attention(cfg));
+  norm1 = register_module("norm1", Norm(cfg.norm, cfg.d_model));
+  norm2 = register_module("norm2", Norm(cfg.norm, cfg.d_model));
+  if (cfg.gating == "none") {
+    linear1 = register_module("linear1", Linear(cfg.d_model, cfg.dim_feedforward[0]));
+    linear2 = register_module("linear2", Linear(cfg.dim_feedforward[0], cfg.d_model));
+  } else if (cfg.weights_per_step > 0) {
+    gating_list = register_module("gating", torch::nn::ModuleList());
+    for (int64_t i = 0; i < cfg.num_weight_sets(); ++i)
+      gating_list->push_back(Gating(cfg.gating, cfg.d_model, cfg.dim_feedforward[cfg.dim_feedforward.size() == 1 ? 0 : i]));
+  } else {
+    gating = register_module("gating", Gating(cfg.gating, cfg.d_model, cfg.dim_feedforward[0]));
+  }
+  if (cfg.layer_scale) {
+    layer_scale_1 = register_module("layer_scale_1", LayerScale(cfg.d_model, *cfg.layer_scale));
+    layer_scale_2 = register_module("layer_scale_2", LayerScale(cfg.d_model, *cfg.layer_scale));
+  }
+}
+
+at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
+                                         KVCache* cache) const {
+  at::Tensor upd = self_attn->forward(norm1->forward(x), offsets, offset_cpu, cache);
+  at::Tensor h = x + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
+  at::Tensor n = norm2->forward(h);
+  if (linear1) {
+    upd = linear2->forward(at::gelu(linear1->forward(n)));
+  } else if (gating_list) {
+    upd = per_step(n, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return gating_list->ptr(s)->as<GatingImpl>()->forward(xi); });
+  } else {
+    upd = gating->forward(n);
+  }
+  return h + (layer_scale_2 ? layer_scale_2->forward(upd) : upd);
+}
+
+StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c) : cfg(c) {
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    layer_ptrs.push_back(TransformerLayer(cfg));
+    layers->push_back(layer_ptrs.back());
+  }
+}
+
+at::Tensor StreamingTransformerImpl::add_positional(const at::Tensor& x, const at::Tensor& offsets) const {
+  if (cfg.positional_embedding != "sin" && cfg.positional_embedding != "sin_rope") return x;
+  const int64_t T = x.size(1);
+  at::Tensor pos = offsets.view({-1, 1}) + at::arange(T, offsets.options());
+  return x + sin_embedding(pos, x.size(2), cfg.max_period, x.scalar_type());
+}
+
+at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x) const {
+  at::Tensor offsets = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(x.device()));
+  at::Tensor h = add_positional(x, offsets);
+  for (const auto& layer : layer_ptrs) h = layer->forward(h, offsets, 0, nullptr);
+  return h;
+}
+
+at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st) const {
+  MT_CHECK(x.dim() == 3 && x.size(0) == st.batch && x.size(2) == cfg.d_model, "transformer step: expected [",
+           st.batch, ", T, ", cfg.d_model, "], got ", shape_str(x.sizes().vec()));
+  at::Tensor h = add_positional(x, st.offsets);
+  for (size_t i = 0; i < layer_ptrs.size(); ++i) h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i]);
+  st.offsets.add_(x.size(1));
+  st.offset_cpu += x.size(1);
+  return h;
+}
+
+TransformerState StreamingTransformerImpl::make_state(int64_t batch, std::optional<int64_t> capacity) const {
+  TransformerState st;
+  st.batch = batch;
+  int64_t cap = capacity.value_or(cfg.context ? *cfg.context : cfg.weights_per_step);
+  MT_CHECK(cap > 0, "streaming needs a bounded KV cache: set a context or a capacity");
+  at::Tensor any = parameters().empty() ? at::empty({0}) : parameters().front();
+  auto opt = any.options().requires_grad(false);
+  st.offsets = at::zeros({batch}, opt.dtype(at::kLong));
+  for (size_t i = 0; i < layer_ptrs.size(); ++i) {
+    KVCache c;
+    c.capacity = cap;
+    c.k = at::zeros({batch, cfg.num_heads, cap, cfg.head_dim()}, opt);
+    c.v = at::zeros({batch, cfg.num_heads, cap, cfg.head_dim()}, opt);
+    st.layers.push_back(std::move(c));
+  }
+  return st;
+}
+
+}  // namespace mt::lm
