@@ -102,3 +102,33 @@ std::optional<at::Tensor> LMGen::step(LMGenState& st, const at::Tensor& user_cod
 }
 
 }  // namespace mt::lm
+
+#include <chrono>
+
+namespace mt::lm {
+
+GenerationResult generate(const LMGen& gen, LMGenState& st, int64_t steps, const at::Tensor& user_codes,
+                          const std::function<void(int64_t, double)>& on_step) {
+  const auto& c = gen.model()->cfg;
+  const int64_t needed = c.n_q - c.dep_q;
+  auto dev = gen.model()->text_linear->weight.device();
+  at::Tensor user = user_codes;
+  if (!user.defined()) user = at::zeros({st.batch, needed, steps}, at::TensorOptions().dtype(at::kLong).device(dev));
+  MT_CHECK(user.dim() == 3 && user.size(0) == st.batch && user.size(1) >= needed && user.size(2) >= steps,
+           "user codes: expected [", st.batch, ", ", needed, ", >= ", steps, "], got ", shape_str(user.sizes().vec()));
+  user = user.to(dev);
+  GenerationResult r;
+  std::vector<at::Tensor> outs;
+  for (int64_t t = 0; t < steps; ++t) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto y = gen.step(st, user.narrow(2, t, 1));
+    if (y) outs.push_back(y->to(at::kCPU));  // the copy to host is the step's one sync point
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    r.step_ms.push_back(ms);
+    if (on_step) on_step(t, ms);
+  }
+  r.tokens = outs.empty() ? at::empty({st.batch, 1 + c.dep_q, 0}, at::kLong) : at::cat(outs, 2);
+  return r;
+}
+
+}  // namespace mt::lm

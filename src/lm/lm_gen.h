@@ -4,6 +4,7 @@
 // The model is shared and immutable; everything that changes lives in LMGenState.
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 
 #include "lm/lm_model.h"
@@ -53,5 +54,19 @@ class LMGen {
   at::Tensor initial_;  // [1, K, 1]
   int64_t max_delay_;
 };
+
+}  // namespace mt::lm
+
+namespace mt::lm {
+
+struct GenerationResult {
+  at::Tensor tokens;             // [B, 1 + dep_q, S'] on the CPU
+  std::vector<double> step_ms;   // wall time of every step
+};
+
+// Runs `steps` LMGen steps feeding user_codes[:, :, t] (token 0 on every user stream when undefined).
+// on_step(t, ms) is called after each step (for progress display).
+GenerationResult generate(const LMGen& gen, LMGenState& st, int64_t steps, const at::Tensor& user_codes,
+                          const std::function<void(int64_t, double)>& on_step = {});
 
 }  // namespace mt::lm

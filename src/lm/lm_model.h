@@ -43,8 +43,9 @@ struct LMModelImpl : torch::nn::Module {
                             TransformerState& dep_state) const;
 
   at::Tensor initial_tokens() const;  // [1, K, 1]: text_card for text, card for audio
-  TransformerState make_state(int64_t batch) const { return transformer->make_state(batch); }
-  TransformerState make_depformer_state(int64_t batch) const { return depformer->make_state(batch, cfg.dep_q); }
+  TransformerState make_state(int64_t batch, int64_t max_chunk = 1) const { return transformer->make_state(batch, max_chunk); }
+  // The depformer restarts every frame and sees at most dep_q steps.
+  TransformerState make_depformer_state(int64_t batch) const { return depformer->make_state(batch, 1, cfg.dep_q); }
 
   // Reference initialisation (trunc-normal 1/sqrt(fan_in) for embeddings, heads and main layers;
   // PyTorch's default uniform for the depformer layers), seeded.

@@ -271,6 +271,8 @@ at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x) const {
 at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st) const {
   MT_CHECK(x.dim() == 3 && x.size(0) == st.batch && x.size(2) == cfg.d_model, "transformer step: expected [",
            st.batch, ", T, ", cfg.d_model, "], got ", shape_str(x.sizes().vec()));
+  MT_CHECK(x.size(1) <= st.max_chunk, "transformer step: chunk of ", x.size(1), " steps, but the state was made for at most ",
+           st.max_chunk, " (make_state's max_chunk)");
   at::Tensor h = add_positional(x, st.offsets);
   for (size_t i = 0; i < layer_ptrs.size(); ++i) h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i]);
   st.offsets.add_(x.size(1));
@@ -278,11 +280,14 @@ at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState&
   return h;
 }
 
-TransformerState StreamingTransformerImpl::make_state(int64_t batch, std::optional<int64_t> capacity) const {
+TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max_chunk, std::optional<int64_t> window) const {
   TransformerState st;
   st.batch = batch;
-  int64_t cap = capacity.value_or(cfg.context ? *cfg.context : cfg.weights_per_step);
-  MT_CHECK(cap > 0, "streaming needs a bounded KV cache: set a context or a capacity");
+  MT_CHECK(max_chunk >= 1, "max_chunk must be >= 1");
+  st.max_chunk = max_chunk;
+  int64_t w = window.value_or(cfg.context ? *cfg.context : cfg.weights_per_step);
+  MT_CHECK(w > 0, "streaming needs a bounded KV cache: this transformer has no context (attention window)");
+  int64_t cap = w + max_chunk - 1;
   at::Tensor any = parameters().empty() ? at::empty({0}) : parameters().front();
   auto opt = any.options().requires_grad(false);
   st.offsets = at::zeros({batch}, opt.dtype(at::kLong));

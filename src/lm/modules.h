@@ -67,6 +67,7 @@ struct TransformerState {
   int64_t batch = 0;
   at::Tensor offsets;       // [B] long: positions already consumed per batch slot
   int64_t offset_cpu = 0;   // host copy for weights-per-step indexing (all slots advance together there)
+  int64_t max_chunk = 1;    // longest step() this state's KV ring was sized for
   std::vector<KVCache> layers;
   // Resets every slot (mask undefined) or the slots where mask is true.
   void reset(const at::Tensor& mask = {});
@@ -100,8 +101,10 @@ struct StreamingTransformerImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) const;
   // Streaming: consumes x [B, T, D] after what the state has seen; updates the state.
   at::Tensor step(const at::Tensor& x, TransformerState& state) const;
-  // capacity: KV ring size (context, or weights_per_step); throws if neither bounds the cache.
-  TransformerState make_state(int64_t batch, std::optional<int64_t> capacity = std::nullopt) const;
+  // The KV ring holds window + max_chunk - 1 entries, where the window is the context (or
+  // weights_per_step, or `window` when given): chunks of up to max_chunk steps then see exactly the
+  // keys the whole-sequence forward sees. Throws if nothing bounds the cache.
+  TransformerState make_state(int64_t batch, int64_t max_chunk = 1, std::optional<int64_t> window = std::nullopt) const;
   TransformerConfig cfg;
   torch::nn::ModuleList layers;
   std::vector<TransformerLayer> layer_ptrs;
