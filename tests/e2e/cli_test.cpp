@@ -1,0 +1,116 @@
+// End-to-end: the CLI as users run it, on tiny models. Bad input gives one clear line and a
+// non-zero exit, never a crash.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+
+using mt::test::cli;
+using mt::test::run;
+using mt::test::TempDir;
+
+namespace {
+// The error path: exit 1, and the message is a single "moshi-ttt: error: ..." line (no backtrace).
+void expect_clean_error(const std::string& args, const std::string& needle) {
+  std::string out;
+  int rc = run(cli() + " " + args, &out);
+  EXPECT_EQ(rc, 1) << args << "\n" << out;
+  EXPECT_NE(out.find("moshi-ttt: error: "), std::string::npos) << out;
+  EXPECT_NE(out.find(needle), std::string::npos) << "wanted '" << needle << "' in:\n" << out;
+  EXPECT_EQ(out.find("frame #"), std::string::npos) << "backtrace leaked:\n" << out;
+  size_t err_line = out.find("moshi-ttt: error: ");
+  if (err_line != std::string::npos) EXPECT_EQ(out.find('\n', err_line), out.size() - 1) << out;
+}
+}  // namespace
+
+TEST(Cli, VersionNamesLibtorchBlasAndThreads) {
+  std::string out;
+  ASSERT_EQ(run(cli() + " --version", &out), 0) << out;
+  EXPECT_NE(out.find("libtorch"), std::string::npos);
+  EXPECT_NE(out.find("threads"), std::string::npos);
+  EXPECT_NE(out.find("BLAS"), std::string::npos);
+}
+
+TEST(Cli, UnknownSubcommandOrOptionFails) {
+  std::string out;
+  EXPECT_NE(run(cli() + " frobnicate", &out), 0);
+  EXPECT_NE(run(cli() + " generate --stepz 3", &out), 0);
+}
+
+TEST(Cli, InitThenGenerateWritesTokens) {
+  TempDir d;
+  std::string out;
+  ASSERT_EQ(run(cli() + " init " + d.file("m") + " --preset tiny --seed 3", &out), 0) << out;
+  EXPECT_TRUE(std::filesystem::exists(d.file("m/config.json")));
+  ASSERT_EQ(run(cli() + " generate --model " + d.file("m") + " --steps 12 --batch 2 --greedy --threads 1 --out " +
+                    d.file("tok.safetensors") + " --run-dir " + d.file("run"),
+                &out),
+            0)
+      << out;
+  mt::io::SafeTensors f(d.file("tok.safetensors"));
+  EXPECT_EQ(f.info("tokens").shape, (std::vector<int64_t>{2, 3, 11}));  // tiny: dep_q 2, max delay 1
+  EXPECT_TRUE(std::filesystem::exists(d.file("run/metrics.jsonl")));
+  EXPECT_TRUE(std::filesystem::exists(d.file("run/summary.json")));
+  // Greedy generation is deterministic.
+  ASSERT_EQ(run(cli() + " generate --model " + d.file("m") + " --steps 12 --batch 2 --greedy --threads 1 -q --out " +
+                    d.file("tok2.safetensors"),
+                &out),
+            0);
+  EXPECT_TRUE(at::equal(f.get("tokens"), mt::io::SafeTensors(d.file("tok2.safetensors")).get("tokens")));
+  // init refuses to overwrite without --force.
+  expect_clean_error("init " + d.file("m"), "--force");
+}
+
+TEST(Cli, InspectShowsTensorsAndConfig) {
+  std::string out;
+  ASSERT_EQ(run(cli() + " inspect " + mt::test::reference_dir() + "/lm/lm_small_stream", &out), 0) << out;
+  EXPECT_NE(out.find("transformer.layers.0.gating.linear_in.weight"), std::string::npos) << out;
+  EXPECT_NE(out.find("parameters:"), std::string::npos);
+  EXPECT_NE(out.find("loads strictly as this config: yes"), std::string::npos) << out;
+}
+
+TEST(Cli, BadInputGivesOneClearLine) {
+  TempDir d;
+  expect_clean_error("check-reference " + d.file("nope"), "no such folder");
+  expect_clean_error("check-reference " + d.path.string(), "no reference cases");
+  expect_clean_error("inspect " + d.file("missing.safetensors"), "missing.safetensors");
+  {
+    std::ofstream f(d.file("junk.safetensors"));
+    f << "this is not a safetensors file at all";
+  }
+  expect_clean_error("inspect " + d.file("junk.safetensors"), "junk.safetensors");
+  expect_clean_error("generate --preset huge", "unknown preset 'huge'");
+  expect_clean_error("generate --device cuda:7 --steps 2", "cuda");
+  expect_clean_error("generate --steps 0", "--steps");
+  expect_clean_error("generate --dtype int3", "unknown dtype");
+  {
+    std::ofstream f(d.file("cfg.json"));
+    f << R"({"n_q": 2, "dep_q": 1, "delays": [0, 0], "num_layers": 1})";
+  }
+  expect_clean_error("generate --config " + d.file("cfg.json"), "delays");
+  // Weights that don't match the config: the tensor is named.
+  std::string out;
+  ASSERT_EQ(run(cli() + " init " + d.file("m") + " --preset tiny", &out), 0) << out;
+  expect_clean_error("generate --config " + mt::test::reference_dir() + "/lm/lm_small_stream/config.json --weights " +
+                         d.file("m/model.safetensors"),
+                     "expected shape");
+}
+
+TEST(Cli, CheckReferenceFailsOnACorruptedCase) {
+  // Copy a reference case and perturb one logit where the mask is true: the run must fail.
+  TempDir d;
+  namespace fs = std::filesystem;
+  fs::copy(mt::test::reference_dir() + "/lm/kyutai_test_lm", d.file("case"), fs::copy_options::recursive);
+  auto out_t = mt::io::load_all(d.file("case/out.safetensors"));
+  at::Tensor logits = out_t["logits"].clone();
+  logits[0][0][0][0] += 1e-3;
+  out_t["logits"] = logits;
+  mt::io::save(d.file("case/out.safetensors"), out_t);
+  std::string out;
+  EXPECT_EQ(run(cli() + " check-reference " + d.file("case"), &out), 1) << out;
+  EXPECT_NE(out.find("FAIL"), std::string::npos) << out;
+  EXPECT_NE(out.find("logits"), std::string::npos) << out;
+}
