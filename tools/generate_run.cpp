@@ -1,6 +1,7 @@
 #include "tools/generate_run.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "io/safetensors.h"
 #include "lm/lm_gen.h"
 #include "util/error.h"
+#include "util/plot.h"
 
 namespace fs = std::filesystem;
 
@@ -113,7 +115,15 @@ int run_generate(const GenerateOpts& o) {
                         {"median_ms_per_step", p50}, {"p90_ms_per_step", p90}, {"frames_out", res.tokens.size(2)},
                         {"text_tokens_not_padding", non_pad}};
     io::atomic_write((fs::path(o.run_dir) / "summary.json").string(), j.dump(2) + "\n");
-    std::printf("wrote %s/{metrics.jsonl,summary.json}\n", o.run_dir.c_str());
+    plot::Chart ch;
+    ch.title = "Streaming step latency";
+    ch.xlabel = "step (80 ms of audio each)";
+    ch.ylabel = "ms per step";
+    ch.series.push_back({"step time", {}, res.step_ms});
+    ch.hlines.push_back({p50, str("median ", std::round(p50 * 100) / 100, " ms")});
+    ch.ymin = 0;
+    plot::write_png(ch, (fs::path(o.run_dir) / "latency.png").string());
+    std::printf("wrote %s/{metrics.jsonl,summary.json,latency.png}\n", o.run_dir.c_str());
   }
   return 0;
 }
