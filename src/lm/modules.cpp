@@ -181,10 +181,13 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& offsets
     at::Tensor sidx = idx.view({B, 1, T, 1}).expand({B, H, T, Dh});
     cache->k.scatter_(2, sidx, k.to(cache->k.scalar_type()));
     cache->v.scatter_(2, sidx, v.to(cache->v.scalar_type()));
-    keys = cache->k;
-    values = cache->v;
+    // Until the ring has wrapped, only its first offset_cpu + T slots can hold anything (no slot's
+    // offset exceeds offset_cpu): attend over those alone instead of the whole ring.
+    const int64_t used = std::min(cap, offset_cpu + T);
+    keys = cache->k.narrow(2, 0, used);
+    values = cache->v.narrow(2, 0, used);
     // Absolute position held by each slot, -1 if never written (as the reference's RingKVCache).
-    at::Tensor slots = at::arange(cap, lopt).view({1, cap});
+    at::Tensor slots = at::arange(used, lopt).view({1, used});
     at::Tensor last = offsets.view({-1, 1}) + (T - 1);
     at::Tensor delta = slots - last.remainder(cap);
     pos_k = at::where(delta <= 0, last + delta, last + delta - cap);

@@ -1,0 +1,109 @@
+// Moshi LM speed: forward tokens/s and streaming ms/step of the `small` preset (dim 512, 8 layers,
+// 8 heads, 17 streams, card 2048, text 32000, depformer 256 x 2 layers, fp32), next to this machine's
+// measured sgemm GFLOP/s and gemv bandwidth (the floor of a batch-1 streaming step is its weight bytes
+// divided by that bandwidth). Threads: MOSHI_TTT_BENCH_THREADS (default 2).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstdlib>
+
+#include "lm/lm_gen.h"
+#include "lm/lm_model.h"
+
+using namespace mt::lm;
+
+namespace {
+
+LMModel& small_model() {
+  static LMModel m = [] {
+    LMModel x(LMConfig::small());
+    x->init_weights(0);
+    for (auto& p : x->parameters()) p.set_requires_grad(false);
+    x->eval();
+    return x;
+  }();
+  return m;
+}
+
+// Bytes of weights a batch-1 streaming step reads: every matrix once (embedding tables only by row).
+double step_weight_bytes(const LMModel& m) {
+  double b = 0;
+  for (const auto& kv : m->named_parameters()) {
+    const std::string& n = kv.key();
+    if (n.find("emb") != std::string::npos && n.find("low_rank") == std::string::npos) continue;
+    b += static_cast<double>(kv.value().numel() * kv.value().element_size());
+  }
+  return b;
+}
+
+double g_gemv_gbps = 0;
+
+void BM_Sgemm2048(benchmark::State& state) {
+  at::Tensor a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
+  for (auto _ : state) benchmark::DoNotOptimize(at::mm(a, b));
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * 2048 * 2048 * 2048, benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::OneK::kIs1000);
+  state.counters["GFLOP/s"].value /= 1e9;
+}
+
+void BM_Gemv8192(benchmark::State& state) {
+  at::Tensor w = at::randn({8192, 8192}), x = at::randn({8192});
+  for (auto _ : state) benchmark::DoNotOptimize(at::mv(w, x));
+  state.counters["GB/s"] = benchmark::Counter(8192.0 * 8192 * 4 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_LMForward(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  LMModel& m = small_model();
+  at::InferenceMode im;
+  at::Generator g = at::detail::createCPUGenerator(1);
+  at::Tensor codes = at::randint(2048, {1, m->cfg.num_codebooks(), T}, g, at::kLong);
+  codes.select(1, 0).random_(0, 32000, g);
+  m->forward(codes);  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(m->forward(codes).logits);
+  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_LMStreamingStep(benchmark::State& state) {
+  LMModel& m = small_model();
+  SamplingConfig s;
+  s.use_sampling = false;
+  LMGen gen(m, s);
+  LMGenState st = gen.make_state(1);
+  at::Tensor user = at::zeros({1, m->cfg.n_q - m->cfg.dep_q, 1}, at::kLong);
+  for (int i = 0; i < 5; ++i) gen.step(st, user);  // warm-up
+  for (auto _ : state) {
+    auto y = gen.step(st, user);
+    benchmark::DoNotOptimize(y);
+  }
+  double bytes = step_weight_bytes(m);
+  state.counters["weight_MB"] = bytes / 1e6;
+  if (g_gemv_gbps > 0) state.counters["floor_ms"] = bytes / (g_gemv_gbps * 1e9) * 1e3;
+}
+
+}  // namespace
+
+BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0);
+BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0);
+BENCHMARK(BM_LMForward)->Arg(256)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_LMStreamingStep)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+
+int main(int argc, char** argv) {
+  const char* t = std::getenv("MOSHI_TTT_BENCH_THREADS");
+  at::set_num_threads(t ? std::atoi(t) : 2);
+  {
+    // Measure gemv bandwidth once so the streaming benchmark can report its floor.
+    at::Tensor w = at::randn({8192, 8192}), x = at::randn({8192});
+    at::mv(w, x);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 20; ++i) at::mv(w, x);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 20;
+    g_gemv_gbps = 8192.0 * 8192 * 4 / s / 1e9;
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
