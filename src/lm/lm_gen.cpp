@@ -1,6 +1,7 @@
 #include "lm/lm_gen.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 
 #include "util/error.h"
 
@@ -37,7 +38,10 @@ LMGenState LMGen::make_state(int64_t batch) const {
   st.offsets = at::zeros({batch}, lopt);
   st.main = model_->make_state(batch);
   st.dep = model_->make_depformer_state(batch);
-  st.gen = at::detail::createCPUGenerator(sampling_.seed);
+  // A generator of the model's device, seeded: sampling never leaves the device.
+  auto dev = model_->text_linear->weight.device();
+  st.gen = dev.is_cpu() ? at::detail::createCPUGenerator(sampling_.seed) : at::globalContext().defaultGenerator(dev).clone();
+  st.gen.set_current_seed(sampling_.seed);
   return st;
 }
 
