@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -878,4 +879,66 @@ TEST(SafetensorsFuzz, MutatedFilesLoadOrThrowMtError) {
   EXPECT_GT(rejected, kIters / 4);
   RecordProperty("loaded", loaded);
   RecordProperty("rejected", rejected);
+}
+
+// ---- interoperability with the reference implementation (Hugging Face's safetensors package) ----------
+// Runs only where a Python with torch + safetensors is found: $MT_SAFETENSORS_PYTHON, or the venv that
+// scripts/reference/setup_reference_env.sh creates; skipped otherwise.
+
+namespace {
+std::string safetensors_python() {
+  std::vector<std::string> candidates;
+  if (const char* p = std::getenv("MT_SAFETENSORS_PYTHON")) candidates.push_back(p);
+  const char* cache = std::getenv("MOSHI_TTT_CACHE");
+  const char* home = std::getenv("HOME");
+  if (cache) candidates.push_back(std::string(cache) + "/refenv/bin/python");
+  if (home) candidates.push_back(std::string(home) + "/.cache/moshi-ttt/refenv/bin/python");
+  for (const auto& c : candidates)
+    if (fs::exists(c)) return c;
+  return "";
+}
+}  // namespace
+
+TEST(SafetensorsInterop, ReferenceImplementationReadsOursAndWeReadIts) {
+  const std::string py = safetensors_python();
+  if (py.empty()) GTEST_SKIP() << "no Python with torch + safetensors (set MT_SAFETENSORS_PYTHON)";
+  // (One Python run: importing torch takes seconds. Exit code 77 = the modules are missing: skip.)
+  TempDir tmp;
+  const std::string ours = tmp.file("ours.safetensors"), theirs = tmp.file("theirs.safetensors");
+  Named ts;
+  int seed = 100;
+  for (const auto& d : kTorchDTypes) ts.push_back({std::string("t_") + d.name, sample(d.type, {3, 2}, seed++)});
+  ts.push_back({"scalar", at::tensor(2.5f)});
+  ts.push_back({"empty", at::empty({0, 4})});
+  mt::io::save(ours, ts, {{"format", "pt"}, {"by", "moshi-ttt"}});
+  // Python loads ours, checks metadata, writes every tensor back (+1 where it can) with its own writer.
+  const std::string script = tmp.file("rt.py");
+  {
+    std::ofstream f(script);
+    f << "import sys\n"
+         "try:\n"
+         "    import torch\n"
+         "    from safetensors import safe_open\n"
+         "    from safetensors.torch import load_file, save_file\n"
+         "except ImportError:\n"
+         "    sys.exit(77)\n"
+         "with safe_open(sys.argv[1], 'pt') as f:\n"
+         "    assert f.metadata() == {'format': 'pt', 'by': 'moshi-ttt'}, f.metadata()\n"
+         "t = load_file(sys.argv[1])\n"
+         "out = {k: (v if v.dtype == torch.bool else v + 1) for k, v in t.items()}\n"
+         "save_file(out, sys.argv[2], metadata={'by': 'python'})\n";
+  }
+  std::string out;
+  const int rc = mt::test::run("'" + py + "' '" + script + "' '" + ours + "' '" + theirs + "'", &out);
+  if (rc == 77) GTEST_SKIP() << py << " lacks torch or safetensors";
+  ASSERT_EQ(rc, 0) << out;
+  SafeTensors f(theirs);
+  EXPECT_EQ(f.metadata().at("by"), "python");
+  ASSERT_EQ(f.tensors().size(), ts.size());
+  for (const auto& [name, t] : ts) {
+    SCOPED_TRACE(name);
+    at::Tensor want = t.scalar_type() == at::kBool ? t : t + 1;
+    expect_same(f.get(name), want);
+    expect_same(f.view(name), want);
+  }
 }
