@@ -105,6 +105,7 @@ def run_both(args):
             results[mode] = {"error": f"exit code {r.returncode}"}
         else:
             results[mode] = json.loads(lines[-1])
+            print(f"[bench] compile {mode}: {lines[-1]}", file=sys.stderr, flush=True)
     base = dict(results.get("off", {}))
     if "env" in base and "env" in results.get("on", {}):
         base["env"] = dict(base["env"], loadavg_after=results["on"]["env"].get("loadavg_after"))
