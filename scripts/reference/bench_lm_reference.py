@@ -9,8 +9,9 @@ Measures
       step; median ms/step over --steps after --warmup-steps.
 
 torch.compile: moshi decorates a few functions with torch.compile unless NO_TORCH_COMPILE is set
-when it is imported. --compile on|off picks one in this process; --compile both (default) runs this
-script twice in subprocesses (with and without NO_TORCH_COMPILE=1) and reports both.
+when it is imported. --compile on|off picks one in this process; --compile both (the default unless
+NO_TORCH_COMPILE is set in the environment, which means off) runs this script twice in subprocesses
+(with and without NO_TORCH_COMPILE=1) and reports both.
 NO_CUDA_GRAPH=1 is set too (CUDA graphs are disabled on CPU anyway).
 
 Run with the venv from setup_reference_env.sh:
@@ -64,8 +65,9 @@ def lm_kwargs(args):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--compile", choices=["on", "off", "both"], default="both",
-                   help="torch.compile as moshi does it (on), disabled (off), or both in subprocesses")
+    p.add_argument("--compile", choices=["on", "off", "both"], default=None,
+                   help="torch.compile as moshi does it (on), disabled (off), or both in subprocesses "
+                        "(default: off if NO_TORCH_COMPILE is set, else both)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--T", type=int, default=256, help="time steps per forward")
@@ -230,6 +232,8 @@ def run_one(args):
 
 def main():
     args = parse_args()
+    if args.compile is None:
+        args.compile = "off" if os.environ.get("NO_TORCH_COMPILE") else "both"
     if args.compile == "both":
         run_both(args)
     else:
