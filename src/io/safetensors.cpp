@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -101,6 +102,11 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
   data_ = bytes + 8 + n;
   data_size_ = fsize - 8 - n;
 
+  // nlohmann's parser takes a NUL byte for the end of input, which would silently ignore whatever
+  // follows it; the reference implementation rejects such headers, and so do we.
+  if (const void* nul = std::memchr(bytes + 8, 0, n))
+    fail(path, ": header is not valid JSON: NUL byte at offset ",
+         static_cast<const uint8_t*>(nul) - bytes, " of the file");
   nlohmann::json h;
   try {
     h = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
@@ -129,14 +135,23 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
     ti.dtype = v["dtype"].get<std::string>();
     size_t esize = dtype_size(ti.dtype);
     MT_CHECK(esize > 0, path, ": tensor '", name, "': unknown dtype '", ti.dtype, "'");
-    unsigned __int128 nbytes = esize;
+    // libtorch computes strides as products of max(dim, 1), in int64: a shape like [0, 2^62, 2^62] holds
+    // no bytes but still cannot be made into a tensor. So the bound is on that product (times the element
+    // size, which also keeps numel() and the byte count in range), and a 0 anywhere makes the size 0.
+    unsigned __int128 extent = esize;
+    bool has_zero = false;
     for (const auto& d : v["shape"]) {
-      MT_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), path,
-               ": tensor '", name, "': shape entries must be non-negative integers");
+      // Unsigned values above INT64_MAX would wrap negative in the int64 shape (libtorch's type).
+      MT_CHECK(d.is_number_integer() &&
+                   (d.is_number_unsigned() ? d.get<uint64_t>() <= uint64_t(INT64_MAX) : d.get<int64_t>() >= 0),
+               path, ": tensor '", name, "': shape entries must be non-negative integers, got ", d.dump());
       ti.shape.push_back(d.get<int64_t>());
-      nbytes *= static_cast<uint64_t>(ti.shape.back());
-      MT_CHECK(nbytes <= (unsigned __int128)UINT64_MAX, path, ": tensor '", name, "': shape overflows");
+      has_zero |= ti.shape.back() == 0;
+      extent *= static_cast<uint64_t>(std::max<int64_t>(ti.shape.back(), 1));
+      MT_CHECK(extent <= (unsigned __int128)INT64_MAX, path, ": tensor '", name, "': shape ",
+               v["shape"].dump(), " overflows");
     }
+    const uint64_t nbytes = has_zero ? 0 : static_cast<uint64_t>(extent);
     for (const auto& o : v["data_offsets"])
       MT_CHECK(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0), path,
                ": tensor '", name, "': data_offsets must be non-negative integers");
@@ -154,11 +169,14 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
   std::sort(infos_.begin(), infos_.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  for (size_t i = 1; i < infos_.size(); ++i) {
-    const auto& a = infos_[i - 1];
-    const auto& b = infos_[i];
-    MT_CHECK(b.begin >= a.end || a.begin == a.end || b.begin == b.end, path, ": tensors '", a.name,
+  // Sorted by begin, so a tensor overlaps an earlier one iff it starts before the furthest end seen so far.
+  // Empty tensors hold no bytes: they overlap nothing, and must not hide an overlap of their neighbours.
+  const TensorInfo* furthest = nullptr;
+  for (const auto& b : infos_) {
+    if (b.begin == b.end) continue;
+    MT_CHECK(!furthest || b.begin >= furthest->end, path, ": tensors '", furthest ? furthest->name : "",
              "' and '", b.name, "' overlap in the data buffer");
+    if (!furthest || b.end > furthest->end) furthest = &b;
   }
   for (size_t i = 0; i < infos_.size(); ++i) index_[infos_[i].name] = i;
 }
@@ -175,19 +193,30 @@ std::vector<std::string> SafeTensors::names() const {
   return out;
 }
 
+namespace {
+at::ScalarType tensor_scalar_type(const std::string& path, const TensorInfo& ti) {
+  auto* r = find_dtype(ti.dtype);
+  MT_CHECK(r && r->in_torch, path, ": tensor '", ti.name, "': dtype ", ti.dtype, " is not supported by libtorch");
+  return r->type;
+}
+}  // namespace
+
 at::Tensor SafeTensors::view(const std::string& name) const {
   const auto& ti = info(name);
-  auto keep = map_;
+  const auto type = tensor_scalar_type(path_, ti);
+  if (ti.begin == ti.end) return at::empty(ti.shape, at::TensorOptions().dtype(type));
   auto* p = const_cast<uint8_t*>(data_ + ti.begin);
-  if (ti.begin == ti.end) return at::empty(ti.shape, at::TensorOptions().dtype(to_scalar_type(ti.dtype)));
+  // Files from other writers may leave the data unaligned for its dtype (the header length need not be
+  // a multiple of 8); reading a misaligned float* is undefined behaviour, so copy those instead.
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(ti.dtype) != 0) return get(name);
+  auto keep = map_;
   return at::from_blob(
-      p, ti.shape, [keep](void*) mutable { keep.reset(); },
-      at::TensorOptions().dtype(to_scalar_type(ti.dtype)));
+      p, ti.shape, [keep](void*) mutable { keep.reset(); }, at::TensorOptions().dtype(type));
 }
 
 at::Tensor SafeTensors::get(const std::string& name) const {
   const auto& ti = info(name);
-  auto t = at::empty(ti.shape, at::TensorOptions().dtype(to_scalar_type(ti.dtype)));
+  auto t = at::empty(ti.shape, at::TensorOptions().dtype(tensor_scalar_type(path_, ti)));
   if (ti.end > ti.begin) std::memcpy(t.data_ptr(), data_ + ti.begin, ti.end - ti.begin);
   return t;
 }
@@ -210,7 +239,10 @@ void atomic_write(const std::string& path, const std::string& bytes) {
   namespace fs = std::filesystem;
   fs::path p(path);
   fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  std::string tmp = (dir / ("." + p.filename().string() + ".tmp." + std::to_string(getpid()))).string();
+  // pid + a per-process counter: concurrent writers (processes or threads) never share a temp file.
+  static std::atomic<uint64_t> counter{0};
+  // (mt::str, not operator+: GCC 12 gives a false -Wrestrict warning on that chain.)
+  std::string tmp = (dir / mt::str(".", p.filename().string(), ".tmp.", getpid(), ".", counter.fetch_add(1))).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   MT_CHECK(fd >= 0, path, ": cannot create temp file ", tmp, ": ", std::strerror(errno));
   size_t off = 0;
@@ -255,14 +287,25 @@ void save(const std::string& path, const std::vector<std::pair<std::string, at::
   for (const auto& [name, t0] : tensors) {
     MT_CHECK(!name.empty() && name != "__metadata__", path, ": invalid tensor name '", name, "'");
     MT_CHECK(!h.contains(name), path, ": duplicate tensor name '", name, "'");
-    at::Tensor t = t0.detach().to(at::kCPU).contiguous();
+    MT_CHECK(t0.defined(), path, ": tensor '", name, "' is undefined");
+    const auto* row = std::find_if(std::begin(kDTypes), std::end(kDTypes),
+                                   [&](const DTypeRow& r) { return r.in_torch && r.type == t0.scalar_type(); });
+    MT_CHECK(row != std::end(kDTypes), path, ": tensor '", name, "': cannot store dtype ",
+             c10::toString(t0.scalar_type()), " in safetensors");
+    // resolve_neg/conj: a lazily negated view's storage does not hold its values.
+    at::Tensor t = t0.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
     uint64_t nb = static_cast<uint64_t>(t.numel()) * t.element_size();
     h[name] = {{"dtype", from_scalar_type(t.scalar_type())}, {"shape", t.sizes().vec()},
                {"data_offsets", {off, off + nb}}};
     off += nb;
     cpu.push_back(t);
   }
-  std::string hs = h.dump();
+  std::string hs;
+  try {
+    hs = h.dump();
+  } catch (const std::exception& e) {  // e.g. a name or metadata that is not valid UTF-8
+    fail(path, ": cannot encode the header: ", e.what());
+  }
   while ((hs.size() + 8) % 8 != 0) hs.push_back(' ');
   std::string bytes;
   bytes.reserve(8 + hs.size() + off);
@@ -270,7 +313,8 @@ void save(const std::string& path, const std::vector<std::pair<std::string, at::
   bytes.append(reinterpret_cast<const char*>(&n), 8);
   bytes.append(hs);
   for (const auto& t : cpu)
-    bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size());
+    if (t.numel() > 0)
+      bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size());
   atomic_write(path, bytes);
 }
 
