@@ -16,10 +16,22 @@ using namespace mt::lm;
 
 namespace {
 
+// MOSHI_TTT_BENCH_DEVICE=cuda runs the LM benchmarks on the GPU (synchronising on every result).
+c10::Device bench_device() {
+  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
+  return c10::Device(d ? d : "cpu");
+}
+
+// Waits for the device by copying one element of t to the host.
+void sync(const at::Tensor& t) {
+  if (!t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
+}
+
 LMModel& small_model() {
   static LMModel m = [] {
     LMModel x(LMConfig::small());
     x->init_weights(0);
+    x->to(bench_device());
     for (auto& p : x->parameters()) p.set_requires_grad(false);
     x->eval();
     return x;
@@ -61,8 +73,9 @@ void BM_LMForward(benchmark::State& state) {
   at::Generator g = at::detail::createCPUGenerator(1);
   at::Tensor codes = at::randint(2048, {1, m->cfg.num_codebooks(), T}, g, at::kLong);
   codes.select(1, 0).random_(0, 32000, g);
-  m->forward(codes);  // warm-up
-  for (auto _ : state) benchmark::DoNotOptimize(m->forward(codes).logits);
+  codes = codes.to(bench_device());
+  sync(m->forward(codes).logits);  // warm-up
+  for (auto _ : state) sync(m->forward(codes).logits);
   state.counters["tok/s"] = benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -76,7 +89,7 @@ void BM_LMStreamingStep(benchmark::State& state) {
   for (int i = 0; i < 5; ++i) gen.step(st, user);  // warm-up
   for (auto _ : state) {
     auto y = gen.step(st, user);
-    benchmark::DoNotOptimize(y);
+    if (y) sync(*y);
   }
   double bytes = step_weight_bytes(m);
   state.counters["weight_MB"] = bytes / 1e6;
@@ -85,10 +98,10 @@ void BM_LMStreamingStep(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0);
-BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0);
-BENCHMARK(BM_LMForward)->Arg(256)->Unit(benchmark::kMillisecond)->MinTime(2.0);
-BENCHMARK(BM_LMStreamingStep)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+BENCHMARK(BM_LMForward)->Arg(256)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LMStreamingStep)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 int main(int argc, char** argv) {
   const char* t = std::getenv("MOSHI_TTT_BENCH_THREADS");

@@ -11,7 +11,7 @@ for h in nlohmann CLI gtest gmock benchmark png.h pngconf.h pnglibconf.h zlib.h;
 cp -L /usr/include/x86_64-linux-gnu/zconf.h "$D/include/" 2>/dev/null || cp -L /usr/include/zconf.h "$D/include/"
 L=/usr/lib/x86_64-linux-gnu
 cp -L $L/libgtest.a $L/libgtest_main.a $L/libgmock.a $L/libgmock_main.a $L/libpng.a $L/libz.a "$D/lib/x86_64-linux-gnu/"
-cp -a $L/libbenchmark.so* $L/libbenchmark_main.so* "$D/lib/x86_64-linux-gnu/" 2>/dev/null || true
+cp -a $L/libbenchmark.so* $L/libbenchmark_main.a "$D/lib/x86_64-linux-gnu/"
 cp -r $L/cmake/GTest $L/cmake/benchmark "$D/lib/x86_64-linux-gnu/cmake/"
 cp -r /usr/share/cmake/nlohmann_json "$D/share/cmake/"
 du -sh "$D"

@@ -96,7 +96,7 @@ std::vector<Kind>& kinds() {
 // Kinds we know by their files but have no runner for yet: skipped with a message.
 const std::vector<std::pair<std::string, std::vector<std::string>>> kKnownLayouts = {
     {"lm", {"config.json", "model.safetensors", "codes.safetensors", "out.safetensors"}},
-    {"ttt", {"config.json", "weights.safetensors", "inputs.safetensors", "outputs.safetensors"}},
+    {"ttt", {"config.json", "weights.safetensors", "inputs.safetensors", "outputs.safetensors"}},  // also inplace
     {"mimi", {"config.json", "model.safetensors", "io.safetensors"}},
     {"train", {"config.json", "train.json", "model.safetensors", "batches.safetensors", "out.safetensors"}},
 };
@@ -151,8 +151,17 @@ CaseResult run_case(const std::string& dir, const RunOptions& opt) {
       out.kind = r.kind;
       return out;
     }
+  if (r.kind.empty()) {
+    // A folder with a config.json that matches no known layout is an error, never a silent skip.
+    TensorCheck c;
+    c.name = "(layout)";
+    c.pass = false;
+    c.note = "unknown case layout (expected the files of an lm, ttt, inplace, mimi or train case)";
+    r.checks.push_back(c);
+    return r;
+  }
   r.skipped = true;
-  r.skip_reason = r.kind.empty() ? "unknown case layout" : str("no runner for kind '", r.kind, "' yet");
+  r.skip_reason = str("known kind '", r.kind, "', no runner for it yet");
   return r;
 }
 

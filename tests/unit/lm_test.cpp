@@ -114,7 +114,14 @@ class StreamingEqualsForward : public ::testing::TestWithParam<std::tuple<std::s
 TEST_P(StreamingEqualsForward, TemporalAndDepformer) {
   auto [pos, norm, gating, chunk] = GetParam();
   LMConfig c = small_cfg(pos, norm, gating, pos == "rope" ? "none" : "sin");
+  if (pos == "sin") c.layer_scale = 0.3;  // LayerScale on both residual branches
+  if (pos == "none") c.depformer_weights_per_step_schedule = {0, 0};  // weight sharing across steps
   LMModel m = make_model(c);
+  if (c.layer_scale) {
+    at::NoGradGuard ng;
+    for (auto& kv : m->named_parameters())
+      if (kv.key().find("layer_scale") != std::string::npos) kv.value().uniform_(0.1, 1.0);
+  }
   at::InferenceMode im;
   const int64_t B = 2, T = 13;
   at::Tensor seq = random_codes(c, B, T, 7);
