@@ -233,9 +233,14 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& pos, double theta) {
   return at::stack({x0 * cs - x1 * sn, x1 * cs + x0 * sn}, -1).flatten(-2);
 }
 
-// Depthwise causal conv over [B, L, C] with the previous conv_kernel-1 inputs in `tail` [B, C, k-1].
-at::Tensor causal_conv(const at::Tensor& xt /*[B, C, L] with tail prepended*/, const at::Tensor& w, const at::Tensor& b) {
-  return at::conv1d(xt, w, b, at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, w.size(0)).transpose(1, 2);
+// Depthwise causal conv: xin [B, C, k-1+L] holds the previous k-1 inputs then the chunk; returns
+// [B, L, C]. Written as k shifted multiply-adds rather than at::conv1d: the kernel is tiny (4), and
+// libtorch's depthwise conv falls back to a slow path for float64 and small inputs.
+at::Tensor causal_conv(const at::Tensor& xin, const at::Tensor& w, const at::Tensor& b) {
+  const int64_t k = w.size(2), L = xin.size(2) - (k - 1), C = w.size(0);
+  auto acc = b.view({1, C, 1}) + xin.narrow(2, 0, L) * w.select(2, 0).view({1, C, 1});
+  for (int64_t j = 1; j < k; ++j) acc = acc + xin.narrow(2, j, L) * w.select(2, j).view({1, C, 1});
+  return acc.transpose(1, 2);
 }
 
 }  // namespace

@@ -494,7 +494,11 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
 
 int64_t num_chunks(int64_t N, const at::Tensor& like) {
   if (!like.device().is_cpu()) return 1;  // one stream of kernels; the device parallelises
-  return std::max<int64_t>(1, std::min<int64_t>(N, at::get_num_threads()));
+  // A thread fork/join costs tens of microseconds (milliseconds on a loaded machine): split only when
+  // each chunk has enough work (like.numel() = N * L * f elements of XV).
+  const int64_t min_elems_per_chunk = 1 << 15;
+  const int64_t by_work = std::max<int64_t>(1, like.numel() / min_elems_per_chunk);
+  return std::max<int64_t>(1, std::min({N, static_cast<int64_t>(at::get_num_threads()), by_work}));
 }
 
 ScanOutputs scan(const ScanSpec& sp, const ScanInputs& in, ScanProbes* probes) {
