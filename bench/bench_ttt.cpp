@@ -52,6 +52,10 @@ void BM_TTT(benchmark::State& s, bool mlp, bool backward) {
   for (auto& [n, p] : layer.named_parameters()) wrt.push_back(p);
   auto xg = x.clone().requires_grad_(true);
   wrt.push_back(xg);
+  {  // untimed warm-up, as the reference script does (first-touch allocations, thread pool start)
+    at::NoGradGuard ng;
+    layer.forward(x);
+  }
   for (auto _ : s) {
     if (backward) {
       auto y = layer.forward(xg);

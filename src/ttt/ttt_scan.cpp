@@ -223,11 +223,16 @@ std::vector<std::pair<int64_t, int64_t>> chunk_ranges(int64_t N, int64_t chunks)
   return r;
 }
 
+// Runs fn(chunk index, c0, n) for every chunk, always inside an OpenMP team when libtorch has more than
+// one thread: libtorch decides whether an op may fork by omp_in_parallel() alone, and tiny ops such
+// as bmm and tril on [K, f] slices do fork outside a team (milliseconds each on a loaded machine).
+// With fewer chunks than two, the team gets an idle second member so that the work still runs in it.
 template <class F>
-void for_each_chunk(const std::vector<std::pair<int64_t, int64_t>>& ranges, F&& fn) {
+void for_each_chunk(const std::vector<std::pair<int64_t, int64_t>>& ranges, bool cpu, F&& fn) {
   const int64_t nc = static_cast<int64_t>(ranges.size());
-  at::parallel_for(0, nc, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) fn(c, ranges[c].first, ranges[c].second);
+  const int64_t tasks = (cpu && at::get_num_threads() > 1) ? std::max<int64_t>(nc, 2) : nc;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < std::min(e, nc); ++c) fn(c, ranges[c].first, ranges[c].second);
   });
 }
 
@@ -252,7 +257,7 @@ void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, S
   auto groups = make_groups(segs.size(), sp.group_size);
   auto masks = make_masks(sp.K, in.XV.options());
   auto ranges = chunk_ranges(N, num_chunks(N, in.XV));
-  for_each_chunk(ranges, [&](int64_t, int64_t c0, int64_t n) {
+  for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t, int64_t c0, int64_t n) {
     at::NoGradGuard ng;
     Inner st = chunk_state(in.W1b, in.G1b, in.W2b, in.G2b, c0, n, sp.s0 > 0);
     ProbeSlices ps, *pps = nullptr;
@@ -375,7 +380,7 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
       gG2 = at::zeros_like(in.W2b);
     }
 
-    for_each_chunk(ranges, [&](int64_t ci, int64_t c0, int64_t n) {
+    for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t ci, int64_t c0, int64_t n) {
       at::AutoGradMode enable(true);
       auto cs = [&](const at::Tensor& t) { return t.narrow(0, c0, n); };
       // Gradient w.r.t. the state at the end of the current group (starts with the outputs' grads).
