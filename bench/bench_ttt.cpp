@@ -1,0 +1,89 @@
+// TTT-Linear / TTT-MLP layer throughput at the paper's 125M layer size (C=768, 12 heads, L=2048,
+// mini-batch 16), float32 on CPU, next to a measured sgemm ceiling. Compare with
+// scripts/reference/bench_ttt_reference.py run in the same session (same FLOP formula).
+//   MT_BENCH_THREADS (default 2), MT_BENCH_L (default 2048).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cstdlib>
+
+#include "ttt/ttt_layer.h"
+
+namespace {
+
+int64_t env_int(const char* k, int64_t d) {
+  const char* v = std::getenv(k);
+  return v ? std::atoll(v) : d;
+}
+
+const int64_t kC = 768, kHeads = 12, kK = 16, kB = 1;
+
+double layer_flops(bool mlp, int64_t L) {
+  const double f = kC / kHeads, K = kK, n = L / kK, h = 4 * f;
+  double proj = 2.0 * kB * L * kC * kC * 4;  // q, k, v, o
+  double per = mlp ? 2 * (7 * K * f * h + 2 * K * K * f + 2 * K * K * h) : 2 * (3 * K * f * f + 2 * K * K * f);
+  return proj + kB * kHeads * n * per;
+}
+
+mt::ttt::TTTLayer make_layer(bool mlp) {
+  mt::ttt::TTTConfig c;
+  c.hidden_size = kC;
+  c.num_attention_heads = kHeads;
+  c.mini_batch_size = kK;
+  c.ttt_layer_type = mlp ? "mlp" : "linear";
+  c.ttt_base_lr = mlp ? 0.1 : 1.0;
+  return mt::ttt::TTTLayer::init(c, 0);
+}
+
+void BM_Sgemm2048(benchmark::State& s) {
+  auto a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
+  for (auto _ : s) benchmark::DoNotOptimize(at::mm(a, b));
+  s.counters["GFLOP/s"] = benchmark::Counter(2.0 * 2048 * 2048 * 2048 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_TTT(benchmark::State& s, bool mlp, bool backward) {
+  const int64_t L = env_int("MT_BENCH_L", 2048);
+  auto layer = make_layer(mlp);
+  auto x = at::randn({kB, L, kC});
+  auto gout = at::randn({kB, L, kC});
+  std::vector<at::Tensor> wrt;
+  for (auto& [n, p] : layer.named_parameters()) wrt.push_back(p);
+  auto xg = x.clone().requires_grad_(true);
+  wrt.push_back(xg);
+  {  // untimed warm-up, as the reference script does (first-touch allocations, thread pool start)
+    at::NoGradGuard ng;
+    layer.forward(x);
+  }
+  for (auto _ : s) {
+    if (backward) {
+      auto y = layer.forward(xg);
+      auto g = torch::autograd::grad({(y * gout).sum()}, wrt);
+      benchmark::DoNotOptimize(g);
+    } else {
+      at::NoGradGuard ng;
+      benchmark::DoNotOptimize(layer.forward(x));
+    }
+  }
+  const double flops = layer_flops(mlp, L) * (backward ? 3 : 1);
+  s.counters["tok/s"] = benchmark::Counter(static_cast<double>(kB * L), benchmark::Counter::kIsIterationInvariantRate);
+  s.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+
+BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK_CAPTURE(BM_TTT, linear_fwd, false, false)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK_CAPTURE(BM_TTT, linear_fwdbwd, false, true)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK_CAPTURE(BM_TTT, mlp_fwd, true, false)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK_CAPTURE(BM_TTT, mlp_fwdbwd, true, true)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+
+int main(int argc, char** argv) {
+  at::set_num_threads(static_cast<int>(env_int("MT_BENCH_THREADS", 2)));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,445 @@
+#include "ttt/ttt_layer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+#include "ttt/ttt_scan.h"
+#include "util/error.h"
+
+namespace mt::ttt {
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+void TTTConfig::validate() const {
+  MT_CHECK(hidden_size > 0 && num_attention_heads > 0, "ttt config: hidden_size and num_attention_heads must be > 0");
+  MT_CHECK(hidden_size % num_attention_heads == 0, "ttt config: hidden_size ", hidden_size,
+           " is not a multiple of num_attention_heads ", num_attention_heads);
+  MT_CHECK(head_dim() % 2 == 0, "ttt config: head_dim ", head_dim(), " must be even (RoPE rotates pairs)");
+  MT_CHECK(mini_batch_size > 0, "ttt config: mini_batch_size must be > 0, got ", mini_batch_size);
+  MT_CHECK(ttt_layer_type == "linear" || ttt_layer_type == "mlp", "ttt config: ttt_layer_type must be 'linear' or 'mlp', got '",
+           ttt_layer_type, "'");
+  MT_CHECK(!share_qk || conv_kernel >= 1, "ttt config: conv_kernel must be >= 1, got ", conv_kernel);
+  MT_CHECK(scan_checkpoint_group_size >= 0, "ttt config: scan_checkpoint_group_size must be >= 0, got ",
+           scan_checkpoint_group_size);
+}
+
+TTTConfig parse_config_json(const std::string& text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    fail("ttt config: invalid JSON: ", e.what());
+  }
+  TTTConfig c;
+  auto get = [&](const char* k, auto& v) {
+    if (j.contains(k) && !j[k].is_null()) v = j[k].get<std::decay_t<decltype(v)>>();
+  };
+  try {
+    get("hidden_size", c.hidden_size);
+    get("num_attention_heads", c.num_attention_heads);
+    get("mini_batch_size", c.mini_batch_size);
+    get("ttt_layer_type", c.ttt_layer_type);
+    get("ttt_base_lr", c.ttt_base_lr);
+    get("use_gate", c.use_gate);
+    get("share_qk", c.share_qk);
+    get("conv_kernel", c.conv_kernel);
+    get("scan_checkpoint_group_size", c.scan_checkpoint_group_size);
+    get("rope_theta", c.rope_theta);
+  } catch (const std::exception& e) {
+    fail("ttt config: bad field type: ", e.what());
+  }
+  c.validate();
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+TTTState::TTTState(int64_t batch_size) : batch(batch_size), position(batch_size, 0), fresh(batch_size, 1) {
+  MT_CHECK(batch_size > 0, "ttt state: batch size must be > 0, got ", batch_size);
+}
+
+void TTTState::reset() {
+  std::fill(position.begin(), position.end(), 0);
+  std::fill(fresh.begin(), fresh.end(), 1);
+}
+
+void TTTState::reset_slot(int64_t b) {
+  MT_CHECK(b >= 0 && b < batch, "ttt state: slot ", b, " out of range [0, ", batch, ")");
+  position[b] = 0;
+  fresh[b] = 1;
+}
+
+void TTTState::detach() {
+  for (at::Tensor* t : {&W1b, &W2b, &G1b, &G2b, &conv_tail})
+    if (t->defined()) *t = t->detach();
+}
+
+at::Tensor TTTState::W1() const { return W1b.narrow(2, 0, W1b.size(2) - 1); }
+at::Tensor TTTState::b1() const { return W1b.narrow(2, W1b.size(2) - 1, 1); }
+at::Tensor TTTState::W2() const { return W2b.defined() ? W2b.narrow(2, 0, W2b.size(2) - 1) : at::Tensor(); }
+at::Tensor TTTState::b2() const { return W2b.defined() ? W2b.narrow(2, W2b.size(2) - 1, 1) : at::Tensor(); }
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> TTTLayer::expected_parameters(const TTTConfig& c) {
+  c.validate();
+  const int64_t C = c.hidden_size, nh = c.num_attention_heads, f = c.head_dim(), h = c.inner_hidden();
+  const int64_t K = c.mini_batch_size;
+  // The reference module's registration order: own parameters, then submodules.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> p = {
+      {"learnable_token_idx", {K}},
+      {"learnable_ttt_lr_weight", {nh, 1, C}},
+      {"learnable_ttt_lr_bias", {nh, 1}},
+      {"ttt_norm_weight", {nh, f}},
+      {"ttt_norm_bias", {nh, f}},
+      {"W1", {nh, f, h}},
+      {"b1", {nh, 1, h}},
+  };
+  if (c.is_mlp()) {
+    p.push_back({"W2", {nh, h, f}});
+    p.push_back({"b2", {nh, 1, f}});
+  }
+  p.push_back({"q_proj.weight", {C, C}});
+  if (!c.share_qk) p.push_back({"k_proj.weight", {C, C}});
+  p.push_back({"v_proj.weight", {C, C}});
+  p.push_back({"o_proj.weight", {C, C}});
+  if (c.share_qk) {
+    p.push_back({"conv_q.weight", {C, 1, c.conv_kernel}});
+    p.push_back({"conv_q.bias", {C}});
+    p.push_back({"conv_k.weight", {C, 1, c.conv_kernel}});
+    p.push_back({"conv_k.bias", {C}});
+  }
+  if (c.use_gate) p.push_back({"g_proj.weight", {C, C}});
+  p.push_back({"post_norm.weight", {C}});
+  p.push_back({"post_norm.bias", {C}});
+  return p;
+}
+
+namespace {
+void check_tensors(const TTTConfig& cfg, const std::map<std::string, at::Tensor>& t) {
+  auto exp = TTTLayer::expected_parameters(cfg);
+  std::map<std::string, std::vector<int64_t>> want(exp.begin(), exp.end());
+  for (const auto& [name, shape] : exp) {
+    auto it = t.find(name);
+    MT_CHECK(it != t.end() && it->second.defined(), "ttt layer: missing tensor '", name, "' (expected shape ",
+             shape_str(shape), ")");
+    MT_CHECK(it->second.sizes().vec() == shape, "ttt layer: tensor '", name, "' has shape ",
+             shape_str(it->second.sizes().vec()), ", expected ", shape_str(shape));
+    MT_CHECK(at::isFloatingType(it->second.scalar_type()), "ttt layer: tensor '", name, "' must be floating point, got ",
+             c10::toString(it->second.scalar_type()));
+  }
+  for (const auto& [name, v] : t)
+    MT_CHECK(want.count(name), "ttt layer: unexpected tensor '", name, "' (shape ", shape_str(v.sizes().vec()),
+             ") for a ", cfg.ttt_layer_type, " layer", cfg.share_qk ? " with share_qk" : "",
+             cfg.use_gate ? " with use_gate" : "");
+}
+}  // namespace
+
+TTTLayer::TTTLayer(TTTConfig cfg, const std::map<std::string, at::Tensor>& params) : cfg_(std::move(cfg)) {
+  cfg_.validate();
+  check_tensors(cfg_, params);
+  for (const auto& [name, shape] : expected_parameters(cfg_)) {
+    index_[name] = params_.size();
+    params_.push_back({name, params.at(name).detach().clone().requires_grad_(true)});
+  }
+  auto dt = params_.front().second.scalar_type();
+  for (auto& [n, p] : params_)
+    MT_CHECK(p.scalar_type() == dt && p.device() == params_.front().second.device(), "ttt layer: tensor '", n,
+             "' has dtype/device ", c10::toString(p.scalar_type()), "/", p.device().str(), ", others ",
+             c10::toString(dt), "/", params_.front().second.device().str());
+}
+
+TTTLayer TTTLayer::init(const TTTConfig& cfg, uint64_t seed, at::ScalarType dtype, at::Device device) {
+  cfg.validate();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto opt = at::TensorOptions().dtype(at::kFloat);
+  std::map<std::string, at::Tensor> p;
+  for (const auto& [name, shape] : expected_parameters(cfg)) {
+    at::Tensor t;
+    auto ends = [&](const std::string& s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
+    if (name == "learnable_token_idx" || name == "learnable_ttt_lr_bias" || name == "ttt_norm_bias" || name == "b1" ||
+        name == "b2" || name == "post_norm.bias") {
+      t = at::zeros(shape, opt);  // token factor starts at exactly 1/i; biases 0
+    } else if (name == "ttt_norm_weight" || name == "post_norm.weight") {
+      t = at::ones(shape, opt);
+    } else if (name.rfind("conv_", 0) == 0) {
+      // PyTorch Conv1d default (the reference's _init_weights leaves convs alone): kaiming-uniform with
+      // a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; fan_in = kernel size.
+      double bound = 1.0 / std::sqrt(static_cast<double>(cfg.conv_kernel));
+      t = at::empty(shape, opt).uniform_(-bound, bound, gen);
+      (void)ends;
+    } else {
+      t = at::empty(shape, opt).normal_(0.0, 0.02, gen);  // projections, W1/W2, lr gate: N(0, 0.02^2)
+    }
+    p[name] = t.to(device, dtype);
+  }
+  return TTTLayer(cfg, p);
+}
+
+const at::Tensor& TTTLayer::param(const std::string& name) const {
+  auto it = index_.find(name);
+  MT_CHECK(it != index_.end(), "ttt layer: no parameter '", name, "'");
+  return params_[it->second].second;
+}
+
+void TTTLayer::load(const std::map<std::string, at::Tensor>& tensors) {
+  check_tensors(cfg_, tensors);
+  at::NoGradGuard ng;
+  for (auto& [name, p] : params_) p.copy_(tensors.at(name));
+}
+
+void TTTLayer::set_requires_grad(bool on) {
+  for (auto& [n, p] : params_) p.requires_grad_(on);
+}
+
+void TTTLayer::to(at::ScalarType dtype) {
+  for (auto& [n, p] : params_) {
+    bool rg = p.requires_grad();
+    p = p.detach().to(dtype).requires_grad_(rg);
+  }
+}
+
+at::ScalarType TTTLayer::dtype() const { return params_.front().second.scalar_type(); }
+at::Device TTTLayer::device() const { return params_.front().second.device(); }
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+namespace {
+
+// Inner state and gradient sums are kept in float32 (float64 for a float64 layer): bf16 state drifts
+// (spec 1.11, 5.4).
+at::ScalarType inner_dtype(at::ScalarType param) { return param == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Interleaved-pair RoPE (dims 2i, 2i+1 rotate together with frequency theta^(-2i/f)), positions mod K
+// (spec 1.3). x: [B, L, nh, f]; pos: [L] int64.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& pos, double theta) {
+  const int64_t f = x.size(-1);
+  auto fopt = at::TensorOptions().dtype(at::kFloat).device(x.device());
+  // As the reference: inv_freq and angles in float32, cos/sin cast to the activations' dtype.
+  auto inv = 1.0 / at::pow(theta, at::arange(0, f, 2, fopt.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(f));
+  auto ang = pos.to(at::kFloat).unsqueeze(1) * inv.unsqueeze(0);  // [L, f/2]
+  auto cs = ang.cos().to(x.scalar_type()).view({1, -1, 1, f / 2});
+  auto sn = ang.sin().to(x.scalar_type()).view({1, -1, 1, f / 2});
+  auto xp = x.unflatten(-1, {f / 2, 2});
+  auto x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
+  return at::stack({x0 * cs - x1 * sn, x1 * cs + x0 * sn}, -1).flatten(-2);
+}
+
+// Depthwise causal conv: xin [B, C, k-1+L] holds the previous k-1 inputs then the chunk; returns
+// [B, L, C]. Written as k shifted multiply-adds rather than at::conv1d: the kernel is tiny (4), and
+// libtorch's depthwise conv falls back to a slow path for float64 and small inputs.
+at::Tensor causal_conv(const at::Tensor& xin, const at::Tensor& w, const at::Tensor& b) {
+  const int64_t k = w.size(2), L = xin.size(2) - (k - 1), C = w.size(0);
+  auto acc = b.view({1, C, 1}) + xin.narrow(2, 0, L) * w.select(2, 0).view({1, C, 1});
+  for (int64_t j = 1; j < k; ++j) acc = acc + xin.narrow(2, j, L) * w.select(2, j).view({1, C, 1});
+  return acc.transpose(1, 2);
+}
+
+}  // namespace
+
+void TTTLayer::materialize(TTTState& st, const at::Tensor& x) const {
+  const auto idt = inner_dtype(dtype());
+  const int64_t B = st.batch, C = cfg_.hidden_size;
+  auto init1 = at::cat({param("W1"), param("b1")}, 1).to(idt).unsqueeze(0);  // [1, nh, f+1, h]
+  at::Tensor init2;
+  if (cfg_.is_mlp()) init2 = at::cat({param("W2"), param("b2")}, 1).to(idt).unsqueeze(0);
+  const int64_t k1 = std::max<int64_t>(cfg_.conv_kernel - 1, 0);
+  if (!st.materialized()) {
+    st.W1b = init1.expand({B, -1, -1, -1});
+    st.G1b = at::zeros(st.W1b.sizes(), init1.options());
+    if (cfg_.is_mlp()) {
+      st.W2b = init2.expand({B, -1, -1, -1});
+      st.G2b = at::zeros(st.W2b.sizes(), init2.options());
+    }
+    if (cfg_.share_qk) st.conv_tail = at::zeros({B, C, k1}, x.options());
+  } else if (std::any_of(st.fresh.begin(), st.fresh.end(), [](uint8_t v) { return v != 0; })) {
+    std::vector<uint8_t> f8(st.fresh.begin(), st.fresh.end());
+    auto m = at::from_blob(f8.data(), {B}, at::kByte).to(at::kBool).to(x.device()).view({B, 1, 1, 1});
+    st.W1b = at::where(m, init1, st.W1b);
+    st.G1b = st.G1b.masked_fill(m, 0);
+    if (cfg_.is_mlp()) {
+      st.W2b = at::where(m, init2, st.W2b);
+      st.G2b = st.G2b.masked_fill(m, 0);
+    }
+    if (cfg_.share_qk) st.conv_tail = st.conv_tail.masked_fill(m.view({B, 1, 1}), 0);
+  }
+  std::fill(st.fresh.begin(), st.fresh.end(), 0);
+}
+
+at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0, TTTProbes* probes) const {
+  const auto& c = cfg_;
+  const int64_t B = x.size(0), L = x.size(1), C = c.hidden_size, nh = c.num_attention_heads, f = c.head_dim();
+  const int64_t K = c.mini_batch_size, N = B * nh;
+  const auto idt = inner_dtype(dtype());
+
+  // Projections (spec 1.3). share_qk: one projection, two depthwise causal convs.
+  at::Tensor XQ, XK, XV = at::linear(x, param("v_proj.weight"));
+  if (c.share_qk) {
+    auto xqk = at::linear(x, param("q_proj.weight")).transpose(1, 2);  // [B, C, L]
+    auto xin = at::cat({st.conv_tail, xqk}, 2);
+    XQ = causal_conv(xin, param("conv_q.weight"), param("conv_q.bias"));
+    XK = causal_conv(xin, param("conv_k.weight"), param("conv_k.bias"));
+    st.conv_tail = xin.narrow(2, L, xin.size(2) - L);
+  } else {
+    XQ = at::linear(x, param("q_proj.weight"));
+    XK = at::linear(x, param("k_proj.weight"));
+  }
+  auto idx = (at::arange(L, at::TensorOptions().dtype(at::kLong).device(x.device())) + pos0).remainder(K);
+  XQ = rope(XQ.view({B, L, nh, f}), idx, c.rope_theta);
+  XK = rope(XK.view({B, L, nh, f}), idx, c.rope_theta);
+  auto heads = [&](const at::Tensor& t) { return t.view({B, L, nh, f}).permute({0, 2, 1, 3}).reshape({N, L, f}).to(idt); };
+  auto ones = [&](const at::Tensor& t) { return at::cat({t, at::ones({N, L, 1}, t.options())}, -1); };
+
+  detail::ScanInputs in;
+  in.XQa = ones(heads(XQ));
+  in.XKa = ones(heads(XK));
+  in.XV = heads(XV);
+  // Learnable inner lr (spec 1.5): base_lr * sigmoid(x . w_h + b_h) / head_dim, per token and head.
+  auto lr = at::sigmoid(at::linear(x, param("learnable_ttt_lr_weight").view({nh, C}), param("learnable_ttt_lr_bias").view({nh})));
+  in.lr = (lr * (c.ttt_base_lr / static_cast<double>(f))).permute({0, 2, 1}).reshape({N, L}).to(idt);
+  auto fopt = param("learnable_token_idx").options();
+  auto tok_all = at::clamp_min(1.0 / at::arange(1, K + 1, fopt) + param("learnable_token_idx"), 0.0);
+  in.tok = tok_all.index_select(0, idx).to(idt);
+  in.lnw = param("ttt_norm_weight").to(idt).unsqueeze(0).expand({B, nh, f}).reshape({N, 1, f});
+  in.lnb = param("ttt_norm_bias").to(idt).unsqueeze(0).expand({B, nh, f}).reshape({N, 1, f});
+  const int64_t h = c.inner_hidden();
+  in.W1b = st.W1b.reshape({N, f + 1, h});
+  in.G1b = st.G1b.reshape({N, f + 1, h});
+  if (c.is_mlp()) {
+    in.W2b = st.W2b.reshape({N, h + 1, f});
+    in.G2b = st.G2b.reshape({N, h + 1, f});
+  }
+
+  detail::ScanSpec spec;
+  spec.mlp = c.is_mlp();
+  spec.K = K;
+  spec.s0 = pos0 % K;
+  spec.group_size = c.scan_checkpoint_group_size;
+
+  detail::ScanProbes pr;
+  if (probes) {
+    at::NoGradGuard ng;
+    auto prev_idx = (idx - 1).clamp_min(0);
+    pr.tokprev = tok_all.detach().index_select(0, prev_idx).to(idt).masked_fill(idx.eq(0), 0.0);
+    pr.W1b0 = at::cat({param("W1"), param("b1")}, 1).detach().to(idt).unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, f + 1, h});
+    if (c.is_mlp())
+      pr.W2b0 = at::cat({param("W2"), param("b2")}, 1).detach().to(idt).unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, h + 1, f});
+    auto popt = in.XV.options();
+    pr.l0 = at::empty({N, L}, popt);
+    pr.lprev = at::empty({N, L}, popt);
+    pr.lafter = at::empty({N, L}, popt);
+  }
+
+  auto o = detail::scan(spec, in, probes ? &pr : nullptr);
+
+  st.W1b = o.W1b.view({B, nh, f + 1, h});
+  st.G1b = o.G1b.view({B, nh, f + 1, h});
+  if (c.is_mlp()) {
+    st.W2b = o.W2b.view({B, nh, h + 1, f});
+    st.G2b = o.G2b.view({B, nh, h + 1, f});
+  }
+
+  if (probes) {
+    at::NoGradGuard ng;
+    probes->l0 = pr.l0.view({B, nh, L}).to(at::kFloat);
+    probes->lprev = pr.lprev.view({B, nh, L}).to(at::kFloat);
+    probes->lafter = pr.lafter.view({B, nh, L}).to(at::kFloat);
+    // ||W_t - W_0|| with W_t the weights the last token used (mini-batch start minus its pending sum).
+    auto tl = tok_all.detach()[(pos0 + L - 1) % K].to(idt);
+    auto d1 = (st.W1b.detach() - tl * st.G1b.detach()) - pr.W1b0.view({B, nh, f + 1, h});
+    auto sq = d1.square().sum({1, 2, 3});
+    if (c.is_mlp()) {
+      auto d2 = (st.W2b.detach() - tl * st.G2b.detach()) - pr.W2b0.view({B, nh, h + 1, f});
+      sq = sq + d2.square().sum({1, 2, 3});
+    }
+    probes->w_delta_norm = sq.sqrt().to(at::kFloat);
+  }
+
+  // Output path (spec 1.7): merge heads, post-norm over C, optional GELU gate, output projection.
+  auto z = o.out.view({B, nh, L, f}).permute({0, 2, 1, 3}).reshape({B, L, C}).to(x.scalar_type());
+  z = at::layer_norm(z, {C}, param("post_norm.weight"), param("post_norm.bias"), 1e-6);
+  if (c.use_gate) z = at::gelu(at::linear(x, param("g_proj.weight")), "tanh") * z;
+  return at::linear(z, param("o_proj.weight"));
+}
+
+at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probes) const {
+  const int64_t C = cfg_.hidden_size, K = cfg_.mini_batch_size;
+  MT_CHECK(x.defined() && x.dim() == 3 && x.size(2) == C && x.size(1) >= 1, "ttt forward: x must be [B, L>=1, ",
+           C, "], got ", x.defined() ? shape_str(x.sizes().vec()) : std::string("undefined"));
+  MT_CHECK(st.batch > 0, "ttt forward: state has no batch slots (use layer.init_state(B))");
+  MT_CHECK(x.size(0) == st.batch, "ttt forward: x has batch ", x.size(0), ", state has ", st.batch, " slots");
+  MT_CHECK(x.scalar_type() == dtype(), "ttt forward: x dtype ", c10::toString(x.scalar_type()), " differs from the parameters' ",
+           c10::toString(dtype()));
+  MT_CHECK(x.device() == device(), "ttt forward: x on ", x.device().str(), ", parameters on ", device().str());
+  materialize(st, x);
+  const int64_t B = st.batch, L = x.size(1);
+
+  // Slots at different offsets inside their mini-batch (after a per-slot reset) run separately: the
+  // segment boundaries, token factors and RoPE positions depend on position mod K.
+  std::map<int64_t, std::vector<int64_t>> by_offset;
+  for (int64_t b = 0; b < B; ++b) by_offset[st.position[b] % K].push_back(b);
+
+  at::Tensor y;
+  if (by_offset.size() == 1) {
+    y = run_uniform(x, st, by_offset.begin()->first, probes);
+  } else {
+    auto lopt = at::TensorOptions().dtype(at::kLong).device(x.device());
+    TTTProbes all;
+    for (const auto& [off, slots] : by_offset) {
+      auto idx = at::tensor(slots, at::kLong).to(x.device());
+      TTTState sub(static_cast<int64_t>(slots.size()));
+      std::fill(sub.fresh.begin(), sub.fresh.end(), 0);
+      auto sel = [&](const at::Tensor& t) { return t.defined() ? t.index_select(0, idx) : t; };
+      sub.W1b = sel(st.W1b);
+      sub.G1b = sel(st.G1b);
+      sub.W2b = sel(st.W2b);
+      sub.G2b = sel(st.G2b);
+      sub.conv_tail = sel(st.conv_tail);
+      TTTProbes sp;
+      auto ys = run_uniform(x.index_select(0, idx), sub, off, probes ? &sp : nullptr);
+      if (!y.defined()) y = at::zeros({B, L, C}, ys.options());
+      y = y.index_copy(0, idx, ys);
+      auto put = [&](at::Tensor& dst, const at::Tensor& src) {
+        if (src.defined()) dst = dst.index_copy(0, idx, src);
+      };
+      put(st.W1b, sub.W1b);
+      put(st.G1b, sub.G1b);
+      put(st.W2b, sub.W2b);
+      put(st.G2b, sub.G2b);
+      put(st.conv_tail, sub.conv_tail);
+      if (probes) {
+        at::NoGradGuard ng;
+        if (!all.l0.defined()) {
+          all.l0 = at::zeros({B, cfg_.num_attention_heads, L}, sp.l0.options());
+          all.lprev = at::zeros_like(all.l0);
+          all.lafter = at::zeros_like(all.l0);
+          all.w_delta_norm = at::zeros({B}, sp.w_delta_norm.options());
+        }
+        all.l0.index_copy_(0, idx, sp.l0);
+        all.lprev.index_copy_(0, idx, sp.lprev);
+        all.lafter.index_copy_(0, idx, sp.lafter);
+        all.w_delta_norm.index_copy_(0, idx, sp.w_delta_norm);
+      }
+      (void)lopt;
+    }
+    if (probes) *probes = all;
+  }
+  for (auto& p : st.position) p += L;
+  return y;
+}
+
+at::Tensor TTTLayer::forward(const at::Tensor& x) const {
+  MT_CHECK(x.defined() && x.dim() == 3, "ttt forward: x must be [B, L, C]");
+  TTTState st(x.size(0));
+  return forward(x, st);
+}
+
+}  // namespace mt::ttt

@@ -1,0 +1,38 @@
+#pragma once
+// Helpers for the TTT layer tests: small configs and layers whose parameters are moved away from
+// their initial values so that every term of the equations matters.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+
+#include "ttt/ttt_layer.h"
+
+namespace mt::test {
+
+inline ttt::TTTConfig small_config(const std::string& type, int64_t C = 16, int64_t nh = 2, int64_t K = 16) {
+  ttt::TTTConfig c;
+  c.hidden_size = C;
+  c.num_attention_heads = nh;
+  c.mini_batch_size = K;
+  c.ttt_layer_type = type;
+  c.ttt_base_lr = type == "mlp" ? 0.1 : 1.0;
+  return c;
+}
+
+inline ttt::TTTLayer perturbed_layer(const ttt::TTTConfig& c, uint64_t seed, at::ScalarType dt = at::kDouble) {
+  auto base = ttt::TTTLayer::init(c, seed, at::kFloat);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1000);
+  std::map<std::string, at::Tensor> p;
+  for (const auto& [n, t] : base.named_parameters()) {
+    auto v = t.detach().clone();
+    // Sizeable changes: W0 and the projections are O(0.02) at init, which would make the inner loop
+    // nearly linear; the lr gate bias pushes the inner lr to vary per head.
+    double s = (n.find("proj") != std::string::npos) ? 0.3 : (n == "learnable_token_idx" ? 0.1 : 0.3);
+    v.add_(at::empty(v.sizes()).normal_(0.0, s, gen));
+    p[n] = v.to(dt);
+  }
+  return ttt::TTTLayer(c, p);
+}
+
+}  // namespace mt::test
