@@ -11,13 +11,17 @@
 
 namespace mt::lm {
 
-LMModelImpl::LMModelImpl(const LMConfig& c) : cfg(c) {
+bool is_ttt_param(const std::string& name) { return name.find(".ttt.") != std::string::npos; }
+
+LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t) : cfg(c), ttt_cfg(t) {
   cfg.validate();
+  MT_CHECK(!ttt_cfg.enable || ttt_cfg.variant == "hybrid", "ttt.variant '", ttt_cfg.variant,
+           "' is not available yet (hybrid is)");
   emb = register_module("emb", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.n_q; ++i) emb->push_back(ScaledEmbedding(cfg.card + 1, cfg.dim));
   text_emb = register_module("text_emb", ScaledEmbedding(cfg.text_card + 1, cfg.dim));
   text_linear = register_module("text_linear", Linear(cfg.dim, cfg.text_out_card()));
-  transformer = register_module("transformer", StreamingTransformer(cfg.transformer()));
+  transformer = register_module("transformer", StreamingTransformer(cfg.transformer(), &ttt_cfg));
   out_norm = register_module("out_norm", Norm(cfg.norm, cfg.dim));
   depformer_in = register_module("depformer_in", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_depformer_in(); ++i) depformer_in->push_back(Linear(cfg.dim, cfg.depformer_dim));
@@ -191,6 +195,7 @@ void LMModelImpl::init_weights(uint64_t seed) {
   for (auto& kv : named_parameters()) {
     const std::string& n = kv.key();
     at::Tensor p = kv.value();
+    if (is_ttt_param(n)) continue;  // initialised below by their own rule
     if (n.find("norm") != std::string::npos || n.find("alpha") != std::string::npos) {
       if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) p.zero_();
       else p.fill_(1.0);
@@ -202,6 +207,10 @@ void LMModelImpl::init_weights(uint64_t seed) {
       double std = 1.0 / std::sqrt(static_cast<double>(p.size(-1)));
       cpu_init(p, [&](at::Tensor t) { trunc_normal_(t, std, gen); });
     }
+  }
+  for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l) {
+    const auto& layer = transformer->layer_ptrs[l];
+    if (layer->ttt) layer->ttt->init(seed * 1000003ull + l, ttt_cfg.initial_gating_alpha);
   }
 }
 
@@ -217,15 +226,19 @@ int64_t LMModelImpl::num_parameters() const {
   return n;
 }
 
-void LMModelImpl::load(const io::SafeTensors& file) {
+int64_t LMModelImpl::load(const io::SafeTensors& file) {
   std::map<std::string, at::Tensor> m;
   for (const auto& t : file.tensors()) m[t.name] = file.view(t.name);
-  load(m, file.path());
+  return load(m, file.path());
 }
 
-void LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
   at::NoGradGuard ng;
   std::set<std::string> used;
+  // A base checkpoint has no TTT tensors at all: those keep their initial values.
+  bool file_has_ttt = false;
+  for (const auto& kv : tensors) file_has_ttt |= is_ttt_param(kv.first);
+  int64_t kept_init = 0;
   // Fused attention names (Kyutai's released files): in_proj_weight / out_proj.weight hold every
   // weight set stacked along dim 0.
   static const std::regex split_re(R"((.*self_attn\.)(in|out)_projs\.(\d+)\.weight)");
@@ -260,6 +273,10 @@ void LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const s
         }
       }
     }
+    if (!src.defined() && is_ttt_param(name) && !file_has_ttt) {
+      ++kept_init;
+      continue;
+    }
     MT_CHECK(src.defined(), source, ": missing tensor '", name, "' (expected shape ", shape_str(p.sizes().vec()), ")");
     MT_CHECK(src.sizes() == p.sizes(), source, ": tensor '", name, "': expected shape ", shape_str(p.sizes().vec()),
              ", got ", shape_str(src.sizes().vec()));
@@ -276,18 +293,21 @@ void LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const s
     if (extra.size() > 5) list += str(" and ", extra.size() - 5, " more");
     fail(source, ": unexpected tensor", extra.size() > 1 ? "s " : " ", list, " (not part of this model's config)");
   }
+  return kept_init;
 }
 
-LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype) {
+LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype,
+                const TTTIntegrationConfig& ttt, int64_t* initialised) {
   io::SafeTensors f(path);
-  LMModel m(cfg);
+  LMModel m(cfg, ttt);
   if (!dtype) {
     dtype = at::kFloat;
     for (const auto& t : f.tensors())
       if (t.dtype == "BF16" || t.dtype == "F16") dtype = io::to_scalar_type(t.dtype);
   }
   m->to(*dtype);
-  m->load(f);
+  int64_t n = m->load(f);
+  if (initialised) *initialised = n;
   for (auto& p : m->parameters()) p.set_requires_grad(false);
   return m;
 }

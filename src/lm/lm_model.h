@@ -26,7 +26,7 @@ struct LMOutput {
 };
 
 struct LMModelImpl : torch::nn::Module {
-  explicit LMModelImpl(const LMConfig& cfg);
+  explicit LMModelImpl(const LMConfig& cfg, const TTTIntegrationConfig& ttt = {});
 
   // Training/scoring forward on codes [B, 1 + n_q, T] (text first), aligned with codes like the reference.
   LMOutput forward(const at::Tensor& codes) const;
@@ -51,14 +51,17 @@ struct LMModelImpl : torch::nn::Module {
   // PyTorch's default uniform for the depformer layers), seeded.
   void init_weights(uint64_t seed);
   // Strict load: every parameter must be found (reference name, or the fused in_proj_weight /
-  // out_proj.weight names split per step), shapes must match, no tensor may be left over.
-  void load(const io::SafeTensors& file);
-  void load(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
+  // out_proj.weight names split per step), shapes must match, no tensor may be left over. The one
+  // exception: a file with none of the TTT tensors (a base checkpoint) leaves them at their initial
+  // values; the number of such tensors is returned. A file with some but not all of them is an error.
+  int64_t load(const io::SafeTensors& file);
+  int64_t load(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
   // name -> parameter, in the reference's (split) names.
   std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
   int64_t num_parameters() const;
 
   LMConfig cfg;
+  TTTIntegrationConfig ttt_cfg;
   torch::nn::ModuleList emb;
   ScaledEmbedding text_emb{nullptr};
   Linear text_linear{nullptr};
@@ -80,7 +83,11 @@ TORCH_MODULE(LMModel);
 
 // Builds a model from a config and a checkpoint (safetensors), strictly; dtype as in the file unless given.
 LMModel load_lm(const LMConfig& cfg, const std::string& weights_path,
-                std::optional<at::ScalarType> dtype = at::kFloat);
+                std::optional<at::ScalarType> dtype = at::kFloat, const TTTIntegrationConfig& ttt = {},
+                int64_t* initialised_ttt_tensors = nullptr);
+
+// True for parameters that a TTT integration adds (absent from base Moshi checkpoints).
+bool is_ttt_param(const std::string& name);
 
 // The LM config implied by a checkpoint's tensor names and shapes, where it can be read off
 // (dims, layers, cards, streams); fields it cannot see (delays, heads, ...) are left at defaults.

@@ -122,12 +122,62 @@ void TransformerState::reset(const at::Tensor& mask) {
   if (!mask.defined()) {
     offsets.zero_();
     offset_cpu = 0;
+    for (auto& t : ttt) t.reset();
     return;
   }
   MT_CHECK(mask.dim() == 1 && mask.size(0) == batch, "reset mask must be [", batch, "] booleans, got ",
            shape_str(mask.sizes().vec()));
   // Slots with offset 0 see every cache entry as invalid, so their old keys are never read again.
   offsets.masked_fill_(mask.to(offsets.device(), at::kBool), 0);
+  if (!ttt.empty()) {
+    at::Tensor m = mask.to(at::kCPU, at::kBool);
+    for (int64_t b = 0; b < batch; ++b)
+      if (m[b].item<bool>())
+        for (auto& t : ttt)
+          if (t.batch > 0) t.reset_slot(b);
+  }
+}
+
+void TransformerState::detach() {
+  for (auto& t : ttt) t.detach();
+}
+
+void register_param_tree(torch::nn::Module& root, const std::string& dotted, const at::Tensor& t) {
+  torch::nn::Module* m = &root;
+  std::string rest = dotted;
+  size_t dot;
+  while ((dot = rest.find('.')) != std::string::npos) {
+    std::string head = rest.substr(0, dot);
+    rest = rest.substr(dot + 1);
+    std::shared_ptr<torch::nn::Module> child;
+    for (auto& kv : m->named_children())
+      if (kv.key() == head) child = kv.value();
+    if (!child) child = m->register_module(head, std::make_shared<torch::nn::Module>(head));
+    m = child.get();
+  }
+  m->register_parameter(rest, t);
+}
+
+HybridTTTImpl::HybridTTTImpl(const std::string& norm_kind, int64_t dim, const ttt::TTTConfig& cfg, double alpha_init) {
+  norm = register_module("norm", Norm(norm_kind, dim));
+  gating_alpha = register_parameter("gating_alpha", at::full({dim}, alpha_init));
+  layer = std::make_shared<ttt::TTTLayer>(ttt::TTTLayer::init(cfg, 0));
+  auto holder = register_module("layer", std::make_shared<torch::nn::Module>("TTTLayer"));
+  for (const auto& [name, t] : layer->named_parameters()) register_param_tree(*holder, name, t);
+}
+
+void HybridTTTImpl::init(uint64_t seed, double alpha_init) const {
+  at::NoGradGuard ng;
+  ttt::TTTLayer fresh = ttt::TTTLayer::init(layer->config(), seed);
+  for (const auto& [name, t] : fresh.named_parameters()) layer->param(name).copy_(t);
+  gating_alpha.fill_(alpha_init);
+  if (norm->alpha.defined()) norm->alpha.fill_(1.0);
+  if (norm->weight.defined()) norm->weight.fill_(1.0);
+  if (norm->bias.defined()) norm->bias.zero_();
+}
+
+at::Tensor HybridTTTImpl::forward(const at::Tensor& h, ttt::TTTState& st, ttt::TTTProbes* probes) const {
+  return at::tanh(gating_alpha) * layer->forward(norm->forward(h), st, probes);
 }
 
 namespace {
@@ -236,8 +286,17 @@ TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) 
 
 at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
                                          KVCache* cache) const {
+  return forward(x, offsets, offset_cpu, cache, nullptr, nullptr);
+}
+
+at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
+                                         KVCache* cache, ttt::TTTState* ttt_state, ttt::TTTProbes* probes) const {
   at::Tensor upd = self_attn->forward(norm1->forward(x), offsets, offset_cpu, cache);
   at::Tensor h = x + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
+  if (ttt) {
+    MT_CHECK(ttt_state, "hybrid TTT layer run without a TTT state");
+    h = h + ttt->forward(h, *ttt_state, probes);
+  }
   at::Tensor n = norm2->forward(h);
   if (linear1) {
     upd = linear2->forward(at::gelu(linear1->forward(n)));
@@ -249,12 +308,51 @@ at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& 
   return h + (layer_scale_2 ? layer_scale_2->forward(upd) : upd);
 }
 
-StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c) : cfg(c) {
+StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, const TTTIntegrationConfig* ttt) : cfg(c) {
   layers = register_module("layers", torch::nn::ModuleList());
+  const bool hybrid = ttt && ttt->enable && ttt->variant == "hybrid";
+  if (ttt && ttt->enable) ttt->validate(cfg.num_layers);
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    layer_ptrs.push_back(TransformerLayer(cfg));
+    TransformerConfig lc = cfg;
+    const bool is_ttt = ttt && ttt->is_ttt_layer(i, cfg.num_layers);
+    if (ttt && ttt->enable) {
+      if (is_ttt && ttt->attention_context) lc.context = ttt->attention_context;
+      if (!is_ttt && ttt->non_ttt_attention_context) lc.context = ttt->non_ttt_attention_context;
+    }
+    layer_ptrs.push_back(TransformerLayer(lc));
+    if (hybrid && is_ttt) {
+      ttt::TTTConfig tc;
+      tc.hidden_size = cfg.d_model;
+      tc.num_attention_heads = ttt->num_heads > 0 ? ttt->num_heads : cfg.num_heads;
+      tc.mini_batch_size = ttt->mini_batch_size;
+      tc.ttt_layer_type = ttt->type;
+      tc.ttt_base_lr = ttt->base_lr;
+      tc.use_gate = ttt->use_gate;
+      tc.share_qk = ttt->share_qk;
+      tc.conv_kernel = ttt->conv_kernel;
+      tc.scan_checkpoint_group_size = ttt->scan_checkpoint_group_size;
+      try {
+        tc.validate();
+      } catch (const Error& e) {
+        fail("ttt (layer ", i, "): ", e.what());
+      }
+      layer_ptrs.back()->ttt = layer_ptrs.back()->register_module(
+          "ttt", HybridTTT(cfg.norm, cfg.d_model, tc, ttt->initial_gating_alpha));
+    }
     layers->push_back(layer_ptrs.back());
   }
+}
+
+bool StreamingTransformerImpl::has_ttt() const {
+  for (const auto& l : layer_ptrs)
+    if (l->ttt) return true;
+  return false;
+}
+
+std::vector<ttt::TTTState> StreamingTransformerImpl::make_ttt_states(int64_t batch) const {
+  std::vector<ttt::TTTState> out;
+  for (const auto& l : layer_ptrs) out.push_back(l->ttt ? ttt::TTTState(batch) : ttt::TTTState());
+  return out;
 }
 
 at::Tensor StreamingTransformerImpl::add_positional(const at::Tensor& x, const at::Tensor& offsets) const {
@@ -264,20 +362,34 @@ at::Tensor StreamingTransformerImpl::add_positional(const at::Tensor& x, const a
   return x + sin_embedding(pos, x.size(2), cfg.max_period, x.scalar_type());
 }
 
-at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x) const {
+at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<ttt::TTTState>* ttt_states,
+                                             std::vector<ttt::TTTProbes>* probes) const {
   at::Tensor offsets = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(x.device()));
   at::Tensor h = add_positional(x, offsets);
-  for (const auto& layer : layer_ptrs) h = layer->forward(h, offsets, 0, nullptr);
+  std::vector<ttt::TTTState> fresh;
+  if (!ttt_states && has_ttt()) {
+    fresh = make_ttt_states(x.size(0));
+    ttt_states = &fresh;
+  }
+  if (probes) probes->assign(layer_ptrs.size(), {});
+  for (size_t i = 0; i < layer_ptrs.size(); ++i) {
+    ttt::TTTState* ts = layer_ptrs[i]->ttt ? &ttt_states->at(i) : nullptr;
+    h = layer_ptrs[i]->forward(h, offsets, 0, nullptr, ts, probes && ts ? &(*probes)[i] : nullptr);
+  }
   return h;
 }
 
-at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st) const {
+at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st, std::vector<ttt::TTTProbes>* probes) const {
   MT_CHECK(x.dim() == 3 && x.size(0) == st.batch && x.size(2) == cfg.d_model, "transformer step: expected [",
            st.batch, ", T, ", cfg.d_model, "], got ", shape_str(x.sizes().vec()));
   MT_CHECK(x.size(1) <= st.max_chunk, "transformer step: chunk of ", x.size(1), " steps, but the state was made for at most ",
            st.max_chunk, " (make_state's max_chunk)");
   at::Tensor h = add_positional(x, st.offsets);
-  for (size_t i = 0; i < layer_ptrs.size(); ++i) h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i]);
+  if (probes) probes->assign(layer_ptrs.size(), {});
+  for (size_t i = 0; i < layer_ptrs.size(); ++i) {
+    ttt::TTTState* ts = layer_ptrs[i]->ttt ? &st.ttt.at(i) : nullptr;
+    h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i], ts, probes && ts ? &(*probes)[i] : nullptr);
+  }
   st.offsets.add_(x.size(1));
   st.offset_cpu += x.size(1);
   return h;
@@ -288,13 +400,15 @@ TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max
   st.batch = batch;
   MT_CHECK(max_chunk >= 1, "max_chunk must be >= 1");
   st.max_chunk = max_chunk;
-  int64_t w = window.value_or(cfg.context ? *cfg.context : cfg.weights_per_step);
-  MT_CHECK(w > 0, "streaming needs a bounded KV cache: this transformer has no context (attention window)");
-  int64_t cap = w + max_chunk - 1;
   at::Tensor any = parameters().empty() ? at::empty({0}) : parameters().front();
   auto opt = any.options().requires_grad(false);
   st.offsets = at::zeros({batch}, opt.dtype(at::kLong));
+  st.ttt = make_ttt_states(batch);
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
+    const auto& lc = layer_ptrs[i]->cfg;
+    int64_t w = window.value_or(lc.context ? *lc.context : lc.weights_per_step);
+    MT_CHECK(w > 0, "streaming needs a bounded KV cache: layer ", i, " has no context (attention window)");
+    int64_t cap = w + max_chunk - 1;
     KVCache c;
     c.capacity = cap;
     c.k = at::zeros({batch, cfg.num_heads, cap, cfg.head_dim()}, opt);

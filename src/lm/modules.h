@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "lm/config.h"
+#include "lm/ttt_config.h"
+#include "ttt/ttt_layer.h"
 
 namespace mt::lm {
 
@@ -69,9 +71,29 @@ struct TransformerState {
   int64_t offset_cpu = 0;   // host copy for weights-per-step indexing (all slots advance together there)
   int64_t max_chunk = 1;    // longest step() this state's KV ring was sized for
   std::vector<KVCache> layers;
-  // Resets every slot (mask undefined) or the slots where mask is true.
+  std::vector<ttt::TTTState> ttt;  // per layer; batch 0 (unused) for layers without TTT
+  // Resets every slot (mask undefined) or the slots where mask is true: offsets, and TTT inner
+  // states back to the layer's current learned initial weights.
   void reset(const at::Tensor& mask = {});
+  // Cuts the autograd history of carried TTT states (training across chunks).
+  void detach();
 };
+
+// Registers `t` under a dotted name ("q_proj.weight") in `root`, creating plain submodules on the way,
+// so that parameters owned elsewhere appear in the module tree under their reference names.
+void register_param_tree(torch::nn::Module& root, const std::string& dotted, const at::Tensor& t);
+
+// Hybrid TTT block (Video-DiT style, Path A): h + tanh(gating_alpha) * TTT(norm(h)).
+struct HybridTTTImpl : torch::nn::Module {
+  HybridTTTImpl(const std::string& norm, int64_t dim, const ttt::TTTConfig& cfg, double alpha_init);
+  at::Tensor forward(const at::Tensor& h, ttt::TTTState& st, ttt::TTTProbes* probes = nullptr) const;
+  // Sets the reference's initial values (TTT layer init, alpha, norm), seeded.
+  void init(uint64_t seed, double alpha_init) const;  // writes parameter values only
+  Norm norm{nullptr};
+  at::Tensor gating_alpha;  // [dim]
+  std::shared_ptr<ttt::TTTLayer> layer;  // parameters registered under "layer."
+};
+TORCH_MODULE(HybridTTT);
 
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const TransformerConfig& cfg);
@@ -92,15 +114,24 @@ struct TransformerLayerImpl : torch::nn::Module {
   Gating gating{nullptr};                      // gated, one weight set
   torch::nn::ModuleList gating_list{nullptr};  // gated, weights per step (registered as "gating")
   LayerScale layer_scale_1{nullptr}, layer_scale_2{nullptr};
+  HybridTTT ttt{nullptr};                      // hybrid TTT between attention and FFN
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache,
+                     ttt::TTTState* ttt_state, ttt::TTTProbes* probes) const;
 };
 TORCH_MODULE(TransformerLayer);
 
 struct StreamingTransformerImpl : torch::nn::Module {
-  explicit StreamingTransformerImpl(const TransformerConfig& cfg);
-  // Whole sequence starting at position 0.
-  at::Tensor forward(const at::Tensor& x) const;
+  // With an enabled hybrid TTT integration, the chosen layers get a TTT block and their own attention
+  // window (attention_context); the others take non_ttt_attention_context when set.
+  explicit StreamingTransformerImpl(const TransformerConfig& cfg, const TTTIntegrationConfig* ttt = nullptr);
+  // Whole sequence starting at position 0. TTT layers start from fresh states, or from and into
+  // `ttt_states` when given (persistent states across training chunks).
+  at::Tensor forward(const at::Tensor& x, std::vector<ttt::TTTState>* ttt_states = nullptr,
+                     std::vector<ttt::TTTProbes>* probes = nullptr) const;
   // Streaming: consumes x [B, T, D] after what the state has seen; updates the state.
-  at::Tensor step(const at::Tensor& x, TransformerState& state) const;
+  at::Tensor step(const at::Tensor& x, TransformerState& state, std::vector<ttt::TTTProbes>* probes = nullptr) const;
+  std::vector<ttt::TTTState> make_ttt_states(int64_t batch) const;
+  bool has_ttt() const;
   // The KV ring holds window + max_chunk - 1 entries, where the window is the context (or
   // weights_per_step, or `window` when given): chunks of up to max_chunk steps then see exactly the
   // keys the whole-sequence forward sees. Throws if nothing bounds the cache.

@@ -1,0 +1,165 @@
+#include "lm/ttt_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <set>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace mt::lm {
+
+namespace {
+// Reads node[key] into out when present; a value of the wrong type is an error naming where.key.
+template <class T>
+void read(const YAML::Node& n, const char* key, T& out, const std::string& where, std::set<std::string>& seen) {
+  seen.insert(key);
+  if (!n[key] || n[key].IsNull()) return;
+  try {
+    out = n[key].as<T>();
+  } catch (const std::exception&) {
+    std::ostringstream os;
+    os << n[key];
+    fail(where, ".", key, ": cannot read '", os.str(), "' as the expected type");
+  }
+}
+template <class T>
+void read_opt(const YAML::Node& n, const char* key, std::optional<T>& out, const std::string& where,
+              std::set<std::string>& seen) {
+  seen.insert(key);
+  if (!n[key] || n[key].IsNull()) return;
+  T v{};
+  read(n, key, v, where, seen);
+  out = v;
+}
+void reject_unknown(const YAML::Node& n, const std::set<std::string>& seen, const std::string& where) {
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    std::string k = it->first.as<std::string>();
+    MT_CHECK(seen.count(k), where, ".", k, ": unknown field");
+  }
+}
+}  // namespace
+
+TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const std::string& w) {
+  TTTIntegrationConfig c;
+  if (!n || n.IsNull()) return c;
+  MT_CHECK(n.IsMap(), w, ": expected a mapping");
+  std::set<std::string> s;
+  read(n, "enable", c.enable, w, s);
+  read(n, "variant", c.variant, w, s);
+  if (n["layers"] && n["layers"].IsSequence()) {
+    std::ostringstream os;
+    for (size_t i = 0; i < n["layers"].size(); ++i) os << (i ? "," : "") << n["layers"][i].as<std::string>();
+    c.layers = os.str();
+    s.insert("layers");
+  } else {
+    read(n, "layers", c.layers, w, s);
+  }
+  read_opt(n, "start_layer", c.start_layer, w, s);
+  read(n, "layer_frequency", c.layer_frequency, w, s);
+  read(n, "type", c.type, w, s);
+  read(n, "num_heads", c.num_heads, w, s);
+  read(n, "mini_batch_size", c.mini_batch_size, w, s);
+  read(n, "base_lr", c.base_lr, w, s);
+  read(n, "initial_gating_alpha", c.initial_gating_alpha, w, s);
+  read_opt(n, "attention_context", c.attention_context, w, s);
+  read_opt(n, "non_ttt_attention_context", c.non_ttt_attention_context, w, s);
+  read(n, "persistent_states", c.persistent_states, w, s);
+  read(n, "scan_checkpoint_group_size", c.scan_checkpoint_group_size, w, s);
+  read(n, "use_gate", c.use_gate, w, s);
+  read(n, "share_qk", c.share_qk, w, s);
+  read(n, "conv_kernel", c.conv_kernel, w, s);
+  read(n, "adapter_rank", c.adapter_rank, w, s);
+  read(n, "adapter_scale", c.adapter_scale, w, s);
+  read(n, "adapter_targets", c.adapter_targets, w, s);
+  read(n, "inplace_chunk_size", c.inplace_chunk_size, w, s);
+  read(n, "inplace_lr", c.inplace_lr, w, s);
+  read(n, "inplace_conv_kernel", c.inplace_conv_kernel, w, s);
+  read(n, "inplace_lookahead", c.inplace_lookahead, w, s);
+  read(n, "inplace_target", c.inplace_target, w, s);
+  read(n, "inplace_use_proj", c.inplace_use_proj, w, s);
+  read(n, "weight_lr_multiplier", c.weight_lr_multiplier, w, s);
+  read(n, "alpha_lr_multiplier", c.alpha_lr_multiplier, w, s);
+  reject_unknown(n, s, w);
+  return c;
+}
+
+std::vector<int64_t> TTTIntegrationConfig::layer_indices(int64_t num_layers) const {
+  std::vector<int64_t> out;
+  if (!layers.empty()) {
+    MT_CHECK(!start_layer, "ttt.layers and ttt.start_layer are both set: pick one");
+    std::stringstream ss(layers);
+    std::string tok;
+    while (std::getline(ss, tok, ',')) {
+      size_t a = tok.find_first_not_of(" \t"), b = tok.find_last_not_of(" \t");
+      MT_CHECK(a != std::string::npos, "ttt.layers: empty entry in '", layers, "'");
+      tok = tok.substr(a, b - a + 1);
+      int64_t v = 0;
+      try {
+        size_t used = 0;
+        v = std::stoll(tok, &used);
+        MT_CHECK(used == tok.size(), "ttt.layers: '", tok, "' is not a layer index");
+      } catch (const Error&) {
+        throw;
+      } catch (const std::exception&) {
+        fail("ttt.layers: '", tok, "' is not a layer index");
+      }
+      if (v < 0) v += num_layers;  // -1 is the last layer
+      MT_CHECK(v >= 0 && v < num_layers, "ttt.layers: layer ", tok, " is out of range (the model has ", num_layers, " layers)");
+      out.push_back(v);
+    }
+  } else if (start_layer) {
+    MT_CHECK(*start_layer >= 0 && *start_layer < num_layers, "ttt.start_layer: ", *start_layer,
+             " is out of range (the model has ", num_layers, " layers)");
+    MT_CHECK(layer_frequency >= 1, "ttt.layer_frequency must be >= 1, got ", layer_frequency);
+    for (int64_t l = *start_layer; l < num_layers; l += layer_frequency) out.push_back(l);
+  }
+  std::set<int64_t> uniq(out.begin(), out.end());
+  MT_CHECK(uniq.size() == out.size(), "ttt.layers: '", layers, "' names a layer twice");
+  return std::vector<int64_t>(uniq.begin(), uniq.end());
+}
+
+bool TTTIntegrationConfig::is_ttt_layer(int64_t layer, int64_t num_layers) const {
+  if (!enable) return false;
+  for (auto l : layer_indices(num_layers))
+    if (l == layer) return true;
+  return false;
+}
+
+void TTTIntegrationConfig::validate(int64_t num_layers) const {
+  if (!enable) return;
+  static const std::set<std::string> variants = {"hybrid", "adapter", "inplace"};
+  MT_CHECK(variants.count(variant), "ttt.variant: '", variant, "' (expected hybrid, adapter or inplace)");
+  MT_CHECK(type == "linear" || type == "mlp", "ttt.type: '", type, "' (expected linear or mlp)");
+  MT_CHECK(!layer_indices(num_layers).empty(), "ttt.layers / ttt.start_layer: no layer chosen for TTT");
+  MT_CHECK(mini_batch_size >= 1, "ttt.mini_batch_size must be >= 1, got ", mini_batch_size);
+  MT_CHECK(num_heads >= 0, "ttt.num_heads must be >= 0");
+  MT_CHECK(base_lr >= 0, "ttt.base_lr must be >= 0");
+  if (attention_context) MT_CHECK(*attention_context >= 1, "ttt.attention_context must be >= 1");
+  if (non_ttt_attention_context) MT_CHECK(*non_ttt_attention_context >= 1, "ttt.non_ttt_attention_context must be >= 1");
+  MT_CHECK(scan_checkpoint_group_size >= 0, "ttt.scan_checkpoint_group_size must be >= 0");
+  MT_CHECK(adapter_rank >= 1, "ttt.adapter_rank must be >= 1");
+  MT_CHECK(inplace_chunk_size >= 1, "ttt.inplace_chunk_size must be >= 1");
+  MT_CHECK(inplace_conv_kernel >= 1, "ttt.inplace_conv_kernel must be >= 1");
+  MT_CHECK(inplace_lookahead >= 0 && inplace_lookahead < inplace_conv_kernel, "ttt.inplace_lookahead must be in [0, inplace_conv_kernel)");
+  MT_CHECK(inplace_target == "embeddings" || inplace_target == "ffn_input", "ttt.inplace_target: '", inplace_target,
+           "' (expected embeddings or ffn_input)");
+  MT_CHECK(weight_lr_multiplier > 0 && alpha_lr_multiplier > 0, "ttt.*_lr_multiplier must be > 0");
+}
+
+LoRAConfig LoRAConfig::from_yaml(const YAML::Node& n, const std::string& w) {
+  LoRAConfig c;
+  if (!n || n.IsNull()) return c;
+  MT_CHECK(n.IsMap(), w, ": expected a mapping");
+  std::set<std::string> s;
+  read(n, "enable", c.enable, w, s);
+  read(n, "rank", c.rank, w, s);
+  read(n, "scaling", c.scaling, w, s);
+  read(n, "ft_embed", c.ft_embed, w, s);
+  read(n, "targets", c.targets, w, s);
+  reject_unknown(n, s, w);
+  MT_CHECK(c.rank >= 1, w, ".rank must be >= 1, got ", c.rank);
+  return c;
+}
+
+}  // namespace mt::lm

@@ -1,0 +1,66 @@
+#pragma once
+// How TTT is put into a Moshi LM (the `ttt:` section of a YAML config) and LoRA adapters (`lora:`,
+// moshi-finetune's fields). Every field is read; unknown or mistyped fields are errors naming them.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace YAML {
+class Node;
+}
+
+namespace mt::lm {
+
+struct TTTIntegrationConfig {
+  bool enable = false;
+  std::string variant = "hybrid";  // hybrid | adapter | inplace
+  // Which temporal-transformer layers: an explicit list ("25,26,27"), or every layer_frequency-th
+  // layer from start_layer.
+  std::string layers;
+  std::optional<int64_t> start_layer;
+  int64_t layer_frequency = 1;
+  std::string type = "linear";  // inner model: linear | mlp
+  int64_t num_heads = 0;        // TTT heads (0: the model's heads)
+  int64_t mini_batch_size = 16;
+  double base_lr = 1.0;
+  double initial_gating_alpha = 0.1;
+  std::optional<int64_t> attention_context;          // window of the TTT layers' attention
+  std::optional<int64_t> non_ttt_attention_context;  // window of the other layers
+  bool persistent_states = true;
+  int64_t scan_checkpoint_group_size = 0;
+  bool use_gate = false;
+  bool share_qk = false;
+  int64_t conv_kernel = 4;
+  // Adapter variant: y = W x + scale * A(x), A a TTT-Linear inner model of width `adapter_rank`.
+  int64_t adapter_rank = 8;
+  double adapter_scale = 1.0;
+  std::vector<std::string> adapter_targets{"self_attn.in_proj", "self_attn.out_proj"};
+  // In-Place variant.
+  int64_t inplace_chunk_size = 256;
+  double inplace_lr = 1e-3;
+  int64_t inplace_conv_kernel = 5;
+  int64_t inplace_lookahead = 2;
+  std::string inplace_target = "embeddings";  // embeddings | ffn_input
+  bool inplace_use_proj = true;
+  // Optimiser multipliers (used by training).
+  double weight_lr_multiplier = 1.0;
+  double alpha_lr_multiplier = 1.0;
+
+  // The chosen layer indices for a transformer of num_layers layers; throws naming the field.
+  std::vector<int64_t> layer_indices(int64_t num_layers) const;
+  bool is_ttt_layer(int64_t layer, int64_t num_layers) const;
+  void validate(int64_t num_layers) const;
+  static TTTIntegrationConfig from_yaml(const YAML::Node& node, const std::string& where = "ttt");
+};
+
+struct LoRAConfig {
+  bool enable = false;
+  int64_t rank = 64;
+  double scaling = 2.0;
+  bool ft_embed = false;
+  std::vector<std::string> targets;  // empty: every Linear of the transformers (as moshi-finetune)
+  static LoRAConfig from_yaml(const YAML::Node& node, const std::string& where = "lora");
+};
+
+}  // namespace mt::lm
