@@ -322,7 +322,7 @@ ScanSpec spec_from_ctx(AutogradContext* ctx) {
 enum In { XQa, XKa, XV, LR, TOK, LNW, LNB, W1B, G1B, W2B, G2B };
 
 ScanInputs unpack(const variable_list& v, bool mlp) {
-  ScanInputs in{v[XQa], v[XKa], v[XV], v[LR], v[TOK], v[LNW], v[LNB], v[W1B], v[G1B]};
+  ScanInputs in{v[XQa], v[XKa], v[XV], v[LR], v[TOK], v[LNW], v[LNB], v[W1B], v[G1B], {}, {}};
   if (mlp) {
     in.W2b = v[W2B];
     in.G2b = v[G2B];
@@ -387,13 +387,20 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
       at::Tensor cW1 = cs(g_W1end), cW2 = sp.mlp ? cs(g_W2end) : at::Tensor();
       for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
         const auto [sb, se] = groups[gi];
-        const int64_t t0 = segs[sb].t0, T = segs[se - 1].t0 + segs[se - 1].m - t0;
         const bool first = gi == 0, last = gi + 1 == static_cast<int64_t>(groups.size());
         const bool live_acc = first && sp.s0 > 0;
         auto leaf = [](const at::Tensor& t) { return t.detach().requires_grad_(true); };
-        auto sl = [&](const at::Tensor& t) { return leaf(t.narrow(0, c0, n).narrow(1, t0, T)); };
-        auto xqa = sl(in.XQa), xka = sl(in.XKa), xv = sl(in.XV), lr = sl(in.lr);
-        auto tok = leaf(in.tok.narrow(0, t0, T));
+        // Leaves per segment, not slices of one group-wide leaf: autograd's slice backward would
+        // materialise a zero-filled group-sized gradient for every segment (quadratic in L).
+        struct SegLeaves {
+          at::Tensor xqa, xka, xv, lr, tok;
+        };
+        std::vector<SegLeaves> sl_;
+        for (size_t si = sb; si < se; ++si) {
+          const auto& sg = segs[si];
+          auto sl = [&](const at::Tensor& t) { return leaf(t.narrow(0, c0, n).narrow(1, sg.t0, sg.m)); };
+          sl_.push_back({sl(in.XQa), sl(in.XKa), sl(in.XV), sl(in.lr), leaf(in.tok.narrow(0, sg.t0, sg.m))});
+        }
         auto lnw = leaf(cs(in.lnw)), lnb = leaf(cs(in.lnb));
         Inner st0;
         st0.W1b = leaf(cs(sW1.select(0, gi)));
@@ -406,12 +413,16 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
         std::vector<at::Tensor> outs;
         for (size_t si = sb; si < se; ++si) {
           const auto& sg = segs[si];
-          SegIn s{xqa.narrow(1, sg.t0 - t0, sg.m), xka.narrow(1, sg.t0 - t0, sg.m), xv.narrow(1, sg.t0 - t0, sg.m),
-                  lr.narrow(1, sg.t0 - t0, sg.m), tok.narrow(0, sg.t0 - t0, sg.m), lnw, lnb};
+          const auto& lv = sl_[si - sb];
+          SegIn s{lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok, lnw, lnb};
           outs.push_back(segment_step(sg, st, s, sp.mlp, sp.eps, mask_for(masks, sg, false), mask_for(masks, sg, true),
                                       nullptr));
         }
-        variable_list ys{at::cat(outs, 1)}, gys{cs(g_out).narrow(1, t0, T)};
+        variable_list ys, gys;
+        for (size_t si = sb; si < se; ++si) {
+          ys.push_back(outs[si - sb]);
+          gys.push_back(cs(g_out).narrow(1, segs[si].t0, segs[si].m));
+        }
         // A state output that is the untouched input leaf passes its gradient straight through.
         at::Tensor passW1, passW2, passG1, passG2;
         auto add_out = [&](const at::Tensor& y, const at::Tensor& leaf_in, const at::Tensor& g, at::Tensor& pass) {
@@ -429,30 +440,36 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
           add_out(st.G1b, st0.G1b, cs(g_G1end), passG1);
           if (sp.mlp) add_out(st.G2b, st0.G2b, cs(g_G2end), passG2);
         }
-        variable_list xs{xqa, xka, xv, lr, tok, lnw, lnb, st0.W1b};
+        variable_list xs{lnw, lnb, st0.W1b};
         if (sp.mlp) xs.push_back(st0.W2b);
         if (live_acc) {
           xs.push_back(st0.G1b);
           if (sp.mlp) xs.push_back(st0.G2b);
         }
+        const size_t n_fixed = xs.size();
+        for (const auto& lv : sl_) xs.insert(xs.end(), {lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok});
         auto gx = torch::autograd::grad(ys, xs, gys, /*retain_graph=*/false, /*create_graph=*/false,
                                         /*allow_unused=*/true);
-        auto put = [&](const at::Tensor& dst, const at::Tensor& g) {
-          if (g.defined()) dst.narrow(0, c0, n).narrow(1, t0, T).copy_(g);
-        };
-        put(gXQa, gx[0]);
-        put(gXKa, gx[1]);
-        put(gXV, gx[2]);
-        put(glr, gx[3]);
-        if (gx[4].defined()) gtok_parts.select(0, ci).narrow(0, t0, T).add_(gx[4]);
-        if (gx[5].defined()) cs(glnw).add_(gx[5]);
-        if (gx[6].defined()) cs(glnb).add_(gx[6]);
+        for (size_t si = sb; si < se; ++si) {
+          const auto& sg = segs[si];
+          const size_t b = n_fixed + 5 * (si - sb);
+          auto put = [&](const at::Tensor& dst, const at::Tensor& g) {
+            if (g.defined()) dst.narrow(0, c0, n).narrow(1, sg.t0, sg.m).copy_(g);
+          };
+          put(gXQa, gx[b]);
+          put(gXKa, gx[b + 1]);
+          put(gXV, gx[b + 2]);
+          put(glr, gx[b + 3]);
+          if (gx[b + 4].defined()) gtok_parts.select(0, ci).narrow(0, sg.t0, sg.m).add_(gx[b + 4]);
+        }
+        if (gx[0].defined()) cs(glnw).add_(gx[0]);
+        if (gx[1].defined()) cs(glnb).add_(gx[1]);
         auto sum2 = [](const at::Tensor& a, const at::Tensor& b) {
           if (!a.defined()) return b;
           if (!b.defined()) return a;
           return a + b;
         };
-        size_t k = 7;
+        size_t k = 2;
         cW1 = sum2(gx[k++], passW1);
         if (sp.mlp) cW2 = sum2(gx[k++], passW2);
         if (live_acc) {
