@@ -3,6 +3,7 @@
 // scripts/reference/bench_ttt_reference.py run in the same session (same FLOP formula).
 //   MT_BENCH_THREADS (default 2), MT_BENCH_L (default 2048).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 #include <torch/csrc/autograd/autograd.h>

@@ -5,7 +5,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 
 namespace mt::test {
 
@@ -16,8 +18,18 @@ inline std::string cli() { return MT_CLI; }
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
-    char tmpl[] = "/tmp/moshi-ttt-test-XXXXXX";
-    path = mkdtemp(tmpl);
+    // TMPDIR (or /tmp), else the working folder; never a null path (mkdtemp can fail in sandboxes).
+    std::error_code ec;
+    std::filesystem::path base = std::filesystem::temp_directory_path(ec);
+    for (const auto& b : {base, std::filesystem::current_path(ec)}) {
+      if (b.empty()) continue;
+      std::string tmpl = (b / "moshi-ttt-test-XXXXXX").string();
+      if (mkdtemp(tmpl.data())) {
+        path = tmpl;
+        return;
+      }
+    }
+    throw std::runtime_error("TempDir: cannot create a temporary folder");
   }
   ~TempDir() {
     std::error_code ec;

@@ -31,7 +31,8 @@ at::Tensor ce_per_stream(const at::Tensor& logits, const at::Tensor& targets, co
   at::Tensor t = at::where(mask, targets, at::zeros({}, targets.options()));
   at::Tensor nll = -lp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
   at::Tensor m = mask.to(at::kDouble);
-  return (nll * m).sum({0, 2}) / m.sum({0, 2}).clamp_min(1);
+  const std::vector<int64_t> dims{0, 2};
+  return (nll * m).sum(at::IntArrayRef(dims)) / m.sum(at::IntArrayRef(dims)).clamp_min(1);
 }
 
 eval::TensorCheck rel_check(const std::string& name, const at::Tensor& got, const at::Tensor& want, double rtol,

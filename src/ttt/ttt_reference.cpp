@@ -1,6 +1,7 @@
 #include "ttt/ttt_reference.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <filesystem>

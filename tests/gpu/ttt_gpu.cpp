@@ -1,5 +1,6 @@
 // TTT layers on CUDA vs CPU. Skipped without CUDA.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>

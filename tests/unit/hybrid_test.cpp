@@ -1,6 +1,7 @@
 // Hybrid TTT in the Moshi temporal transformer: config errors name the field, streaming equals the
 // whole-sequence forward (TTT state carried), a base checkpoint loads with TTT tensors initialised.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 

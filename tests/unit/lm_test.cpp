@@ -1,5 +1,6 @@
 // Moshi LM: config validation, streaming == forward, strict loading, LMGen batching and reset.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>

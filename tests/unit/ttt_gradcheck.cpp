@@ -1,5 +1,6 @@
 // Float64 finite differences vs autograd for every parameter and the input. This is where the inner
 // scan's custom backward (group recomputation + autograd per thread chunk) is proven.
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>

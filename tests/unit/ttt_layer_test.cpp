@@ -1,5 +1,6 @@
 // TTT layer: streaming == whole sequence, checkpoint groups, strict loading, per-slot reset, detach,
 // inner-loss probes.
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
