@@ -21,6 +21,7 @@ void register_all(CLI::App& app) {
   add_generate(app);
   add_init(app);
   add_demo(app);
+  add_score(app);
 }
 
 int run_selected(CLI::App& app) {

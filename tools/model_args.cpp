@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "lm/model_config.h"
 #include "util/error.h"
 #include "util/runtime.h"
 
@@ -18,13 +19,39 @@ lm::LMConfig preset_config(const std::string& name) {
 
 void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--model", model_dir, "model folder holding config.json and model.safetensors");
-  sub->add_option("--config", config, "LM config.json (Kyutai's keyword arguments)");
+  sub->add_option("--config", config, "LM config.json (Kyutai's keyword arguments) or a YAML model config (configs/*.yaml)");
   sub->add_option("--weights", weights, "LM weights (.safetensors)");
   sub->add_option("--preset", preset, "random model when no weights are given: tiny, small, moshiko-7b")->capture_default_str();
   sub->add_option("--init-seed", init_seed, "seed of the random weights")->capture_default_str();
   sub->add_option("--device", device, "cpu or cuda")->capture_default_str();
   sub->add_option("--dtype", dtype, "float32 or bfloat16")->capture_default_str();
   sub->add_option("--threads", threads, "intra-op threads (default: libtorch's)");
+}
+
+void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w) const {
+  std::string cfg_path = config;
+  if (!model_dir.empty() && cfg_path.empty()) {
+    MT_CHECK(fs::is_directory(model_dir), model_dir, ": not a folder (expected config.json + model.safetensors)");
+    cfg_path = (fs::path(model_dir) / "config.json").string();
+    if (fs::exists(fs::path(model_dir) / "model.yaml")) cfg_path = (fs::path(model_dir) / "model.yaml").string();
+  }
+  std::string weights_from_cfg;
+  const auto ext = fs::path(cfg_path).extension().string();
+  if (ext == ".yaml" || ext == ".yml") {
+    lm::ModelConfigFile f = lm::ModelConfigFile::load(cfg_path);
+    lmc = f.lm;
+    ttt = f.ttt;
+    weights_from_cfg = f.weights;
+  } else if (!cfg_path.empty()) {
+    lmc = lm::LMConfig::from_file(cfg_path);
+  } else {
+    lmc = preset_config(preset);
+  }
+  if (w) {
+    *w = weights;
+    if (w->empty() && !model_dir.empty()) *w = (fs::path(model_dir) / "model.safetensors").string();
+    if (w->empty()) *w = weights_from_cfg;
+  }
 }
 
 lm::LMModel ModelArgs::build(std::string* origin) const {
@@ -34,24 +61,25 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
   if (dtype == "float32" || dtype == "fp32") dt = at::kFloat;
   else if (dtype == "bfloat16" || dtype == "bf16") dt = at::kBFloat16;
   else fail("unknown dtype '", dtype, "' (float32, bfloat16)");
-  std::string cfg_path = config, w_path = weights;
-  if (!model_dir.empty()) {
-    MT_CHECK(fs::is_directory(model_dir), model_dir, ": not a folder (expected config.json + model.safetensors)");
-    if (cfg_path.empty()) cfg_path = (fs::path(model_dir) / "config.json").string();
-    if (w_path.empty()) w_path = (fs::path(model_dir) / "model.safetensors").string();
-  }
+  MT_CHECK(weights.empty() || !config.empty() || !model_dir.empty(), weights,
+           ": weights given without a config (use --config or --model)");
+  lm::LMConfig lmc;
+  lm::TTTIntegrationConfig ttt;
+  std::string w_path;
+  configs(lmc, ttt, &w_path);
   lm::LMModel m{nullptr};
   if (!w_path.empty()) {
-    MT_CHECK(!cfg_path.empty(), w_path, ": weights given without a config (use --config or --model)");
-    m = lm::load_lm(lm::LMConfig::from_file(cfg_path), w_path, dt);
+    int64_t initialised = 0;
+    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised);
     if (origin) *origin = w_path;
+    if (initialised > 0 && origin)
+      *origin += str(" (base checkpoint: ", initialised, " new TTT tensors initialised)");
   } else {
-    lm::LMConfig c = cfg_path.empty() ? preset_config(preset) : lm::LMConfig::from_file(cfg_path);
-    m = lm::LMModel(c);
+    m = lm::LMModel(lmc, ttt);
     m->init_weights(init_seed);
     m->to(dt);
     for (auto& p : m->parameters()) p.set_requires_grad(false);
-    if (origin) *origin = str(cfg_path.empty() ? "preset " + preset : cfg_path, ", random weights (seed ", init_seed, ")");
+    if (origin) *origin = str(config.empty() ? "preset " + preset : config, ", random weights (seed ", init_seed, ")");
   }
   m->to(dev);
   m->eval();

@@ -22,6 +22,8 @@ struct ModelArgs {
   void add(CLI::App* sub);
   // Builds the model (eval mode, no grad) and says where it came from in *origin.
   lm::LMModel build(std::string* origin = nullptr) const;
+  // The LM and TTT configs these options name (a YAML model config, a config.json, or a preset).
+  void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr) const;
 };
 
 lm::LMConfig preset_config(const std::string& name);

@@ -138,14 +138,18 @@ std::pair<at::Tensor, at::Tensor> undelay(const std::vector<int64_t>& delays, co
 }
 }  // namespace
 
-LMOutput LMModelImpl::forward(const at::Tensor& codes) const {
+at::Tensor LMModelImpl::delayed_input(const at::Tensor& codes) const {
   MT_CHECK(codes.dim() == 3 && codes.size(1) == cfg.num_codebooks(), "LM forward: expected codes [B, ",
            cfg.num_codebooks(), ", T], got ", shape_str(codes.sizes().vec()));
   MT_CHECK(codes.scalar_type() == at::kLong, "LM forward: codes must be int64");
-  const int64_t B = codes.size(0), T = codes.size(2);
+  const int64_t B = codes.size(0);
   at::Tensor initial = initial_tokens().to(codes.device()).expand({B, -1, -1});
-  at::Tensor delayed = at::cat({initial, delay_sequence(cfg.delays, codes, initial)}, 2);  // [B, K, T+1]
-  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, T));
+  return at::cat({initial, delay_sequence(cfg.delays, codes, initial)}, 2);  // [B, K, T+1]
+}
+
+LMOutput LMModelImpl::finish(const at::Tensor& codes, const at::Tensor& delayed, const at::Tensor& tout,
+                             const at::Tensor& text_logits) const {
+  const int64_t T = codes.size(2);
   LMOutput out;
   std::vector<int64_t> audio_delays(cfg.delays.begin() + 1, cfg.delays.begin() + 1 + cfg.dep_q);
   if (cfg.dep_q > 0) {
@@ -156,6 +160,24 @@ LMOutput LMModelImpl::forward(const at::Tensor& codes) const {
   std::tie(out.text_logits, out.text_mask) = undelay({cfg.delays[0]}, text_logits);
   out.text_mask = out.text_mask & codes.narrow(1, 0, 1).ne(LMConfig::kZeroToken);
   return out;
+}
+
+LMOutput LMModelImpl::forward(const at::Tensor& codes) const {
+  at::Tensor delayed = delayed_input(codes);
+  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, codes.size(2)));
+  return finish(codes, delayed, tout, text_logits);
+}
+
+LMOutput LMModelImpl::forward_streaming(const at::Tensor& codes, TransformerState& st) const {
+  at::Tensor delayed = delayed_input(codes);
+  const int64_t T = codes.size(2);
+  std::vector<at::Tensor> outs, tls;
+  for (int64_t t = 0; t < T; t += st.max_chunk) {
+    auto [o, tl] = forward_text(delayed.narrow(2, t, std::min(st.max_chunk, T - t)), &st);
+    outs.push_back(o);
+    tls.push_back(tl);
+  }
+  return finish(codes, delayed, at::cat(outs, 1), at::cat(tls, 2));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ struct LMModelImpl : torch::nn::Module {
 
   // Training/scoring forward on codes [B, 1 + n_q, T] (text first), aligned with codes like the reference.
   LMOutput forward(const at::Tensor& codes) const;
+  // The same outputs with the temporal transformer run in streaming mode from `state` (chunks of
+  // state.max_chunk steps; KV caches and TTT states carried and updated): scoring as a conversation
+  // is heard. Equal to forward() from a fresh state.
+  LMOutput forward_streaming(const at::Tensor& codes, TransformerState& state) const;
 
   // Temporal part on an already delayed sequence [B, K, S]: (transformer_out [B, S, dim],
   // text_logits [B, 1, S, text_card_out]). With a state, runs in streaming mode after what it has seen.
@@ -76,6 +80,9 @@ struct LMModelImpl : torch::nn::Module {
 
  private:
   int64_t depformer_in_index(int64_t cb) const;
+  at::Tensor delayed_input(const at::Tensor& codes) const;  // [B, K, T+1] with the initial column
+  LMOutput finish(const at::Tensor& codes, const at::Tensor& delayed, const at::Tensor& tout,
+                  const at::Tensor& text_logits) const;
   at::Tensor depformer_token_emb(int64_t cb, const at::Tensor& tokens) const;
   at::Tensor depformer_head(int64_t cb, const at::Tensor& x) const;
 };

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Times moshi-ttt's small LM (bench/bench_lm) and Kyutai's Python LMModel/LMGen on the same config,
+# back to back in one run, and prints the ratios. Usage: scripts/reference/compare_lm.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-1}
+PY=$(scripts/reference/setup_reference_env.sh 2>/dev/null | tail -1)
+mkdir -p build/reference
+for r in $(seq "$rounds"); do
+  echo "== round $r: moshi-ttt (load $(cut -d' ' -f1 /proc/loadavg))"
+  build/bench/bench_lm --benchmark_filter='LM' --benchmark_format=json --benchmark_out=build/reference/ours_$r.json >/dev/null
+  echo "== round $r: Kyutai moshi 0.2.13, torch.compile off (load $(cut -d' ' -f1 /proc/loadavg))"
+  NO_TORCH_COMPILE=1 NO_CUDA_GRAPH=1 "$PY" scripts/reference/bench_lm_reference.py --compile off --runs 3 --warmup 1 \
+    --steps 30 --warmup-steps 5 --out build/reference/ref_$r.json >/dev/null 2>&1
+  python3 - "$r" <<'PYEOF'
+import json, sys
+r = sys.argv[1]
+ours = {b["name"].split("/")[0]: b for b in json.load(open(f"build/reference/ours_{r}.json"))["benchmarks"]}
+ref = json.loads(open(f"build/reference/ref_{r}.json").read().strip().splitlines()[-1])
+def find(d, *keys):
+    for k, v in d.items():
+        if all(x in k for x in keys) and isinstance(v, (int, float)): return v
+    for v in d.values():
+        if isinstance(v, dict):
+            x = find(v, *keys)
+            if x is not None: return x
+    return None
+ours_tok = ours["BM_LMForward"]["tok/s"]
+ours_ms = ours["BM_LMStreamingStep"]["real_time"]
+floor = ours["BM_LMStreamingStep"].get("floor_ms")
+ref_tok = find(ref, "tok")
+ref_ms = find(ref, "ms")
+print(f"forward T=256: ours {ours_tok:.0f} tok/s, reference {ref_tok:.0f} tok/s -> {ours_tok / ref_tok:.2f}x")
+print(f"streaming step: ours {ours_ms:.1f} ms, reference {ref_ms:.1f} ms -> {ref_ms / ours_ms:.2f}x faster; "
+      f"weight-streaming floor {floor:.1f} ms -> ours at {ours_ms / floor:.2f}x the floor")
+PYEOF
+done

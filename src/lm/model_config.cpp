@@ -1,0 +1,96 @@
+#include "lm/model_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "util/error.h"
+
+namespace fs = std::filesystem;
+
+namespace mt::lm {
+
+namespace {
+// YAML scalars/sequences/maps to JSON, so the LM section reuses LMConfig::from_json's checks.
+nlohmann::json to_json(const YAML::Node& n) {
+  if (n.IsMap()) {
+    nlohmann::json j = nlohmann::json::object();
+    for (auto it = n.begin(); it != n.end(); ++it) j[it->first.as<std::string>()] = to_json(it->second);
+    return j;
+  }
+  if (n.IsSequence()) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& e : n) j.push_back(to_json(e));
+    return j;
+  }
+  if (n.IsNull()) return nullptr;
+  const std::string s = n.as<std::string>();
+  if (s == "true" || s == "false") return s == "true";
+  try {
+    size_t used = 0;
+    long long v = std::stoll(s, &used);
+    if (used == s.size()) return v;
+  } catch (const std::exception&) {
+  }
+  try {
+    size_t used = 0;
+    double v = std::stod(s, &used);
+    if (used == s.size()) return v;
+  } catch (const std::exception&) {
+  }
+  return s;
+}
+}  // namespace
+
+ModelConfigFile ModelConfigFile::load(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const std::exception& e) {
+    fail(path, ": cannot read YAML: ", e.what());
+  }
+  MT_CHECK(root.IsMap(), path, ": expected a YAML mapping at the top");
+  ModelConfigFile c;
+  const fs::path dir = fs::path(path).parent_path();
+  auto resolve = [&](const std::string& p) { return fs::path(p).is_absolute() ? p : (dir / p).string(); };
+  static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora"};
+  for (auto it = root.begin(); it != root.end(); ++it)
+    MT_CHECK(known.count(it->first.as<std::string>()), path, ": ", it->first.as<std::string>(), ": unknown field");
+  std::string preset = root["preset"] ? root["preset"].as<std::string>() : "";
+  std::string config_path;
+  if (root["moshi_paths"]) {
+    const auto& mp = root["moshi_paths"];
+    for (auto it = mp.begin(); it != mp.end(); ++it) {
+      const std::string k = it->first.as<std::string>();
+      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path",
+               path, ": moshi_paths.", k, ": unknown field");
+    }
+    if (mp["config_path"]) config_path = resolve(mp["config_path"].as<std::string>());
+    if (mp["moshi_path"]) c.weights = resolve(mp["moshi_path"].as<std::string>());
+    MT_CHECK(!mp["hf_repo_id"], path, ": moshi_paths.hf_repo_id: downloads are not supported; give moshi_path and config_path");
+  }
+  int sources = !preset.empty() + !config_path.empty() + (root["lm"] ? 1 : 0);
+  MT_CHECK(sources == 1, path, ": give exactly one of preset, lm, moshi_paths.config_path (got ", sources, ")");
+  if (!preset.empty()) {
+    if (preset == "tiny") c.lm = LMConfig::tiny();
+    else if (preset == "small") c.lm = LMConfig::small();
+    else if (preset == "moshiko-7b" || preset == "moshiko_7b") c.lm = LMConfig::moshiko_7b();
+    else fail(path, ": preset: unknown preset '", preset, "' (tiny, small, moshiko-7b)");
+  } else if (!config_path.empty()) {
+    c.lm = LMConfig::from_file(config_path);
+  } else {
+    c.lm = LMConfig::from_json(to_json(root["lm"]), path + ": lm");
+  }
+  c.ttt = TTTIntegrationConfig::from_yaml(root["ttt"]);
+  c.lora = LoRAConfig::from_yaml(root["lora"]);
+  try {
+    c.ttt.validate(c.lm.num_layers);
+  } catch (const Error& e) {
+    fail(path, ": ", e.what());
+  }
+  return c;
+}
+
+}  // namespace mt::lm

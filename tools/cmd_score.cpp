@@ -1,0 +1,90 @@
+// moshi-ttt score: per-position, per-stream cross-entropy of a codes file, whole-sequence or streamed.
+#include <cmath>
+#include <cstdio>
+
+#include "io/safetensors.h"
+#include "lm/lm_model.h"
+#include "tools/commands.h"
+#include "tools/model_args.h"
+#include "util/error.h"
+
+namespace mt::cli {
+
+namespace {
+// -log p(target) per position; NaN where the mask is false. logits [B, K, T, N], targets [B, K, T].
+at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask) {
+  at::Tensor safe = at::where(mask.unsqueeze(-1), logits, at::zeros({}, logits.options()));
+  at::Tensor lp = at::log_softmax(safe.to(at::kFloat), -1);
+  at::Tensor t = at::where(mask, targets, at::zeros({}, targets.options()));
+  at::Tensor ce = -lp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
+  return at::where(mask, ce, at::full({}, NAN, ce.options()));
+}
+}  // namespace
+
+void add_score(CLI::App& app) {
+  struct Opts {
+    ModelArgs model;
+    std::string codes, out;
+    bool streaming = false, logits = false;
+    int64_t chunk = 1;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("score", "cross-entropy of a codes file per position and stream (whole or streamed)");
+  o->model.add(sub);
+  sub->add_option("--codes", o->codes, "safetensors with codes [B, 1 + n_q, T] (int64)")->required();
+  sub->add_option("--out", o->out, "write ce [B, 1 + dep_q, T] (NaN where not scored), mask, and logits with --logits");
+  sub->add_flag("--streaming", o->streaming, "run the temporal transformer step by step, carrying KV caches and TTT states");
+  sub->add_option("--chunk", o->chunk, "steps per streaming call")->capture_default_str();
+  sub->add_flag("--logits", o->logits, "also write logits and text_logits");
+  set_handler(sub, [o]() {
+    std::string origin;
+    lm::LMModel m = o->model.build(&origin);
+    io::SafeTensors f(o->codes);
+    MT_CHECK(f.contains("codes"), o->codes, ": no tensor named 'codes'");
+    at::Tensor codes = f.get("codes");
+    MT_CHECK(codes.scalar_type() == at::kLong, o->codes, ": codes must be int64, got ", c10::toString(codes.scalar_type()));
+    MT_CHECK(codes.dim() == 3 && codes.size(1) == m->cfg.num_codebooks(), o->codes, ": codes: expected [B, ",
+             m->cfg.num_codebooks(), ", T], got ", shape_str(codes.sizes().vec()));
+    MT_CHECK(((codes >= -1) & (codes <= std::max(m->cfg.card, m->cfg.text_card))).all().item<bool>(), o->codes,
+             ": codes hold ids outside [-1, card]");
+    MT_CHECK(o->chunk >= 1, "--chunk must be >= 1");
+    codes = codes.to(m->text_linear->weight.device());
+    lm::LMOutput out;
+    {
+      at::InferenceMode im;
+      if (o->streaming) {
+        lm::TransformerState st = m->make_state(codes.size(0), o->chunk);
+        out = m->forward_streaming(codes, st);
+      } else {
+        out = m->forward(codes);
+      }
+    }
+    const auto& c = m->cfg;
+    at::Tensor text_ce = cross_entropy(out.text_logits.cpu(), codes.cpu().narrow(1, 0, 1), out.text_mask.cpu());
+    at::Tensor ce = text_ce, mask = out.text_mask.cpu();
+    if (c.dep_q > 0) {
+      at::Tensor audio_ce = cross_entropy(out.logits.cpu(), codes.cpu().narrow(1, c.audio_offset(), c.dep_q), out.mask.cpu());
+      ce = at::cat({text_ce, audio_ce}, 1);
+      mask = at::cat({mask, out.mask.cpu()}, 1);
+    }
+    std::printf("model: %s\nscored %lld sequences x %lld steps (%s)\n", origin.c_str(), (long long)codes.size(0),
+                (long long)codes.size(2), o->streaming ? "streaming" : "whole sequence");
+    for (int64_t k = 0; k < ce.size(1); ++k) {
+      at::Tensor v = ce.select(1, k).masked_select(mask.select(1, k));
+      std::printf("  %-8s mean CE %.4f nats over %lld positions\n", k == 0 ? "text" : str("audio ", k - 1).c_str(),
+                  v.numel() ? v.mean().item<double>() : NAN, (long long)v.numel());
+    }
+    if (!o->out.empty()) {
+      std::vector<std::pair<std::string, at::Tensor>> t = {{"ce", ce}, {"mask", mask}};
+      if (o->logits) {
+        t.emplace_back("text_logits", out.text_logits.cpu());
+        if (c.dep_q > 0) t.emplace_back("logits", out.logits.cpu());
+      }
+      io::save(o->out, t);
+      std::printf("wrote %s\n", o->out.c_str());
+    }
+    return 0;
+  });
+}
+
+}  // namespace mt::cli
