@@ -2,13 +2,18 @@
 // target projection; forward (no grad) and forward+backward tokens/s for each strategy of
 // InPlaceStrategy, next to the plain gated FFN (no TTT) on the same shapes, plus streaming ms/token.
 // peak_MB: the largest sum of live CPU tensor bytes allocated on the calling thread during one
-// iteration (util/peak_memory.h), beyond the weights and inputs.
+// iteration (util/peak_memory.h), beyond the weights and inputs. maxrss_growth_MB: growth of the
+// process's peak RSS from before the warm-up to the end (what the Python script reports); only
+// meaningful for the first benchmark of a process, so run one per process for it:
+//   for b in Forward/0 Forward/2 ForwardBackward/0 ...; do bench_inplace --benchmark_filter="$b\$"; done
 // The official Python code on the same shapes: scripts/reference/bench_inplace_reference.py.
 // Threads: MOSHI_TTT_BENCH_THREADS (default 2). Device: MOSHI_TTT_BENCH_DEVICE (default cpu; on CUDA
 // peak_MB is not measured).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
+
+#include <sys/resource.h>
 
 #include <cstdlib>
 
@@ -68,6 +73,12 @@ at::Tensor run_forward(const InPlaceFFN& m, const Inputs& in, int64_t strategy) 
   return m->forward(in.x, in.t);
 }
 
+double maxrss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
 InPlaceStrategy strat(int64_t i) { return static_cast<InPlaceStrategy>(i < 0 ? 0 : i); }
 
 void label(benchmark::State& state, int64_t s) { state.SetLabel(s < 0 ? "plain_ffn" : strategy_name(strat(s))); }
@@ -77,6 +88,7 @@ void BM_InPlaceForward(benchmark::State& state) {
   InPlaceFFN m = make(strat(s));
   Inputs in = inputs(false);
   at::NoGradGuard ng;
+  const double rss0 = maxrss_mb();
   sync(run_forward(m, in, s));  // warm-up
   int64_t peak = 0;
   for (auto _ : state) {
@@ -87,6 +99,7 @@ void BM_InPlaceForward(benchmark::State& state) {
   label(state, s);
   state.counters["tok/s"] = benchmark::Counter(static_cast<double>(kSeq), benchmark::Counter::kIsIterationInvariantRate);
   if (bench_device().is_cpu()) state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
+  state.counters["maxrss_growth_MB"] = maxrss_mb() - rss0;
 }
 
 void BM_InPlaceForwardBackward(benchmark::State& state) {
@@ -101,6 +114,7 @@ void BM_InPlaceForwardBackward(benchmark::State& state) {
     in.x.mutable_grad().reset();
     in.t.mutable_grad().reset();
   };
+  const double rss0 = maxrss_mb();
   once();  // warm-up
   int64_t peak = 0;
   for (auto _ : state) {
@@ -111,6 +125,7 @@ void BM_InPlaceForwardBackward(benchmark::State& state) {
   label(state, s);
   state.counters["tok/s"] = benchmark::Counter(static_cast<double>(kSeq), benchmark::Counter::kIsIterationInvariantRate);
   if (bench_device().is_cpu()) state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
+  state.counters["maxrss_growth_MB"] = maxrss_mb() - rss0;
 }
 
 // Decoding: one token per step through the per-stream state (a chunk completes every 256 steps).
