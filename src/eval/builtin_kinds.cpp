@@ -1,5 +1,6 @@
 #include "eval/check_reference.h"
 #include "lm/lm_reference.h"
+#include "ttt/inplace_reference.h"
 #include "ttt/ttt_reference.h"
 
 namespace mt::eval {
@@ -7,6 +8,7 @@ namespace mt::eval {
 void register_builtin_kinds() {
   lm::register_reference_kind();
   ttt::register_reference_kind();
+  ttt::register_inplace_reference_kind();
 }
 
 }  // namespace mt::eval
