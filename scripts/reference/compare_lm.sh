@@ -17,19 +17,11 @@ import json, sys
 r = sys.argv[1]
 ours = {b["name"].split("/")[0]: b for b in json.load(open(f"build/reference/ours_{r}.json"))["benchmarks"]}
 ref = json.loads(open(f"build/reference/ref_{r}.json").read().strip().splitlines()[-1])
-def find(d, *keys):
-    for k, v in d.items():
-        if all(x in k for x in keys) and isinstance(v, (int, float)): return v
-    for v in d.values():
-        if isinstance(v, dict):
-            x = find(v, *keys)
-            if x is not None: return x
-    return None
 ours_tok = ours["BM_LMForward"]["tok/s"]
 ours_ms = ours["BM_LMStreamingStep"]["real_time"]
 floor = ours["BM_LMStreamingStep"].get("floor_ms")
-ref_tok = find(ref, "tok")
-ref_ms = find(ref, "ms")
+ref_tok = ref["forward"]["tokens_per_s"]
+ref_ms = ref["streaming"]["median_ms"]
 print(f"forward T=256: ours {ours_tok:.0f} tok/s, reference {ref_tok:.0f} tok/s -> {ours_tok / ref_tok:.2f}x")
 print(f"streaming step: ours {ours_ms:.1f} ms, reference {ref_ms:.1f} ms -> {ref_ms / ours_ms:.2f}x faster; "
       f"weight-streaming floor {floor:.1f} ms -> ours at {ours_ms / floor:.2f}x the floor")
