@@ -114,3 +114,33 @@ TEST(Cli, CheckReferenceFailsOnACorruptedCase) {
   EXPECT_NE(out.find("FAIL"), std::string::npos) << out;
   EXPECT_NE(out.find("logits"), std::string::npos) << out;
 }
+
+TEST(Cli, ScoreHybridWholeEqualsStreaming) {
+  // A tiny hybrid-TTT model: per-position CE whole-sequence == streamed step by step.
+  TempDir d;
+  at::Tensor codes = at::randint(64, {2, 5, 40}, at::kLong);
+  mt::io::save(d.file("codes.safetensors"), std::vector<std::pair<std::string, at::Tensor>>{{"codes", codes}});
+  std::string cfg = std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml", out;
+  ASSERT_EQ(run(cli() + " score --threads 1 --config " + cfg + " --codes " + d.file("codes.safetensors") + " --out " +
+                    d.file("a.safetensors"),
+                &out),
+            0)
+      << out;
+  ASSERT_EQ(run(cli() + " score --threads 1 --streaming --chunk 3 --config " + cfg + " --codes " +
+                    d.file("codes.safetensors") + " --out " + d.file("b.safetensors"),
+                &out),
+            0)
+      << out;
+  at::Tensor a = mt::io::SafeTensors(d.file("a.safetensors")).get("ce");
+  at::Tensor b = mt::io::SafeTensors(d.file("b.safetensors")).get("ce");
+  at::Tensor m = mt::io::SafeTensors(d.file("a.safetensors")).get("mask");
+  EXPECT_EQ(a.sizes(), (at::IntArrayRef{2, 3, 40}));
+  EXPECT_LT((a - b).abs().masked_select(m).max().item<float>(), 1e-4);
+  // A mistyped field in the YAML config is named.
+  {
+    std::ofstream f(d.file("bad.yaml"));
+    f << "preset: tiny\nttt:\n  enable: true\n  layers: \"1\"\n  mini_batch: 8\n";
+  }
+  expect_clean_error("score --config " + d.file("bad.yaml") + " --codes " + d.file("codes.safetensors"),
+                     "ttt.mini_batch: unknown field");
+}
