@@ -1,13 +1,24 @@
 #pragma once
 // Helpers shared by the tests.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
+
+#include "util/runtime.h"
 
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+
+// Skips the test (from its body) without CUDA; with CUDA, turns TF32 off so fp32 compares tightly.
+#define REQUIRE_CUDA()                                          \
+  do {                                                          \
+    if (!::mt::cuda_available()) GTEST_SKIP() << "no CUDA device"; \
+    at::globalContext().setAllowTF32CuBLAS(false);              \
+    at::globalContext().setAllowTF32CuDNN(false);               \
+  } while (0)
 
 namespace mt::test {
 

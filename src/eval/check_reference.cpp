@@ -26,6 +26,17 @@ const TensorCheck* CaseResult::worst() const {
   return w;
 }
 
+namespace {
+// Marks c failed with a note when the shapes differ.
+bool shape_mismatch(TensorCheck& c, const at::Tensor& got, const at::Tensor& want) {
+  if (got.sizes() == want.sizes()) return false;
+  c.pass = false;
+  c.worst_ratio = INFINITY;
+  c.note = str("shape mismatch: expected ", shape_str(want.sizes().vec()), ", got ", shape_str(got.sizes().vec()));
+  return true;
+}
+}  // namespace
+
 TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Tensor& want, double atol,
                     double rtol, const std::string& reason, const std::optional<at::Tensor>& mask) {
   TensorCheck c;
@@ -33,12 +44,7 @@ TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Te
   c.atol = atol;
   c.rtol = rtol;
   c.reason = reason;
-  if (got.sizes() != want.sizes()) {
-    c.pass = false;
-    c.worst_ratio = INFINITY;
-    c.note = str("shape mismatch: expected ", shape_str(want.sizes().vec()), ", got ", shape_str(got.sizes().vec()));
-    return c;
-  }
+  if (shape_mismatch(c, got, want)) return c;
   auto g = got.detach().to(at::kCPU, at::kDouble);
   auto w = want.detach().to(at::kCPU, at::kDouble);
   auto err = (g - w).abs();
@@ -68,12 +74,7 @@ TensorCheck compare_exact(const std::string& name, const at::Tensor& got, const 
   TensorCheck c;
   c.name = name;
   c.reason = reason;
-  if (got.sizes() != want.sizes()) {
-    c.pass = false;
-    c.worst_ratio = INFINITY;
-    c.note = str("shape mismatch: expected ", shape_str(want.sizes().vec()), ", got ", shape_str(got.sizes().vec()));
-    return c;
-  }
+  if (shape_mismatch(c, got, want)) return c;
   auto ne = got.to(at::kCPU, at::kLong).ne(want.to(at::kCPU, at::kLong));
   int64_t n = ne.sum().item<int64_t>();
   c.max_abs_err = static_cast<double>(n);

@@ -12,15 +12,9 @@
 using namespace mt;
 using namespace mt::ttt;
 
-#define INPLACE_REQUIRE_CUDA()                               \
-  do {                                                       \
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device"; \
-    at::globalContext().setAllowTF32CuBLAS(false);           \
-    at::globalContext().setAllowTF32CuDNN(false);            \
-  } while (0)
 
 TEST(InPlaceGpu, ReferenceCasePassesOnCuda) {
-  INPLACE_REQUIRE_CUDA();
+  REQUIRE_CUDA();
   eval::register_builtin_kinds();
   eval::CaseResult r = eval::run_case(test::reference_dir() + "/inplace/inplace_small", {"cuda", false});
   ASSERT_FALSE(r.skipped);
@@ -28,7 +22,7 @@ TEST(InPlaceGpu, ReferenceCasePassesOnCuda) {
 }
 
 TEST(InPlaceGpu, ForwardBackwardStreamingMatchCpu) {
-  INPLACE_REQUIRE_CUDA();
+  REQUIRE_CUDA();
   for (auto strat : {InPlaceStrategy::kLinearAttention, InPlaceStrategy::kRunning, InPlaceStrategy::kMaterialized}) {
     InPlaceConfig c;
     c.dim = 64;

@@ -12,13 +12,6 @@
 using namespace mt;
 using namespace mt::lm;
 
-// Skips the test (from its body) without CUDA; with CUDA, turns TF32 off so fp32 compares tightly.
-#define REQUIRE_CUDA()                                      \
-  do {                                                      \
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device"; \
-    at::globalContext().setAllowTF32CuBLAS(false);          \
-    at::globalContext().setAllowTF32CuDNN(false);           \
-  } while (0)
 
 TEST(LMGpu, ReferenceCasesPassOnCuda) {
   REQUIRE_CUDA();
