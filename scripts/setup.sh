@@ -56,6 +56,8 @@ fi
 
 # 3. Configure and build.
 export CCACHE_DIR="$CACHE/ccache"
+# Paths inside the checkout hash relative to it, so fresh clones (CI) reuse the cache.
+export CCACHE_BASEDIR="$here"
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ] || ! grep -q "MOSHI_TTT_TORCH_PREFIX:.*=$TORCH_PREFIX\$" "$BUILD_DIR/CMakeCache.txt"; then
