@@ -136,6 +136,18 @@ TEST(Cli, ScoreHybridWholeEqualsStreaming) {
   at::Tensor m = mt::io::SafeTensors(d.file("a.safetensors")).get("mask");
   EXPECT_EQ(a.sizes(), (at::IntArrayRef{2, 3, 40}));
   EXPECT_LT((a - b).abs().masked_select(m).max().item<float>(), 1e-4);
+  // init writes a model folder for the same config (same seed): scoring it gives the same CE.
+  ASSERT_EQ(run(cli() + " init " + d.file("hm") + " --config " + cfg, &out), 0) << out;
+  EXPECT_TRUE(std::filesystem::exists(d.file("hm/model.yaml"))) << out;
+  ASSERT_EQ(run(cli() + " score --threads 1 --model " + d.file("hm") + " --codes " + d.file("codes.safetensors") +
+                    " --out " + d.file("c.safetensors"),
+                &out),
+            0)
+      << out;
+  at::Tensor c = mt::io::SafeTensors(d.file("c.safetensors")).get("ce");
+  EXPECT_LT((a - c).abs().masked_select(m).max().item<float>(), 1e-5);
+  ASSERT_EQ(run(cli() + " init --config " + cfg + " --out " + d.file("w.safetensors"), &out), 0) << out;
+  EXPECT_TRUE(mt::io::SafeTensors(d.file("w.safetensors")).contains("transformer.layers.1.ttt.gating_alpha"));
   // A mistyped field in the YAML config is named.
   {
     std::ofstream f(d.file("bad.yaml"));
