@@ -10,13 +10,6 @@ namespace fs = std::filesystem;
 
 namespace mt::cli {
 
-lm::LMConfig preset_config(const std::string& name) {
-  if (name == "tiny") return lm::LMConfig::tiny();
-  if (name == "small") return lm::LMConfig::small();
-  if (name == "moshiko-7b" || name == "moshiko_7b") return lm::LMConfig::moshiko_7b();
-  fail("unknown preset '", name, "' (tiny, small, moshiko-7b)");
-}
-
 void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--model", model_dir, "model folder holding config.json and model.safetensors");
   sub->add_option("--config", config, "LM config.json (Kyutai's keyword arguments) or a YAML model config (configs/*.yaml)");

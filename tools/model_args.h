@@ -7,6 +7,7 @@
 #include <string>
 
 #include "lm/lm_model.h"
+#include "lm/model_config.h"
 
 namespace mt::cli {
 
@@ -26,6 +27,6 @@ struct ModelArgs {
   void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr) const;
 };
 
-lm::LMConfig preset_config(const std::string& name);
+using lm::preset_config;
 
 }  // namespace mt::cli

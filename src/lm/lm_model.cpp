@@ -41,7 +41,8 @@ LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t) : cfg
   }
   register_module("linears", linears);
   for (int64_t i = 0; i < cfg.dep_q; ++i) linears->push_back(Linear(cfg.depformer_dim, cfg.card));
-  init_weights(0);
+  // No initialisation here: a checkpoint load overwrites every weight (initialising a 7B model first
+  // would cost minutes); call init_weights() for a random model.
 }
 
 at::Tensor LMModelImpl::initial_tokens() const {
@@ -316,6 +317,10 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
     if (extra.size() > 5) list += str(" and ", extra.size() - 5, " more");
     fail(source, ": unexpected tensor", extra.size() > 1 ? "s " : " ", list, " (not part of this model's config)");
   }
+  // TTT tensors absent from a base checkpoint get their reference initial values.
+  if (kept_init > 0)
+    for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l)
+      if (const auto& layer = transformer->layer_ptrs[l]; layer->ttt) layer->ttt->init(l, ttt_cfg.initial_gating_alpha);  // as init_weights(0)
   return kept_init;
 }
 

@@ -26,6 +26,7 @@ struct LMOutput {
 };
 
 struct LMModelImpl : torch::nn::Module {
+  // Parameters are allocated, not initialised: follow with load() or init_weights().
   explicit LMModelImpl(const LMConfig& cfg, const TTTIntegrationConfig& ttt = {});
 
   // Training/scoring forward on codes [B, 1 + n_q, T] (text first), aligned with codes like the reference.

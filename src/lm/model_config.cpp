@@ -44,6 +44,13 @@ nlohmann::json to_json(const YAML::Node& n) {
 }
 }  // namespace
 
+LMConfig preset_config(const std::string& name) {
+  if (name == "tiny") return LMConfig::tiny();
+  if (name == "small") return LMConfig::small();
+  if (name == "moshiko-7b" || name == "moshiko_7b") return LMConfig::moshiko_7b();
+  fail("unknown preset '", name, "' (tiny, small, moshiko-7b)");
+}
+
 ModelConfigFile ModelConfigFile::load(const std::string& path) {
   YAML::Node root;
   try {
@@ -74,10 +81,11 @@ ModelConfigFile ModelConfigFile::load(const std::string& path) {
   int sources = !preset.empty() + !config_path.empty() + (root["lm"] ? 1 : 0);
   MT_CHECK(sources == 1, path, ": give exactly one of preset, lm, moshi_paths.config_path (got ", sources, ")");
   if (!preset.empty()) {
-    if (preset == "tiny") c.lm = LMConfig::tiny();
-    else if (preset == "small") c.lm = LMConfig::small();
-    else if (preset == "moshiko-7b" || preset == "moshiko_7b") c.lm = LMConfig::moshiko_7b();
-    else fail(path, ": preset: unknown preset '", preset, "' (tiny, small, moshiko-7b)");
+    try {
+      c.lm = preset_config(preset);
+    } catch (const Error& e) {
+      fail(path, ": preset: ", e.what());
+    }
   } else if (!config_path.empty()) {
     c.lm = LMConfig::from_file(config_path);
   } else {

@@ -9,6 +9,9 @@
 
 namespace mt::lm {
 
+// The named presets: tiny, small (the benchmark model), moshiko-7b; throws naming an unknown one.
+LMConfig preset_config(const std::string& name);
+
 struct ModelConfigFile {
   LMConfig lm;
   TTTIntegrationConfig ttt;

@@ -286,11 +286,6 @@ TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) 
 }
 
 at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
-                                         KVCache* cache) const {
-  return forward(x, offsets, offset_cpu, cache, nullptr, nullptr);
-}
-
-at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
                                          KVCache* cache, ttt::TTTState* ttt_state, ttt::TTTProbes* probes) const {
   at::Tensor upd = self_attn->forward(norm1->forward(x), offsets, offset_cpu, cache);
   at::Tensor h = x + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);

@@ -106,7 +106,6 @@ TORCH_MODULE(Attention);
 
 struct TransformerLayerImpl : torch::nn::Module {
   TransformerLayerImpl(const TransformerConfig& cfg);
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache) const;
   TransformerConfig cfg;
   Attention self_attn{nullptr};
   Norm norm1{nullptr}, norm2{nullptr};
@@ -115,8 +114,9 @@ struct TransformerLayerImpl : torch::nn::Module {
   torch::nn::ModuleList gating_list{nullptr};  // gated, weights per step (registered as "gating")
   LayerScale layer_scale_1{nullptr}, layer_scale_2{nullptr};
   HybridTTT ttt{nullptr};                      // hybrid TTT between attention and FFN
+  // cache null: whole sequence from position 0; ttt_state required for a hybrid layer.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache,
-                     ttt::TTTState* ttt_state, ttt::TTTProbes* probes) const;
+                     ttt::TTTState* ttt_state = nullptr, ttt::TTTProbes* probes = nullptr) const;
 };
 TORCH_MODULE(TransformerLayer);
 
