@@ -36,17 +36,19 @@ void add_init(CLI::App& app) {
     MT_CHECK(!o->out.empty() || !o->out_file.empty(), "init: give an output folder or --out FILE.safetensors");
     lm::LMConfig cfg;
     lm::TTTIntegrationConfig ttt;
+    lm::LoRAConfig lora;
     YAML::Node yaml;
     const std::string ext = fs::path(o->config).extension().string();
     if (ext == ".yaml" || ext == ".yml") {
       lm::ModelConfigFile f = lm::ModelConfigFile::load(o->config);
       cfg = f.lm;
       ttt = f.ttt;
+      lora = f.lora;
       yaml = YAML::LoadFile(o->config);
     } else {
       cfg = o->config.empty() ? preset_config(o->preset) : lm::LMConfig::from_file(o->config);
     }
-    lm::LMModel m(cfg, ttt);
+    lm::LMModel m(cfg, ttt, lora);
     m->init_weights(o->seed);
     const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "moshi-ttt init"}};
     if (!o->out_file.empty()) {

@@ -21,7 +21,7 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--threads", threads, "intra-op threads (default: libtorch's)");
 }
 
-void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w) const {
+void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w, lm::LoRAConfig* lora) const {
   std::string cfg_path = config;
   if (!model_dir.empty() && cfg_path.empty()) {
     MT_CHECK(fs::is_directory(model_dir), model_dir, ": not a folder (expected config.json + model.safetensors)");
@@ -34,6 +34,7 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
     lm::ModelConfigFile f = lm::ModelConfigFile::load(cfg_path);
     lmc = f.lm;
     ttt = f.ttt;
+    if (lora) *lora = f.lora;
     weights_from_cfg = f.weights;
   } else if (!cfg_path.empty()) {
     lmc = lm::LMConfig::from_file(cfg_path);
@@ -58,17 +59,18 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
            ": weights given without a config (use --config or --model)");
   lm::LMConfig lmc;
   lm::TTTIntegrationConfig ttt;
+  lm::LoRAConfig lora;
   std::string w_path;
-  configs(lmc, ttt, &w_path);
+  configs(lmc, ttt, &w_path, &lora);
   lm::LMModel m{nullptr};
   if (!w_path.empty()) {
     int64_t initialised = 0;
-    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised);
+    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised, lora);
     if (origin) *origin = w_path;
     if (initialised > 0 && origin)
-      *origin += str(" (base checkpoint: ", initialised, " new TTT tensors initialised)");
+      *origin += str(" (base checkpoint: ", initialised, " new TTT/LoRA tensors initialised)");
   } else {
-    m = lm::LMModel(lmc, ttt);
+    m = lm::LMModel(lmc, ttt, lora);
     m->init_weights(init_seed);
     m->to(dt);
     for (auto& p : m->parameters()) p.set_requires_grad(false);

@@ -24,7 +24,8 @@ struct ModelArgs {
   // Builds the model (eval mode, no grad) and says where it came from in *origin.
   lm::LMModel build(std::string* origin = nullptr) const;
   // The LM and TTT configs these options name (a YAML model config, a config.json, or a preset).
-  void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr) const;
+  void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr,
+               lm::LoRAConfig* lora = nullptr) const;
 };
 
 using lm::preset_config;

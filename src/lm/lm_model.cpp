@@ -12,12 +12,17 @@
 
 namespace mt::lm {
 
-bool is_ttt_param(const std::string& name) { return name.find(".ttt.") != std::string::npos; }
+bool is_ttt_param(const std::string& name) {
+  for (const char* k : {".ttt.", ".ttt_adapter.", ".ttt_conv.", ".ttt_proj."})
+    if (name.find(k) != std::string::npos) return true;
+  return false;
+}
+bool is_lora_param(const std::string& name) {
+  return name.find(".lora_A.") != std::string::npos || name.find(".lora_B.") != std::string::npos;
+}
 
-LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t) : cfg(c), ttt_cfg(t) {
+LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t, const LoRAConfig& l) : cfg(c), ttt_cfg(t), lora_cfg(l) {
   cfg.validate();
-  MT_CHECK(!ttt_cfg.enable || ttt_cfg.variant == "hybrid", "ttt.variant '", ttt_cfg.variant,
-           "' is not available yet (hybrid is)");
   emb = register_module("emb", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.n_q; ++i) emb->push_back(ScaledEmbedding(cfg.card + 1, cfg.dim));
   text_emb = register_module("text_emb", ScaledEmbedding(cfg.text_card + 1, cfg.dim));
@@ -41,6 +46,19 @@ LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t) : cfg
   }
   register_module("linears", linears);
   for (int64_t i = 0; i < cfg.dep_q; ++i) linears->push_back(Linear(cfg.depformer_dim, cfg.card));
+  if (lora_cfg.enable) {
+    std::vector<std::pair<std::string, LinearImpl*>> targets;
+    for (const auto& item : named_modules()) {
+      auto* lin = dynamic_cast<LinearImpl*>(item.value().get());
+      if (!lin) continue;
+      const std::string& name = item.key();
+      bool chosen = lora_cfg.targets.empty() && !is_ttt_param(name + ".");
+      for (const auto& t : lora_cfg.targets) chosen |= name.find(t) != std::string::npos;
+      if (chosen) targets.emplace_back(name, lin);
+    }
+    MT_CHECK(!targets.empty(), "lora.targets: no linear layer matches");
+    for (auto& [name, lin] : targets) lin->enable_lora(lora_cfg.rank, lora_cfg.scaling);
+  }
   // No initialisation here: a checkpoint load overwrites every weight (initialising a 7B model first
   // would cost minutes); call init_weights() for a random model.
 }
@@ -51,7 +69,8 @@ at::Tensor LMModelImpl::initial_tokens() const {
   return at::tensor(v, at::TensorOptions().dtype(at::kLong)).view({1, -1, 1}).to(text_linear->weight.device());
 }
 
-std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& seq, TransformerState* state) const {
+std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& seq, TransformerState* state,
+                                                          std::vector<LayerProbes>* probes) const {
   MT_CHECK(seq.dim() == 3 && seq.size(1) == cfg.num_codebooks(), "forward_text: expected codes [B, ",
            cfg.num_codebooks(), ", T], got ", shape_str(seq.sizes().vec()));
   // Same summation order as the reference: audio streams first, then text.
@@ -62,7 +81,7 @@ std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& se
   }
   at::Tensor t = text_emb->forward(seq.select(1, 0));
   x = x.defined() ? x + t : t;
-  at::Tensor out = state ? transformer->step(x, *state) : transformer->forward(x);
+  at::Tensor out = state ? transformer->step(x, *state, probes) : transformer->forward(x, nullptr, probes);
   out = out_norm->forward(out);
   return {out, text_linear->forward(out).unsqueeze(1)};
 }
@@ -163,20 +182,51 @@ LMOutput LMModelImpl::finish(const at::Tensor& codes, const at::Tensor& delayed,
   return out;
 }
 
-LMOutput LMModelImpl::forward(const at::Tensor& codes) const {
+LMOutput LMModelImpl::forward(const at::Tensor& codes, std::vector<LayerProbes>* probes) const {
   at::Tensor delayed = delayed_input(codes);
-  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, codes.size(2)));
+  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, codes.size(2)), nullptr, probes);
   return finish(codes, delayed, tout, text_logits);
 }
 
-LMOutput LMModelImpl::forward_streaming(const at::Tensor& codes, TransformerState& st) const {
+namespace {
+// Appends the per-token probes of one streaming call to `acc` (concatenated along tokens); norms and
+// counts are replaced by the newest.
+void append_probes(std::vector<LayerProbes>& acc, const std::vector<LayerProbes>& part) {
+  auto cat = [](at::Tensor& a, const at::Tensor& b) {
+    if (!b.defined()) return;
+    a = a.defined() ? at::cat({a, b}, -1) : b;
+  };
+  auto merge = [&](ttt::TTTProbes& a, const ttt::TTTProbes& b) {
+    cat(a.l0, b.l0);
+    cat(a.lprev, b.lprev);
+    cat(a.lafter, b.lafter);
+    if (b.w_delta_norm.defined()) a.w_delta_norm = b.w_delta_norm;
+  };
+  if (acc.empty()) {
+    acc = part;
+    return;
+  }
+  for (size_t i = 0; i < part.size(); ++i) {
+    merge(acc[i].hybrid, part[i].hybrid);
+    if (acc[i].adapters.size() < part[i].adapters.size()) acc[i].adapters.resize(part[i].adapters.size());
+    for (size_t j = 0; j < part[i].adapters.size(); ++j) merge(acc[i].adapters[j], part[i].adapters[j]);
+    if (part[i].inplace_dw_norm.defined()) acc[i].inplace_dw_norm = part[i].inplace_dw_norm;
+    acc[i].inplace_updates = part[i].inplace_updates;
+  }
+}
+}  // namespace
+
+LMOutput LMModelImpl::forward_streaming(const at::Tensor& codes, TransformerState& st, std::vector<LayerProbes>* probes) const {
   at::Tensor delayed = delayed_input(codes);
   const int64_t T = codes.size(2);
   std::vector<at::Tensor> outs, tls;
+  if (probes) probes->clear();
+  std::vector<LayerProbes> part;
   for (int64_t t = 0; t < T; t += st.max_chunk) {
-    auto [o, tl] = forward_text(delayed.narrow(2, t, std::min(st.max_chunk, T - t)), &st);
+    auto [o, tl] = forward_text(delayed.narrow(2, t, std::min(st.max_chunk, T - t)), &st, probes ? &part : nullptr);
     outs.push_back(o);
     tls.push_back(tl);
+    if (probes) append_probes(*probes, part);
   }
   return finish(codes, delayed, at::cat(outs, 1), at::cat(tls, 2));
 }
@@ -219,7 +269,7 @@ void LMModelImpl::init_weights(uint64_t seed) {
   for (auto& kv : named_parameters()) {
     const std::string& n = kv.key();
     at::Tensor p = kv.value();
-    if (is_ttt_param(n)) continue;  // initialised below by their own rule
+    if (is_ttt_param(n) || is_lora_param(n)) continue;  // initialised below by their own rules
     if (n.find("norm") != std::string::npos || n.find("alpha") != std::string::npos) {
       if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) p.zero_();
       else p.fill_(1.0);
@@ -232,9 +282,16 @@ void LMModelImpl::init_weights(uint64_t seed) {
       cpu_init(p, [&](at::Tensor t) { trunc_normal_(t, std, gen); });
     }
   }
-  for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l) {
-    const auto& layer = transformer->layer_ptrs[l];
-    if (layer->ttt) layer->ttt->init(seed * 1000003ull + l, ttt_cfg.initial_gating_alpha);
+  init_added(seed, true, true);
+}
+
+void LMModelImpl::init_added(uint64_t seed, bool ttt, bool lora) {
+  if (ttt)
+    for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l) transformer->layer_ptrs[l]->init_ttt(seed * 1000003ull + l);
+  if (lora) {
+    uint64_t i = 0;
+    for (const auto& item : named_modules())
+      if (auto* lin = dynamic_cast<LinearImpl*>(item.value().get()); lin && lin->lora_A) lin->init_lora(seed * 7919ull + ++i);
   }
 }
 
@@ -259,10 +316,13 @@ int64_t LMModelImpl::load(const io::SafeTensors& file) {
 int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
   at::NoGradGuard ng;
   std::set<std::string> used;
-  // A base checkpoint has no TTT tensors at all: those keep their initial values.
-  bool file_has_ttt = false;
-  for (const auto& kv : tensors) file_has_ttt |= is_ttt_param(kv.first);
-  int64_t kept_init = 0;
+  // A base checkpoint has no TTT (or LoRA) tensors at all: those keep their initial values.
+  bool file_has_ttt = false, file_has_lora = false;
+  for (const auto& kv : tensors) {
+    file_has_ttt |= is_ttt_param(kv.first);
+    file_has_lora |= is_lora_param(kv.first);
+  }
+  int64_t kept_ttt = 0, kept_lora = 0;
   // Fused attention names (Kyutai's released files): in_proj_weight / out_proj.weight hold every
   // weight set stacked along dim 0.
   static const std::regex split_re(R"((.*self_attn\.)(in|out)_projs\.(\d+)\.weight)");
@@ -298,7 +358,11 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
       }
     }
     if (!src.defined() && is_ttt_param(name) && !file_has_ttt) {
-      ++kept_init;
+      ++kept_ttt;
+      continue;
+    }
+    if (!src.defined() && is_lora_param(name) && !file_has_lora) {
+      ++kept_lora;
       continue;
     }
     MT_CHECK(src.defined(), source, ": missing tensor '", name, "' (expected shape ", shape_str(p.sizes().vec()), ")");
@@ -317,17 +381,15 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
     if (extra.size() > 5) list += str(" and ", extra.size() - 5, " more");
     fail(source, ": unexpected tensor", extra.size() > 1 ? "s " : " ", list, " (not part of this model's config)");
   }
-  // TTT tensors absent from a base checkpoint get their reference initial values.
-  if (kept_init > 0)
-    for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l)
-      if (const auto& layer = transformer->layer_ptrs[l]; layer->ttt) layer->ttt->init(l, ttt_cfg.initial_gating_alpha);  // as init_weights(0)
-  return kept_init;
+  // TTT / LoRA tensors absent from a base checkpoint get their reference initial values (as init_weights(0)).
+  init_added(0, kept_ttt > 0, kept_lora > 0);
+  return kept_ttt + kept_lora;
 }
 
 LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype,
-                const TTTIntegrationConfig& ttt, int64_t* initialised) {
+                const TTTIntegrationConfig& ttt, int64_t* initialised, const LoRAConfig& lora) {
   io::SafeTensors f(path);
-  LMModel m(cfg, ttt);
+  LMModel m(cfg, ttt, lora);
   if (!dtype) {
     dtype = at::kFloat;
     for (const auto& t : f.tensors())

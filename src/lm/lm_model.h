@@ -27,18 +27,23 @@ struct LMOutput {
 
 struct LMModelImpl : torch::nn::Module {
   // Parameters are allocated, not initialised: follow with load() or init_weights().
-  explicit LMModelImpl(const LMConfig& cfg, const TTTIntegrationConfig& ttt = {});
+  // LoRA (moshi-finetune's) goes on every Linear whose module path contains one of lora.targets
+  // (every Linear of the model when empty), TTT adapters included only if named explicitly.
+  explicit LMModelImpl(const LMConfig& cfg, const TTTIntegrationConfig& ttt = {}, const LoRAConfig& lora = {});
 
   // Training/scoring forward on codes [B, 1 + n_q, T] (text first), aligned with codes like the reference.
-  LMOutput forward(const at::Tensor& codes) const;
+  // probes: per temporal layer, the TTT diagnostics of this pass.
+  LMOutput forward(const at::Tensor& codes, std::vector<LayerProbes>* probes = nullptr) const;
   // The same outputs with the temporal transformer run in streaming mode from `state` (chunks of
   // state.max_chunk steps; KV caches and TTT states carried and updated): scoring as a conversation
   // is heard. Equal to forward() from a fresh state.
-  LMOutput forward_streaming(const at::Tensor& codes, TransformerState& state) const;
+  // probes: per layer, per-token probes concatenated over the chunks; norms after the last chunk.
+  LMOutput forward_streaming(const at::Tensor& codes, TransformerState& state, std::vector<LayerProbes>* probes = nullptr) const;
 
   // Temporal part on an already delayed sequence [B, K, S]: (transformer_out [B, S, dim],
   // text_logits [B, 1, S, text_card_out]). With a state, runs in streaming mode after what it has seen.
-  std::pair<at::Tensor, at::Tensor> forward_text(const at::Tensor& seq, TransformerState* state = nullptr) const;
+  std::pair<at::Tensor, at::Tensor> forward_text(const at::Tensor& seq, TransformerState* state = nullptr,
+                                                 std::vector<LayerProbes>* probes = nullptr) const;
   // Depformer teacher-forced over all codebooks: seq [B, K, T] (delayed targets), out [B, T, dim] ->
   // logits [B, dep_q, T, card].
   at::Tensor forward_depformer_training(const at::Tensor& seq, const at::Tensor& transformer_out) const;
@@ -55,10 +60,13 @@ struct LMModelImpl : torch::nn::Module {
   // Reference initialisation (trunc-normal 1/sqrt(fan_in) for embeddings, heads and main layers;
   // PyTorch's default uniform for the depformer layers), seeded.
   void init_weights(uint64_t seed);
+  // Reference initial values of the tensors TTT and LoRA add (also part of init_weights).
+  void init_added(uint64_t seed, bool ttt, bool lora);
   // Strict load: every parameter must be found (reference name, or the fused in_proj_weight /
   // out_proj.weight names split per step), shapes must match, no tensor may be left over. The one
-  // exception: a file with none of the TTT tensors (a base checkpoint) leaves them at their initial
-  // values; the number of such tensors is returned. A file with some but not all of them is an error.
+  // exception: a file with none of the TTT tensors (a base checkpoint), or none of the LoRA tensors,
+  // leaves that group at its initial values; the number of such tensors is returned. A file with some
+  // but not all of a group is an error naming a missing one.
   int64_t load(const io::SafeTensors& file);
   int64_t load(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
   // name -> parameter, in the reference's (split) names.
@@ -67,6 +75,7 @@ struct LMModelImpl : torch::nn::Module {
 
   LMConfig cfg;
   TTTIntegrationConfig ttt_cfg;
+  LoRAConfig lora_cfg;
   torch::nn::ModuleList emb;
   ScaledEmbedding text_emb{nullptr};
   Linear text_linear{nullptr};
@@ -92,10 +101,13 @@ TORCH_MODULE(LMModel);
 // Builds a model from a config and a checkpoint (safetensors), strictly; dtype as in the file unless given.
 LMModel load_lm(const LMConfig& cfg, const std::string& weights_path,
                 std::optional<at::ScalarType> dtype = at::kFloat, const TTTIntegrationConfig& ttt = {},
-                int64_t* initialised_ttt_tensors = nullptr);
+                int64_t* initialised_ttt_tensors = nullptr, const LoRAConfig& lora = {});
 
-// True for parameters that a TTT integration adds (absent from base Moshi checkpoints).
+// True for parameters that a TTT integration adds (absent from base Moshi checkpoints): hybrid blocks
+// (".ttt."), TTT adapters (".ttt_adapter."), In-Place targets (".ttt_conv.", ".ttt_proj.").
 bool is_ttt_param(const std::string& name);
+// True for LoRA tensors (".lora_A." / ".lora_B.").
+bool is_lora_param(const std::string& name);
 
 // The LM config implied by a checkpoint's tensor names and shapes, where it can be read off
 // (dims, layers, cards, streams); fields it cannot see (delays, heads, ...) are left at defaults.

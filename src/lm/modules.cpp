@@ -10,9 +10,6 @@
 namespace mt::lm {
 
 // ---------------------------------------------------------------------------------------------
-LinearImpl::LinearImpl(int64_t in, int64_t out) { weight = register_parameter("weight", at::empty({out, in})); }
-at::Tensor LinearImpl::forward(const at::Tensor& x) const { return at::linear(x, weight); }
-
 NormImpl::NormImpl(const std::string& k, int64_t dim) : kind(k) {
   if (kind == "layer_norm" || kind == "layer_norm_f32") {
     eps = kind == "layer_norm" ? 1e-5 : 1e-8;
@@ -58,14 +55,29 @@ GatingImpl::GatingImpl(const std::string& act, int64_t dim, int64_t dim_feedforw
   linear_out = register_module("linear_out", Linear(hidden, dim));
 }
 
-at::Tensor GatingImpl::forward(const at::Tensor& x) const {
-  at::Tensor u = linear_in->forward(x);
+namespace {
+// A linear of a layer, with its TTT adapter's state and probes when it has one.
+at::Tensor apply_linear(const LinearImpl& lin, const at::Tensor& x, LayerTTTState* st, LayerProbes* probes) {
+  if (!lin.ttt_adapter) return lin.forward(x, nullptr);
+  MT_CHECK(st, "a layer with TTT adapters was run without its TTT state");
+  const auto slot = static_cast<size_t>(lin.adapter_slot);
+  ttt::TTTProbes* pr = nullptr;
+  if (probes) {
+    if (probes->adapters.size() <= slot) probes->adapters.resize(slot + 1);
+    pr = &probes->adapters[slot];
+  }
+  return lin.forward(x, &st->adapters.at(slot), pr);
+}
+}  // namespace
+
+at::Tensor GatingImpl::forward(const at::Tensor& x, LayerTTTState* st, LayerProbes* probes) const {
+  at::Tensor u = apply_linear(*linear_in, x, st, probes);
   auto shape = u.sizes().vec();
   int64_t hidden = shape.back() / 2;
   shape.back() = 2;
   shape.push_back(hidden);
   u = u.view(shape);
-  return linear_out->forward(mt::lm::activation(activation, u.select(-2, 0)) * u.select(-2, 1));
+  return apply_linear(*linear_out, mt::lm::activation(activation, u.select(-2, 0)) * u.select(-2, 1), st, probes);
 }
 
 ScaledEmbeddingImpl::ScaledEmbeddingImpl(int64_t num, int64_t dim, std::optional<int64_t> lr) {
@@ -119,6 +131,24 @@ void KVCache::reset() {
   if (v.defined()) v.zero_();
 }
 
+void LayerTTTState::reset() {
+  if (hybrid.batch > 0) hybrid.reset();
+  for (auto& a : adapters) a.reset();
+  if (inplace.batch() > 0) inplace.reset();
+}
+
+void LayerTTTState::reset_slot(int64_t b) {
+  if (hybrid.batch > 0) hybrid.reset_slot(b);
+  for (auto& a : adapters) a.reset_slot(b);
+  if (inplace.batch() > 0) inplace.reset_slot(b);
+}
+
+void LayerTTTState::detach() {
+  if (hybrid.batch > 0) hybrid.detach();
+  for (auto& a : adapters) a.detach();
+  if (inplace.batch() > 0) inplace.detach();
+}
+
 void TransformerState::reset(const at::Tensor& mask) {
   if (!mask.defined()) {
     offsets.zero_();
@@ -135,28 +165,12 @@ void TransformerState::reset(const at::Tensor& mask) {
     for (int64_t b = 0; b < batch; ++b)
       if (m[b].item<bool>())
         for (auto& t : ttt)
-          if (t.batch > 0) t.reset_slot(b);
+          if (!t.empty()) t.reset_slot(b);
   }
 }
 
 void TransformerState::detach() {
   for (auto& t : ttt) t.detach();
-}
-
-void register_param_tree(torch::nn::Module& root, const std::string& dotted, const at::Tensor& t) {
-  torch::nn::Module* m = &root;
-  std::string rest = dotted;
-  size_t dot;
-  while ((dot = rest.find('.')) != std::string::npos) {
-    std::string head = rest.substr(0, dot);
-    rest = rest.substr(dot + 1);
-    std::shared_ptr<torch::nn::Module> child;
-    for (auto& kv : m->named_children())
-      if (kv.key() == head) child = kv.value();
-    if (!child) child = m->register_module(head, std::make_shared<torch::nn::Module>(head));
-    m = child.get();
-  }
-  m->register_parameter(rest, t);
 }
 
 HybridTTTImpl::HybridTTTImpl(const std::string& norm_kind, int64_t dim, const ttt::TTTConfig& cfg, double alpha_init) {
@@ -210,10 +224,10 @@ AttentionImpl::AttentionImpl(const TransformerConfig& c) : cfg(c) {
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
-                                  KVCache* cache) const {
+                                  KVCache* cache, LayerTTTState* tst, LayerProbes* probes) const {
   const int64_t B = x.size(0), T = x.size(1), H = cfg.num_heads, Dh = cfg.head_dim();
   auto proj = [&](const torch::nn::ModuleList& list, const at::Tensor& in) {
-    if (list->size() == 1) return list->ptr(0)->as<LinearImpl>()->forward(in);
+    if (list->size() == 1) return apply_linear(*list->ptr(0)->as<LinearImpl>(), in, tst, probes);
     return per_step(in, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return list->ptr(s)->as<LinearImpl>()->forward(xi); });
   };
   at::Tensor qkv = proj(in_projs, x).view({B, T, 3, H, Dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, Dh]
@@ -286,68 +300,161 @@ TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) 
 }
 
 at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
-                                         KVCache* cache, ttt::TTTState* ttt_state, ttt::TTTProbes* probes) const {
-  at::Tensor upd = self_attn->forward(norm1->forward(x), offsets, offset_cpu, cache);
+                                         KVCache* cache, LayerTTTState* tst, LayerProbes* probes, const at::Tensor& x0) const {
+  MT_CHECK(tst || !has_ttt(), "a TTT layer was run without its TTT state");
+  at::Tensor upd = self_attn->forward(norm1->forward(x), offsets, offset_cpu, cache, tst, probes);
   at::Tensor h = x + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
-  if (ttt) {
-    MT_CHECK(ttt_state, "hybrid TTT layer run without a TTT state");
-    h = h + ttt->forward(h, *ttt_state, probes);
-  }
+  if (ttt) h = h + ttt->forward(h, tst->hybrid, probes ? &probes->hybrid : nullptr);
   at::Tensor n = norm2->forward(h);
-  if (linear1) {
-    upd = linear2->forward(at::gelu(linear1->forward(n)));
+  if (inplace) {
+    const at::Tensor& t = inplace_target_embeddings ? x0 : n;
+    MT_CHECK(t.defined(), "In-Place TTT layer run without its target source (the transformer input)");
+    upd = inplace->step(n, t, tst->inplace);
+    if (probes) {
+      probes->inplace_dw_norm = tst->inplace.dw.flatten(1).norm(2, {1});
+      probes->inplace_updates = tst->inplace.tokens / inplace->cfg.chunk_size;
+    }
+  } else if (linear1) {
+    upd = apply_linear(*linear2, at::gelu(apply_linear(*linear1, n, tst, probes)), tst, probes);
   } else if (gating_list) {
     upd = per_step(n, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return gating_list->ptr(s)->as<GatingImpl>()->forward(xi); });
   } else {
-    upd = gating->forward(n);
+    upd = gating->forward(n, tst, probes);
   }
   return h + (layer_scale_2 ? layer_scale_2->forward(upd) : upd);
 }
 
+LayerTTTState TransformerLayerImpl::make_ttt_state(int64_t batch) const {
+  LayerTTTState s;
+  if (ttt) s.hybrid = ttt::TTTState(batch);
+  for (size_t i = 0; i < adapted.size(); ++i) s.adapters.emplace_back(batch);
+  if (inplace) s.inplace = inplace->make_state(batch);
+  return s;
+}
+
+void TransformerLayerImpl::init_ttt(uint64_t seed) const {
+  if (ttt) ttt->init(seed, initial_alpha);
+  for (size_t i = 0; i < adapted.size(); ++i) adapted[i]->init_ttt_adapter(seed * 31 + i + 1);
+  if (inplace) {
+    at::NoGradGuard ng;
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    inplace->conv_weight.zero_();
+    if (inplace->proj_weight.defined()) {
+      at::Tensor p = at::zeros(inplace->proj_weight.sizes(), at::kFloat);
+      p.diagonal().normal_(0, 0.02, gen);  // official: zero with a N(0, 0.02²) diagonal
+      inplace->proj_weight.copy_(p);
+    }
+  }
+}
+
+namespace {
+// The inner TTT layer config of the integration (hybrid block: the model's width and heads; adapter:
+// one head of width adapter_rank); errors name the config field.
+ttt::TTTConfig inner_config(const TTTIntegrationConfig& t, int64_t width, int64_t heads, int64_t layer, const char* what) {
+  ttt::TTTConfig tc;
+  tc.hidden_size = width;
+  tc.num_attention_heads = heads;
+  tc.mini_batch_size = t.mini_batch_size;
+  tc.ttt_layer_type = t.type;
+  tc.ttt_base_lr = t.base_lr;
+  tc.use_gate = t.use_gate;
+  tc.share_qk = t.share_qk;
+  tc.conv_kernel = t.conv_kernel;
+  tc.scan_checkpoint_group_size = t.scan_checkpoint_group_size;
+  try {
+    tc.validate();
+  } catch (const Error& e) {
+    fail("ttt (", what, ", layer ", layer, "): ", e.what());
+  }
+  return tc;
+}
+}  // namespace
+
 StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, const TTTIntegrationConfig* ttt) : cfg(c) {
   layers = register_module("layers", torch::nn::ModuleList());
-  const bool hybrid = ttt && ttt->enable && ttt->variant == "hybrid";
-  if (ttt && ttt->enable) ttt->validate(cfg.num_layers);
+  const bool on = ttt && ttt->enable;
+  if (on) ttt->validate(cfg.num_layers);
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     TransformerConfig lc = cfg;
-    const bool is_ttt = ttt && ttt->is_ttt_layer(i, cfg.num_layers);
-    if (ttt && ttt->enable) {
+    const bool is_ttt = on && ttt->is_ttt_layer(i, cfg.num_layers);
+    if (on) {
       if (is_ttt && ttt->attention_context) lc.context = ttt->attention_context;
       if (!is_ttt && ttt->non_ttt_attention_context) lc.context = ttt->non_ttt_attention_context;
     }
-    layer_ptrs.push_back(TransformerLayer(lc));
-    if (hybrid && is_ttt) {
-      ttt::TTTConfig tc;
-      tc.hidden_size = cfg.d_model;
-      tc.num_attention_heads = ttt->num_heads > 0 ? ttt->num_heads : cfg.num_heads;
-      tc.mini_batch_size = ttt->mini_batch_size;
-      tc.ttt_layer_type = ttt->type;
-      tc.ttt_base_lr = ttt->base_lr;
-      tc.use_gate = ttt->use_gate;
-      tc.share_qk = ttt->share_qk;
-      tc.conv_kernel = ttt->conv_kernel;
-      tc.scan_checkpoint_group_size = ttt->scan_checkpoint_group_size;
-      try {
-        tc.validate();
-      } catch (const Error& e) {
-        fail("ttt (layer ", i, "): ", e.what());
+    TransformerLayer layer(lc);
+    layer_ptrs.push_back(layer);
+    layers->push_back(layer);
+    if (!is_ttt) continue;
+    layer->initial_alpha = ttt->initial_gating_alpha;
+    if (ttt->variant == "hybrid") {
+      ttt::TTTConfig tc = inner_config(*ttt, cfg.d_model, ttt->num_heads > 0 ? ttt->num_heads : cfg.num_heads, i, "hybrid");
+      layer->ttt = layer->register_module("ttt", HybridTTT(cfg.norm, cfg.d_model, tc, ttt->initial_gating_alpha));
+    } else if (ttt->variant == "adapter") {
+      ttt::TTTConfig tc = inner_config(*ttt, ttt->adapter_rank, 1, i, "adapter of width adapter_rank");
+      for (const auto& target : ttt->adapter_targets) {
+        Linear lin{nullptr};
+        if (target == "self_attn.in_proj" || target == "self_attn.out_proj") {
+          const auto& list = target == "self_attn.in_proj" ? layer->self_attn->in_projs : layer->self_attn->out_projs;
+          MT_CHECK(list->size() == 1, "ttt.adapter_targets: ", target, " of layer ", i, " has weights per step (not supported)");
+          lin = Linear(list->ptr<LinearImpl>(0));
+        } else if (target == "gating.linear_in" || target == "gating.linear_out") {
+          MT_CHECK(layer->gating, "ttt.adapter_targets: ", target, ": layer ", i, " has no single gated FFN");
+          lin = target == "gating.linear_in" ? layer->gating->linear_in : layer->gating->linear_out;
+        } else if (target == "linear1" || target == "linear2") {
+          MT_CHECK(layer->linear1, "ttt.adapter_targets: ", target, ": layer ", i, " has a gated FFN (use gating.linear_in/out)");
+          lin = target == "linear1" ? layer->linear1 : layer->linear2;
+        } else {
+          fail("ttt.adapter_targets: unknown target '", target,
+               "' (self_attn.in_proj, self_attn.out_proj, gating.linear_in, gating.linear_out, linear1, linear2)");
+        }
+        MT_CHECK(!lin->ttt_adapter, "ttt.adapter_targets: '", target, "' listed twice");
+        lin->enable_ttt_adapter(tc, ttt->adapter_scale, static_cast<int64_t>(layer->adapted.size()));
+        layer->adapted.push_back(lin);
       }
-      layer_ptrs.back()->ttt = layer_ptrs.back()->register_module(
-          "ttt", HybridTTT(cfg.norm, cfg.d_model, tc, ttt->initial_gating_alpha));
+    } else if (ttt->variant == "inplace") {
+      MT_CHECK(layer->gating, "ttt.variant inplace: layer ", i, " needs a gated FFN with one weight set (gating '", cfg.gating,
+               "', weights_per_step ", cfg.weights_per_step, ")");
+      ttt::InPlaceConfig ic;
+      ic.dim = cfg.d_model;
+      ic.hidden = layer->gating->linear_out->weight.size(1);
+      ic.chunk_size = ttt->inplace_chunk_size;
+      ic.lr = ttt->inplace_lr;
+      ic.use_proj = ttt->inplace_use_proj;
+      ic.conv_kernel = ttt->inplace_conv_kernel;
+      ic.conv_lookahead = ttt->inplace_lookahead;
+      ic.activation = cfg.gating;
+      try {
+        ic.validate();
+      } catch (const Error& e) {
+        fail("ttt (inplace, layer ", i, "): ", e.what());
+      }
+      auto ffn = std::make_shared<ttt::InPlaceFFNImpl>(ic);
+      // The FFN runs on the layer's own gating weights (its own copies are emptied); its target
+      // tensors live under gating.
+      {
+        at::NoGradGuard ng;
+        ffn->gating->linear_in->weight.set_data(at::empty({0}));
+        ffn->gating->linear_out->weight.set_data(at::empty({0}));
+      }
+      ffn->gating->linear_in->weight = layer->gating->linear_in->weight;
+      ffn->gating->linear_out->weight = layer->gating->linear_out->weight;
+      register_param_tree(*layer->gating, "ttt_conv.weight", ffn->conv_weight);
+      if (ffn->proj_weight.defined()) register_param_tree(*layer->gating, "ttt_proj.weight", ffn->proj_weight);
+      layer->inplace = ffn;
+      layer->inplace_target_embeddings = ttt->inplace_target == "embeddings";
     }
-    layers->push_back(layer_ptrs.back());
   }
 }
 
 bool StreamingTransformerImpl::has_ttt() const {
   for (const auto& l : layer_ptrs)
-    if (l->ttt) return true;
+    if (l->has_ttt()) return true;
   return false;
 }
 
-std::vector<ttt::TTTState> StreamingTransformerImpl::make_ttt_states(int64_t batch) const {
-  std::vector<ttt::TTTState> out;
-  for (const auto& l : layer_ptrs) out.push_back(l->ttt ? ttt::TTTState(batch) : ttt::TTTState());
+std::vector<LayerTTTState> StreamingTransformerImpl::make_ttt_states(int64_t batch) const {
+  std::vector<LayerTTTState> out;
+  for (const auto& l : layer_ptrs) out.push_back(l->has_ttt() ? l->make_ttt_state(batch) : LayerTTTState());
   return out;
 }
 
@@ -358,24 +465,24 @@ at::Tensor StreamingTransformerImpl::add_positional(const at::Tensor& x, const a
   return x + sin_embedding(pos, x.size(2), cfg.max_period, x.scalar_type());
 }
 
-at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<ttt::TTTState>* ttt_states,
-                                             std::vector<ttt::TTTProbes>* probes) const {
+at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<LayerTTTState>* ttt_states,
+                                             std::vector<LayerProbes>* probes) const {
   at::Tensor offsets = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(x.device()));
   at::Tensor h = add_positional(x, offsets);
-  std::vector<ttt::TTTState> fresh;
+  std::vector<LayerTTTState> fresh;
   if (!ttt_states && has_ttt()) {
     fresh = make_ttt_states(x.size(0));
     ttt_states = &fresh;
   }
   if (probes) probes->assign(layer_ptrs.size(), {});
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
-    ttt::TTTState* ts = layer_ptrs[i]->ttt ? &ttt_states->at(i) : nullptr;
-    h = layer_ptrs[i]->forward(h, offsets, 0, nullptr, ts, probes && ts ? &(*probes)[i] : nullptr);
+    const bool t = layer_ptrs[i]->has_ttt();
+    h = layer_ptrs[i]->forward(h, offsets, 0, nullptr, t ? &ttt_states->at(i) : nullptr, probes && t ? &(*probes)[i] : nullptr, x);
   }
   return h;
 }
 
-at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st, std::vector<ttt::TTTProbes>* probes) const {
+at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st, std::vector<LayerProbes>* probes) const {
   MT_CHECK(x.dim() == 3 && x.size(0) == st.batch && x.size(2) == cfg.d_model, "transformer step: expected [",
            st.batch, ", T, ", cfg.d_model, "], got ", shape_str(x.sizes().vec()));
   MT_CHECK(x.size(1) <= st.max_chunk, "transformer step: chunk of ", x.size(1), " steps, but the state was made for at most ",
@@ -383,8 +490,9 @@ at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState&
   at::Tensor h = add_positional(x, st.offsets);
   if (probes) probes->assign(layer_ptrs.size(), {});
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
-    ttt::TTTState* ts = layer_ptrs[i]->ttt ? &st.ttt.at(i) : nullptr;
-    h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i], ts, probes && ts ? &(*probes)[i] : nullptr);
+    const bool t = layer_ptrs[i]->has_ttt();
+    h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i], t ? &st.ttt.at(i) : nullptr,
+                               probes && t ? &(*probes)[i] : nullptr, x);
   }
   st.offsets.add_(x.size(1));
   st.offset_cpu += x.size(1);

@@ -10,18 +10,12 @@
 #include <vector>
 
 #include "lm/config.h"
+#include "lm/linear.h"
 #include "lm/ttt_config.h"
+#include "ttt/inplace.h"
 #include "ttt/ttt_layer.h"
 
 namespace mt::lm {
-
-// A parameter-holding module: Linear without bias, named "<prefix>.weight".
-struct LinearImpl : torch::nn::Module {
-  LinearImpl(int64_t in, int64_t out);
-  at::Tensor forward(const at::Tensor& x) const;
-  at::Tensor weight;
-};
-TORCH_MODULE(Linear);
 
 // layer_norm (weight, bias), layer_norm_f32, rms_norm, rms_norm_f32 (alpha [1,1,D]).
 struct NormImpl : torch::nn::Module {
@@ -41,9 +35,12 @@ struct LayerScaleImpl : torch::nn::Module {
 TORCH_MODULE(LayerScale);
 
 // Gated FFN (ActivationGating): linear_in -> [gate | value] -> act(gate) * value -> linear_out.
+struct LayerTTTState;
+struct LayerProbes;
 struct GatingImpl : torch::nn::Module {
   GatingImpl(const std::string& activation, int64_t dim, int64_t dim_feedforward);
-  at::Tensor forward(const at::Tensor& x) const;
+  // st / probes: the layer's TTT state when its linears carry TTT adapters.
+  at::Tensor forward(const at::Tensor& x, LayerTTTState* st = nullptr, LayerProbes* probes = nullptr) const;
   std::string activation;
   Linear linear_in{nullptr}, linear_out{nullptr};
 };
@@ -65,23 +62,38 @@ struct KVCache {
   void reset();
 };
 
+// The TTT part of one layer's per-stream state: whichever of the three integrations the layer has.
+struct LayerTTTState {
+  ttt::TTTState hybrid;                 // hybrid block (batch 0 when the layer has none)
+  std::vector<ttt::TTTState> adapters;  // one per TTT adapter of the layer (LinearImpl::adapter_slot)
+  ttt::InPlaceState inplace;            // In-Place FFN (batch 0 when none)
+  bool empty() const { return hybrid.batch == 0 && adapters.empty() && inplace.batch() == 0; }
+  void reset();
+  void reset_slot(int64_t b);
+  void detach();
+};
+
+// Diagnostics of one layer's TTT (filled when probes are requested).
+struct LayerProbes {
+  ttt::TTTProbes hybrid;
+  std::vector<ttt::TTTProbes> adapters;
+  at::Tensor inplace_dw_norm;  // [B] ‖W_t − W_0‖ of the In-Place fast weight after the call
+  int64_t inplace_updates = 0; // chunk updates applied so far (slot 0)
+};
+
 struct TransformerState {
   int64_t batch = 0;
   at::Tensor offsets;       // [B] long: positions already consumed per batch slot
   int64_t offset_cpu = 0;   // host copy for weights-per-step indexing (all slots advance together there)
   int64_t max_chunk = 1;    // longest step() this state's KV ring was sized for
   std::vector<KVCache> layers;
-  std::vector<ttt::TTTState> ttt;  // per layer; batch 0 (unused) for layers without TTT
+  std::vector<LayerTTTState> ttt;  // per layer; empty for layers without TTT
   // Resets every slot (mask undefined) or the slots where mask is true: offsets, and TTT inner
   // states back to the layer's current learned initial weights.
   void reset(const at::Tensor& mask = {});
   // Cuts the autograd history of carried TTT states (training across chunks).
   void detach();
 };
-
-// Registers `t` under a dotted name ("q_proj.weight") in `root`, creating plain submodules on the way,
-// so that parameters owned elsewhere appear in the module tree under their reference names.
-void register_param_tree(torch::nn::Module& root, const std::string& dotted, const at::Tensor& t);
 
 // Hybrid TTT block (Video-DiT style, Path A): h + tanh(gating_alpha) * TTT(norm(h)).
 struct HybridTTTImpl : torch::nn::Module {
@@ -98,7 +110,8 @@ TORCH_MODULE(HybridTTT);
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const TransformerConfig& cfg);
   // x: [B, T, D]. Whole-sequence when state is null (positions 0..T-1), else streaming.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache) const;
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache,
+                     LayerTTTState* tst = nullptr, LayerProbes* probes = nullptr) const;
   TransformerConfig cfg;
   torch::nn::ModuleList in_projs, out_projs;
 };
@@ -114,9 +127,20 @@ struct TransformerLayerImpl : torch::nn::Module {
   torch::nn::ModuleList gating_list{nullptr};  // gated, weights per step (registered as "gating")
   LayerScale layer_scale_1{nullptr}, layer_scale_2{nullptr};
   HybridTTT ttt{nullptr};                      // hybrid TTT between attention and FFN
-  // cache null: whole sequence from position 0; ttt_state required for a hybrid layer.
+  // In-Place TTT of the gated FFN: shares `gating`'s weights (W_down = gating.linear_out.weight is the
+  // fast weight's start); its target conv and projection are gating.ttt_conv.weight / ttt_proj.weight.
+  std::shared_ptr<ttt::InPlaceFFNImpl> inplace;
+  double initial_alpha = 0.1;                  // hybrid gate's initial value (init_ttt)
+  bool inplace_target_embeddings = true;       // target source: the transformer input, else the FFN input
+  std::vector<Linear> adapted;                 // linears carrying TTT adapters, by adapter slot
+  // cache null: whole sequence from position 0. tst: this layer's TTT state (required when the layer
+  // has TTT). x0: the transformer's input (In-Place target source "embeddings").
   at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache,
-                     ttt::TTTState* ttt_state = nullptr, ttt::TTTProbes* probes = nullptr) const;
+                     LayerTTTState* tst = nullptr, LayerProbes* probes = nullptr, const at::Tensor& x0 = {}) const;
+  bool has_ttt() const { return ttt || inplace || !adapted.empty(); }
+  LayerTTTState make_ttt_state(int64_t batch) const;
+  // Reference initial values of every TTT tensor of the layer (hybrid block, adapters, In-Place target).
+  void init_ttt(uint64_t seed) const;
 };
 TORCH_MODULE(TransformerLayer);
 
@@ -126,11 +150,11 @@ struct StreamingTransformerImpl : torch::nn::Module {
   explicit StreamingTransformerImpl(const TransformerConfig& cfg, const TTTIntegrationConfig* ttt = nullptr);
   // Whole sequence starting at position 0. TTT layers start from fresh states, or from and into
   // `ttt_states` when given (persistent states across training chunks).
-  at::Tensor forward(const at::Tensor& x, std::vector<ttt::TTTState>* ttt_states = nullptr,
-                     std::vector<ttt::TTTProbes>* probes = nullptr) const;
+  at::Tensor forward(const at::Tensor& x, std::vector<LayerTTTState>* ttt_states = nullptr,
+                     std::vector<LayerProbes>* probes = nullptr) const;
   // Streaming: consumes x [B, T, D] after what the state has seen; updates the state.
-  at::Tensor step(const at::Tensor& x, TransformerState& state, std::vector<ttt::TTTProbes>* probes = nullptr) const;
-  std::vector<ttt::TTTState> make_ttt_states(int64_t batch) const;
+  at::Tensor step(const at::Tensor& x, TransformerState& state, std::vector<LayerProbes>* probes = nullptr) const;
+  std::vector<LayerTTTState> make_ttt_states(int64_t batch) const;
   bool has_ttt() const;
   // The KV ring holds window + max_chunk - 1 entries, where the window is the context (or
   // weights_per_step, or `window` when given): chunks of up to max_chunk steps then see exactly the

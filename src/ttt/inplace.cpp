@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "io/safetensors.h"
+#include "lm/modules.h"
 #include "util/error.h"
 
 namespace mt::ttt {

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "lm/modules.h"
+#include "lm/linear.h"
 
 namespace mt::ttt {
 

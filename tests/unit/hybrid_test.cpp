@@ -75,7 +75,7 @@ TEST_P(HybridStreaming, StepsEqualForwardAcrossAReset) {
   for (int64_t t = 0; t < T; t += chunk) outs.push_back(m->forward_text(seq.narrow(2, t, std::min(chunk, T - t)), &st).first);
   EXPECT_LT(test::max_abs_diff(at::cat(outs, 1), whole), 5e-5);
   // The TTT state really moved away from its initial weights.
-  EXPECT_GT(st.ttt[1].position[0], 0);
+  EXPECT_GT(st.ttt[1].hybrid.position[0], 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, HybridStreaming,
