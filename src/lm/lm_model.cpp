@@ -48,7 +48,7 @@ LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t, const
   for (int64_t i = 0; i < cfg.dep_q; ++i) linears->push_back(Linear(cfg.depformer_dim, cfg.card));
   if (lora_cfg.enable) {
     std::vector<std::pair<std::string, LinearImpl*>> targets;
-    for (const auto& item : named_modules()) {
+    for (const auto& item : named_modules("", /*include_self=*/false)) {
       auto* lin = dynamic_cast<LinearImpl*>(item.value().get());
       if (!lin) continue;
       const std::string& name = item.key();
@@ -290,7 +290,7 @@ void LMModelImpl::init_added(uint64_t seed, bool ttt, bool lora) {
     for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l) transformer->layer_ptrs[l]->init_ttt(seed * 1000003ull + l);
   if (lora) {
     uint64_t i = 0;
-    for (const auto& item : named_modules())
+    for (const auto& item : named_modules("", /*include_self=*/false))
       if (auto* lin = dynamic_cast<LinearImpl*>(item.value().get()); lin && lin->lora_A) lin->init_lora(seed * 7919ull + ++i);
   }
 }
