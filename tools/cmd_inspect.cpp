@@ -5,6 +5,7 @@
 
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
+#include "lm/model_config.h"
 #include "tools/commands.h"
 #include "util/error.h"
 
@@ -12,18 +13,61 @@ namespace fs = std::filesystem;
 
 namespace mt::cli {
 
+namespace {
+// Parameters TTT and LoRA add, per layer and unit; a TTT adapter is shown next to the LoRA of the same
+// rank on the same linear.
+void print_added_parameters(const lm::LMModelImpl& m) {
+  int64_t ttt = 0, lora = 0, base = 0;
+  for (const auto& kv : m.named_parameters()) {
+    if (lm::is_ttt_param(kv.key())) ttt += kv.value().numel();
+    else if (lm::is_lora_param(kv.key())) lora += kv.value().numel();
+    else base += kv.value().numel();
+  }
+  if (ttt == 0 && lora == 0) return;
+  std::printf("parameters: base %lld, TTT %lld (%.2f%%), LoRA %lld (%.2f%%)\n", (long long)base, (long long)ttt,
+              100.0 * ttt / base, (long long)lora, 100.0 * lora / base);
+  const auto& layers = m.transformer->layer_ptrs;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& layer = layers[l];
+    auto count = [](const torch::nn::Module& mod) {
+      int64_t n = 0;
+      for (const auto& p : mod.parameters()) n += p.numel();
+      return n;
+    };
+    if (layer->ttt) std::printf("  layer %zu hybrid TTT-%s: %lld\n", l, layer->ttt->layer->config().ttt_layer_type.c_str(), (long long)count(*layer->ttt));
+    for (size_t j = 0; j < layer->adapted.size(); ++j) {
+      const auto& lin = layer->adapted[j];
+      const int64_t r = lin->ttt_adapter->layer->config().hidden_size;
+      std::printf("  layer %zu TTT adapter on %s (%lld -> %lld, width %lld): %lld; LoRA of rank %lld there: %lld\n", l,
+                  layer->adapted_names[j].c_str(), (long long)lin->in_features(), (long long)lin->out_features(), (long long)r,
+                  (long long)lm::adapter_parameters(lin->in_features(), lin->out_features(), lin->ttt_adapter->layer->config()),
+                  (long long)r, (long long)lm::lora_parameters(lin->in_features(), lin->out_features(), r));
+    }
+    if (layer->inplace) {
+      int64_t n = layer->inplace->conv_weight.numel() + (layer->inplace->proj_weight.defined() ? layer->inplace->proj_weight.numel() : 0);
+      std::printf("  layer %zu In-Place TTT target (conv + projection): %lld; fast weight %lld x %lld per stream\n", l, (long long)n,
+                  (long long)layer->inplace->cfg.dim, (long long)layer->inplace->cfg.hidden);
+    }
+  }
+}
+}  // namespace
+
 void add_inspect(CLI::App& app) {
   struct Opts {
-    std::string file;
+    std::string file, config;
     bool all = false;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("inspect", "list a safetensors file's tensors, parameter count and implied LM config");
   sub->add_option("file", o->file, "a .safetensors file, or a model folder")->required();
   sub->add_flag("--all", o->all, "list every tensor (default: the first 60)");
+  sub->add_option("--config", o->config, "YAML model config (ttt: / lora:) the file is meant for (default: the folder's model.yaml)");
   set_handler(sub, [o]() {
-    std::string path = o->file;
-    if (fs::is_directory(path)) path = (fs::path(path) / "model.safetensors").string();
+    std::string path = o->file, yaml = o->config;
+    if (fs::is_directory(path)) {
+      if (yaml.empty() && fs::exists(fs::path(path) / "model.yaml")) yaml = (fs::path(path) / "model.yaml").string();
+      path = (fs::path(path) / "model.safetensors").string();
+    }
     io::SafeTensors f(path);
     std::printf("%s: %zu tensors, %zu metadata keys\n", path.c_str(), f.tensors().size(), f.metadata().size());
     std::vector<io::TensorInfo> ts = f.tensors();
@@ -59,11 +103,21 @@ void add_inspect(CLI::App& app) {
       }
       std::printf("Moshi LM config:\n%s\n", cfg.to_json().dump(2).c_str());
       for (const auto& n : notes) std::printf("note: %s\n", n.c_str());
+      lm::TTTIntegrationConfig ttt;
+      lm::LoRAConfig lora;
+      if (!yaml.empty()) {
+        lm::ModelConfigFile mc = lm::ModelConfigFile::load(yaml);
+        ttt = mc.ttt;
+        lora = mc.lora;
+        std::printf("ttt / lora sections read from %s\n", yaml.c_str());
+      }
       // Strict check that the file loads as this config.
       try {
-        lm::LMModel m(cfg);
-        m->load(f);
-        std::printf("loads strictly as this config: yes (%lld parameters)\n", (long long)m->num_parameters());
+        lm::LMModel m(cfg, ttt, lora);
+        int64_t initialised = m->load(f);
+        std::printf("loads strictly as this config: yes (%lld parameters%s)\n", (long long)m->num_parameters(),
+                    initialised ? str(", ", initialised, " TTT/LoRA tensors absent: a base checkpoint").c_str() : "");
+        print_added_parameters(*m);
       } catch (const std::exception& e) {
         std::printf("loads strictly as this config: no: %s\n", error_message(e).c_str());
       }

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "eval/ttt_diagnostics.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "tools/commands.h"
@@ -25,7 +26,8 @@ void add_score(CLI::App& app) {
   struct Opts {
     ModelArgs model;
     std::string codes, out;
-    bool streaming = false, logits = false;
+    bool streaming = false, logits = false, diagnostics = false;
+    std::string diagnostics_out;
     int64_t chunk = 1;
   };
   auto o = std::make_shared<Opts>();
@@ -36,6 +38,9 @@ void add_score(CLI::App& app) {
   sub->add_flag("--streaming", o->streaming, "run the temporal transformer step by step, carrying KV caches and TTT states");
   sub->add_option("--chunk", o->chunk, "steps per streaming call")->capture_default_str();
   sub->add_flag("--logits", o->logits, "also write logits and text_logits");
+  sub->add_flag("--diagnostics", o->diagnostics,
+                "print per TTT unit: gate, inner losses (W0 / before / after each update), state change |W-W0|");
+  sub->add_option("--diagnostics-out", o->diagnostics_out, "write the TTT diagnostics as JSON (implies --diagnostics)");
   set_handler(sub, [o]() {
     std::string origin;
     lm::LMModel m = o->model.build(&origin);
@@ -50,13 +55,16 @@ void add_score(CLI::App& app) {
     MT_CHECK(o->chunk >= 1, "--chunk must be >= 1");
     codes = codes.to(m->text_linear->weight.device());
     lm::LMOutput out;
+    const bool diag = o->diagnostics || !o->diagnostics_out.empty();
+    MT_CHECK(!diag || m->transformer->has_ttt(), "--diagnostics: this model has no TTT layer");
+    std::vector<lm::LayerProbes> probes;
     {
       at::InferenceMode im;
       if (o->streaming) {
         lm::TransformerState st = m->make_state(codes.size(0), o->chunk);
-        out = m->forward_streaming(codes, st);
+        out = m->forward_streaming(codes, st, diag ? &probes : nullptr);
       } else {
-        out = m->forward(codes);
+        out = m->forward(codes, diag ? &probes : nullptr);
       }
     }
     const auto& c = m->cfg;
@@ -73,6 +81,14 @@ void add_score(CLI::App& app) {
       at::Tensor v = ce.select(1, k).masked_select(mask.select(1, k));
       std::printf("  %-8s mean CE %.4f nats over %lld positions\n", k == 0 ? "text" : str("audio ", k - 1).c_str(),
                   v.numel() ? v.mean().item<double>() : NAN, (long long)v.numel());
+    }
+    if (diag) {
+      auto report = eval::ttt_report(*m, probes);
+      std::printf("TTT diagnostics (%s):\n%s", o->streaming ? "streamed" : "whole sequence", eval::format_report(report).c_str());
+      if (!o->diagnostics_out.empty()) {
+        io::atomic_write(o->diagnostics_out, eval::report_json(report).dump(2) + "\n");
+        std::printf("wrote %s\n", o->diagnostics_out.c_str());
+      }
     }
     if (!o->out.empty()) {
       std::vector<std::pair<std::string, at::Tensor>> t = {{"ce", ce}, {"mask", mask}};

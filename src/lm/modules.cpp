@@ -410,6 +410,7 @@ StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, c
         MT_CHECK(!lin->ttt_adapter, "ttt.adapter_targets: '", target, "' listed twice");
         lin->enable_ttt_adapter(tc, ttt->adapter_scale, static_cast<int64_t>(layer->adapted.size()));
         layer->adapted.push_back(lin);
+        layer->adapted_names.push_back(target);
       }
     } else if (ttt->variant == "inplace") {
       MT_CHECK(layer->gating, "ttt.variant inplace: layer ", i, " needs a gated FFN with one weight set (gating '", cfg.gating,

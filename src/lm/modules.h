@@ -133,6 +133,7 @@ struct TransformerLayerImpl : torch::nn::Module {
   double initial_alpha = 0.1;                  // hybrid gate's initial value (init_ttt)
   bool inplace_target_embeddings = true;       // target source: the transformer input, else the FFN input
   std::vector<Linear> adapted;                 // linears carrying TTT adapters, by adapter slot
+  std::vector<std::string> adapted_names;      // their targets ("self_attn.in_proj", ...)
   // cache null: whole sequence from position 0. tst: this layer's TTT state (required when the layer
   // has TTT). x0: the transformer's input (In-Place target source "embeddings").
   at::Tensor forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu, KVCache* cache,
