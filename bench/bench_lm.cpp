@@ -2,12 +2,16 @@
 // 8 heads, 17 streams, card 2048, text 32000, depformer 256 x 2 layers, fp32), next to this machine's
 // measured sgemm GFLOP/s and gemv bandwidth (the floor of a batch-1 streaming step is its weight bytes
 // divided by that bandwidth). Threads: MOSHI_TTT_BENCH_THREADS (default 2).
+// The second argument picks a TTT integration on layers 6 and 7 (issue 4's comparison): 0 none,
+// 1 hybrid TTT-MLP, 2 hybrid TTT-Linear, 3 TTT adapters (rank 32, attention in/out projections),
+// 4 In-Place TTT (chunk 256). The ratio to variant 0 is the cost of TTT.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <map>
 
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
@@ -27,16 +31,41 @@ void sync(const at::Tensor& t) {
   if (!t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
 }
 
-LMModel& small_model() {
-  static LMModel m = [] {
-    LMModel x(LMConfig::small());
-    x->init_weights(0);
-    x->to(bench_device());
-    for (auto& p : x->parameters()) p.set_requires_grad(false);
-    x->eval();
-    return x;
-  }();
-  return m;
+TTTIntegrationConfig variant_config(int64_t v) {
+  TTTIntegrationConfig t;
+  if (v == 0) return t;
+  t.enable = true;
+  t.layers = "6,7";
+  t.mini_batch_size = 16;
+  if (v == 1 || v == 2) {
+    t.variant = "hybrid";
+    t.type = v == 1 ? "mlp" : "linear";
+    t.base_lr = v == 1 ? 0.1 : 1.0;
+  } else if (v == 3) {
+    t.variant = "adapter";
+    t.adapter_rank = 32;
+  } else {
+    t.variant = "inplace";
+    t.inplace_chunk_size = 256;
+  }
+  return t;
+}
+
+const char* variant_name(int64_t v) {
+  static const char* names[] = {"base", "hybrid-mlp", "hybrid-linear", "adapter-r32", "inplace"};
+  return names[v];
+}
+
+LMModel& small_model(int64_t variant = 0) {
+  static std::map<int64_t, LMModel> models;
+  auto it = models.find(variant);
+  if (it != models.end()) return it->second;
+  LMModel x(LMConfig::small(), variant_config(variant));
+  x->init_weights(0);
+  x->to(bench_device());
+  for (auto& p : x->parameters()) p.set_requires_grad(false);
+  x->eval();
+  return models.emplace(variant, x).first->second;
 }
 
 // Bytes of weights a batch-1 streaming step reads: every matrix once (embedding tables only by row).
@@ -68,7 +97,8 @@ void BM_Gemv8192(benchmark::State& state) {
 
 void BM_LMForward(benchmark::State& state) {
   const int64_t T = state.range(0);
-  LMModel& m = small_model();
+  LMModel& m = small_model(state.range(1));
+  state.SetLabel(variant_name(state.range(1)));
   at::InferenceMode im;
   at::Generator g = at::detail::createCPUGenerator(1);
   at::Tensor codes = at::randint(2048, {1, m->cfg.num_codebooks(), T}, g, at::kLong);
@@ -80,7 +110,8 @@ void BM_LMForward(benchmark::State& state) {
 }
 
 void BM_LMStreamingStep(benchmark::State& state) {
-  LMModel& m = small_model();
+  LMModel& m = small_model(state.range(0));
+  state.SetLabel(variant_name(state.range(0)));
   SamplingConfig s;
   s.use_sampling = false;
   LMGen gen(m, s);
@@ -100,8 +131,8 @@ void BM_LMStreamingStep(benchmark::State& state) {
 
 BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
-BENCHMARK(BM_LMForward)->Arg(256)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-BENCHMARK(BM_LMStreamingStep)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LMForward)->ArgsProduct({{256}, {0, 1, 2, 3, 4}})->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 int main(int argc, char** argv) {
   const char* t = std::getenv("MOSHI_TTT_BENCH_THREADS");

@@ -1,7 +1,7 @@
 // TTT-Linear / TTT-MLP layer throughput at the paper's 125M layer size (C=768, 12 heads, L=2048,
 // mini-batch 16), float32 on CPU, next to a measured sgemm ceiling. Compare with
 // scripts/reference/bench_ttt_reference.py run in the same session (same FLOP formula).
-//   MT_BENCH_THREADS (default 2), MT_BENCH_L (default 2048).
+//   MT_BENCH_THREADS (default 2), MT_BENCH_L (default 2048), MOSHI_TTT_BENCH_DEVICE (cpu | cuda).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
@@ -23,6 +23,15 @@ int64_t env_int(const char* k, int64_t d) {
 
 const int64_t kC = 768, kHeads = 12, kK = 16, kB = 1;
 
+c10::Device bench_device() {
+  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
+  return c10::Device(d ? d : "cpu");
+}
+// Waits for the device by reading one element of t.
+void sync(const at::Tensor& t) {
+  if (t.defined() && !t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
+}
+
 double layer_flops(bool mlp, int64_t L) {
   const double f = kC / kHeads, K = kK, n = L / kK, h = 4 * f;
   double proj = 2.0 * kB * L * kC * kC * 4;  // q, k, v, o
@@ -37,36 +46,38 @@ mt::ttt::TTTLayer make_layer(bool mlp) {
   c.mini_batch_size = kK;
   c.ttt_layer_type = mlp ? "mlp" : "linear";
   c.ttt_base_lr = mlp ? 0.1 : 1.0;
-  return mt::ttt::TTTLayer::init(c, 0);
+  return mt::ttt::TTTLayer::init(c, 0, at::kFloat, bench_device());
 }
 
 void BM_Sgemm2048(benchmark::State& s) {
-  auto a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
-  for (auto _ : s) benchmark::DoNotOptimize(at::mm(a, b));
+  auto opt = at::TensorOptions().device(bench_device());
+  auto a = at::randn({2048, 2048}, opt), b = at::randn({2048, 2048}, opt);
+  for (auto _ : s) sync(at::mm(a, b));
   s.counters["GFLOP/s"] = benchmark::Counter(2.0 * 2048 * 2048 * 2048 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_TTT(benchmark::State& s, bool mlp, bool backward) {
   const int64_t L = env_int("MT_BENCH_L", 2048);
   auto layer = make_layer(mlp);
-  auto x = at::randn({kB, L, kC});
-  auto gout = at::randn({kB, L, kC});
+  auto opt = at::TensorOptions().device(bench_device());
+  auto x = at::randn({kB, L, kC}, opt);
+  auto gout = at::randn({kB, L, kC}, opt);
   std::vector<at::Tensor> wrt;
   for (auto& [n, p] : layer.named_parameters()) wrt.push_back(p);
   auto xg = x.clone().requires_grad_(true);
   wrt.push_back(xg);
   {  // untimed warm-up, as the reference script does (first-touch allocations, thread pool start)
     at::NoGradGuard ng;
-    layer.forward(x);
+    sync(layer.forward(x));
   }
   for (auto _ : s) {
     if (backward) {
       auto y = layer.forward(xg);
       auto g = torch::autograd::grad({(y * gout).sum()}, wrt);
-      benchmark::DoNotOptimize(g);
+      sync(g.back());
     } else {
       at::NoGradGuard ng;
-      benchmark::DoNotOptimize(layer.forward(x));
+      sync(layer.forward(x));
     }
   }
   const double flops = layer_flops(mlp, L) * (backward ? 3 : 1);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Times the reference TTT layers (ttt-lm-pytorch's ttt.py) the way bench/bench_ttt.cpp times ours.
 
-Usage: python bench_ttt_reference.py PATH_TO_ttt-lm-pytorch_checkout [--threads 2] [--L 2048] [--reps 5]
+Usage: python bench_ttt_reference.py PATH_TO_ttt-lm-pytorch_checkout [--threads 2] [--L 2048] [--reps 5] [--device cuda]
 
 ttt.py imports `transformers` only for its model wrappers; the layer classes need none of it, so we
 install tiny stand-in modules before loading ttt.py instead of installing transformers. PATH may be a
@@ -90,12 +90,14 @@ def inner_flops(kind, B, L, C, nh, K):
     return proj + B * nh * n * per
 
 
-def timeit(fn, reps):
+def timeit(fn, reps, sync=lambda: None):
     fn()  # warm-up
+    sync()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -107,13 +109,16 @@ def main():
     ap.add_argument("--L", type=int, default=2048)
     ap.add_argument("--B", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ttt = load_ttt_module(args.path)
+    dev = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
 
-    a = torch.randn(2048, 2048)
-    b = torch.randn(2048, 2048)
-    t = timeit(lambda: a @ b, args.reps)
+    a = torch.randn(2048, 2048, device=dev)
+    b = torch.randn(2048, 2048, device=dev)
+    t = timeit(lambda: a @ b, args.reps, sync)
     print(f"sgemm 2048^2: {2 * 2048**3 / t / 1e9:.1f} GFLOP/s")
 
     C, nh, K, B, L = 768, 12, 16, args.B, args.L
@@ -121,10 +126,10 @@ def main():
         cfg = ttt.TTTConfig(hidden_size=C, num_attention_heads=nh, mini_batch_size=K, ttt_layer_type=kind,
                             ttt_base_lr=lr, num_hidden_layers=1)
         torch.manual_seed(0)
-        layer = cls(cfg, layer_idx=0).train()
-        x = torch.randn(B, L, C)
-        pos = torch.arange(L).unsqueeze(0).expand(B, L)
-        gout = torch.randn(B, L, C)
+        layer = cls(cfg, layer_idx=0).train().to(dev)
+        x = torch.randn(B, L, C, device=dev)
+        pos = torch.arange(L, device=dev).unsqueeze(0).expand(B, L)
+        gout = torch.randn(B, L, C, device=dev)
         flops = inner_flops(kind, B, L, C, nh, K)
 
         def fwd():
@@ -139,8 +144,8 @@ def main():
             y = layer(xg, position_ids=pos)
             (y * gout).sum().backward()
 
-        tf = timeit(fwd, args.reps)
-        tb = timeit(fwdbwd, args.reps)
+        tf = timeit(fwd, args.reps, sync)
+        tb = timeit(fwdbwd, args.reps, sync)
         print(f"reference ttt-{kind} fwd:     {B * L / tf:10.0f} tok/s  {tf * 1e3:8.1f} ms  {flops / tf / 1e9:6.1f} GFLOP/s")
         print(f"reference ttt-{kind} fwd+bwd: {B * L / tb:10.0f} tok/s  {tb * 1e3:8.1f} ms  {3 * flops / tb / 1e9:6.1f} GFLOP/s")
 
