@@ -70,7 +70,8 @@ at::Tensor LMModelImpl::initial_tokens() const {
 }
 
 std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& seq, TransformerState* state,
-                                                          std::vector<LayerProbes>* probes) const {
+                                                          std::vector<LayerProbes>* probes,
+                                                          std::vector<LayerTTTState>* ttt_states) const {
   MT_CHECK(seq.dim() == 3 && seq.size(1) == cfg.num_codebooks(), "forward_text: expected codes [B, ",
            cfg.num_codebooks(), ", T], got ", shape_str(seq.sizes().vec()));
   // Same summation order as the reference: audio streams first, then text.
@@ -81,7 +82,8 @@ std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& se
   }
   at::Tensor t = text_emb->forward(seq.select(1, 0));
   x = x.defined() ? x + t : t;
-  at::Tensor out = state ? transformer->step(x, *state, probes) : transformer->forward(x, nullptr, probes);
+  MT_CHECK(!(state && ttt_states), "forward_text: give a streaming state or TTT states, not both");
+  at::Tensor out = state ? transformer->step(x, *state, probes) : transformer->forward(x, ttt_states, probes);
   out = out_norm->forward(out);
   return {out, text_linear->forward(out).unsqueeze(1)};
 }
@@ -182,9 +184,10 @@ LMOutput LMModelImpl::finish(const at::Tensor& codes, const at::Tensor& delayed,
   return out;
 }
 
-LMOutput LMModelImpl::forward(const at::Tensor& codes, std::vector<LayerProbes>* probes) const {
+LMOutput LMModelImpl::forward(const at::Tensor& codes, std::vector<LayerProbes>* probes,
+                              std::vector<LayerTTTState>* ttt_states) const {
   at::Tensor delayed = delayed_input(codes);
-  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, codes.size(2)), nullptr, probes);
+  auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, codes.size(2)), nullptr, probes, ttt_states);
   return finish(codes, delayed, tout, text_logits);
 }
 

@@ -32,8 +32,11 @@ struct LMModelImpl : torch::nn::Module {
   explicit LMModelImpl(const LMConfig& cfg, const TTTIntegrationConfig& ttt = {}, const LoRAConfig& lora = {});
 
   // Training/scoring forward on codes [B, 1 + n_q, T] (text first), aligned with codes like the reference.
-  // probes: per temporal layer, the TTT diagnostics of this pass.
-  LMOutput forward(const at::Tensor& codes, std::vector<LayerProbes>* probes = nullptr) const;
+  // probes: per temporal layer, the TTT diagnostics of this pass. ttt_states: TTT states to start from
+  // and update (persistent states across consecutive training chunks of one file; detach() between
+  // chunks, reset slots at a file boundary); fresh states when null. Attention always starts afresh.
+  LMOutput forward(const at::Tensor& codes, std::vector<LayerProbes>* probes = nullptr,
+                   std::vector<LayerTTTState>* ttt_states = nullptr) const;
   // The same outputs with the temporal transformer run in streaming mode from `state` (chunks of
   // state.max_chunk steps; KV caches and TTT states carried and updated): scoring as a conversation
   // is heard. Equal to forward() from a fresh state.
@@ -43,7 +46,8 @@ struct LMModelImpl : torch::nn::Module {
   // Temporal part on an already delayed sequence [B, K, S]: (transformer_out [B, S, dim],
   // text_logits [B, 1, S, text_card_out]). With a state, runs in streaming mode after what it has seen.
   std::pair<at::Tensor, at::Tensor> forward_text(const at::Tensor& seq, TransformerState* state = nullptr,
-                                                 std::vector<LayerProbes>* probes = nullptr) const;
+                                                 std::vector<LayerProbes>* probes = nullptr,
+                                                 std::vector<LayerTTTState>* ttt_states = nullptr) const;
   // Depformer teacher-forced over all codebooks: seq [B, K, T] (delayed targets), out [B, T, dim] ->
   // logits [B, dep_q, T, card].
   at::Tensor forward_depformer_training(const at::Tensor& seq, const at::Tensor& transformer_out) const;

@@ -270,6 +270,37 @@ TEST_P(Integration, EveryNewParameterGetsAGradient) {
   EXPECT_TRUE(missing.empty()) << v().name << ": no gradient for " << missing.size() << " tensors, first " << missing.front();
 }
 
+// Training over consecutive chunks of one file: the TTT state carries from chunk to chunk (outputs
+// differ from a fresh start), detach() cuts the graph between chunks, and a slot reset at a file
+// boundary gives that slot a fresh start while the other slot keeps its state.
+TEST_P(Integration, StatesPersistAcrossTrainingChunks) {
+  LMModel m = make(v());
+  if (!m->transformer->has_ttt()) GTEST_SKIP() << "no TTT state";
+  for (auto& p : m->parameters()) p.set_requires_grad(true);
+  at::Tensor a = random_codes(m, 2, 12, 31), b = random_codes(m, 2, 12, 32);
+  std::vector<LayerTTTState> st = m->transformer->make_ttt_states(2);
+  // Chunk a is trained (its graph freed by the backward), then the state is detached: the backward of
+  // chunk b must not reach into chunk a's graph (it would throw: "backward through the graph a second time").
+  m->forward(a, nullptr, &st).text_logits.nan_to_num(0).pow(2).mean().backward();
+  for (auto& s : st) s.detach();
+  LMOutput carried = m->forward(b, nullptr, &st);
+  EXPECT_NO_THROW(carried.text_logits.nan_to_num(0).pow(2).mean().backward()) << v().name;
+  LMOutput fresh = m->forward(b);
+  const at::Tensor mk = fresh.text_mask;
+  EXPECT_GT(masked_diff(carried.text_logits.detach(), fresh.text_logits.detach(), mk), 1e-6) << v().name << ": state not carried";
+  // A reset of slot 0 at a file boundary: slot 0 equals a fresh start, slot 1 still carries.
+  std::vector<LayerTTTState> st2 = m->transformer->make_ttt_states(2);
+  {
+    at::NoGradGuard ng;
+    m->forward(a, nullptr, &st2);
+    for (auto& s : st2) s.reset_slot(0);
+    LMOutput o = m->forward(b, nullptr, &st2);
+    at::Tensor m0 = mk.narrow(0, 0, 1), m1 = mk.narrow(0, 1, 1);
+    EXPECT_LT(masked_diff(o.text_logits.narrow(0, 0, 1), fresh.text_logits.detach().narrow(0, 0, 1), m0), 5e-5);
+    EXPECT_LT(masked_diff(o.text_logits.narrow(0, 1, 1), carried.text_logits.detach().narrow(0, 1, 1), m1), 5e-5);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, Integration, ::testing::Range<size_t>(0, 7),
                          [](const auto& info) { return variants()[info.param].name; });
 
