@@ -22,6 +22,7 @@ void register_all(CLI::App& app) {
   add_init(app);
   add_demo(app);
   add_score(app);
+  add_train(app);
 }
 
 int run_selected(CLI::App& app) {

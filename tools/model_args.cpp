@@ -36,6 +36,7 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
     ttt = f.ttt;
     if (lora) *lora = f.lora;
     weights_from_cfg = f.weights;
+    lora_path_ = f.lora_weights;
   } else if (!cfg_path.empty()) {
     lmc = lm::LMConfig::from_file(cfg_path);
   } else {
@@ -65,7 +66,7 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
   lm::LMModel m{nullptr};
   if (!w_path.empty()) {
     int64_t initialised = 0;
-    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised, lora);
+    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised, lora, lora_path_);
     if (origin) *origin = w_path;
     if (initialised > 0 && origin)
       *origin += str(" (base checkpoint: ", initialised, " new TTT/LoRA tensors initialised)");

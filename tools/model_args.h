@@ -26,6 +26,7 @@ struct ModelArgs {
   // The LM and TTT configs these options name (a YAML model config, a config.json, or a preset).
   void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr,
                lm::LoRAConfig* lora = nullptr) const;
+  mutable std::string lora_path_;  // moshi_paths.lora_path of a YAML config (set by configs())
 };
 
 using lm::preset_config;

@@ -389,8 +389,26 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
   return kept_ttt + kept_lora;
 }
 
+int64_t LMModelImpl::load_overlay(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+  at::NoGradGuard ng;
+  auto params = named_parameters();
+  for (const auto& [name, t] : tensors) {
+    const at::Tensor* p = params.find(name);
+    MT_CHECK(p, source, ": tensor '", name, "' is not a parameter of this model (check its ttt: / lora: sections)");
+    MT_CHECK(t.sizes() == p->sizes(), source, ": tensor '", name, "': expected shape ", shape_str(p->sizes().vec()), ", got ",
+             shape_str(t.sizes().vec()));
+  }
+  for (const auto& kv : params)
+    if (is_ttt_param(kv.key()) || is_lora_param(kv.key()))
+      MT_CHECK(tensors.count(kv.key()), source, ": missing tensor '", kv.key(), "' (expected shape ",
+               shape_str(kv.value().sizes().vec()), ")");
+  for (const auto& [name, t] : tensors) params[name].copy_(t);
+  return static_cast<int64_t>(tensors.size());
+}
+
 LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype,
-                const TTTIntegrationConfig& ttt, int64_t* initialised, const LoRAConfig& lora) {
+                const TTTIntegrationConfig& ttt, int64_t* initialised, const LoRAConfig& lora,
+                const std::string& lora_path) {
   io::SafeTensors f(path);
   LMModel m(cfg, ttt, lora);
   if (!dtype) {
@@ -400,6 +418,13 @@ LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::
   }
   m->to(*dtype);
   int64_t n = m->load(f);
+  if (!lora_path.empty()) {
+    std::map<std::string, at::Tensor> extra;
+    io::SafeTensors lf(lora_path);
+    for (const auto& t : lf.tensors()) extra[t.name] = lf.view(t.name);
+    m->load_overlay(extra, lora_path);
+    n = 0;
+  }
   if (initialised) *initialised = n;
   for (auto& p : m->parameters()) p.set_requires_grad(false);
   return m;

@@ -73,6 +73,10 @@ struct LMModelImpl : torch::nn::Module {
   // but not all of a group is an error naming a missing one.
   int64_t load(const io::SafeTensors& file);
   int64_t load(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
+  // Loads an adapter file (moshi-finetune's lora.safetensors, or our trainable tensors: LoRA, TTT,
+  // embeddings) over the current weights: every tensor must name a parameter with its shape, and every
+  // TTT / LoRA parameter of the model must be in the file. Returns the number of tensors loaded.
+  int64_t load_overlay(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
   // name -> parameter, in the reference's (split) names.
   std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
   int64_t num_parameters() const;
@@ -105,7 +109,8 @@ TORCH_MODULE(LMModel);
 // Builds a model from a config and a checkpoint (safetensors), strictly; dtype as in the file unless given.
 LMModel load_lm(const LMConfig& cfg, const std::string& weights_path,
                 std::optional<at::ScalarType> dtype = at::kFloat, const TTTIntegrationConfig& ttt = {},
-                int64_t* initialised_ttt_tensors = nullptr, const LoRAConfig& lora = {});
+                int64_t* initialised_ttt_tensors = nullptr, const LoRAConfig& lora = {},
+                const std::string& lora_path = "");
 
 // True for parameters that a TTT integration adds (absent from base Moshi checkpoints): hybrid blocks
 // (".ttt."), TTT adapters (".ttt_adapter."), In-Place targets (".ttt_conv.", ".ttt_proj.").

@@ -58,24 +58,32 @@ ModelConfigFile ModelConfigFile::load(const std::string& path) {
   } catch (const std::exception& e) {
     fail(path, ": cannot read YAML: ", e.what());
   }
+  return from_yaml(root, path, {});
+}
+
+ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::string& path,
+                                           const std::set<std::string>& other_fields) {
   MT_CHECK(root.IsMap(), path, ": expected a YAML mapping at the top");
   ModelConfigFile c;
   const fs::path dir = fs::path(path).parent_path();
   auto resolve = [&](const std::string& p) { return fs::path(p).is_absolute() ? p : (dir / p).string(); };
   static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora"};
-  for (auto it = root.begin(); it != root.end(); ++it)
-    MT_CHECK(known.count(it->first.as<std::string>()), path, ": ", it->first.as<std::string>(), ": unknown field");
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string k = it->first.as<std::string>();
+    MT_CHECK(known.count(k) || other_fields.count(k), path, ": ", k, ": unknown field");
+  }
   std::string preset = root["preset"] ? root["preset"].as<std::string>() : "";
   std::string config_path;
   if (root["moshi_paths"]) {
     const auto& mp = root["moshi_paths"];
     for (auto it = mp.begin(); it != mp.end(); ++it) {
       const std::string k = it->first.as<std::string>();
-      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path",
+      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path" || k == "lora_path",
                path, ": moshi_paths.", k, ": unknown field");
     }
     if (mp["config_path"]) config_path = resolve(mp["config_path"].as<std::string>());
     if (mp["moshi_path"]) c.weights = resolve(mp["moshi_path"].as<std::string>());
+    if (mp["lora_path"]) c.lora_weights = resolve(mp["lora_path"].as<std::string>());
     MT_CHECK(!mp["hf_repo_id"], path, ": moshi_paths.hf_repo_id: downloads are not supported; give moshi_path and config_path");
   }
   int sources = !preset.empty() + !config_path.empty() + (root["lm"] ? 1 : 0);

@@ -2,10 +2,15 @@
 // A model configuration file (YAML): the LM (a preset, an inline `lm:` mapping of Kyutai's keyword
 // arguments, or `moshi_paths.config_path` to a config.json), optional weights
 // (`moshi_paths.moshi_path`), and the `ttt:` / `lora:` sections. Unknown fields are errors.
+#include <set>
 #include <string>
 
 #include "lm/config.h"
 #include "lm/ttt_config.h"
+
+namespace YAML {
+class Node;
+}
 
 namespace mt::lm {
 
@@ -17,7 +22,11 @@ struct ModelConfigFile {
   TTTIntegrationConfig ttt;
   LoRAConfig lora;
   std::string weights;  // moshi_paths.moshi_path, resolved against the file's folder ("" if none)
+  std::string lora_weights;  // moshi_paths.lora_path: adapters (LoRA / TTT tensors) loaded over the weights
   static ModelConfigFile load(const std::string& path);
+  // From a parsed document (`path` names it in errors and resolves relative paths); top-level keys in
+  // other_fields belong to the caller (a training config) and are skipped here.
+  static ModelConfigFile from_yaml(const YAML::Node& root, const std::string& path, const std::set<std::string>& other_fields);
 };
 
 }  // namespace mt::lm

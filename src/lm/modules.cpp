@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/autograd.h>
 
 #include <cmath>
 
@@ -466,6 +467,33 @@ at::Tensor StreamingTransformerImpl::add_positional(const at::Tensor& x, const a
   return x + sin_embedding(pos, x.size(2), cfg.max_period, x.scalar_type());
 }
 
+namespace {
+// Reentrant activation checkpointing of one layer (whole-sequence forward, no state): the forward runs
+// without recording, the backward runs it again with recording and back-propagates through it, which
+// accumulates the parameters' gradients and returns the input's.
+struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& offsets,
+                            int64_t layer_ptr) {
+    ctx->save_for_backward({x, offsets});
+    ctx->saved_data["layer"] = layer_ptr;
+    at::NoGradGuard ng;
+    return reinterpret_cast<const TransformerLayerImpl*>(layer_ptr)->forward(x, offsets, 0, nullptr);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    auto saved = ctx->get_saved_variables();
+    const auto* layer = reinterpret_cast<const TransformerLayerImpl*>(ctx->saved_data["layer"].toInt());
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    at::Tensor y;
+    {
+      at::AutoGradMode on(true);
+      y = layer->forward(x, saved[1], 0, nullptr);
+    }
+    torch::autograd::backward({y}, {g[0]});
+    return {x.grad(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
 at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<LayerTTTState>* ttt_states,
                                              std::vector<LayerProbes>* probes) const {
   at::Tensor offsets = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(x.device()));
@@ -476,8 +504,16 @@ at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<La
     ttt_states = &fresh;
   }
   if (probes) probes->assign(layer_ptrs.size(), {});
+  const bool ckpt = gradient_checkpointing && at::GradMode::is_enabled();
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
     const bool t = layer_ptrs[i]->has_ttt();
+    if (ckpt && !t) {
+      // The input must require grad for the backward to reach this layer's parameters (frozen
+      // embeddings under LoRA would otherwise cut them off, silently).
+      at::Tensor in = h.requires_grad() ? h : h.detach().requires_grad_(true);
+      h = LayerCheckpoint::apply(in, offsets, reinterpret_cast<int64_t>(layer_ptrs[i].get()));
+      continue;
+    }
     h = layer_ptrs[i]->forward(h, offsets, 0, nullptr, t ? &ttt_states->at(i) : nullptr, probes && t ? &(*probes)[i] : nullptr, x);
   }
   return h;

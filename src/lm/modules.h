@@ -164,6 +164,10 @@ struct StreamingTransformerImpl : torch::nn::Module {
   TransformerConfig cfg;
   torch::nn::ModuleList layers;
   std::vector<TransformerLayer> layer_ptrs;
+  // Training memory: in forward() with gradients on, layers without TTT keep only their input and
+  // recompute their activations during the backward (gradient checkpointing). Same values and
+  // gradients; TTT layers are not recomputed (their inner scan has its own checkpointing).
+  bool gradient_checkpointing = false;
  private:
   at::Tensor add_positional(const at::Tensor& x, const at::Tensor& offsets) const;
 };

@@ -337,3 +337,35 @@ TEST(Adapter, ConfigErrorsNameTheField) {
   EXPECT_NE(err("variant: hybrid", "enable: true\ntargets: [nothing_matches]").find("lora.targets"), std::string::npos);
   EXPECT_NE(err("variant: inplace\ninplace_lookahead: 7").find("ttt.inplace_lookahead"), std::string::npos);
 }
+
+// Gradient checkpointing of the layers without TTT: same loss and the same gradient for every
+// parameter, with frozen embeddings too (the input of the first layer then needs no gradient).
+TEST(GradientCheckpointing, SameGradientsWithAndWithout) {
+  for (bool freeze_embeddings : {false, true}) {
+    LMModel m = make(variants()[3]);  // adapter + LoRA: layers with and without TTT, LoRA in layer 0
+    for (auto& kv : m->named_parameters())
+      kv.value().set_requires_grad(!(freeze_embeddings && kv.key().find("emb") != std::string::npos));
+    at::Tensor codes = random_codes(m, 2, 14, 8);
+    std::map<std::string, at::Tensor> grads[2];
+    double loss[2];
+    for (int ck = 0; ck < 2; ++ck) {
+      m->transformer->gradient_checkpointing = ck == 1;
+      m->depformer->gradient_checkpointing = ck == 1;
+      LMOutput o = m->forward(codes);
+      at::Tensor l = o.text_logits.nan_to_num(0).pow(2).mean() + o.logits.nan_to_num(0).pow(2).mean();
+      l.backward();
+      loss[ck] = l.item<double>();
+      for (auto& kv : m->named_parameters()) {
+        if (!kv.value().requires_grad()) continue;
+        grads[ck][kv.key()] = kv.value().grad().defined() ? kv.value().grad().clone() : at::Tensor();
+        kv.value().mutable_grad() = at::Tensor();
+      }
+    }
+    EXPECT_DOUBLE_EQ(loss[0], loss[1]);
+    for (auto& [n, g] : grads[0]) {
+      ASSERT_TRUE(g.defined()) << n;
+      ASSERT_TRUE(grads[1][n].defined()) << n << " lost its gradient under checkpointing (frozen embeddings: " << freeze_embeddings << ")";
+      EXPECT_LT(test::max_abs_diff(g, grads[1][n]), 1e-6) << n;
+    }
+  }
+}

@@ -1,0 +1,64 @@
+#pragma once
+// `moshi-ttt train --config train.yaml`: moshi-finetune's field names and defaults where they exist,
+// the model sections of a model config (preset | lm | moshi_paths, ttt, lora), and our additions.
+// Every field is read; unknown or mistyped fields are errors naming them. `--set a.b=v` overrides any
+// field before parsing (v is read as YAML: numbers, booleans, lists).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lm/model_config.h"
+
+namespace mt::train {
+
+struct OptimConfig {
+  double lr = 1e-4;
+  double weight_decay = 0.1;
+  double pct_start = 0.05;
+};
+
+struct TrainConfig {
+  lm::ModelConfigFile model;   // preset | lm | moshi_paths, ttt, lora
+  std::string source;          // the YAML file (for messages)
+  std::string yaml_text;       // the document after --set overrides (saved as run_dir/config.yaml)
+  std::string run_dir;
+  bool overwrite_run_dir = false;
+  // data
+  std::string train_data;      // JSONL index of token shards (see train/data.h)
+  std::string eval_data;
+  bool shuffle = true;
+  double duration_sec = 10;
+  double frame_rate = 12.5;
+  int64_t batch_size = 1;
+  int64_t num_microbatches = 1;
+  int64_t max_steps = 100;
+  uint64_t seed = 0;
+  int64_t log_freq = 1;
+  int64_t eval_freq = 0;
+  bool do_eval = false;
+  int64_t eval_batches = 40;   // per evaluation (moshi-finetune: 40 // world_size)
+  int64_t ckpt_freq = 0;
+  bool do_ckpt = true;
+  int64_t num_ckpt_keep = 3;
+  bool save_adapters = true;
+  OptimConfig optim;
+  double max_norm = 1.0;
+  double first_codebook_weight_multiplier = 1.0;
+  double text_padding_weight = 0.5;
+  bool full_finetuning = false;
+  bool gradient_checkpointing = true;
+  std::string param_dtype = "bfloat16";
+  // ours
+  double alpha_weight_decay = 0.0;  // weight decay of the gating α group (pitfall 8: not pulled to 0)
+  int64_t max_bad_steps = 10;       // NaN/Inf loss or gradient: skip the step; stop after this many
+  std::string device = "cpu";
+  int threads = 0;
+  uint64_t init_seed = 0;           // random base weights when the model has no weights file
+
+  int64_t chunk_frames() const;     // duration_sec * frame_rate, rounded up (as moshi-finetune)
+  void validate() const;
+  // overrides: "a.b=value" strings.
+  static TrainConfig load(const std::string& path, const std::vector<std::string>& overrides = {});
+};
+
+}  // namespace mt::train

@@ -1,0 +1,139 @@
+// check-reference for train cases: a few optimizer steps of moshi-finetune on a small LM, every
+// parameter trained, float32. Per step: text and audio loss of each micro-batch, the lr used, the total
+// gradient norm before clipping; the first step's gradients; every parameter after the last step.
+#include "train/train_reference.h"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "eval/check_reference.h"
+#include "io/safetensors.h"
+#include "lm/lm_model.h"
+#include "train/trainer.h"
+#include "util/error.h"
+#include "util/runtime.h"
+
+namespace fs = std::filesystem;
+
+namespace mt::train {
+
+namespace {
+
+bool is_train_case(const std::string& dir) {
+  for (const char* f : {"config.json", "model.safetensors", "batches.safetensors", "out.safetensors", "train.json"})
+    if (!fs::exists(fs::path(dir) / f)) return false;
+  return true;
+}
+
+template <class T>
+T field(const nlohmann::json& j, const char* k, const std::string& where) {
+  MT_CHECK(j.contains(k), where, ": missing field '", k, "'");
+  try {
+    return j.at(k).get<T>();
+  } catch (const std::exception&) {
+    fail(where, ": field '", k, "' has the wrong type");
+  }
+}
+
+eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& opt) {
+  eval::CaseResult r;
+  const fs::path d(dir);
+  const std::string tj = (d / "train.json").string();
+  nlohmann::json t;
+  {
+    std::ifstream in(tj);
+    MT_CHECK(in, tj, ": cannot open");
+    t = nlohmann::json::parse(in, nullptr, false);
+    MT_CHECK(!t.is_discarded(), tj, ": not valid JSON");
+  }
+  const double lr = field<double>(t, "lr", tj), wd = field<double>(t, "weight_decay", tj);
+  const double pct = field<double>(t, "pct_start", tj), max_norm = field<double>(t, "max_norm", tj);
+  const int64_t max_steps = field<int64_t>(t, "max_steps", tj), steps = field<int64_t>(t, "steps", tj);
+  const int64_t M = field<int64_t>(t, "num_microbatches", tj);
+  LossConfig lc{field<double>(t, "first_codebook_weight_multiplier", tj), field<double>(t, "text_padding_weight", tj)};
+
+  c10::Device dev = parse_device(opt.device);
+  lm::LMConfig cfg = lm::LMConfig::from_file((d / "config.json").string());
+  lm::LMModel model = lm::load_lm(cfg, (d / "model.safetensors").string(), at::kFloat);
+  model->to(dev);
+  model->train();
+  ParamGroup g{"base", {}, lr, wd};
+  std::vector<at::Tensor> trainable;
+  for (auto& kv : model->named_parameters()) {
+    kv.value().set_requires_grad(true);
+    g.params.emplace_back(kv.key(), kv.value());
+    trainable.push_back(kv.value());
+  }
+  AdamW optim({g}, AdamWConfig{0.9, 0.95, 1e-8});
+  OneCycle oc;
+  oc.max_lr = lr;
+  oc.total_steps = max_steps;
+  oc.pct_start = pct;
+  const std::vector<OneCycle> sched{oc};
+
+  io::SafeTensors bf((d / "batches.safetensors").string()), of((d / "out.safetensors").string());
+  at::Tensor codes = bf.get("codes");  // [steps, M, B, K, T]
+  MT_CHECK(codes.dim() == 5 && codes.size(0) >= steps && codes.size(1) == M, dir, ": batches codes: expected [", steps, ", ",
+           M, ", B, K, T], got ", shape_str(codes.sizes().vec()));
+  at::Tensor text_loss = at::zeros({steps, M}, at::kDouble), audio_loss = at::zeros({steps, M}, at::kDouble);
+  at::Tensor lrs = at::zeros({steps}, at::kDouble), norms = at::zeros({steps}, at::kDouble);
+  std::map<std::string, at::Tensor> first_grads;
+  for (int64_t s = 0; s < steps; ++s) {
+    std::vector<at::Tensor> micro;
+    for (int64_t m = 0; m < M; ++m) micro.push_back(codes[s][m].to(dev));
+    auto capture = [&]() {
+      if (s != 0) return;
+      for (const auto& [n, p] : g.params) first_grads[n] = p.grad().defined() ? p.grad().detach().cpu().clone() : at::zeros_like(p).cpu();
+    };
+    StepResult sr = train_step(*model, optim, sched, s, micro, nullptr, {}, lc, max_norm, trainable, false, capture);
+    for (int64_t m = 0; m < M; ++m) {
+      text_loss[s][m] = sr.text_loss[m];
+      audio_loss[s][m] = sr.audio_loss[m];
+    }
+    lrs[s] = sr.lr[0];
+    norms[s] = sr.grad_norm;
+  }
+  const std::string fp32 = "fp32 forward/backward; our matmuls sum in another order than PyTorch's";
+  r.checks.push_back(eval::compare("text_loss", text_loss, of.get("text_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
+  r.checks.push_back(eval::compare("audio_loss", audio_loss, of.get("audio_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
+  r.checks.push_back(eval::compare("lr", lrs, of.get("lr").narrow(0, 0, steps), 0, 1e-9, "OneCycle is closed-form: exact up to rounding"));
+  r.checks.push_back(eval::compare("grad_norm", norms, of.get("grad_norm").narrow(0, 0, steps), 1e-6, 1e-4, fp32));
+  for (const auto& [n, gr] : first_grads) {
+    const std::string key = "grad." + n;
+    if (!of.contains(key)) {
+      eval::TensorCheck c;
+      c.name = key;
+      c.pass = false;
+      c.note = "not in out.safetensors";
+      r.checks.push_back(c);
+      continue;
+    }
+    r.checks.push_back(eval::compare(key, gr, of.get(key), 2e-6, 1e-4, fp32 + " (gradients of the first step)"));
+  }
+  // Adam divides by sqrt(v): a gradient that is rounding noise still moves a weight by up to ~lr per
+  // step, so final weights are compared with an absolute tolerance of lr/10 (the README: "up to lr/100"
+  // per step, over several steps).
+  for (const auto& [n, p] : g.params) {
+    const std::string key = "final." + n;
+    if (!of.contains(key)) {
+      eval::TensorCheck c;
+      c.name = key;
+      c.pass = false;
+      c.note = "not in out.safetensors";
+      r.checks.push_back(c);
+      continue;
+    }
+    r.checks.push_back(eval::compare(key, p.detach().cpu(), of.get(key), lr / 10, 1e-4,
+                                     "after the last step; Adam amplifies rounding noise on near-zero gradients"));
+  }
+  return r;
+}
+
+}  // namespace
+
+void register_reference_kind() { eval::register_kind("train", is_train_case, run_train_case); }
+
+}  // namespace mt::train

@@ -1,0 +1,609 @@
+#include "train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include "io/safetensors.h"
+#include "lm/lm_model.h"
+#include "train/data.h"
+#include "train/loss.h"
+#include "train/optim.h"
+#include "util/error.h"
+#include "util/peak_memory.h"
+#include "util/plot.h"
+#include "util/runtime.h"
+
+namespace fs = std::filesystem;
+
+namespace mt::train {
+
+namespace {
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+// ---- TTT state <-> tensors (for checkpoints) -------------------------------------------------
+at::Tensor vec_tensor(const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); }
+std::vector<int64_t> tensor_vec(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+void put_ttt(TensorMap& m, const std::string& p, const ttt::TTTState& s) {
+  m[p + "position"] = vec_tensor(s.position);
+  m[p + "fresh"] = vec_tensor(std::vector<int64_t>(s.fresh.begin(), s.fresh.end()));
+  const std::pair<const char*, const at::Tensor*> ts[] = {{"W1b", &s.W1b}, {"W2b", &s.W2b}, {"G1b", &s.G1b}, {"G2b", &s.G2b}, {"conv_tail", &s.conv_tail}};
+  for (const auto& [n, t] : ts)
+    if (t->defined()) m[p + n] = t->detach().cpu().contiguous();
+}
+
+void get_ttt(const TensorMap& m, const std::string& p, ttt::TTTState& s, const at::Device& dev) {
+  auto need = [&](const std::string& k) -> const at::Tensor& {
+    auto it = m.find(p + k);
+    MT_CHECK(it != m.end(), "checkpoint: missing TTT state entry '", p + k, "'");
+    return it->second;
+  };
+  s.position = tensor_vec(need("position"));
+  auto fr = tensor_vec(need("fresh"));
+  s.fresh.assign(fr.begin(), fr.end());
+  MT_CHECK(static_cast<int64_t>(s.position.size()) == s.batch, "checkpoint: TTT state '", p, "' has ", s.position.size(),
+           " slots, the run has ", s.batch);
+  std::pair<const char*, at::Tensor*> ts[] = {{"W1b", &s.W1b}, {"W2b", &s.W2b}, {"G1b", &s.G1b}, {"G2b", &s.G2b}, {"conv_tail", &s.conv_tail}};
+  for (auto& [n, t] : ts) {
+    auto it = m.find(p + n);
+    *t = it == m.end() ? at::Tensor() : it->second.to(dev).clone();
+  }
+}
+
+void put_layer(TensorMap& m, const std::string& p, const lm::LayerTTTState& s) {
+  if (s.hybrid.batch) put_ttt(m, p + "hybrid.", s.hybrid);
+  for (size_t j = 0; j < s.adapters.size(); ++j) put_ttt(m, p + "adapter" + std::to_string(j) + ".", s.adapters[j]);
+  if (s.inplace.batch()) {
+    m[p + "inplace.dw"] = s.inplace.dw.detach().cpu().contiguous();
+    m[p + "inplace.h_buf"] = s.inplace.h_buf.detach().cpu().contiguous();
+    m[p + "inplace.t_buf"] = s.inplace.t_buf.detach().cpu().contiguous();
+    m[p + "inplace.pos"] = vec_tensor(s.inplace.pos);
+    m[p + "inplace.tokens"] = vec_tensor({s.inplace.tokens});
+  }
+}
+
+void get_layer(const TensorMap& m, const std::string& p, lm::LayerTTTState& s, const at::Device& dev) {
+  if (s.hybrid.batch) get_ttt(m, p + "hybrid.", s.hybrid, dev);
+  for (size_t j = 0; j < s.adapters.size(); ++j) get_ttt(m, p + "adapter" + std::to_string(j) + ".", s.adapters[j], dev);
+  if (s.inplace.batch()) {
+    auto need = [&](const std::string& k) -> const at::Tensor& {
+      auto it = m.find(p + k);
+      MT_CHECK(it != m.end(), "checkpoint: missing TTT state entry '", p + k, "'");
+      return it->second;
+    };
+    s.inplace.dw = need("inplace.dw").to(dev).clone();
+    s.inplace.h_buf = need("inplace.h_buf").to(dev).clone();
+    s.inplace.t_buf = need("inplace.t_buf").to(dev).clone();
+    s.inplace.pos = tensor_vec(need("inplace.pos"));
+    s.inplace.tokens = tensor_vec(need("inplace.tokens")).at(0);
+  }
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+bool is_alpha(const std::string& name) { return name.find("gating_alpha") != std::string::npos; }
+
+std::string now_iso() {
+  auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  char b[32];
+  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return b;
+}
+
+std::string fmt_duration(double s) {
+  char b[32];
+  if (!std::isfinite(s) || s < 0) return "?";
+  if (s < 90) std::snprintf(b, sizeof b, "%.0fs", s);
+  else if (s < 5400) std::snprintf(b, sizeof b, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
+  else std::snprintf(b, sizeof b, "%.0fh%02.0fm", std::floor(s / 3600), std::fmod(s / 60, 60));
+  return b;
+}
+
+struct Run {
+  const TrainConfig& cfg;
+  const TrainOptions& opt;
+  lm::LMModel model{nullptr};
+  at::Device dev{at::kCPU};
+  std::vector<ParamGroup> groups;
+  std::vector<OneCycle> sched;
+  std::unique_ptr<AdamW> optim;
+  std::unique_ptr<TokenLoader> loader;
+  std::vector<std::vector<lm::LayerTTTState>> states;  // per micro-batch
+  std::vector<at::Tensor> trainable;
+  int64_t start_step = 0, bad_steps = 0;
+  std::ofstream metrics;
+  bool leader() const { return opt.rank == 0; }
+  void say(const std::string& s) const {
+    if (leader() && !opt.quiet) std::fprintf(stderr, "%s\n", s.c_str());
+  }
+};
+
+lm::LMModel build_model(const TrainConfig& cfg, const std::string& lora_path, int64_t* initialised) {
+  const auto& mc = cfg.model;
+  lm::LMModel m{nullptr};
+  if (!mc.weights.empty()) {
+    m = lm::load_lm(mc.lm, mc.weights, at::kFloat, mc.ttt, initialised, mc.lora, lora_path);
+  } else {
+    m = lm::LMModel(mc.lm, mc.ttt, mc.lora);
+    m->init_weights(cfg.init_seed);
+    if (!lora_path.empty()) {
+      TensorMap t;
+      io::SafeTensors f(lora_path);
+      for (const auto& i : f.tensors()) t[i.name] = f.get(i.name);
+      m->load_overlay(t, lora_path);
+    }
+  }
+  return m;
+}
+
+bool trainable_name(const TrainConfig& cfg, const std::string& n) {
+  if (cfg.full_finetuning) return true;
+  if (lm::is_ttt_param(n) || lm::is_lora_param(n)) return true;
+  return cfg.model.lora.enable && cfg.model.lora.ft_embed && n.find("emb") != std::string::npos;
+}
+
+void save_checkpoint(Run& r, int64_t steps_done) {
+  const TrainConfig& cfg = r.cfg;
+  fs::path root = fs::path(cfg.run_dir) / "checkpoints";
+  char name[64];
+  std::snprintf(name, sizeof name, "checkpoint_%06lld", (long long)steps_done);
+  fs::path final_dir = root / name, tmp = root / (std::string(".tmp.") + name);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp / "consolidated");
+  const bool full = cfg.full_finetuning || !cfg.save_adapters || cfg.model.weights.empty();
+  std::vector<std::pair<std::string, at::Tensor>> all, adapters;
+  for (const auto& kv : r.model->named_parameters()) {
+    at::Tensor t = kv.value().detach().cpu();
+    all.emplace_back(kv.key(), t);
+    if (trainable_name(cfg, kv.key()) && !cfg.full_finetuning) adapters.emplace_back(kv.key(), t);
+  }
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "moshi-ttt train"}, {"step", std::to_string(steps_done)}};
+  nlohmann::json cj = cfg.model.lm.to_json();
+  cj["lora"] = cfg.model.lora.enable;
+  cj["lora_rank"] = cfg.model.lora.rank;
+  cj["lora_scaling"] = cfg.model.lora.scaling;
+  io::atomic_write((tmp / "consolidated" / "config.json").string(), cj.dump(2) + "\n");
+  if (full) io::save((tmp / "consolidated" / "consolidated.safetensors").string(), all, meta);
+  if (!adapters.empty() && cfg.save_adapters) io::save((tmp / "consolidated" / "lora.safetensors").string(), adapters, meta);
+  // model.yaml: score / generate / inspect load this checkpoint with --model consolidated/.
+  {
+    std::ofstream y(tmp / "consolidated" / "model.yaml");
+    y << "# written by moshi-ttt train at step " << steps_done << "\nmoshi_paths:\n  config_path: config.json\n";
+    if (full) y << "  moshi_path: consolidated.safetensors\n";
+    else y << "  moshi_path: " << fs::absolute(cfg.model.weights).string() << "\n  lora_path: lora.safetensors\n";
+    // The ttt / lora sections as the run used them (re-read from the run's config).
+    YAML::Node doc = YAML::Load(cfg.yaml_text);
+    for (const char* k : {"ttt", "lora"})
+      if (doc[k]) {
+        YAML::Node n;
+        n[k] = doc[k];
+        YAML::Emitter em;
+        em << n;
+        y << em.c_str() << "\n";
+      }
+  }
+  // Training state: optimizer, data position, TTT states, counters.
+  TensorMap st;
+  for (auto& [k, v] : r.optim->state_dict()) st["optim." + k] = v.cpu().contiguous();
+  for (auto& [k, v] : r.loader->state()) st["loader." + k] = v.cpu().contiguous();
+  for (size_t mb = 0; mb < r.states.size(); ++mb)
+    for (size_t l = 0; l < r.states[mb].size(); ++l) put_layer(st, "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(l) + ".", r.states[mb][l]);
+  st["steps_done"] = vec_tensor({steps_done});
+  st["bad_steps"] = vec_tensor({r.bad_steps});
+  std::vector<std::pair<std::string, at::Tensor>> stv(st.begin(), st.end());
+  io::save((tmp / "training_state.safetensors").string(), stv, meta);
+  io::atomic_write((tmp / "config.yaml").string(), cfg.yaml_text);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  // Keep the newest num_ckpt_keep.
+  std::vector<fs::path> dirs;
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.is_directory() && e.path().filename().string().rfind("checkpoint_", 0) == 0) dirs.push_back(e.path());
+  std::sort(dirs.begin(), dirs.end());
+  for (size_t i = 0; i + cfg.num_ckpt_keep < dirs.size(); ++i) fs::remove_all(dirs[i]);
+  r.say(str("checkpoint: ", final_dir.string()));
+}
+
+void restore_checkpoint(Run& r, const std::string& dir) {
+  io::SafeTensors f((fs::path(dir) / "training_state.safetensors").string());
+  TensorMap all;
+  for (const auto& t : f.tensors()) all[t.name] = f.get(t.name);
+  TensorMap o, l;
+  for (const auto& [k, v] : all) {
+    if (k.rfind("optim.", 0) == 0) o[k.substr(6)] = v;
+    if (k.rfind("loader.", 0) == 0) l[k.substr(7)] = v;
+  }
+  r.optim->load_state_dict(o);
+  r.loader->restore(l);
+  for (size_t mb = 0; mb < r.states.size(); ++mb)
+    for (size_t li = 0; li < r.states[mb].size(); ++li)
+      get_layer(all, "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(li) + ".", r.states[mb][li], r.dev);
+  r.start_step = tensor_vec(all.at("steps_done")).at(0);
+  r.bad_steps = tensor_vec(all.at("bad_steps")).at(0);
+}
+
+double mean_abs_tanh_alpha(const lm::LMModelImpl& m) {
+  double s = 0;
+  int64_t n = 0;
+  for (const auto& l : m.transformer->layer_ptrs)
+    if (l->ttt) {
+      s += at::tanh(l->ttt->gating_alpha.detach().to(at::kDouble)).abs().sum().item<double>();
+      n += l->ttt->gating_alpha.numel();
+    }
+  return n ? s / static_cast<double>(n) : NAN;
+}
+
+// Mean over TTT units and slots of ‖W − W0‖ after the micro-batch (from the probes).
+double state_change(const std::vector<lm::LayerProbes>& probes) {
+  double s = 0;
+  int64_t n = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (t.defined() && t.numel()) {
+      s += t.to(at::kDouble).mean().item<double>();
+      ++n;
+    }
+  };
+  for (const auto& p : probes) {
+    add(p.hybrid.w_delta_norm);
+    for (const auto& a : p.adapters) add(a.w_delta_norm);
+    add(p.inplace_dw_norm);
+  }
+  return n ? s / static_cast<double>(n) : NAN;
+}
+
+double evaluate(Run& r) {
+  const TrainConfig& cfg = r.cfg;
+  LoaderConfig lc;
+  lc.batch_size = cfg.batch_size;
+  lc.chunk_frames = cfg.chunk_frames();
+  lc.shuffle = false;
+  lc.infinite = false;
+  lc.rank = r.opt.rank;
+  lc.world_size = r.opt.world_size;
+  TokenLoader ev(read_token_index(cfg.eval_data), lc);
+  at::NoGradGuard ng;
+  std::vector<lm::LayerTTTState> st = r.model->transformer->make_ttt_states(cfg.batch_size);
+  LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
+  double sum = 0;
+  int64_t n = 0;
+  TokenBatch b;
+  while (n < cfg.eval_batches && ev.next(b)) {
+    at::Tensor reset = b.reset.cpu();
+    for (int64_t s = 0; s < cfg.batch_size; ++s)
+      if (reset[s].item<bool>())
+        for (auto& ls : st)
+          if (!ls.empty()) ls.reset_slot(s);
+    at::Tensor codes = b.codes.to(r.dev);
+    lm::LMOutput out = r.model->forward(codes, nullptr, r.model->transformer->has_ttt() ? &st : nullptr);
+    LossParts lp = compute_loss(r.model->cfg, out, codes, loss_cfg, false);
+    const double v = lp.total.item<double>();
+    if (std::isfinite(v)) {
+      sum += v;
+      ++n;
+    }
+  }
+  return n ? sum / static_cast<double>(n) : NAN;
+}
+
+void write_plots(const TrainConfig& cfg) {
+  std::ifstream in(fs::path(cfg.run_dir) / "metrics.jsonl");
+  std::vector<double> xs, ys, ex, ey;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    if (j.value("kind", "") == "train" && j["loss"].is_number()) {
+      xs.push_back(j["step"].get<double>());
+      ys.push_back(j["loss"].get<double>());
+    } else if (j.value("kind", "") == "eval" && j["eval_loss"].is_number()) {
+      ex.push_back(j["step"].get<double>());
+      ey.push_back(j["eval_loss"].get<double>());
+    }
+  }
+  if (xs.empty()) return;
+  plot::Chart c;
+  c.title = "training loss";
+  c.xlabel = "step";
+  c.ylabel = "loss (nats, text + audio)";
+  c.series.push_back({"train", xs, ys});
+  if (!ex.empty()) c.series.push_back({"eval", ex, ey, "points"});
+  plot::write_png(c, (fs::path(cfg.run_dir) / "loss.png").string());
+}
+
+}  // namespace
+
+StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
+                      const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
+                      const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
+                      const std::vector<at::Tensor>& trainable, bool want_probes,
+                      const std::function<void()>& before_clip) {
+  StepResult r;
+  for (size_t g = 0; g < opt.groups().size(); ++g) {
+    opt.set_lr(g, sched[g].lr_at(step));
+    opt.set_beta1(g, sched[g].momentum_at(step));
+    r.lr.push_back(opt.lr(g));
+  }
+  r.beta1 = opt.beta1(0);
+  const int64_t M = static_cast<int64_t>(micro_codes.size());
+  for (int64_t mb = 0; mb < M; ++mb) {
+    const at::Tensor& codes = micro_codes[mb];
+    std::vector<lm::LayerTTTState>* st = states ? &(*states)[mb] : nullptr;
+    if (st) {
+      at::Tensor reset = micro_resets.empty() ? at::Tensor() : micro_resets[mb].cpu();
+      for (auto& ls : *st) {
+        if (ls.empty()) continue;
+        ls.detach();  // truncated backprop through time: chunks of a file share values, not graphs
+        if (reset.defined())
+          for (int64_t s = 0; s < reset.size(0); ++s)
+            if (reset[s].item<bool>()) ls.reset_slot(s);
+      }
+    }
+    std::vector<lm::LayerProbes> probes;
+    const bool pr = want_probes && mb == 0 && m.transformer->has_ttt();
+    lm::LMOutput out = m.forward(codes, pr ? &probes : nullptr, st);
+    LossParts lp = compute_loss(m.cfg, out, codes, lc, true);
+    (lp.total / static_cast<double>(M)).backward();
+    const double t = lp.text.item<double>(), a = lp.audio.item<double>();
+    r.text_loss.push_back(t);
+    r.audio_loss.push_back(a);
+    r.text += t / static_cast<double>(M);
+    r.audio += a / static_cast<double>(M);
+    if (r.per_codebook.empty()) r.per_codebook.assign(lp.per_codebook.size(), 0.0);
+    for (size_t k = 0; k < lp.per_codebook.size(); ++k) r.per_codebook[k] += lp.per_codebook[k] / static_cast<double>(M);
+    r.real_tokens += lp.real_tokens;
+    if (pr) r.state_change = state_change(probes);
+  }
+  r.loss = r.text + r.audio;
+  if (before_clip) before_clip();
+  for (const auto& g : opt.groups()) {
+    std::vector<at::Tensor> ps;
+    for (const auto& p : g.params) ps.push_back(p.second);
+    r.group_grad_norm.push_back(grad_norm(ps));
+  }
+  r.grad_norm = clip_grad_norm(trainable, max_norm);
+  r.applied = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+  if (r.applied) opt.step();
+  opt.zero_grad();
+  return r;
+}
+
+std::string latest_checkpoint(const std::string& run_dir) {
+  fs::path root = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(root)) return "";
+  std::vector<fs::path> dirs;
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.is_directory() && e.path().filename().string().rfind("checkpoint_", 0) == 0 &&
+        fs::exists(e.path() / "training_state.safetensors"))
+      dirs.push_back(e.path());
+  if (dirs.empty()) return "";
+  std::sort(dirs.begin(), dirs.end());
+  return dirs.back().string();
+}
+
+TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
+  Run r{cfg, opt};
+  set_threads(cfg.threads);
+  r.dev = parse_device(cfg.device);
+  const fs::path run_dir(cfg.run_dir);
+  std::string resume_dir;
+  if (opt.resume) {
+    resume_dir = opt.resume_from.empty() ? latest_checkpoint(cfg.run_dir) : opt.resume_from;
+    MT_CHECK(!resume_dir.empty(), cfg.run_dir, ": --resume: no checkpoint found under checkpoints/");
+  } else if (r.leader() && fs::exists(run_dir / "metrics.jsonl")) {
+    MT_CHECK(cfg.overwrite_run_dir, cfg.run_dir, ": run dir already holds a run (use --resume, or overwrite_run_dir: true)");
+    fs::remove_all(run_dir / "checkpoints");
+    fs::remove(run_dir / "metrics.jsonl");
+  }
+  if (r.leader()) {
+    fs::create_directories(run_dir);
+    io::atomic_write((run_dir / "config.yaml").string(), cfg.yaml_text);
+  }
+
+  // Model: from the checkpoint when resuming (exact parameter values), else base weights (+ init).
+  int64_t initialised = 0;
+  std::string lora_path;
+  if (!resume_dir.empty()) {
+    fs::path cons = fs::path(resume_dir) / "consolidated";
+    if (fs::exists(cons / "consolidated.safetensors")) {
+      TrainConfig c2 = cfg;
+      c2.model.weights = (cons / "consolidated.safetensors").string();
+      r.model = build_model(c2, "", &initialised);
+    } else {
+      r.model = build_model(cfg, (cons / "lora.safetensors").string(), &initialised);
+    }
+  } else {
+    r.model = build_model(cfg, "", &initialised);
+  }
+  if (initialised) r.say(str("base checkpoint: ", initialised, " new TTT/LoRA tensors initialised"));
+  const at::ScalarType pdt = cfg.param_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  r.model->to(pdt);
+  r.model->to(r.dev);
+  r.model->train();
+  r.model->transformer->gradient_checkpointing = cfg.gradient_checkpointing;
+  if (r.model->depformer) r.model->depformer->gradient_checkpointing = cfg.gradient_checkpointing;
+
+  // Parameter groups: base (LoRA / embeddings / everything), TTT weights, gating α.
+  ParamGroup base{"base", {}, cfg.optim.lr, cfg.optim.weight_decay};
+  ParamGroup tw{"ttt", {}, cfg.optim.lr * cfg.model.ttt.weight_lr_multiplier, cfg.optim.weight_decay};
+  ParamGroup al{"alpha", {}, cfg.optim.lr * cfg.model.ttt.alpha_lr_multiplier, cfg.alpha_weight_decay};
+  for (auto& kv : r.model->named_parameters()) {
+    const bool t = trainable_name(cfg, kv.key());
+    kv.value().set_requires_grad(t);
+    if (!t) continue;
+    r.trainable.push_back(kv.value());
+    if (is_alpha(kv.key())) al.params.emplace_back(kv.key(), kv.value());
+    else if (lm::is_ttt_param(kv.key())) tw.params.emplace_back(kv.key(), kv.value());
+    else base.params.emplace_back(kv.key(), kv.value());
+  }
+  for (auto* g : {&base, &tw, &al})
+    if (!g->params.empty()) r.groups.push_back(*g);
+  MT_CHECK(!r.groups.empty(), cfg.source, ": no trainable parameter");
+  r.optim = std::make_unique<AdamW>(r.groups, AdamWConfig{0.9, 0.95, 1e-8});
+  for (const auto& g : r.groups) {
+    OneCycle oc;
+    oc.max_lr = g.max_lr;
+    oc.total_steps = cfg.max_steps;
+    oc.pct_start = cfg.optim.pct_start;
+    r.sched.push_back(oc);
+    int64_t n = 0;
+    for (const auto& p : g.params) n += p.second.numel();
+    r.say(str("group ", g.name, ": ", g.params.size(), " tensors, ", n, " parameters, max lr ", g.max_lr, ", weight decay ",
+              g.weight_decay));
+  }
+  r.say("schedule: OneCycle (cosine, start max/25, end start/1e4, pct_start " + str(cfg.optim.pct_start) +
+        "); beta1 cycles 0.95 -> 0.85 -> 0.95 (PyTorch's cycle_momentum), overriding AdamW's 0.9");
+
+  // Data.
+  std::vector<TokenFile> files = read_token_index(cfg.train_data);
+  LoaderConfig lc;
+  lc.batch_size = cfg.batch_size * cfg.num_microbatches;
+  lc.chunk_frames = cfg.chunk_frames();
+  lc.shuffle = cfg.shuffle;
+  lc.seed = cfg.seed;
+  lc.rank = opt.rank;
+  lc.world_size = opt.world_size;
+  r.loader = std::make_unique<TokenLoader>(files, lc);
+  const bool has_ttt = r.model->transformer->has_ttt();
+  const bool persistent = has_ttt && cfg.model.ttt.persistent_states;
+  if (has_ttt) {
+    // Pitfall 11: sequences too short for TTT to update anything.
+    const auto& t = cfg.model.ttt;
+    if (t.variant == "inplace" && lc.chunk_frames < t.inplace_chunk_size && !persistent)
+      r.say(str("warning: training chunks of ", lc.chunk_frames, " frames are shorter than one In-Place chunk (",
+                t.inplace_chunk_size, "): without persistent states no update ever happens"));
+    if (t.variant != "inplace" && lc.chunk_frames < 2 * t.mini_batch_size)
+      r.say(str("warning: training chunks of ", lc.chunk_frames, " frames hold fewer than 2 TTT mini-batches (",
+                t.mini_batch_size, " frames each)"));
+    for (int64_t mb = 0; mb < cfg.num_microbatches; ++mb) r.states.push_back(r.model->transformer->make_ttt_states(cfg.batch_size));
+  }
+  if (!resume_dir.empty()) {
+    restore_checkpoint(r, resume_dir);
+    r.say(str("resumed from ", resume_dir, " at step ", r.start_step));
+  }
+  if (r.leader()) r.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
+
+  LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
+  TrainSummary sum;
+  sum.run_dir = cfg.run_dir;
+  const bool tty = isatty(2);
+  const auto t_start = std::chrono::steady_clock::now();
+  int64_t tokens_total = 0;
+  const int64_t end_step = opt.stop_at_step > 0 ? std::min(opt.stop_at_step, cfg.max_steps) : cfg.max_steps;
+  for (int64_t step = r.start_step; step < end_step; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    PeakMemory mem;
+    TokenBatch batch;
+    MT_CHECK(r.loader->next(batch), cfg.train_data, ": no training data");
+    std::vector<at::Tensor> micro, resets;
+    for (int64_t mb = 0; mb < cfg.num_microbatches; ++mb) {
+      micro.push_back(batch.codes.narrow(0, mb * cfg.batch_size, cfg.batch_size).to(r.dev));
+      resets.push_back(batch.reset.narrow(0, mb * cfg.batch_size, cfg.batch_size));
+    }
+    const bool log_now = (step + 1) % cfg.log_freq == 0 || step + 1 == end_step;
+    StepResult sr = train_step(*r.model, *r.optim, r.sched, step, micro, persistent ? &r.states : nullptr, resets, loss_cfg,
+                               cfg.max_norm, r.trainable, log_now);
+    const double loss = sr.loss, text = sr.text, audio = sr.audio, norm = sr.grad_norm, change = sr.state_change;
+    const bool finite = sr.applied;
+    nlohmann::json gnorms = nlohmann::json::object();
+    for (size_t g = 0; g < r.groups.size(); ++g) gnorms[r.groups[g].name] = sr.group_grad_norm[g];
+    if (!finite) {
+      ++r.bad_steps;
+      ++sum.skipped_steps;
+      // States may hold the non-finite values that caused this: start the streams afresh.
+      for (auto& v : r.states)
+        for (auto& ls : v)
+          if (!ls.empty()) ls.reset();
+      r.say(str("step ", step + 1, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss", " (loss ", loss, ", grad norm ",
+                norm, "): step skipped (", r.bad_steps, " of at most ", cfg.max_bad_steps, ")"));
+    }
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int64_t tokens = batch.codes.size(0) * batch.codes.size(2);  // frames (each carries K tokens)
+    tokens_total += tokens;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const int64_t done = step + 1 - r.start_step, left = end_step - step - 1;
+    const double eta = elapsed / static_cast<double>(done) * static_cast<double>(left);
+    sum.last_loss = loss;
+    sum.steps_done = step + 1;
+    sum.tokens_per_s = static_cast<double>(tokens_total) / elapsed;
+    if (r.leader() && (log_now || !finite)) {
+      nlohmann::json j;
+      j["kind"] = "train";
+      j["step"] = step + 1;
+      auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+      j["loss"] = num(loss);
+      j["text_loss"] = num(text);
+      j["audio_loss"] = num(audio);
+      j["per_codebook"] = sr.per_codebook;
+      nlohmann::json lrs = nlohmann::json::object();
+      for (size_t g = 0; g < r.groups.size(); ++g) lrs[r.groups[g].name] = r.optim->lr(g);
+      j["lr"] = lrs;
+      j["beta1"] = r.optim->beta1(0);
+      j["grad_norm"] = num(norm);
+      j["grad_norm_groups"] = gnorms;
+      j["skipped"] = !finite;
+      if (has_ttt) {
+        j["alpha_mean_abs_tanh"] = num(mean_abs_tanh_alpha(*r.model));
+        j["ttt_state_change"] = num(change);
+      }
+      j["real_tokens"] = sr.real_tokens;
+      j["frames_per_s"] = static_cast<double>(tokens) / dt;
+      j["tokens_per_s"] = static_cast<double>(tokens * r.model->cfg.num_codebooks()) / dt;
+      j["peak_mem_mb"] = static_cast<double>(mem.peak()) / 1e6;
+      j["at"] = now_iso();
+      r.metrics << j.dump() << "\n";
+      r.metrics.flush();
+      if (!opt.quiet) {
+        char line[256];
+        const int width = 24, filled = static_cast<int>(width * (step + 1) / std::max<int64_t>(1, end_step));
+        std::string bar(filled, '#');
+        bar.resize(width, '.');
+        std::snprintf(line, sizeof line, "[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f frames/s  ETA %s", bar.c_str(),
+                      (long long)(step + 1), (long long)end_step, loss, r.optim->lr(0), static_cast<double>(tokens) / dt,
+                      fmt_duration(eta).c_str());
+        if (tty) std::fprintf(stderr, "\r%s\033[K%s", line, step + 1 == end_step ? "\n" : "");
+        else std::fprintf(stderr, "%s\n", line);
+      }
+    }
+    MT_CHECK(r.bad_steps <= cfg.max_bad_steps, "training stopped: ", r.bad_steps, " steps had a non-finite loss or gradient (",
+             "max_bad_steps ", cfg.max_bad_steps, "); the last at step ", step + 1,
+             ". Lower optim.lr or ttt.base_lr, or check the data");
+    const bool last = step + 1 == end_step;
+    if (cfg.do_eval && ((cfg.eval_freq > 0 && (step + 1) % cfg.eval_freq == 0) || step + 1 == cfg.max_steps)) {
+      r.model->eval();
+      const double ev = evaluate(r);
+      r.model->train();
+      sum.last_eval_loss = ev;
+      if (r.leader()) {
+        nlohmann::json j;
+        j["kind"] = "eval";
+        j["step"] = step + 1;
+        j["eval_loss"] = std::isfinite(ev) ? nlohmann::json(ev) : nlohmann::json(nullptr);
+        j["perplexity"] = std::isfinite(ev) ? nlohmann::json(std::exp(ev)) : nlohmann::json(nullptr);
+        j["at"] = now_iso();
+        r.metrics << j.dump() << "\n";
+        r.metrics.flush();
+        r.say(str("eval at step ", step + 1, ": loss ", ev));
+      }
+    }
+    if (r.leader() && cfg.do_ckpt && ((cfg.ckpt_freq > 0 && (step + 1) % cfg.ckpt_freq == 0) || last)) save_checkpoint(r, step + 1);
+  }
+  if (r.leader()) {
+    r.metrics.close();
+    write_plots(cfg);
+  }
+  return sum;
+}
+
+}  // namespace mt::train

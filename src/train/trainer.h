@@ -1,0 +1,61 @@
+#pragma once
+// The training loop of `moshi-ttt train`: moshi-finetune's step (loss, micro-batches, clipping, AdamW,
+// OneCycle) over parameter groups (base / TTT weights / gating α), TTT states carried across the
+// consecutive chunks of each file, checkpoints that resume bit-identically, metrics and progress.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lm/lm_model.h"
+#include "train/loss.h"
+#include "train/optim.h"
+#include "train/train_config.h"
+
+namespace mt::train {
+
+struct TrainOptions {
+  bool resume = false;          // continue from the newest checkpoint in run_dir (or resume_from)
+  std::string resume_from;      // a checkpoint folder
+  int64_t stop_at_step = -1;    // checkpoint and stop after this many steps (time-boxed jobs, tests)
+  bool quiet = false;           // no progress output
+  int64_t rank = 0, world_size = 1;
+};
+
+struct TrainSummary {
+  int64_t steps_done = 0;
+  double last_loss = 0;
+  double last_eval_loss = -1;
+  double tokens_per_s = 0;
+  int64_t skipped_steps = 0;
+  std::string run_dir;
+};
+
+TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt);
+
+struct StepResult {
+  std::vector<double> text_loss, audio_loss;  // per micro-batch
+  std::vector<double> per_codebook;           // text then audio codebooks, mean over micro-batches
+  double loss = 0, text = 0, audio = 0;       // means over micro-batches
+  double grad_norm = 0;                       // total 2-norm before clipping
+  std::vector<double> group_grad_norm;        // per optimizer group, before clipping
+  std::vector<double> lr;                     // per group, the lr this step used
+  double beta1 = 0;
+  int64_t real_tokens = 0;
+  double state_change = NAN;                  // mean ‖W − W0‖ of the TTT units (micro-batch 0, with probes)
+  bool applied = true;                        // false: non-finite loss or gradient, the step was skipped
+};
+
+// One optimizer step as moshi-finetune takes it, shared by `train` and check-reference: the
+// schedule's lr / beta1 for `step` → per micro-batch forward, loss, backward of loss / M (TTT states
+// detached, slots reset where micro_resets says) → clip_grad_norm over `trainable` → AdamW step (skipped
+// when the loss or the norm is not finite) → zero_grad. before_clip runs after the backward passes.
+StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
+                      const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
+                      const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
+                      const std::vector<at::Tensor>& trainable, bool want_probes,
+                      const std::function<void()>& before_clip = {});
+
+// Newest checkpoint folder under run_dir/checkpoints ("" if none).
+std::string latest_checkpoint(const std::string& run_dir);
+
+}  // namespace mt::train

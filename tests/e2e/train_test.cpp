@@ -1,0 +1,142 @@
+// `moshi-ttt train` end to end on tiny models: every shipped TTT config trains and its checkpoint scores;
+// a run stopped and resumed gives a bit-identical loss curve and final weights; --set overrides and
+// names mistyped fields; non-finite steps are skipped and stop the run with a clear message.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+#include "train/data.h"
+
+namespace fs = std::filesystem;
+using mt::test::cli;
+using mt::test::run;
+using mt::test::TempDir;
+
+namespace {
+std::string slurp(const std::string& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Six random files of 50 frames for the tiny preset (K = 5 streams, ids < 64).
+std::string make_data(TempDir& d) {
+  std::vector<std::pair<std::string, at::Tensor>> files;
+  at::Generator g = at::detail::createCPUGenerator(3);
+  for (int i = 0; i < 6; ++i) files.emplace_back("f" + std::to_string(i), at::randint(64, {5, 50 + 7 * i}, g, at::kLong));
+  mt::train::write_token_dataset(d.file("data"), files);
+  return d.file("data/index.jsonl");
+}
+
+std::string write_config(TempDir& d, const std::string& name, const std::string& model_yaml, const std::string& data) {
+  std::ofstream f(d.file(name));
+  f << model_yaml << "\nrun_dir: " << d.file(name + ".run") << "\ndata:\n  train_data: " << data
+    << "\n  shuffle: true\nduration_sec: 1.6\nbatch_size: 2\nnum_microbatches: 2\nmax_steps: 6\nseed: 1\n"
+       "optim:\n  lr: 0.002\n  pct_start: 0.3\nparam_dtype: float32\ngradient_checkpointing: false\nlog_freq: 1\n";
+  return d.file(name);
+}
+
+std::vector<nlohmann::json> metrics(const std::string& run_dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+}  // namespace
+
+class TrainConfigs : public ::testing::TestWithParam<std::string> {};
+
+// Pitfall 3: every config variant runs init -> train step -> score.
+TEST_P(TrainConfigs, TrainsAndItsCheckpointScores) {
+  TempDir d;
+  const std::string data = make_data(d);
+  const std::string cfg = write_config(d, "t.yaml", slurp(std::string(MT_SOURCE_DIR) + "/configs/" + GetParam() + ".yaml"), data);
+  std::string out;
+  ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=2", &out), 0) << out;
+  auto m = metrics(d.file("t.yaml.run"));
+  ASSERT_EQ(m.size(), 2u) << out;
+  EXPECT_TRUE(m[1]["loss"].is_number());
+  EXPECT_TRUE(m[1].contains("ttt_state_change")) << m[1].dump();
+  EXPECT_TRUE(fs::exists(d.file("t.yaml.run/loss.png")));
+  const std::string ck = d.file("t.yaml.run/checkpoints/checkpoint_000002/consolidated");
+  ASSERT_TRUE(fs::exists(ck + "/model.yaml")) << out;
+  at::Tensor codes = at::randint(64, {1, 5, 30}, at::kLong);
+  mt::io::save(d.file("codes.safetensors"), std::vector<std::pair<std::string, at::Tensor>>{{"codes", codes}});
+  ASSERT_EQ(run(cli() + " score --model " + ck + " --codes " + d.file("codes.safetensors") + " --diagnostics", &out), 0) << out;
+  EXPECT_NE(out.find("TTT diagnostics"), std::string::npos) << out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, TrainConfigs, ::testing::Values("tiny-hybrid", "tiny-hybrid-mlp", "tiny-adapter", "tiny-inplace"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& c : n)
+                             if (c == '-') c = '_';
+                           return n;
+                         });
+
+TEST(Train, ResumeIsBitIdentical) {
+  TempDir d;
+  const std::string data = make_data(d);
+  const std::string model = slurp(std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml") + "\nlora:\n  enable: true\n  rank: 2\n  targets: [depformer.]\n";
+  const std::string a = write_config(d, "a.yaml", model, data), b = write_config(d, "b.yaml", model, data);
+  std::string out;
+  ASSERT_EQ(run(cli() + " train --quiet --config " + a, &out), 0) << out;
+  ASSERT_EQ(run(cli() + " train --quiet --config " + b + " --stop-at-step 3", &out), 0) << out;
+  EXPECT_EQ(metrics(d.file("b.yaml.run")).size(), 3u);
+  ASSERT_EQ(run(cli() + " train --quiet --config " + b + " --resume", &out), 0) << out;
+  auto ma = metrics(d.file("a.yaml.run")), mb = metrics(d.file("b.yaml.run"));
+  ASSERT_EQ(ma.size(), 6u);
+  ASSERT_EQ(mb.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(ma[i]["step"], mb[i]["step"]);
+    EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(ma[i]["grad_norm"].get<double>(), mb[i]["grad_norm"].get<double>()) << "step " << i + 1;
+  }
+  // The final trainable tensors are identical too.
+  mt::io::SafeTensors fa(d.file("a.yaml.run/checkpoints/checkpoint_000006/consolidated/consolidated.safetensors"));
+  mt::io::SafeTensors fb(d.file("b.yaml.run/checkpoints/checkpoint_000006/consolidated/consolidated.safetensors"));
+  for (const auto& t : fa.tensors()) EXPECT_TRUE(at::equal(fa.get(t.name), fb.get(t.name))) << t.name;
+  // A second start in the same run dir without --resume is refused.
+  EXPECT_EQ(run(cli() + " train --quiet --config " + a, &out), 1) << out;
+  EXPECT_NE(out.find("already holds a run"), std::string::npos) << out;
+}
+
+TEST(Train, OverridesAndFieldErrors) {
+  TempDir d;
+  const std::string data = make_data(d);
+  const std::string cfg = write_config(d, "c.yaml", "preset: tiny\nfull_finetuning: true\n", data);
+  std::string out;
+  EXPECT_EQ(run(cli() + " train --quiet --config " + cfg + " --set optim.lrr=1", &out), 1) << out;
+  EXPECT_NE(out.find("optim.lrr: unknown field"), std::string::npos) << out;
+  EXPECT_EQ(run(cli() + " train --quiet --config " + cfg + " --set batch_size=two", &out), 1) << out;
+  EXPECT_NE(out.find("batch_size"), std::string::npos) << out;
+  EXPECT_EQ(run(cli() + " train --quiet --config " + cfg + " --set full_finetuning=false", &out), 1) << out;
+  EXPECT_NE(out.find("nothing to train"), std::string::npos) << out;
+  ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=2 --set optim.lr=0.01", &out), 0) << out;
+  auto m = metrics(d.file("c.yaml.run"));
+  ASSERT_EQ(m.size(), 2u);
+  // OneCycle with max lr 0.01 over 2 steps, pct_start 0.3: step 1 uses max/25.
+  EXPECT_NEAR(m[0]["lr"]["base"].get<double>(), 0.01 / 25, 1e-12);
+}
+
+TEST(Train, NonFiniteStepsAreSkippedThenStopTheRun) {
+  TempDir d;
+  const std::string data = make_data(d);
+  const std::string cfg = write_config(d, "n.yaml", "preset: tiny\nfull_finetuning: true\nmax_bad_steps: 1\n", data);
+  std::string out;
+  // An absurd learning rate blows the weights up after the first steps.
+  EXPECT_EQ(run(cli() + " train --config " + cfg + " --set optim.lr=1e30 --set optim.pct_start=0.01 --set max_norm=0", &out), 1) << out;
+  EXPECT_NE(out.find("non-finite"), std::string::npos) << out;
+  EXPECT_NE(out.find("training stopped"), std::string::npos) << out;
+  auto m = metrics(d.file("n.yaml.run"));
+  bool skipped = false;
+  for (const auto& j : m) skipped |= j.value("skipped", false);
+  EXPECT_TRUE(skipped);
+}
