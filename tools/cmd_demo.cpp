@@ -1,19 +1,25 @@
-// moshi-ttt demo: the built-in default job. For now a short streaming generation with a tiny random
-// model (the training demo replaces it once training lands).
+// moshi-ttt demo: the built-in default job. Trains a tiny local-attention Moshi and the same model with
+// a hybrid TTT layer on synthetic data with long-range recurrences, then reports (plots + summary) how
+// the held-out loss differs where only memory beyond the attention window can help. See
+// src/train/demo.h. Streaming generation with a tiny model is `moshi-ttt generate`.
 #include "tools/commands.h"
-#include "tools/generate_run.h"
+#include "train/demo.h"
 
 namespace mt::cli {
 
 void add_demo(CLI::App& app) {
-  auto o = std::make_shared<GenerateOpts>();
-  o->steps = 125;
-  o->run_dir = "runs/demo";
-  o->out = "runs/demo/tokens.safetensors";
-  auto* sub = app.add_subcommand("demo", "built-in default: stream 10 s with a tiny random Moshi and report latency");
-  o->model.add(sub);
-  o->add(sub);
-  set_handler(sub, [o]() { return run_generate(*o); });
+  auto o = std::make_shared<train::DemoOptions>();
+  auto* sub = app.add_subcommand("demo", "built-in default: does TTT remember beyond the attention window? (trains two tiny models, ~minutes on CPU)");
+  sub->add_option("--run-dir", o->run_dir, "output folder (data, runs, report/)")->capture_default_str();
+  sub->add_option("--steps", o->steps, "training steps per model")->capture_default_str();
+  sub->add_option("--window", o->window, "attention window (frames) of both models")->capture_default_str();
+  sub->add_option("--ttt-type", o->ttt_type, "inner model of the TTT layer: linear or mlp")->capture_default_str();
+  sub->add_option("--threads", o->threads, "intra-op threads (default: libtorch's)");
+  sub->add_flag("--quiet", o->quiet, "no progress lines");
+  set_handler(sub, [o]() {
+    train::run_demo(*o);
+    return 0;
+  });
 }
 
 }  // namespace mt::cli

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "eval/position_loss.h"
 #include "eval/ttt_diagnostics.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
@@ -11,16 +12,6 @@
 
 namespace mt::cli {
 
-namespace {
-// -log p(target) per position; NaN where the mask is false. logits [B, K, T, N], targets [B, K, T].
-at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask) {
-  at::Tensor safe = at::where(mask.unsqueeze(-1), logits, at::zeros({}, logits.options()));
-  at::Tensor lp = at::log_softmax(safe.to(at::kFloat), -1);
-  at::Tensor t = at::where(mask, targets, at::zeros({}, targets.options()));
-  at::Tensor ce = -lp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
-  return at::where(mask, ce, at::full({}, NAN, ce.options()));
-}
-}  // namespace
 
 void add_score(CLI::App& app) {
   struct Opts {
@@ -68,13 +59,9 @@ void add_score(CLI::App& app) {
       }
     }
     const auto& c = m->cfg;
-    at::Tensor text_ce = cross_entropy(out.text_logits.cpu(), codes.cpu().narrow(1, 0, 1), out.text_mask.cpu());
-    at::Tensor ce = text_ce, mask = out.text_mask.cpu();
-    if (c.dep_q > 0) {
-      at::Tensor audio_ce = cross_entropy(out.logits.cpu(), codes.cpu().narrow(1, c.audio_offset(), c.dep_q), out.mask.cpu());
-      ce = at::cat({text_ce, audio_ce}, 1);
-      mask = at::cat({mask, out.mask.cpu()}, 1);
-    }
+    at::Tensor ce = eval::stream_cross_entropy(c, out, codes).cpu();
+    at::Tensor mask = out.text_mask.cpu();
+    if (c.dep_q > 0) mask = at::cat({mask, out.mask.cpu()}, 1);
     std::printf("model: %s\nscored %lld sequences x %lld steps (%s)\n", origin.c_str(), (long long)codes.size(0),
                 (long long)codes.size(2), o->streaming ? "streaming" : "whole sequence");
     for (int64_t k = 0; k < ce.size(1); ++k) {

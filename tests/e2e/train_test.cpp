@@ -119,10 +119,10 @@ TEST(Train, OverridesAndFieldErrors) {
   EXPECT_NE(out.find("batch_size"), std::string::npos) << out;
   EXPECT_EQ(run(cli() + " train --quiet --config " + cfg + " --set full_finetuning=false", &out), 1) << out;
   EXPECT_NE(out.find("nothing to train"), std::string::npos) << out;
-  ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=2 --set optim.lr=0.01", &out), 0) << out;
+  ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=10 --stop-at-step 2 --set optim.lr=0.01", &out), 0) << out;
   auto m = metrics(d.file("c.yaml.run"));
   ASSERT_EQ(m.size(), 2u);
-  // OneCycle with max lr 0.01 over 2 steps, pct_start 0.3: step 1 uses max/25.
+  // OneCycle with max lr 0.01 over 10 steps, pct_start 0.3: the first step uses max/25.
   EXPECT_NEAR(m[0]["lr"]["base"].get<double>(), 0.01 / 25, 1e-12);
 }
 
@@ -139,4 +139,17 @@ TEST(Train, NonFiniteStepsAreSkippedThenStopTheRun) {
   bool skipped = false;
   for (const auto& j : m) skipped |= j.value("skipped", false);
   EXPECT_TRUE(skipped);
+}
+
+// The README's main command, shortened: both models train, the held-out report is written.
+TEST(Demo, ShortRunWritesTheReport) {
+  TempDir d;
+  std::string out;
+  ASSERT_EQ(run(cli() + " demo --quiet --steps 12 --threads 2 --run-dir " + d.file("demo"), &out), 0) << out;
+  for (const char* f : {"report/summary.md", "report/summary.json", "report/training_curves.png", "report/loss_by_position.png",
+                        "baseline/metrics.jsonl", "ttt/metrics.jsonl"})
+    EXPECT_TRUE(fs::exists(d.file(std::string("demo/") + f))) << f << "\n" << out;
+  auto j = nlohmann::json::parse(slurp(d.file("demo/report/summary.json")));
+  EXPECT_TRUE(j["baseline_recall_ce"].is_number() && j["ttt_recall_ce"].is_number()) << j.dump();
+  EXPECT_NE(out.find("recall"), std::string::npos) << out;
 }

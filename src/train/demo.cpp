@@ -1,0 +1,227 @@
+#include "train/demo.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "eval/position_loss.h"
+#include "io/safetensors.h"
+#include "lm/lm_model.h"
+#include "train/data.h"
+#include "train/synthetic.h"
+#include "train/trainer.h"
+#include "util/error.h"
+#include "util/plot.h"
+#include "util/runtime.h"
+
+namespace fs = std::filesystem;
+
+namespace mt::train {
+
+namespace {
+
+SyntheticConfig data_config(uint64_t seed, int64_t files, int64_t window) {
+  SyntheticConfig s;
+  s.num_files = files;
+  s.frames = 256;
+  s.streams = 5;
+  s.text_vocab = 64;
+  s.audio_vocab = 64;
+  s.motif_len = 8;
+  s.num_motifs = 4;
+  s.repeat_prob = 0.5;
+  s.min_gap = 3 * window;  // recurrences always lie well beyond the attention window
+  s.seed = seed;
+  return s;
+}
+
+std::string model_yaml(const DemoOptions& o, bool ttt) {
+  // The attention window of the baseline comes from the LM config (context, set by run_demo).
+  std::string y = "preset: tiny\n";
+  if (ttt) {
+    y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"1\"\n  type: " + o.ttt_type +
+         "\n  mini_batch_size: 8\n  base_lr: " + std::string(o.ttt_type == "mlp" ? "0.1" : "1.0") +
+         "\n  initial_gating_alpha: 0.1\n  attention_context: " + std::to_string(o.window) +
+         "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  persistent_states: true\n";
+  }
+  return y;
+}
+
+struct Scored {
+  at::Tensor recall_ce, other_ce;  // flattened CE values
+  std::vector<double> by_pos_recall, by_pos_all;  // mean CE per position bucket
+};
+
+Scored score_files(const lm::LMModelImpl& m, const std::vector<std::pair<std::string, at::Tensor>>& files,
+                   const std::vector<at::Tensor>& masks, int64_t bucket) {
+  at::InferenceMode im;
+  std::vector<at::Tensor> rc, oc;
+  const int64_t T = files.front().second.size(1), nb = (T + bucket - 1) / bucket;
+  std::vector<double> sr(nb, 0), nr(nb, 0), sa(nb, 0), na(nb, 0);
+  for (size_t i = 0; i < files.size(); ++i) {
+    at::Tensor codes = files[i].second.unsqueeze(0);
+    lm::LMOutput out = m.forward(codes);
+    at::Tensor ce = eval::stream_cross_entropy(m.cfg, out, codes)[0];  // [1 + dep_q, T]
+    at::Tensor per_pos = ce.nan_to_num(0).sum(0) / (~ce.isnan()).sum(0).clamp_min(1);  // mean over scored streams
+    at::Tensor scored = (~ce.isnan()).any(0);
+    at::Tensor rmask = masks[i] & scored, omask = (~masks[i]) & scored;
+    rc.push_back(per_pos.masked_select(rmask));
+    oc.push_back(per_pos.masked_select(omask));
+    auto pp = per_pos.accessor<float, 1>();
+    auto rm = rmask.accessor<bool, 1>();
+    auto sm = scored.accessor<bool, 1>();
+    for (int64_t t = 0; t < T; ++t) {
+      if (!sm[t]) continue;
+      sa[t / bucket] += pp[t];
+      na[t / bucket] += 1;
+      if (rm[t]) {
+        sr[t / bucket] += pp[t];
+        nr[t / bucket] += 1;
+      }
+    }
+  }
+  Scored s;
+  s.recall_ce = at::cat(rc);
+  s.other_ce = at::cat(oc);
+  for (int64_t b = 0; b < nb; ++b) {
+    s.by_pos_recall.push_back(nr[b] > 0 ? sr[b] / nr[b] : NAN);
+    s.by_pos_all.push_back(na[b] > 0 ? sa[b] / na[b] : NAN);
+  }
+  return s;
+}
+
+std::vector<std::pair<double, double>> read_curve(const std::string& run_dir) {
+  std::vector<std::pair<double, double>> c;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("kind", "") == "train" && j["loss"].is_number())
+      c.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
+  }
+  return c;
+}
+
+}  // namespace
+
+DemoResult run_demo(const DemoOptions& o) {
+  set_threads(o.threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  const fs::path root(o.run_dir);
+  fs::create_directories(root / "report");
+  auto say = [&](const std::string& s) {
+    if (!o.quiet) std::fprintf(stderr, "%s\n", s.c_str());
+  };
+  // 1. Data: training and held-out files, each with its own motifs.
+  SyntheticConfig train_cfg = data_config(1, 96, o.window), eval_cfg = data_config(2, 24, o.window);
+  std::vector<at::Tensor> eval_masks;
+  auto train_files = make_synthetic_files(train_cfg);
+  auto eval_files = make_synthetic_files(eval_cfg, &eval_masks);
+  write_token_dataset((root / "data" / "train").string(), train_files);
+  write_token_dataset((root / "data" / "eval").string(), eval_files);
+  say(str("demo: ", train_files.size(), " training and ", eval_files.size(), " held-out files of ", train_cfg.frames,
+          " frames; motifs recur at least ", train_cfg.min_gap, " frames apart; attention window ", o.window, " frames"));
+
+  // 2. Train both models with the same settings.
+  DemoResult res;
+  std::vector<std::pair<std::string, lm::LMModel>> models;
+  for (bool ttt : {false, true}) {
+    const std::string name = ttt ? "ttt" : "baseline";
+    const fs::path cfg_path = root / (name + ".yaml");
+    {
+      std::ofstream f(cfg_path);
+      f << "# written by moshi-ttt demo\n" << model_yaml(o, ttt) << "run_dir: " << fs::absolute(root / name).string()
+        << "\noverwrite_run_dir: true\ndata:\n  train_data: " << fs::absolute(root / "data" / "train" / "index.jsonl").string()
+        << "\n  shuffle: true\nduration_sec: 10.24\nbatch_size: 8\nmax_steps: " << o.steps
+        << "\nseed: 0\noptim:\n  lr: 0.003\n  weight_decay: 0.01\n  pct_start: 0.1\nfull_finetuning: true\n"
+           "param_dtype: float32\ngradient_checkpointing: false\nlog_freq: 10\nckpt_freq: 0\ninit_seed: 7\n";
+    }
+    TrainConfig cfg = TrainConfig::load(cfg_path.string());
+    cfg.model.lm.context = o.window;  // local attention for every layer of both models
+    TrainOptions to;
+    to.quiet = o.quiet;
+    say(str("demo: training the ", ttt ? "hybrid TTT-" + o.ttt_type : std::string("local-attention baseline"), " model (",
+            o.steps, " steps)"));
+    TrainSummary s = run_training(cfg, to);
+    say(str("demo: ", name, " done, final training loss ", s.last_loss));
+    // The trained weights, from the last checkpoint.
+    const std::string ck = latest_checkpoint(cfg.run_dir);
+    lm::LMModel m = lm::load_lm(cfg.model.lm, (fs::path(ck) / "consolidated" / "consolidated.safetensors").string(), at::kFloat,
+                                cfg.model.ttt);
+    models.emplace_back(name, m);
+  }
+
+  // 3. Held-out loss by position, on recall frames and on the rest.
+  const int64_t bucket = 16;
+  Scored base = score_files(*models[0].second, eval_files, eval_masks, bucket);
+  Scored tt = score_files(*models[1].second, eval_files, eval_masks, bucket);
+  res.baseline_recall = base.recall_ce.mean().item<double>();
+  res.ttt_recall = tt.recall_ce.mean().item<double>();
+  res.baseline_other = base.other_ce.mean().item<double>();
+  res.ttt_other = tt.other_ce.mean().item<double>();
+  res.report_dir = (root / "report").string();
+
+  // 4. Report: plots and a summary.
+  const double chance = std::log(64.0);
+  {
+    auto cb = read_curve((root / "baseline").string()), ct = read_curve((root / "ttt").string());
+    plot::Chart c;
+    c.title = "training loss (text + audio, nats)";
+    c.xlabel = "step";
+    c.ylabel = "loss";
+    plot::Series a{"local attention"}, b{"local attention + TTT"};
+    for (auto& [x, y] : cb) a.x.push_back(x), a.y.push_back(y);
+    for (auto& [x, y] : ct) b.x.push_back(x), b.y.push_back(y);
+    c.series = {a, b};
+    plot::write_png(c, (root / "report" / "training_curves.png").string());
+  }
+  {
+    plot::Chart c;
+    c.title = "held-out loss by position on recall frames (predictable only from memory)";
+    c.xlabel = "frame";
+    c.ylabel = "cross-entropy (nats)";
+    std::vector<double> xs;
+    for (size_t b = 0; b < base.by_pos_recall.size(); ++b) xs.push_back(static_cast<double>(b * bucket + bucket / 2));
+    c.series = {{"local attention", xs, base.by_pos_recall}, {"local attention + TTT", xs, tt.by_pos_recall}};
+    c.hlines = {{chance, "chance"}};
+    c.vlines = {{static_cast<double>(o.window), "window"}};
+    c.ymin = 0;
+    plot::write_png(c, (root / "report" / "loss_by_position.png").string());
+    plot::Chart a = c;
+    a.title = "held-out loss by position, every scored frame";
+    a.series = {{"local attention", xs, base.by_pos_all}, {"local attention + TTT", xs, tt.by_pos_all}};
+    plot::write_png(a, (root / "report" / "loss_by_position_all.png").string());
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  char buf[2048];
+  std::snprintf(buf, sizeof buf,
+                "# moshi-ttt demo: does TTT remember beyond the attention window?\n\n"
+                "Two tiny Moshi models (dim 64, 2 layers, attention window %lld frames) trained from scratch for %lld steps on\n"
+                "synthetic token files whose motifs recur at least %lld frames after their first occurrence; the second\n"
+                "model adds a hybrid TTT-%s layer (gated, tanh(alpha)). Held-out files: %zu.\n\n"
+                "| frames | local attention | + TTT | difference |\n|---|---|---|---|\n"
+                "| recall (beyond the window) | %.3f | %.3f | %+.3f nats |\n"
+                "| all other scored frames | %.3f | %.3f | %+.3f nats |\n\n"
+                "Chance on a recall frame is %.2f nats. %s\n\nPlots: training_curves.png, loss_by_position.png, "
+                "loss_by_position_all.png. Took %.0f s.\n",
+                (long long)o.window, (long long)o.steps, (long long)train_cfg.min_gap, o.ttt_type.c_str(), eval_files.size(),
+                res.baseline_recall, res.ttt_recall, res.ttt_recall - res.baseline_recall, res.baseline_other, res.ttt_other,
+                res.ttt_other - res.baseline_other, chance,
+                res.ttt_recall < res.baseline_recall - 0.05
+                    ? "TTT lowers the loss where only memory helps: it recalls what the window no longer shows."
+                    : "TTT shows no clear advantage on recall frames in this run (see the plots).",
+                secs);
+  io::atomic_write((root / "report" / "summary.md").string(), buf);
+  nlohmann::json j = {{"baseline_recall_ce", res.baseline_recall}, {"ttt_recall_ce", res.ttt_recall},
+                      {"baseline_other_ce", res.baseline_other}, {"ttt_other_ce", res.ttt_other},
+                      {"window", o.window}, {"steps", o.steps}, {"seconds", secs}};
+  io::atomic_write((root / "report" / "summary.json").string(), j.dump(2) + "\n");
+  if (!o.quiet) std::printf("%s", buf);
+  return res;
+}
+
+}  // namespace mt::train
