@@ -59,25 +59,36 @@ class TokenLoader {
   bool next(TokenBatch& out);
   // Position for exact resume (epoch, order, per-slot file and frame, RNG seed), as tensors so it can be
   // stored in a checkpoint's safetensors; restore() is strict (throws mt::Error on a mismatch, e.g. a
-  // different dataset or batch size).
+  // different dataset or batch size). Keys (int64, 1-D): version, dataset [num_files, hash(ids),
+  // hash(frames), K], config [batch_size, chunk_frames, seed, rank, world_size, shuffle, min_last_frames],
+  // epoch, next_in_order, order, slot_file, slot_frame, slot_epoch. `infinite` may differ on restore.
   std::map<std::string, at::Tensor> state() const;
   void restore(const std::map<std::string, at::Tensor>& state);
   int64_t num_files() const { return static_cast<int64_t>(files_.size()); }
-  // Windows per epoch over all files (for "sequence shorter than one chunk" warnings and ETA).
+  // Windows per epoch over all files of all ranks (for "sequence shorter than one chunk" warnings and
+  // ETA); a rank sees about chunks_per_epoch() / world_size of them, batch_size at a time.
   int64_t chunks_per_epoch() const;
 
  private:
   std::vector<TokenFile> files_;
   LoaderConfig cfg_;
-  // Implementation state (chosen by the implementer; must round-trip through state()/restore()).
-  int64_t epoch_ = 0;
-  std::vector<int64_t> order_;       // this rank's file indices for the current epoch
-  int64_t next_in_order_ = 0;
+  // Position (all of it round-trips through state()/restore()).
+  int64_t epoch_ = 0;                // epoch of order_
+  std::vector<int64_t> order_;       // this rank's file indices for epoch_
+  int64_t next_in_order_ = 0;        // next entry of order_ to hand to a slot
   std::vector<int64_t> slot_file_;   // per slot: index into files_, -1 if none yet / exhausted
   std::vector<int64_t> slot_frame_;  // per slot: next frame to read
-  std::map<int64_t, at::Tensor> cache_;  // file index -> codes (small LRU, implementation detail)
+  std::vector<int64_t> slot_epoch_;  // per slot: epoch its file was taken from
+  // Codes of the files that slots are reading (file index -> [K, T] int64); not part of the state.
+  std::map<int64_t, at::Tensor> cache_;
+
+  std::vector<int64_t> epoch_order(int64_t epoch) const;
   void start_epoch(int64_t epoch);
   bool assign_next_file(int64_t slot);
+  const at::Tensor& codes_of(int64_t file);
+  void evict_unused();
+  std::vector<int64_t> fingerprint() const;     // [num_files, hash(ids), hash(frames), K]
+  std::vector<int64_t> config_values() const;   // the fields that fix the batch sequence
 };
 
 }  // namespace mt::train

@@ -1,0 +1,113 @@
+#include "train/synthetic.h"
+
+#include <cstdio>
+
+#include "train/prng.h"
+#include "util/error.h"
+
+namespace mt::train {
+
+void check_synthetic_config(const SyntheticConfig& c) {
+  MT_CHECK(c.num_files >= 0, "synthetic data: num_files must be >= 0, got ", c.num_files);
+  MT_CHECK(c.streams >= 1, "synthetic data: streams must be >= 1, got ", c.streams);
+  MT_CHECK(c.motif_len >= 1, "synthetic data: motif_len must be >= 1, got ", c.motif_len);
+  MT_CHECK(c.num_motifs >= 1, "synthetic data: num_motifs must be >= 1, got ", c.num_motifs);
+  MT_CHECK(c.min_gap >= 0, "synthetic data: min_gap must be >= 0, got ", c.min_gap);
+  // Cue tokens take text ids 0..num_motifs-1; noise and motif text need at least one more id.
+  MT_CHECK(c.text_vocab > c.num_motifs, "synthetic data: text_vocab (", c.text_vocab,
+           ") must exceed num_motifs (", c.num_motifs, "): ids below num_motifs are cue tokens");
+  MT_CHECK(c.audio_vocab >= 1, "synthetic data: audio_vocab must be >= 1, got ", c.audio_vocab);
+  MT_CHECK(c.repeat_prob >= 0.0 && c.repeat_prob <= 1.0, "synthetic data: repeat_prob must be in [0, 1], got ",
+           c.repeat_prob);
+  // A recall needs two occurrences: 2 * (cue + motif) frames plus the gap between them.
+  MT_CHECK(c.frames >= 2 * (c.motif_len + 1) + c.min_gap, "synthetic data: frames (", c.frames,
+           ") too short for a motif to recur: need at least 2 * (motif_len + 1) + min_gap = ",
+           2 * (c.motif_len + 1) + c.min_gap);
+}
+
+namespace {
+
+// One random frame of noise: text avoids the cue ids so that cues are unambiguous.
+void noise_frame(SplitMix64& rng, const SyntheticConfig& c, int64_t* col, int64_t stride) {
+  col[0] = c.num_motifs + static_cast<int64_t>(rng.below(c.text_vocab - c.num_motifs));
+  for (int64_t k = 1; k < c.streams; ++k) col[k * stride] = static_cast<int64_t>(rng.below(c.audio_vocab));
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const SyntheticConfig& c,
+                                                                     std::vector<at::Tensor>* recall_masks) {
+  check_synthetic_config(c);
+  const int64_t K = c.streams, T = c.frames, L = c.motif_len, M = c.num_motifs;
+  std::vector<std::pair<std::string, at::Tensor>> files;
+  if (recall_masks) recall_masks->clear();
+  for (int64_t i = 0; i < c.num_files; ++i) {
+    SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
+    // Motifs of this file: [M][K, L], drawn like noise frames.
+    at::Tensor motifs = at::empty({M, K, L}, at::kLong);
+    int64_t* mp = motifs.data_ptr<int64_t>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t t = 0; t < L; ++t) noise_frame(rng, c, mp + m * K * L + t, L);
+
+    at::Tensor codes = at::empty({K, T}, at::kLong);
+    at::Tensor mask = at::zeros({T}, at::kBool);
+    int64_t* cp = codes.data_ptr<int64_t>();
+    bool* rp = mask.data_ptr<bool>();
+    std::vector<int64_t> last_end(M, -1);  // last motif frame of the previous occurrence; -1: none yet
+    std::vector<int64_t> eligible;
+    for (int64_t t = 0; t < T;) {
+      bool start = t + 1 + L <= T && rng.uniform() < c.repeat_prob;
+      if (start) {
+        eligible.clear();
+        for (int64_t m = 0; m < M; ++m)
+          if (last_end[m] < 0 || t - last_end[m] - 1 >= c.min_gap) eligible.push_back(m);
+        start = !eligible.empty();
+      }
+      if (!start) {
+        noise_frame(rng, c, cp + t, T);
+        ++t;
+        continue;
+      }
+      const int64_t m = eligible[rng.below(eligible.size())];
+      noise_frame(rng, c, cp + t, T);  // the cue frame: audio is noise, text names the motif
+      cp[t] = m;
+      for (int64_t j = 0; j < L; ++j) {
+        for (int64_t k = 0; k < K; ++k) cp[k * T + t + 1 + j] = mp[m * K * L + k * L + j];
+        rp[t + 1 + j] = last_end[m] >= 0;
+      }
+      last_end[m] = t + L;
+      t += L + 1;
+    }
+    char id[32];
+    std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
+    files.emplace_back(id, codes);
+    if (recall_masks) recall_masks->push_back(mask);
+  }
+  return files;
+}
+
+at::Tensor recall_mask(const at::Tensor& codes, const SyntheticConfig& c) {
+  MT_CHECK(codes.defined() && codes.dim() == 2 && codes.size(0) >= 1, "recall_mask: codes must be [K, T], got ",
+           codes.defined() ? shape_str(codes.sizes().vec()) : std::string("an undefined tensor"));
+  MT_CHECK(c.num_motifs >= 1 && c.motif_len >= 1, "recall_mask: num_motifs and motif_len must be >= 1");
+  at::Tensor text = codes[0].to(at::kCPU, at::kLong).contiguous();
+  const int64_t T = text.size(0), L = c.motif_len;
+  const int64_t* tp = text.data_ptr<int64_t>();
+  at::Tensor mask = at::zeros({T}, at::kBool);
+  bool* rp = mask.data_ptr<bool>();
+  std::vector<bool> seen(c.num_motifs, false);
+  for (int64_t t = 0; t < T;) {
+    const int64_t m = tp[t];
+    if (m < 0 || m >= c.num_motifs) {  // not a cue (noise, or -1 padding)
+      ++t;
+      continue;
+    }
+    if (seen[m])
+      for (int64_t j = t + 1; j <= t + L && j < T; ++j) rp[j] = true;
+    seen[m] = true;
+    t += L + 1;
+  }
+  return mask;
+}
+
+}  // namespace mt::train

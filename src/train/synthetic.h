@@ -1,0 +1,58 @@
+#pragma once
+// Synthetic token files with long-range structure, for the demo that compares a model with local
+// attention against the same model with TTT layers: part of every file is predictable only by a model
+// that remembers content from much further back than its attention window.
+//
+// Structure of one file, codes [K, T] (stream 0 = text, streams 1..K-1 = audio codebooks):
+//   - The file draws its own `num_motifs` motifs, each a random block [K, motif_len] (text ids in
+//     [num_motifs, text_vocab), audio ids in [0, audio_vocab)). Motifs are per file, so a model cannot
+//     memorise them across files: it has to pick them up within the file.
+//   - Text ids 0..num_motifs-1 are reserved as cue tokens; noise and motifs never use them.
+//   - The file is a sequence of noise frames (uniform random tokens) and motif occurrences. An occurrence
+//     of motif m is one cue frame (text = m, audio = noise) followed by the motif_len frames of motif m
+//     on every stream. At each free position an occurrence starts with probability `repeat_prob`, if some
+//     motif is eligible: one that has not occurred yet, or whose previous occurrence ended at least
+//     `min_gap` frames before the new cue. The motif is drawn uniformly among the eligible ones.
+//   - The first occurrence of a motif is unpredictable; every later one repeats it exactly, at least
+//     min_gap + motif_len + 1 frames after the frame it copies. The cue says *which* motif follows, so a
+//     model with memory of the first occurrence predicts the whole later occurrence, and one whose
+//     attention window is shorter than min_gap cannot do better than chance there.
+// "Recall" frames are the motif frames of the later occurrences (not their cue frames): see recall_mask.
+// Everything is deterministic given the config (own PRNG; file i's content depends only on seed and i).
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace mt::train {
+
+struct SyntheticConfig {
+  int64_t num_files = 64;
+  int64_t frames = 256;           // T per file
+  int64_t streams = 5;            // K = 1 text + n_q audio streams (the tiny preset: text + 4 audio)
+  int64_t text_vocab = 64;        // text ids in [0, text_vocab); 0..num_motifs-1 are the cue tokens
+  int64_t audio_vocab = 64;       // audio ids in [0, audio_vocab)
+  int64_t motif_len = 8;          // frames per motif
+  int64_t num_motifs = 4;         // motifs per file
+  double repeat_prob = 0.5;       // per free position: start an occurrence (if a motif is eligible)
+  int64_t min_gap = 64;           // frames between an occurrence's end and the next cue of the same motif
+                                  // (the tiny preset's attention context is 32)
+  uint64_t seed = 0;
+};
+
+// Throws mt::Error naming the field when the config cannot produce the structure above.
+void check_synthetic_config(const SyntheticConfig& cfg);
+
+// The files ("syn-00000", codes [K, T] int64), ready for write_token_dataset. If `recall_masks` is given,
+// it receives one [T] bool mask per file (true on recall frames), equal to recall_mask(codes, cfg).
+std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const SyntheticConfig& cfg,
+                                                                     std::vector<at::Tensor>* recall_masks = nullptr);
+
+// Recall frames of a file made with `cfg` (only text_vocab/num_motifs/motif_len are used), recovered from
+// its codes [K, T] alone via the cue tokens, so an evaluator can score files read back from disk:
+// [T] bool, true on the motif frames of every occurrence of a motif after its first.
+at::Tensor recall_mask(const at::Tensor& codes, const SyntheticConfig& cfg);
+
+}  // namespace mt::train
