@@ -44,8 +44,8 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
   }
   if (w) {
     *w = weights;
+    if (w->empty()) *w = weights_from_cfg;  // a folder's model.yaml names its weights (moshi_paths)
     if (w->empty() && !model_dir.empty()) *w = (fs::path(model_dir) / "model.safetensors").string();
-    if (w->empty()) *w = weights_from_cfg;
   }
 }
 

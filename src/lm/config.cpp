@@ -155,7 +155,9 @@ const std::set<std::string> kIgnored = {"model_type", "mimi_name", "moshi_name",
                                         "model_id", "lora_name", "depformer_causal", "depformer_context",
                                         "cross_attention", "conditioners", "fuser", "stt_config", "dtype",
                                         "quantize", "gradient_checkpointing", "demux_second_stream",
-                                        "extra_heads_num_heads", "extra_heads_dim"};
+                                        "extra_heads_num_heads", "extra_heads_dim", "tts_config",
+                                        // moshi-finetune adds these; LoRA itself is declared by a lora: section.
+                                        "lora", "lora_rank", "lora_scaling"};
 }  // namespace
 
 LMConfig LMConfig::from_json(const json& j, const std::string& src) {

@@ -99,7 +99,7 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
   const std::string fp32 = "fp32 forward/backward; our matmuls sum in another order than PyTorch's";
   r.checks.push_back(eval::compare("text_loss", text_loss, of.get("text_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
   r.checks.push_back(eval::compare("audio_loss", audio_loss, of.get("audio_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
-  r.checks.push_back(eval::compare("lr", lrs, of.get("lr").narrow(0, 0, steps), 0, 1e-9, "OneCycle is closed-form: exact up to rounding"));
+  r.checks.push_back(eval::compare("lr", lrs, of.get("lr").narrow(0, 0, steps), 0, 1e-7, "OneCycle is closed-form; the file stores it as float32"));
   r.checks.push_back(eval::compare("grad_norm", norms, of.get("grad_norm").narrow(0, 0, steps), 1e-6, 1e-4, fp32));
   for (const auto& [n, gr] : first_grads) {
     const std::string key = "grad." + n;
@@ -113,9 +113,8 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
     }
     r.checks.push_back(eval::compare(key, gr, of.get(key), 2e-6, 1e-4, fp32 + " (gradients of the first step)"));
   }
-  // Adam divides by sqrt(v): a gradient that is rounding noise still moves a weight by up to ~lr per
-  // step, so final weights are compared with an absolute tolerance of lr/10 (the README: "up to lr/100"
-  // per step, over several steps).
+  // Adam divides by sqrt(v): a gradient that is only rounding noise still moves a weight (up to lr/100
+  // per the case's README), so final weights get an absolute tolerance of lr/100.
   for (const auto& [n, p] : g.params) {
     const std::string key = "final." + n;
     if (!of.contains(key)) {
@@ -126,7 +125,7 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
       r.checks.push_back(c);
       continue;
     }
-    r.checks.push_back(eval::compare(key, p.detach().cpu(), of.get(key), lr / 10, 1e-4,
+    r.checks.push_back(eval::compare(key, p.detach().cpu(), of.get(key), lr / 100, 1e-4,
                                      "after the last step; Adam amplifies rounding noise on near-zero gradients"));
   }
   return r;
