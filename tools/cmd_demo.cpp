@@ -14,6 +14,10 @@ void add_demo(CLI::App& app) {
   sub->add_option("--steps", o->steps, "training steps per model")->capture_default_str();
   sub->add_option("--window", o->window, "attention window (frames) of both models")->capture_default_str();
   sub->add_option("--ttt-type", o->ttt_type, "inner model of the TTT layer: linear or mlp")->capture_default_str();
+  sub->add_option("--lr", o->lr, "peak learning rate (OneCycle)")->capture_default_str();
+  sub->add_option("--ttt-layer", o->ttt_layer, "layer (0 or 1) that gets the TTT block")->capture_default_str();
+  sub->add_option("--ttt-base-lr", o->ttt_base_lr, "inner base lr of the TTT layer (0: 1 for linear, 0.1 for mlp)");
+  sub->add_option("--mini-batch", o->mini_batch, "TTT mini-batch (frames)")->capture_default_str();
   sub->add_option("--threads", o->threads, "intra-op threads (default: libtorch's)");
   sub->add_flag("--quiet", o->quiet, "no progress lines");
   set_handler(sub, [o]() {

@@ -44,8 +44,9 @@ std::string model_yaml(const DemoOptions& o, bool ttt) {
   // The attention window of the baseline comes from the LM config (context, set by run_demo).
   std::string y = "preset: tiny\n";
   if (ttt) {
-    y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"1\"\n  type: " + o.ttt_type +
-         "\n  mini_batch_size: 8\n  base_lr: " + std::string(o.ttt_type == "mlp" ? "0.1" : "1.0") +
+    y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"" + std::to_string(o.ttt_layer) + "\"\n  type: " + o.ttt_type +
+         "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  base_lr: " +
+         str(o.ttt_base_lr > 0 ? o.ttt_base_lr : (o.ttt_type == "mlp" ? 0.1 : 1.0)) +
          "\n  initial_gating_alpha: 0.1\n  attention_context: " + std::to_string(o.window) +
          "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  persistent_states: true\n";
   }
@@ -117,7 +118,9 @@ DemoResult run_demo(const DemoOptions& o) {
     if (!o.quiet) std::fprintf(stderr, "%s\n", s.c_str());
   };
   // 1. Data: training and held-out files, each with its own motifs.
-  SyntheticConfig train_cfg = data_config(1, 96, o.window), eval_cfg = data_config(2, 24, o.window);
+  // Enough training files that each is seen about once: noise that repeats would be memorised.
+  const int64_t n_train = std::max<int64_t>(64, o.steps * 8 * 128 / 256);
+  SyntheticConfig train_cfg = data_config(1, n_train, o.window), eval_cfg = data_config(2, 24, o.window);
   std::vector<at::Tensor> eval_masks;
   auto train_files = make_synthetic_files(train_cfg);
   auto eval_files = make_synthetic_files(eval_cfg, &eval_masks);
@@ -137,7 +140,7 @@ DemoResult run_demo(const DemoOptions& o) {
       f << "# written by moshi-ttt demo\n" << model_yaml(o, ttt) << "run_dir: " << fs::absolute(root / name).string()
         << "\noverwrite_run_dir: true\ndata:\n  train_data: " << fs::absolute(root / "data" / "train" / "index.jsonl").string()
         << "\n  shuffle: true\nduration_sec: 10.24\nbatch_size: 8\nmax_steps: " << o.steps
-        << "\nseed: 0\noptim:\n  lr: 0.003\n  weight_decay: 0.01\n  pct_start: 0.1\nfull_finetuning: true\n"
+        << "\nseed: 0\noptim:\n  lr: " << o.lr << "\n  weight_decay: 0.01\n  pct_start: 0.1\nfull_finetuning: true\n"
            "param_dtype: float32\ngradient_checkpointing: false\nlog_freq: 10\nckpt_freq: 0\ninit_seed: 7\n";
     }
     TrainConfig cfg = TrainConfig::load(cfg_path.string());

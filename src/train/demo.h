@@ -12,6 +12,10 @@ struct DemoOptions {
   int64_t steps = 300;       // optimizer steps per model
   int64_t window = 16;       // attention context (frames) of both models
   std::string ttt_type = "linear";
+  double lr = 3e-3;
+  int64_t ttt_layer = 1;     // which of the two layers gets the TTT block
+  double ttt_base_lr = 0;    // inner base lr (0: the paper's, 1 for linear, 0.1 for mlp)
+  int64_t mini_batch = 8;    // TTT mini-batch (frames)
   int threads = 0;
   bool quiet = false;
 };
