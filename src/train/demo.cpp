@@ -48,7 +48,7 @@ std::string model_yaml(const DemoOptions& o, bool ttt) {
          "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  base_lr: " +
          str(o.ttt_base_lr > 0 ? o.ttt_base_lr : (o.ttt_type == "mlp" ? 0.1 : 1.0)) +
          "\n  initial_gating_alpha: 0.1\n  attention_context: " + std::to_string(o.window) +
-         "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  persistent_states: true\n";
+         "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  persistent_states: true\n  share_qk: " + std::string(o.share_qk ? "true" : "false") + "\n";
   }
   return y;
 }
@@ -65,9 +65,9 @@ Scored score_files(const lm::LMModelImpl& m, const std::vector<std::pair<std::st
   const int64_t T = files.front().second.size(1), nb = (T + bucket - 1) / bucket;
   std::vector<double> sr(nb, 0), nr(nb, 0), sa(nb, 0), na(nb, 0);
   for (size_t i = 0; i < files.size(); ++i) {
-    at::Tensor codes = files[i].second.unsqueeze(0);
+    at::Tensor codes = files[i].second.unsqueeze(0).to(m.text_linear->weight.device());
     lm::LMOutput out = m.forward(codes);
-    at::Tensor ce = eval::stream_cross_entropy(m.cfg, out, codes)[0];  // [1 + dep_q, T]
+    at::Tensor ce = eval::stream_cross_entropy(m.cfg, out, codes)[0].cpu();  // [1 + dep_q, T]
     at::Tensor per_pos = ce.nan_to_num(0).sum(0) / (~ce.isnan()).sum(0).clamp_min(1);  // mean over scored streams
     at::Tensor scored = (~ce.isnan()).any(0);
     at::Tensor rmask = masks[i] & scored, omask = (~masks[i]) & scored;
@@ -141,7 +141,7 @@ DemoResult run_demo(const DemoOptions& o) {
         << "\noverwrite_run_dir: true\ndata:\n  train_data: " << fs::absolute(root / "data" / "train" / "index.jsonl").string()
         << "\n  shuffle: true\nduration_sec: 10.24\nbatch_size: 8\nmax_steps: " << o.steps
         << "\nseed: 0\noptim:\n  lr: " << o.lr << "\n  weight_decay: 0.01\n  pct_start: 0.1\nfull_finetuning: true\n"
-           "param_dtype: float32\ngradient_checkpointing: false\nlog_freq: 10\nckpt_freq: 0\ninit_seed: 7\n";
+           "param_dtype: float32\ngradient_checkpointing: false\nlog_freq: 10\nckpt_freq: 0\ninit_seed: 7\ndevice: " << o.device << "\n";
     }
     TrainConfig cfg = TrainConfig::load(cfg_path.string());
     cfg.model.lm.context = o.window;  // local attention for every layer of both models
@@ -155,6 +155,7 @@ DemoResult run_demo(const DemoOptions& o) {
     const std::string ck = latest_checkpoint(cfg.run_dir);
     lm::LMModel m = lm::load_lm(cfg.model.lm, (fs::path(ck) / "consolidated" / "consolidated.safetensors").string(), at::kFloat,
                                 cfg.model.ttt);
+    m->to(parse_device(o.device));
     models.emplace_back(name, m);
   }
 
