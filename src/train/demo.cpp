@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -119,7 +120,7 @@ DemoResult run_demo(const DemoOptions& o) {
   };
   // 1. Data: training and held-out files, each with its own motifs.
   // Enough training files that each is seen about once: noise that repeats would be memorised.
-  const int64_t n_train = std::max<int64_t>(64, o.steps * 8 * 128 / 256);
+  const int64_t n_train = std::clamp<int64_t>(o.steps * 8 * 128 / 256, 64, 2000);
   SyntheticConfig train_cfg = data_config(1, n_train, o.window), eval_cfg = data_config(2, 24, o.window);
   std::vector<at::Tensor> eval_masks;
   auto train_files = make_synthetic_files(train_cfg);
