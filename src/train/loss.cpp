@@ -49,7 +49,8 @@ LossParts compute_loss(const lm::LMConfig& cfg, const lm::LMOutput& out, const a
     r.real_tokens += out.mask.sum().item<int64_t>();
     r.total = r.text + r.audio;
     if (per_codebook) {
-      at::Tensor num = (ace * aw).detach().sum({0, 2}), den = aw.sum({0, 2});
+      const std::vector<int64_t> dims{0, 2};  // (a braced list is ambiguous for sum() on older libtorch)
+      at::Tensor num = (ace * aw).detach().sum(at::IntArrayRef(dims)), den = aw.sum(at::IntArrayRef(dims));
       r.per_codebook.push_back(r.text.detach().item<double>());
       at::Tensor pc = (num / den).to(at::kDouble).cpu();
       for (int64_t k = 0; k < cfg.dep_q; ++k) r.per_codebook.push_back(pc[k].item<double>());
