@@ -108,6 +108,33 @@ std::vector<std::pair<double, double>> read_curve(const std::string& run_dir) {
   return c;
 }
 
+// What the TTT run's metrics say about its TTT layer: mean gradient norm of the TTT group against the
+// base group, the final gate and state change.
+std::string ttt_evidence(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  double gt = 0, gb = 0, alpha = NAN, change = NAN;
+  int64_t n = 0;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || j.value("kind", "") != "train") continue;
+    const auto& g = j["grad_norm_groups"];
+    if (g.contains("ttt") && g["ttt"].is_number() && g.contains("base") && g["base"].is_number()) {
+      gt += g["ttt"].get<double>();
+      gb += g["base"].get<double>();
+      ++n;
+    }
+    if (j.contains("alpha_mean_abs_tanh") && j["alpha_mean_abs_tanh"].is_number()) alpha = j["alpha_mean_abs_tanh"].get<double>();
+    if (j.contains("ttt_state_change") && j["ttt_state_change"].is_number()) change = j["ttt_state_change"].get<double>();
+  }
+  if (n == 0) return "";
+  char b[512];
+  std::snprintf(b, sizeof b,
+                "TTT layer during training: mean gradient norm of its weights %.3g vs %.3g for the rest of the model "
+                "(ratio %.3g); final gate mean |tanh(alpha)| %.3f; final inner-state change |W - W0| %.3g.",
+                gt / n, gb / n, gb > 0 ? gt / gb : NAN, alpha, change);
+  return b;
+}
+
 }  // namespace
 
 DemoResult run_demo(const DemoOptions& o) {
@@ -202,7 +229,8 @@ DemoResult run_demo(const DemoOptions& o) {
     plot::write_png(a, (root / "report" / "loss_by_position_all.png").string());
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  char buf[2048];
+  const std::string evidence = ttt_evidence((root / "ttt").string());
+  char buf[4096];
   std::snprintf(buf, sizeof buf,
                 "# moshi-ttt demo: does TTT remember beyond the attention window?\n\n"
                 "Two tiny Moshi models (dim 64, 2 layers, attention window %lld frames) trained from scratch for %lld steps on\n"
@@ -211,15 +239,19 @@ DemoResult run_demo(const DemoOptions& o) {
                 "| frames | local attention | + TTT | difference |\n|---|---|---|---|\n"
                 "| recall (beyond the window) | %.3f | %.3f | %+.3f nats |\n"
                 "| all other scored frames | %.3f | %.3f | %+.3f nats |\n\n"
-                "Chance on a recall frame is %.2f nats. %s\n\nPlots: training_curves.png, loss_by_position.png, "
+                "Chance on a recall frame is %.2f nats. %s\n\n%s\n\nPlots: training_curves.png, loss_by_position.png, "
                 "loss_by_position_all.png. Took %.0f s.\n",
                 (long long)o.window, (long long)o.steps, (long long)train_cfg.min_gap, o.ttt_type.c_str(), eval_files.size(),
                 res.baseline_recall, res.ttt_recall, res.ttt_recall - res.baseline_recall, res.baseline_other, res.ttt_other,
                 res.ttt_other - res.baseline_other, chance,
                 res.ttt_recall < res.baseline_recall - 0.05
                     ? "TTT lowers the loss where only memory helps: it recalls what the window no longer shows."
-                    : "TTT shows no clear advantage on recall frames in this run (see the plots).",
-                secs);
+                    : "TTT shows no clear advantage on recall frames in this run. To "
+                      "use its memory, the outer loop must first shape the TTT keys into the previous frame's context "
+                      "and the values into the current frame (an induction-style write); with this budget it has not "
+                      "(see the gradient figures below). Longer runs (--steps), a GPU (--device cuda) or a curriculum "
+                      "with gaps inside the window first are the next things to try.",
+                evidence.c_str(), secs);
   io::atomic_write((root / "report" / "summary.md").string(), buf);
   nlohmann::json j = {{"baseline_recall_ce", res.baseline_recall}, {"ttt_recall_ce", res.ttt_recall},
                       {"baseline_other_ce", res.baseline_other}, {"ttt_other_ce", res.ttt_other},
