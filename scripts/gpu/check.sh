@@ -8,15 +8,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-export TORCH_CUDA_ARCH_LIST=9.0
-gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
-cmake -S . -B build-gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
-  -DMOSHI_TTT_CUDA=ON -DMOSHI_TTT_DEPS_DIR="$PWD/.gpu-deps" -DMOSHI_TTT_REFERENCE_DIR="$PWD/.ref" >"$OUT/configure.log" 2>&1 \
-  || { tail -40 "$OUT/configure.log"; exit 1; }
-t0=$(date +%s)
-cmake --build build-gpu -j"$(nproc)" -- -k 0 >"$OUT/build.log" 2>&1 || grep -E "error" -A3 "$OUT/build.log" | head -40
-echo "build: $(( $(date +%s) - t0 )) s"
+scripts/gpu/build.sh
 build-gpu/moshi-ttt --version | head -4
 echo "== gpu tests"; build-gpu/tests/test_gpu 2>&1 | tail -25
 echo "== check-reference --device cuda"; build-gpu/moshi-ttt check-reference .ref --device cuda 2>&1 | tail -12

@@ -6,22 +6,15 @@
 #include <sstream>
 
 #include "util/error.h"
+#include "util/yaml_read.h"
 
 namespace mt::lm {
 
 namespace {
-// Reads node[key] into out when present; a value of the wrong type is an error naming where.key.
+// The strict readers of util/yaml_read.h, with messages "<where>.<key>".
 template <class T>
 void read(const YAML::Node& n, const char* key, T& out, const std::string& where, std::set<std::string>& seen) {
-  seen.insert(key);
-  if (!n[key] || n[key].IsNull()) return;
-  try {
-    out = n[key].as<T>();
-  } catch (const std::exception&) {
-    std::ostringstream os;
-    os << n[key];
-    fail(where, ".", key, ": cannot read '", os.str(), "' as the expected type");
-  }
+  yaml::read(n, where + ".", key, out, seen);
 }
 template <class T>
 void read_opt(const YAML::Node& n, const char* key, std::optional<T>& out, const std::string& where,
@@ -33,10 +26,7 @@ void read_opt(const YAML::Node& n, const char* key, std::optional<T>& out, const
   out = v;
 }
 void reject_unknown(const YAML::Node& n, const std::set<std::string>& seen, const std::string& where) {
-  for (auto it = n.begin(); it != n.end(); ++it) {
-    std::string k = it->first.as<std::string>();
-    MT_CHECK(seen.count(k), where, ".", k, ": unknown field");
-  }
+  yaml::reject_unknown(n, seen, where + ".");
 }
 }  // namespace
 

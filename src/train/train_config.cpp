@@ -7,29 +7,14 @@
 #include <sstream>
 
 #include "util/error.h"
+#include "util/yaml_read.h"
 
 namespace mt::train {
 
 namespace {
-// Reads n[key] into out when present; a mistyped value names where.key.
-template <class T>
-void read(const YAML::Node& n, const std::string& where, const char* key, T& out, std::set<std::string>& seen) {
-  seen.insert(key);
-  if (!n[key] || n[key].IsNull()) return;
-  try {
-    out = n[key].as<T>();
-  } catch (const std::exception&) {
-    std::ostringstream os;
-    os << n[key];
-    fail(where, key, ": cannot read '", os.str(), "' as the expected type");
-  }
-}
-void reject_unknown(const YAML::Node& n, const std::set<std::string>& seen, const std::string& where) {
-  for (auto it = n.begin(); it != n.end(); ++it) {
-    const std::string k = it->first.as<std::string>();
-    MT_CHECK(seen.count(k), where, k, ": unknown field");
-  }
-}
+using yaml::read;
+using yaml::reject_unknown;
+
 // Sets root[a][b]... = YAML::Load(value) for "a.b=value".
 void apply_override(YAML::Node root, const std::string& kv) {
   const size_t eq = kv.find('=');
