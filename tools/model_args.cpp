@@ -21,7 +21,8 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--threads", threads, "intra-op threads (default: libtorch's)");
 }
 
-void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w, lm::LoRAConfig* lora) const {
+void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w, lm::LoRAConfig* lora,
+                        std::string* lora_path) const {
   std::string cfg_path = config;
   if (!model_dir.empty() && cfg_path.empty()) {
     MT_CHECK(fs::is_directory(model_dir), model_dir, ": not a folder (expected config.json + model.safetensors)");
@@ -36,7 +37,7 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
     ttt = f.ttt;
     if (lora) *lora = f.lora;
     weights_from_cfg = f.weights;
-    lora_path_ = f.lora_weights;
+    if (lora_path) *lora_path = f.lora_weights;
   } else if (!cfg_path.empty()) {
     lmc = lm::LMConfig::from_file(cfg_path);
   } else {
@@ -61,12 +62,12 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
   lm::LMConfig lmc;
   lm::TTTIntegrationConfig ttt;
   lm::LoRAConfig lora;
-  std::string w_path;
-  configs(lmc, ttt, &w_path, &lora);
+  std::string w_path, lora_path;
+  configs(lmc, ttt, &w_path, &lora, &lora_path);
   lm::LMModel m{nullptr};
   if (!w_path.empty()) {
     int64_t initialised = 0;
-    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised, lora, lora_path_);
+    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised, lora, lora_path);
     if (origin) *origin = w_path;
     if (initialised > 0 && origin)
       *origin += str(" (base checkpoint: ", initialised, " new TTT/LoRA tensors initialised)");

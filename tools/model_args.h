@@ -25,8 +25,7 @@ struct ModelArgs {
   lm::LMModel build(std::string* origin = nullptr) const;
   // The LM and TTT configs these options name (a YAML model config, a config.json, or a preset).
   void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr,
-               lm::LoRAConfig* lora = nullptr) const;
-  mutable std::string lora_path_;  // moshi_paths.lora_path of a YAML config (set by configs())
+               lm::LoRAConfig* lora = nullptr, std::string* lora_path = nullptr) const;
 };
 
 using lm::preset_config;

@@ -406,6 +406,13 @@ int64_t LMModelImpl::load_overlay(const std::map<std::string, at::Tensor>& tenso
   return static_cast<int64_t>(tensors.size());
 }
 
+int64_t LMModelImpl::load_overlay(const std::string& path) {
+  io::SafeTensors f(path);
+  std::map<std::string, at::Tensor> t;
+  for (const auto& i : f.tensors()) t[i.name] = f.view(i.name);
+  return load_overlay(t, path);
+}
+
 LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype,
                 const TTTIntegrationConfig& ttt, int64_t* initialised, const LoRAConfig& lora,
                 const std::string& lora_path) {
@@ -419,10 +426,7 @@ LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::
   m->to(*dtype);
   int64_t n = m->load(f);
   if (!lora_path.empty()) {
-    std::map<std::string, at::Tensor> extra;
-    io::SafeTensors lf(lora_path);
-    for (const auto& t : lf.tensors()) extra[t.name] = lf.view(t.name);
-    m->load_overlay(extra, lora_path);
+    m->load_overlay(lora_path);
     n = 0;
   }
   if (initialised) *initialised = n;

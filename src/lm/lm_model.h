@@ -77,6 +77,7 @@ struct LMModelImpl : torch::nn::Module {
   // embeddings) over the current weights: every tensor must name a parameter with its shape, and every
   // TTT / LoRA parameter of the model must be in the file. Returns the number of tensors loaded.
   int64_t load_overlay(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
+  int64_t load_overlay(const std::string& safetensors_path);
   // name -> parameter, in the reference's (split) names.
   std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
   int64_t num_parameters() const;

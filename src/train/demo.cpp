@@ -99,24 +99,17 @@ Scored score_files(const lm::LMModelImpl& m, const std::vector<std::pair<std::st
 
 std::vector<std::pair<double, double>> read_curve(const std::string& run_dir) {
   std::vector<std::pair<double, double>> c;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.value("kind", "") == "train" && j["loss"].is_number())
-      c.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
-  }
+  for (auto j : read_metrics(run_dir, "train"))
+    if (j["loss"].is_number()) c.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
   return c;
 }
 
 // What the TTT run's metrics say about its TTT layer: mean gradient norm of the TTT group against the
 // base group, the final gate and state change.
 std::string ttt_evidence(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
   double gt = 0, gb = 0, alpha = NAN, change = NAN;
   int64_t n = 0;
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || j.value("kind", "") != "train") continue;
+  for (auto j : read_metrics(run_dir, "train")) {
     const auto& g = j["grad_norm_groups"];
     if (g.contains("ttt") && g["ttt"].is_number() && g.contains("base") && g["base"].is_number()) {
       gt += g["ttt"].get<double>();

@@ -29,9 +29,7 @@ LossParts compute_loss(const lm::LMConfig& cfg, const lm::LMOutput& out, const a
   if (cfg.existing_text_padding_id) is_pad = is_pad | tt.eq(*cfg.existing_text_padding_id);
   tw = at::where(is_pad, tw * lc.text_padding_weight, tw);
   at::Tensor tce = masked_ce(out.text_logits, tt, out.text_mask);
-  at::Tensor tws = tw.sum();
-  r.text = (tce * tw).sum() / tws;
-  r.text_weight = tws.item<double>();
+  r.text = (tce * tw).sum() / tw.sum();
   r.real_tokens = out.text_mask.sum().item<int64_t>();
   // Audio (Moshi's own codebooks; the user's streams are never targets).
   if (cfg.dep_q > 0) {
@@ -43,9 +41,7 @@ LossParts compute_loss(const lm::LMConfig& cfg, const lm::LMOutput& out, const a
       aw = aw * at::tensor(m, aw.options()).view({1, -1, 1});
     }
     at::Tensor ace = masked_ce(out.logits, at_, out.mask);
-    at::Tensor aws = aw.sum();
-    r.audio = (ace * aw).sum() / aws;
-    r.audio_weight = aws.item<double>();
+    r.audio = (ace * aw).sum() / aw.sum();
     r.real_tokens += out.mask.sum().item<int64_t>();
     r.total = r.text + r.audio;
     if (per_codebook) {

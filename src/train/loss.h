@@ -21,7 +21,6 @@ struct LossParts {
   at::Tensor text, audio;      // scalars (differentiable)
   // Per stream (text, then audio codebooks): Σ w·CE / Σ w, detached, for logging (NaN if no weight).
   std::vector<double> per_codebook;
-  double text_weight = 0, audio_weight = 0;  // Σ w of each part
   int64_t real_tokens = 0;     // positions with a true mask (text + audio)
 };
 

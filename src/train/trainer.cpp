@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include "eval/ttt_diagnostics.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "train/data.h"
@@ -138,12 +139,7 @@ lm::LMModel build_model(const TrainConfig& cfg, const std::string& lora_path, in
   } else {
     m = lm::LMModel(mc.lm, mc.ttt, mc.lora);
     m->init_weights(cfg.init_seed);
-    if (!lora_path.empty()) {
-      TensorMap t;
-      io::SafeTensors f(lora_path);
-      for (const auto& i : f.tensors()) t[i.name] = f.get(i.name);
-      m->load_overlay(t, lora_path);
-    }
+    if (!lora_path.empty()) m->load_overlay(lora_path);
   }
   return m;
 }
@@ -234,32 +230,16 @@ void restore_checkpoint(Run& r, const std::string& dir) {
   r.bad_steps = tensor_vec(all.at("bad_steps")).at(0);
 }
 
-double mean_abs_tanh_alpha(const lm::LMModelImpl& m) {
+// The TTT diagnostics the metrics log, from eval::ttt_report: mean |tanh α| over the hybrid units, and
+// the mean ‖W − W0‖ over every unit that reports one (probes of micro-batch 0).
+double mean_over_units(const std::vector<eval::TTTUnitReport>& units, double eval::TTTUnitReport::*field, bool hybrid_only) {
   double s = 0;
   int64_t n = 0;
-  for (const auto& l : m.transformer->layer_ptrs)
-    if (l->ttt) {
-      s += at::tanh(l->ttt->gating_alpha.detach().to(at::kDouble)).abs().sum().item<double>();
-      n += l->ttt->gating_alpha.numel();
-    }
-  return n ? s / static_cast<double>(n) : NAN;
-}
-
-// Mean over TTT units and slots of ‖W − W0‖ after the micro-batch (from the probes).
-double state_change(const std::vector<lm::LayerProbes>& probes) {
-  double s = 0;
-  int64_t n = 0;
-  auto add = [&](const at::Tensor& t) {
-    if (t.defined() && t.numel()) {
-      s += t.to(at::kDouble).mean().item<double>();
+  for (const auto& u : units)
+    if ((!hybrid_only || u.unit == "hybrid") && std::isfinite(u.*field)) {
+      s += u.*field;
       ++n;
     }
-  };
-  for (const auto& p : probes) {
-    add(p.hybrid.w_delta_norm);
-    for (const auto& a : p.adapters) add(a.w_delta_norm);
-    add(p.inplace_dw_norm);
-  }
   return n ? s / static_cast<double>(n) : NAN;
 }
 
@@ -298,20 +278,17 @@ double evaluate(Run& r) {
 }
 
 void write_plots(const TrainConfig& cfg) {
-  std::ifstream in(fs::path(cfg.run_dir) / "metrics.jsonl");
   std::vector<double> xs, ys, ex, ey;
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty()) continue;
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) continue;
-    if (j.value("kind", "") == "train" && j["loss"].is_number()) {
+  for (auto j : read_metrics(cfg.run_dir, "train"))
+    if (j["loss"].is_number()) {
       xs.push_back(j["step"].get<double>());
       ys.push_back(j["loss"].get<double>());
-    } else if (j.value("kind", "") == "eval" && j["eval_loss"].is_number()) {
+    }
+  for (auto j : read_metrics(cfg.run_dir, "eval"))
+    if (j["eval_loss"].is_number()) {
       ex.push_back(j["step"].get<double>());
       ey.push_back(j["eval_loss"].get<double>());
     }
-  }
   if (xs.empty()) return;
   plot::Chart c;
   c.title = "training loss";
@@ -363,7 +340,7 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     if (r.per_codebook.empty()) r.per_codebook.assign(lp.per_codebook.size(), 0.0);
     for (size_t k = 0; k < lp.per_codebook.size(); ++k) r.per_codebook[k] += lp.per_codebook[k] / static_cast<double>(M);
     r.real_tokens += lp.real_tokens;
-    if (pr) r.state_change = state_change(probes);
+    if (pr) r.state_change = mean_over_units(eval::ttt_report(m, probes), &eval::TTTUnitReport::state_change, false);
   }
   r.loss = r.text + r.audio;
   if (before_clip) before_clip();
@@ -377,6 +354,16 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
   if (r.applied) opt.step();
   opt.zero_grad();
   return r;
+}
+
+std::vector<nlohmann::json> read_metrics(const std::string& run_dir, const std::string& kind) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.value("kind", "") == kind) out.push_back(std::move(j));
+  }
+  return out;
 }
 
 std::string latest_checkpoint(const std::string& run_dir) {
@@ -554,7 +541,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       j["grad_norm_groups"] = gnorms;
       j["skipped"] = !finite;
       if (has_ttt) {
-        j["alpha_mean_abs_tanh"] = num(mean_abs_tanh_alpha(*r.model));
+        j["alpha_mean_abs_tanh"] = num(mean_over_units(eval::ttt_report(*r.model, {}), &eval::TTTUnitReport::gate, true));
         j["ttt_state_change"] = num(change);
       }
       j["real_tokens"] = sr.real_tokens;

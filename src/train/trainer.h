@@ -2,6 +2,8 @@
 // The training loop of `moshi-ttt train`: moshi-finetune's step (loss, micro-batches, clipping, AdamW,
 // OneCycle) over parameter groups (base / TTT weights / gating α), TTT states carried across the
 // consecutive chunks of each file, checkpoints that resume bit-identically, metrics and progress.
+#include <nlohmann/json.hpp>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -54,6 +56,9 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
                       const std::vector<at::Tensor>& trainable, bool want_probes,
                       const std::function<void()>& before_clip = {});
+
+// The records of run_dir/metrics.jsonl of one kind ("train" or "eval"), in order; unreadable lines skipped.
+std::vector<nlohmann::json> read_metrics(const std::string& run_dir, const std::string& kind);
 
 // Newest checkpoint folder under run_dir/checkpoints ("" if none).
 std::string latest_checkpoint(const std::string& run_dir);
