@@ -13,7 +13,7 @@ void add_train(CLI::App& app) {
     std::string config, resume_from;
     std::vector<std::string> sets;
     bool resume = false, quiet = false;
-    int64_t stop_at = -1;
+    int64_t stop_at = -1, nproc = 1;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("train", "fine-tune a Moshi LM (with TTT / LoRA) on a token dataset");
@@ -23,14 +23,32 @@ void add_train(CLI::App& app) {
   sub->add_option("--resume-from", o->resume_from, "continue from this checkpoint folder");
   sub->add_option("--stop-at-step", o->stop_at, "checkpoint and stop after this many steps (continue with --resume)");
   sub->add_flag("--quiet", o->quiet, "no progress lines");
+  sub->add_option("--nproc", o->nproc,
+                  "data parallel: run N ranks on this machine (batch_size is per rank); for several machines start "
+                  "one process per rank with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set")
+      ->capture_default_str();
   set_handler(sub, [o]() {
-    train::TrainConfig cfg = train::TrainConfig::load(o->config, o->sets);
+    train::TrainConfig cfg = train::TrainConfig::load(o->config, o->sets);  // config errors before any rank starts
+    train::DistInfo dist = train::dist_from_env();
+    if (o->nproc > 1) {
+      MT_CHECK(!dist.active(), "--nproc ", o->nproc, " with RANK/WORLD_SIZE already set: use one or the other");
+      std::vector<std::string> argv{"moshi-ttt", "train", "--config", o->config};
+      for (const auto& s : o->sets) argv.insert(argv.end(), {"--set", s});
+      if (o->resume) argv.push_back("--resume");
+      if (!o->resume_from.empty()) argv.insert(argv.end(), {"--resume-from", o->resume_from});
+      if (o->stop_at >= 0) argv.insert(argv.end(), {"--stop-at-step", std::to_string(o->stop_at)});
+      if (o->quiet) argv.push_back("--quiet");
+      return train::spawn_ranks(o->nproc, argv);
+    }
+    MT_CHECK(o->nproc == 1, "--nproc must be >= 1, got ", o->nproc);
     train::TrainOptions opt;
+    opt.dist = dist;
     opt.resume = o->resume || !o->resume_from.empty();
     opt.resume_from = o->resume_from;
     opt.stop_at_step = o->stop_at;
     opt.quiet = o->quiet;
     train::TrainSummary s = train::run_training(cfg, opt);
+    if (dist.rank > 0) return 0;  // rank 0 reports for all
     std::printf("trained %lld steps: loss %.4f%s, %.0f frames/s%s; run dir %s (metrics.jsonl, loss.png, checkpoints/)\n",
                 (long long)s.steps_done, s.last_loss,
                 s.last_eval_loss >= 0 ? str(", eval loss ", s.last_eval_loss).c_str() : "", s.tokens_per_s,

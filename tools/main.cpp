@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <iostream>
 
 #include "tools/commands.h"
@@ -30,7 +32,11 @@ int main(int argc, char** argv) {
     return mt::cli::run_selected(app);
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::cerr << "moshi-ttt: error: " << mt::error_message(e) << "\n";
+    // A data-parallel rank names itself (its siblings print too).
+    const char* rank = std::getenv("RANK");
+    const char* world = std::getenv("WORLD_SIZE");
+    const std::string who = rank && world && std::string(world) != "1" ? std::string(" (rank ") + rank + ")" : "";
+    std::cerr << "moshi-ttt" << who << ": error: " << mt::error_message(e) << "\n";
     return 1;
   }
 }

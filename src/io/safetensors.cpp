@@ -274,8 +274,8 @@ void atomic_write(const std::string& path, const std::string& bytes) {
   }
 }
 
-void save(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-          const std::map<std::string, std::string>& metadata) {
+std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                     const std::map<std::string, std::string>& metadata, const std::string& path) {
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
@@ -315,7 +315,12 @@ void save(const std::string& path, const std::vector<std::pair<std::string, at::
   for (const auto& t : cpu)
     if (t.numel() > 0)
       bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size());
-  atomic_write(path, bytes);
+  return bytes;
+}
+
+void save(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+          const std::map<std::string, std::string>& metadata) {
+  atomic_write(path, to_bytes(tensors, metadata, path));
 }
 
 void save(const std::string& path, const std::map<std::string, at::Tensor>& tensors,

@@ -69,6 +69,10 @@ void save(const std::string& path, const std::vector<std::pair<std::string, at::
 void save(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
           const std::map<std::string, std::string>& metadata = {});
 
+// The bytes save() writes (`path` only names the destination in errors).
+std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                     const std::map<std::string, std::string>& metadata = {}, const std::string& path = "<memory>");
+
 // Writes bytes atomically (used by the writers of any file format).
 void atomic_write(const std::string& path, const std::string& bytes);
 

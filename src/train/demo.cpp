@@ -26,8 +26,10 @@ namespace mt::train {
 
 namespace {
 
-SyntheticConfig data_config(uint64_t seed, int64_t files, int64_t window) {
+SyntheticConfig data_config(const DemoOptions& o, uint64_t seed, int64_t files) {
+  const int64_t window = o.window;
   SyntheticConfig s;
+  s.pattern = o.pattern;
   s.num_files = files;
   s.frames = 256;
   s.streams = 5;
@@ -37,6 +39,11 @@ SyntheticConfig data_config(uint64_t seed, int64_t files, int64_t window) {
   s.num_motifs = 4;
   s.repeat_prob = 0.5;
   s.min_gap = 3 * window;  // recurrences always lie well beyond the attention window
+  if (o.pattern == "lexicon") {
+    s.text_vocab = 32;
+    s.follow_prob = 0.8;
+    s.min_gap = window;  // recall frames: the predecessor was last seen before the window
+  }
   s.seed = seed;
   return s;
 }
@@ -46,7 +53,7 @@ std::string model_yaml(const DemoOptions& o, bool ttt) {
   std::string y = "preset: tiny\n";
   if (ttt) {
     y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"" + std::to_string(o.ttt_layer) + "\"\n  type: " + o.ttt_type +
-         "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  base_lr: " +
+         "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  num_heads: " + std::to_string(o.ttt_heads) + "\n  base_lr: " +
          str(o.ttt_base_lr > 0 ? o.ttt_base_lr : (o.ttt_type == "mlp" ? 0.1 : 1.0)) +
          "\n  initial_gating_alpha: 0.1\n  attention_context: " + std::to_string(o.window) +
          "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  persistent_states: true\n  share_qk: " + std::string(o.share_qk ? "true" : "false") + "\n";
@@ -59,8 +66,10 @@ struct Scored {
   std::vector<double> by_pos_recall, by_pos_all;  // mean CE per position bucket
 };
 
+// text_only: score the text stream alone (lexicon data, whose audio is a fixed function of the text);
+// else the mean over every scored stream.
 Scored score_files(const lm::LMModelImpl& m, const std::vector<std::pair<std::string, at::Tensor>>& files,
-                   const std::vector<at::Tensor>& masks, int64_t bucket) {
+                   const std::vector<at::Tensor>& masks, int64_t bucket, bool text_only) {
   at::InferenceMode im;
   std::vector<at::Tensor> rc, oc;
   const int64_t T = files.front().second.size(1), nb = (T + bucket - 1) / bucket;
@@ -69,6 +78,7 @@ Scored score_files(const lm::LMModelImpl& m, const std::vector<std::pair<std::st
     at::Tensor codes = files[i].second.unsqueeze(0).to(m.text_linear->weight.device());
     lm::LMOutput out = m.forward(codes);
     at::Tensor ce = eval::stream_cross_entropy(m.cfg, out, codes)[0].cpu();  // [1 + dep_q, T]
+    if (text_only) ce = ce.narrow(0, 0, 1);
     at::Tensor per_pos = ce.nan_to_num(0).sum(0) / (~ce.isnan()).sum(0).clamp_min(1);  // mean over scored streams
     at::Tensor scored = (~ce.isnan()).any(0);
     at::Tensor rmask = masks[i] & scored, omask = (~masks[i]) & scored;
@@ -141,7 +151,7 @@ DemoResult run_demo(const DemoOptions& o) {
   // 1. Data: training and held-out files, each with its own motifs.
   // Enough training files that each is seen about once: noise that repeats would be memorised.
   const int64_t n_train = std::clamp<int64_t>(o.steps * 8 * 128 / 256, 64, 2000);
-  SyntheticConfig train_cfg = data_config(1, n_train, o.window), eval_cfg = data_config(2, 24, o.window);
+  SyntheticConfig train_cfg = data_config(o, 1, n_train), eval_cfg = data_config(o, 2, 24);
   std::vector<at::Tensor> eval_masks;
   auto train_files = make_synthetic_files(train_cfg);
   auto eval_files = make_synthetic_files(eval_cfg, &eval_masks);
@@ -182,8 +192,8 @@ DemoResult run_demo(const DemoOptions& o) {
 
   // 3. Held-out loss by position, on recall frames and on the rest.
   const int64_t bucket = 16;
-  Scored base = score_files(*models[0].second, eval_files, eval_masks, bucket);
-  Scored tt = score_files(*models[1].second, eval_files, eval_masks, bucket);
+  Scored base = score_files(*models[0].second, eval_files, eval_masks, bucket, o.pattern == "lexicon");
+  Scored tt = score_files(*models[1].second, eval_files, eval_masks, bucket, o.pattern == "lexicon");
   res.baseline_recall = base.recall_ce.mean().item<double>();
   res.ttt_recall = tt.recall_ce.mean().item<double>();
   res.baseline_other = base.other_ce.mean().item<double>();
@@ -191,7 +201,7 @@ DemoResult run_demo(const DemoOptions& o) {
   res.report_dir = (root / "report").string();
 
   // 4. Report: plots and a summary.
-  const double chance = std::log(64.0);
+  const double chance = std::log(static_cast<double>(o.pattern == "lexicon" ? train_cfg.text_vocab : 64));
   {
     auto cb = read_curve((root / "baseline").string()), ct = read_curve((root / "ttt").string());
     plot::Chart c;

@@ -16,7 +16,9 @@ struct DemoOptions {
   int64_t ttt_layer = 1;     // which of the two layers gets the TTT block
   double ttt_base_lr = 0;    // inner base lr (0: the paper's, 1 for linear, 0.1 for mlp)
   int64_t mini_batch = 8;    // TTT mini-batch (frames)
-  bool share_qk = false;     // ttt-lm-pytorch's shared Q/K projection with causal convolutions
+  bool share_qk = false;
+  std::string pattern = "lexicon";  // synthetic data: lexicon (per-file token permutation) or motifs
+  int64_t ttt_heads = 1;     // TTT heads: one head of the full width holds the most associations     // ttt-lm-pytorch's shared Q/K projection with causal convolutions
   int threads = 0;
   std::string device = "cpu";
   bool quiet = false;

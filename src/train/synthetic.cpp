@@ -1,6 +1,7 @@
 #include "train/synthetic.h"
 
 #include <cstdio>
+#include <unordered_map>
 
 #include "train/prng.h"
 #include "util/error.h"
@@ -8,11 +9,21 @@
 namespace mt::train {
 
 void check_synthetic_config(const SyntheticConfig& c) {
+  MT_CHECK(c.pattern == "motifs" || c.pattern == "lexicon", "synthetic data: pattern must be motifs or lexicon, got '",
+           c.pattern, "'");
   MT_CHECK(c.num_files >= 0, "synthetic data: num_files must be >= 0, got ", c.num_files);
   MT_CHECK(c.streams >= 1, "synthetic data: streams must be >= 1, got ", c.streams);
   MT_CHECK(c.motif_len >= 1, "synthetic data: motif_len must be >= 1, got ", c.motif_len);
   MT_CHECK(c.num_motifs >= 1, "synthetic data: num_motifs must be >= 1, got ", c.num_motifs);
   MT_CHECK(c.min_gap >= 0, "synthetic data: min_gap must be >= 0, got ", c.min_gap);
+  if (c.pattern == "lexicon") {
+    MT_CHECK(c.text_vocab >= 2, "synthetic data: text_vocab must be >= 2, got ", c.text_vocab);
+    MT_CHECK(c.audio_vocab >= 1, "synthetic data: audio_vocab must be >= 1, got ", c.audio_vocab);
+    MT_CHECK(c.follow_prob >= 0.0 && c.follow_prob <= 1.0, "synthetic data: follow_prob must be in [0, 1], got ",
+             c.follow_prob);
+    MT_CHECK(c.frames >= 2, "synthetic data: frames must be >= 2 for a transition, got ", c.frames);
+    return;
+  }
   // Cue tokens take text ids 0..num_motifs-1; noise and motif text need at least one more id.
   MT_CHECK(c.text_vocab > c.num_motifs, "synthetic data: text_vocab (", c.text_vocab,
            ") must exceed num_motifs (", c.num_motifs, "): ids below num_motifs are cue tokens");
@@ -33,14 +44,49 @@ void noise_frame(SplitMix64& rng, const SyntheticConfig& c, int64_t* col, int64_
   for (int64_t k = 1; k < c.streams; ++k) col[k * stride] = static_cast<int64_t>(rng.below(c.audio_vocab));
 }
 
+// Audio code of codebook k (1-based) for a frame whose text is x: fixed across files, a different
+// scramble per codebook.
+int64_t lexicon_audio(int64_t x, int64_t k, int64_t audio_vocab) {
+  return (x * (2 * k + 1) + 7 * k + (x * x) % 5) % audio_vocab;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> make_lexicon_files(const SyntheticConfig& c,
+                                                                   std::vector<at::Tensor>* recall_masks) {
+  const int64_t K = c.streams, T = c.frames, V = c.text_vocab;
+  std::vector<std::pair<std::string, at::Tensor>> files;
+  for (int64_t i = 0; i < c.num_files; ++i) {
+    SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
+    std::vector<int64_t> pi(V);
+    for (int64_t a = 0; a < V; ++a) pi[a] = a;
+    for (int64_t a = V - 1; a > 0; --a) std::swap(pi[a], pi[rng.below(a + 1)]);  // Fisher-Yates
+    at::Tensor codes = at::empty({K, T}, at::kLong);
+    int64_t* cp = codes.data_ptr<int64_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      const bool follow = t > 0 && rng.uniform() < c.follow_prob;
+      const int64_t x = follow ? pi[cp[t - 1]] : static_cast<int64_t>(rng.below(V));
+      cp[t] = x;
+      // Codebook 1 carries the previous frame's text (so a frame shows one whole transition); the others
+      // a fixed function of this frame's text.
+      if (K > 1) cp[T + t] = t > 0 ? cp[t - 1] % c.audio_vocab : 0;
+      for (int64_t k = 2; k < K; ++k) cp[k * T + t] = lexicon_audio(x, k, c.audio_vocab);
+    }
+    char id[32];
+    std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
+    files.emplace_back(id, codes);
+    if (recall_masks) recall_masks->push_back(recall_mask(codes, c));
+  }
+  return files;
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const SyntheticConfig& c,
                                                                      std::vector<at::Tensor>* recall_masks) {
   check_synthetic_config(c);
+  if (recall_masks) recall_masks->clear();
+  if (c.pattern == "lexicon") return make_lexicon_files(c, recall_masks);
   const int64_t K = c.streams, T = c.frames, L = c.motif_len, M = c.num_motifs;
   std::vector<std::pair<std::string, at::Tensor>> files;
-  if (recall_masks) recall_masks->clear();
   for (int64_t i = 0; i < c.num_files; ++i) {
     SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
     // Motifs of this file: [M][K, L], drawn like noise frames.
@@ -89,8 +135,22 @@ std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const Synth
 at::Tensor recall_mask(const at::Tensor& codes, const SyntheticConfig& c) {
   MT_CHECK(codes.defined() && codes.dim() == 2 && codes.size(0) >= 1, "recall_mask: codes must be [K, T], got ",
            codes.defined() ? shape_str(codes.sizes().vec()) : std::string("an undefined tensor"));
-  MT_CHECK(c.num_motifs >= 1 && c.motif_len >= 1, "recall_mask: num_motifs and motif_len must be >= 1");
   at::Tensor text = codes[0].to(at::kCPU, at::kLong).contiguous();
+  if (c.pattern == "lexicon") {
+    const int64_t T = text.size(0);
+    const int64_t* tp = text.data_ptr<int64_t>();
+    at::Tensor mask = at::zeros({T}, at::kBool);
+    bool* rp = mask.data_ptr<bool>();
+    std::unordered_map<int64_t, int64_t> last;  // predecessor id -> the last frame it preceded
+    for (int64_t t = 1; t < T; ++t) {
+      const int64_t a = tp[t - 1];
+      auto it = last.find(a);
+      rp[t] = it != last.end() && t - it->second > c.min_gap;
+      last[a] = t;
+    }
+    return mask;
+  }
+  MT_CHECK(c.num_motifs >= 1 && c.motif_len >= 1, "recall_mask: num_motifs and motif_len must be >= 1");
   const int64_t T = text.size(0), L = c.motif_len;
   const int64_t* tp = text.data_ptr<int64_t>();
   at::Tensor mask = at::zeros({T}, at::kBool);

@@ -18,6 +18,14 @@
 //     model with memory of the first occurrence predicts the whole later occurrence, and one whose
 //     attention window is shorter than min_gap cannot do better than chance there.
 // "Recall" frames are the motif frames of the later occurrences (not their cue frames): see recall_mask.
+//
+// Pattern "lexicon" (the demo's): every file draws its own permutation pi of the text ids. Text frame t
+// continues the chain, x_t = pi(x_{t-1}), with probability `follow_prob`, else it is a fresh uniform id.
+// The audio codebooks are a fixed function of the same frame's text (the same for every file), so they
+// carry no information of their own. A model learns the file's pi only from the transitions it has seen:
+// local attention sees the last few, a TTT layer can accumulate all of them. "Recall" frames are those
+// whose predecessor x_{t-1} was last seen as a predecessor more than min_gap frames back (and was seen):
+// predicting them needs a memory longer than min_gap.
 // Everything is deterministic given the config (own PRNG; file i's content depends only on seed and i).
 #include <ATen/ATen.h>
 
@@ -29,6 +37,7 @@
 namespace mt::train {
 
 struct SyntheticConfig {
+  std::string pattern = "motifs";  // motifs | lexicon
   int64_t num_files = 64;
   int64_t frames = 256;           // T per file
   int64_t streams = 5;            // K = 1 text + n_q audio streams (the tiny preset: text + 4 audio)
@@ -39,6 +48,7 @@ struct SyntheticConfig {
   double repeat_prob = 0.5;       // per free position: start an occurrence (if a motif is eligible)
   int64_t min_gap = 64;           // frames between an occurrence's end and the next cue of the same motif
                                   // (the tiny preset's attention context is 32)
+  double follow_prob = 0.8;        // lexicon: probability that a text frame follows the file's permutation
   uint64_t seed = 0;
 };
 
@@ -50,9 +60,11 @@ void check_synthetic_config(const SyntheticConfig& cfg);
 std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const SyntheticConfig& cfg,
                                                                      std::vector<at::Tensor>* recall_masks = nullptr);
 
-// Recall frames of a file made with `cfg` (only text_vocab/num_motifs/motif_len are used), recovered from
-// its codes [K, T] alone via the cue tokens, so an evaluator can score files read back from disk:
-// [T] bool, true on the motif frames of every occurrence of a motif after its first.
+// Recall frames of a file made with `cfg`, recovered from its codes [K, T] alone so that an evaluator can
+// score files read back from disk: [T] bool. Motifs (text_vocab/num_motifs/motif_len are used): true on
+// the motif frames of every occurrence of a motif after its first, found via the cue tokens. Lexicon
+// (min_gap is used): true where the text predecessor was last seen as a predecessor more than min_gap
+// frames back.
 at::Tensor recall_mask(const at::Tensor& codes, const SyntheticConfig& cfg);
 
 }  // namespace mt::train

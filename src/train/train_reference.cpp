@@ -84,7 +84,7 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
   for (int64_t s = 0; s < steps; ++s) {
     std::vector<at::Tensor> micro;
     for (int64_t m = 0; m < M; ++m) micro.push_back(codes[s][m].to(dev));
-    auto capture = [&]() {
+    auto capture = [&](StepResult&) {
       if (s != 0) return;
       for (const auto& [n, p] : g.params) first_grads[n] = p.grad().defined() ? p.grad().detach().cpu().clone() : at::zeros_like(p).cpu();
     };

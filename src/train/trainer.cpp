@@ -125,7 +125,8 @@ struct Run {
   std::vector<at::Tensor> trainable;
   int64_t start_step = 0, bad_steps = 0;
   std::ofstream metrics;
-  bool leader() const { return opt.rank == 0; }
+  std::unique_ptr<Collective> comm;  // data parallel (world_size > 1)
+  bool leader() const { return opt.dist.rank == 0; }
   void say(const std::string& s) const {
     if (leader() && !opt.quiet) std::fprintf(stderr, "%s\n", s.c_str());
   }
@@ -150,7 +151,23 @@ bool trainable_name(const TrainConfig& cfg, const std::string& n) {
   return cfg.model.lora.enable && cfg.model.lora.ft_embed && n.find("emb") != std::string::npos;
 }
 
+// What each rank holds of its own: its loader position and its streams' TTT states.
+TensorMap rank_state(Run& r) {
+  TensorMap st;
+  for (auto& [k, v] : r.loader->state()) st["loader." + k] = v.cpu().contiguous();
+  for (size_t mb = 0; mb < r.states.size(); ++mb)
+    for (size_t l = 0; l < r.states[mb].size(); ++l) put_layer(st, "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(l) + ".", r.states[mb][l]);
+  return st;
+}
+
+// Called by every rank (data parallel: the ranks' own states are gathered on rank 0, which writes).
 void save_checkpoint(Run& r, int64_t steps_done) {
+  std::vector<std::string> others;
+  if (r.comm) {
+    TensorMap mine = rank_state(r);
+    others = r.comm->all_gather(r.leader() ? std::string() : io::to_bytes({mine.begin(), mine.end()}));
+  }
+  if (!r.leader()) return;
   const TrainConfig& cfg = r.cfg;
   fs::path root = fs::path(cfg.run_dir) / "checkpoints";
   char name[64];
@@ -190,12 +207,16 @@ void save_checkpoint(Run& r, int64_t steps_done) {
         y << em.c_str() << "\n";
       }
   }
-  // Training state: optimizer, data position, TTT states, counters.
-  TensorMap st;
+  // Training state: optimizer, data position, TTT states, counters. Data position and TTT states are
+  // per rank: rank 0's here, the others' in rank_state_NNNNN.safetensors.
+  TensorMap st = rank_state(r);
   for (auto& [k, v] : r.optim->state_dict()) st["optim." + k] = v.cpu().contiguous();
-  for (auto& [k, v] : r.loader->state()) st["loader." + k] = v.cpu().contiguous();
-  for (size_t mb = 0; mb < r.states.size(); ++mb)
-    for (size_t l = 0; l < r.states[mb].size(); ++l) put_layer(st, "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(l) + ".", r.states[mb][l]);
+  for (size_t q = 1; q < others.size(); ++q) {
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "rank_state_%05zu.safetensors", q);
+    io::atomic_write((tmp / fname).string(), others[q]);
+  }
+  st["world_size"] = vec_tensor({r.opt.dist.world_size});
   st["steps_done"] = vec_tensor({steps_done});
   st["bad_steps"] = vec_tensor({r.bad_steps});
   std::vector<std::pair<std::string, at::Tensor>> stv(st.begin(), st.end());
@@ -216,6 +237,16 @@ void restore_checkpoint(Run& r, const std::string& dir) {
   io::SafeTensors f((fs::path(dir) / "training_state.safetensors").string());
   TensorMap all;
   for (const auto& t : f.tensors()) all[t.name] = f.get(t.name);
+  const int64_t saved_world = all.count("world_size") ? tensor_vec(all.at("world_size")).at(0) : 1;
+  MT_CHECK(saved_world == r.opt.dist.world_size, dir, ": the checkpoint was written by ", saved_world,
+           " data-parallel rank(s); resume it with the same number (--nproc ", saved_world, "), not ",
+           r.opt.dist.world_size);
+  if (r.opt.dist.rank > 0) {  // this rank's own loader position and TTT states
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "rank_state_%05lld.safetensors", (long long)r.opt.dist.rank);
+    io::SafeTensors rf((fs::path(dir) / fname).string());
+    for (const auto& t : rf.tensors()) all[t.name] = rf.get(t.name);
+  }
   TensorMap o, l;
   for (const auto& [k, v] : all) {
     if (k.rfind("optim.", 0) == 0) o[k.substr(6)] = v;
@@ -250,8 +281,8 @@ double evaluate(Run& r) {
   lc.chunk_frames = cfg.chunk_frames();
   lc.shuffle = false;
   lc.infinite = false;
-  lc.rank = r.opt.rank;
-  lc.world_size = r.opt.world_size;
+  lc.rank = r.opt.dist.rank;
+  lc.world_size = r.opt.dist.world_size;
   TokenLoader ev(read_token_index(cfg.eval_data), lc);
   at::NoGradGuard ng;
   std::vector<lm::LayerTTTState> st = r.model->transformer->make_ttt_states(cfg.batch_size);
@@ -273,6 +304,12 @@ double evaluate(Run& r) {
       sum += v;
       ++n;
     }
+  }
+  if (r.comm) {  // every rank scored its share of the eval files
+    std::vector<double> v{sum, static_cast<double>(n)};
+    r.comm->all_reduce_sum(v);
+    sum = v[0];
+    n = static_cast<int64_t>(v[1]);
   }
   return n ? sum / static_cast<double>(n) : NAN;
 }
@@ -305,7 +342,7 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
                       const std::vector<at::Tensor>& trainable, bool want_probes,
-                      const std::function<void()>& before_clip) {
+                      const std::function<void(StepResult&)>& before_clip) {
   StepResult r;
   for (size_t g = 0; g < opt.groups().size(); ++g) {
     opt.set_lr(g, sched[g].lr_at(step));
@@ -342,8 +379,8 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     r.real_tokens += lp.real_tokens;
     if (pr) r.state_change = mean_over_units(eval::ttt_report(m, probes), &eval::TTTUnitReport::state_change, false);
   }
+  if (before_clip) before_clip(r);
   r.loss = r.text + r.audio;
-  if (before_clip) before_clip();
   for (const auto& g : opt.groups()) {
     std::vector<at::Tensor> ps;
     for (const auto& p : g.params) ps.push_back(p.second);
@@ -381,6 +418,11 @@ std::string latest_checkpoint(const std::string& run_dir) {
 
 TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   Run r{cfg, opt};
+  if (opt.dist.active()) {
+    r.comm = std::make_unique<Collective>(opt.dist);
+    r.say(str("data parallel: ", opt.dist.world_size, " ranks (rendezvous ", opt.dist.master_addr, ":", opt.dist.master_port,
+              "), batch_size ", cfg.batch_size, " per rank, ", cfg.batch_size * opt.dist.world_size, " in all"));
+  }
   set_threads(cfg.threads);
   r.dev = parse_device(cfg.device);
   const fs::path run_dir(cfg.run_dir);
@@ -420,6 +462,20 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   r.model->train();
   r.model->transformer->gradient_checkpointing = cfg.gradient_checkpointing;
   if (r.model->depformer) r.model->depformer->gradient_checkpointing = cfg.gradient_checkpointing;
+  if (r.comm) {
+    // Replicas must start equal (same weights, same init seed): compare a fingerprint of every tensor.
+    std::vector<double> fp;
+    for (const auto& kv : r.model->named_parameters()) {
+      at::Tensor t = kv.value().detach().to(at::kDouble);
+      fp.push_back(t.sum().item<double>());
+      fp.push_back(t.square().sum().item<double>());
+    }
+    std::string mine(reinterpret_cast<const char*>(fp.data()), fp.size() * sizeof(double));
+    std::vector<std::string> all = r.comm->all_gather(mine);
+    for (size_t q = 0; q < all.size(); ++q)
+      MT_CHECK(all[q] == all[0], "data parallel: rank ", q, " starts from other weights than rank 0 (",
+               "different checkpoints, or init seeds?)");
+  }
 
   // Parameter groups: base (LoRA / embeddings / everything), TTT weights, gating α.
   ParamGroup base{"base", {}, cfg.optim.lr, cfg.optim.weight_decay};
@@ -459,8 +515,8 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   lc.chunk_frames = cfg.chunk_frames();
   lc.shuffle = cfg.shuffle;
   lc.seed = cfg.seed;
-  lc.rank = opt.rank;
-  lc.world_size = opt.world_size;
+  lc.rank = opt.dist.rank;
+  lc.world_size = opt.dist.world_size;
   r.loader = std::make_unique<TokenLoader>(files, lc);
   const bool has_ttt = r.model->transformer->has_ttt();
   const bool persistent = has_ttt && cfg.model.ttt.persistent_states;
@@ -499,8 +555,27 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       resets.push_back(batch.reset.narrow(0, mb * cfg.batch_size, cfg.batch_size));
     }
     const bool log_now = (step + 1) % cfg.log_freq == 0 || step + 1 == end_step;
+    std::function<void(StepResult&)> reduce;
+    if (r.comm)
+      reduce = [&r](StepResult& s) {
+        // Gradients: mean over ranks (each rank's loss is normalised over its own batch, as DDP does).
+        std::vector<at::Tensor> grads;
+        for (auto& p : r.trainable) {
+          if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+          grads.push_back(p.grad());
+        }
+        r.comm->all_reduce_mean(grads);
+        std::vector<double> v{s.text, s.audio, s.state_change};
+        v.insert(v.end(), s.per_codebook.begin(), s.per_codebook.end());
+        r.comm->all_reduce_mean(v);
+        s.text = v[0], s.audio = v[1], s.state_change = v[2];
+        std::copy(v.begin() + 3, v.end(), s.per_codebook.begin());
+        std::vector<double> n{static_cast<double>(s.real_tokens)};
+        r.comm->all_reduce_sum(n);
+        s.real_tokens = static_cast<int64_t>(n[0]);
+      };
     StepResult sr = train_step(*r.model, *r.optim, r.sched, step, micro, persistent ? &r.states : nullptr, resets, loss_cfg,
-                               cfg.max_norm, r.trainable, log_now);
+                               cfg.max_norm, r.trainable, log_now, reduce);
     const double loss = sr.loss, text = sr.text, audio = sr.audio, norm = sr.grad_norm, change = sr.state_change;
     const bool finite = sr.applied;
     nlohmann::json gnorms = nlohmann::json::object();
@@ -516,7 +591,8 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
                 norm, "): step skipped (", r.bad_steps, " of at most ", cfg.max_bad_steps, ")"));
     }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const int64_t tokens = batch.codes.size(0) * batch.codes.size(2);  // frames (each carries K tokens)
+    // Frames (each carries K tokens) of the step, over all ranks.
+    const int64_t tokens = batch.codes.size(0) * batch.codes.size(2) * opt.dist.world_size;
     tokens_total += tokens;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const int64_t done = step + 1 - r.start_step, left = end_step - step - 1;
@@ -584,7 +660,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         r.say(str("eval at step ", step + 1, ": loss ", ev));
       }
     }
-    if (r.leader() && cfg.do_ckpt && ((cfg.ckpt_freq > 0 && (step + 1) % cfg.ckpt_freq == 0) || last)) save_checkpoint(r, step + 1);
+    if (cfg.do_ckpt && ((cfg.ckpt_freq > 0 && (step + 1) % cfg.ckpt_freq == 0) || last)) save_checkpoint(r, step + 1);
   }
   if (r.leader()) {
     r.metrics.close();

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "lm/lm_model.h"
+#include "train/distributed.h"
 #include "train/loss.h"
 #include "train/optim.h"
 #include "train/train_config.h"
@@ -20,7 +21,7 @@ struct TrainOptions {
   std::string resume_from;      // a checkpoint folder
   int64_t stop_at_step = -1;    // checkpoint and stop after this many steps (time-boxed jobs, tests)
   bool quiet = false;           // no progress output
-  int64_t rank = 0, world_size = 1;
+  DistInfo dist;                // data parallel: this process's rank (run_training joins the others)
 };
 
 struct TrainSummary {
@@ -50,12 +51,13 @@ struct StepResult {
 // One optimizer step as moshi-finetune takes it, shared by `train` and check-reference: the
 // schedule's lr / beta1 for `step` → per micro-batch forward, loss, backward of loss / M (TTT states
 // detached, slots reset where micro_resets says) → clip_grad_norm over `trainable` → AdamW step (skipped
-// when the loss or the norm is not finite) → zero_grad. before_clip runs after the backward passes.
+// when the loss or the norm is not finite) → zero_grad. before_clip runs after the backward passes, with
+// the step's losses (data parallel: it averages gradients and losses over the ranks).
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
                       const std::vector<at::Tensor>& trainable, bool want_probes,
-                      const std::function<void()>& before_clip = {});
+                      const std::function<void(StepResult&)>& before_clip = {});
 
 // The records of run_dir/metrics.jsonl of one kind ("train" or "eval"), in order; unreadable lines skipped.
 std::vector<nlohmann::json> read_metrics(const std::string& run_dir, const std::string& kind);
