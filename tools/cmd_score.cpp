@@ -39,8 +39,9 @@ void add_score(CLI::App& app) {
     MT_CHECK(f.contains("codes"), o->codes, ": no tensor named 'codes'");
     at::Tensor codes = f.get("codes");
     MT_CHECK(codes.scalar_type() == at::kLong, o->codes, ": codes must be int64, got ", c10::toString(codes.scalar_type()));
+    if (codes.dim() == 2) codes = codes.unsqueeze(0);  // one file of a token dataset: [K, T]
     MT_CHECK(codes.dim() == 3 && codes.size(1) == m->cfg.num_codebooks(), o->codes, ": codes: expected [B, ",
-             m->cfg.num_codebooks(), ", T], got ", shape_str(codes.sizes().vec()));
+             m->cfg.num_codebooks(), ", T] (or [", m->cfg.num_codebooks(), ", T]), got ", shape_str(codes.sizes().vec()));
     MT_CHECK(((codes >= -1) & (codes <= std::max(m->cfg.card, m->cfg.text_card))).all().item<bool>(), o->codes,
              ": codes hold ids outside [-1, card]");
     MT_CHECK(o->chunk >= 1, "--chunk must be >= 1");

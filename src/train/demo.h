@@ -18,6 +18,7 @@ struct DemoOptions {
   int64_t mini_batch = 8;    // TTT mini-batch (frames)
   bool share_qk = false;
   std::string pattern = "lexicon";  // synthetic data: lexicon (per-file token permutation) or motifs
+  double ttt_gate = 0.1;     // initial gating alpha of the TTT block (output scaled by tanh(alpha))
   int64_t ttt_heads = 1;     // TTT heads: one head of the full width holds the most associations     // ttt-lm-pytorch's shared Q/K projection with causal convolutions
   int threads = 0;
   std::string device = "cpu";

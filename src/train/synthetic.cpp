@@ -44,12 +44,6 @@ void noise_frame(SplitMix64& rng, const SyntheticConfig& c, int64_t* col, int64_
   for (int64_t k = 1; k < c.streams; ++k) col[k * stride] = static_cast<int64_t>(rng.below(c.audio_vocab));
 }
 
-// Audio code of codebook k (1-based) for a frame whose text is x: fixed across files, a different
-// scramble per codebook.
-int64_t lexicon_audio(int64_t x, int64_t k, int64_t audio_vocab) {
-  return (x * (2 * k + 1) + 7 * k + (x * x) % 5) % audio_vocab;
-}
-
 std::vector<std::pair<std::string, at::Tensor>> make_lexicon_files(const SyntheticConfig& c,
                                                                    std::vector<at::Tensor>* recall_masks) {
   const int64_t K = c.streams, T = c.frames, V = c.text_vocab;
@@ -65,10 +59,10 @@ std::vector<std::pair<std::string, at::Tensor>> make_lexicon_files(const Synthet
       const bool follow = t > 0 && rng.uniform() < c.follow_prob;
       const int64_t x = follow ? pi[cp[t - 1]] : static_cast<int64_t>(rng.below(V));
       cp[t] = x;
-      // Codebook 1 carries the previous frame's text (so a frame shows one whole transition); the others
-      // a fixed function of this frame's text.
+      // Codebook 1 carries the previous frame's text, so that every frame shows one whole transition
+      // (a -> pi(a)); the other codebooks hold a constant "silence" code.
       if (K > 1) cp[T + t] = t > 0 ? cp[t - 1] % c.audio_vocab : 0;
-      for (int64_t k = 2; k < K; ++k) cp[k * T + t] = lexicon_audio(x, k, c.audio_vocab);
+      for (int64_t k = 2; k < K; ++k) cp[k * T + t] = 0;
     }
     char id[32];
     std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));

@@ -577,3 +577,48 @@ TEST(Synthetic, WritesALoadableDataset) {
   mt::train::make_synthetic_files(cfg, &masks);
   EXPECT_TRUE(at::equal(mt::train::recall_mask(st.get("codes"), cfg), masks[0]));
 }
+
+// Lexicon pattern: within a file, every followed transition a -> b is the file's permutation (one b per
+// a, distinct a's give distinct b's); files differ; codebook 1 repeats the previous text; the recall mask
+// marks exactly the frames whose predecessor was last seen as a predecessor more than min_gap frames back.
+TEST(Synthetic, LexiconFollowsOnePermutationPerFile) {
+  mt::train::SyntheticConfig c;
+  c.pattern = "lexicon";
+  c.num_files = 4;
+  c.frames = 256;
+  c.text_vocab = 16;
+  c.follow_prob = 1.0;
+  c.min_gap = 16;
+  c.seed = 5;
+  std::vector<at::Tensor> masks;
+  auto files = mt::train::make_synthetic_files(c, &masks);
+  ASSERT_EQ(files.size(), 4u);
+  std::vector<std::vector<int64_t>> perms;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const at::Tensor& x = files[i].second;
+    ASSERT_EQ(x.sizes().vec(), (std::vector<int64_t>{5, 256}));
+    std::vector<int64_t> next(16, -1);
+    std::vector<int64_t> last(16, -1);
+    for (int64_t t = 1; t < 256; ++t) {
+      const int64_t a = x[0][t - 1].item<int64_t>(), b = x[0][t].item<int64_t>();
+      if (next[a] < 0) next[a] = b;
+      EXPECT_EQ(next[a], b) << files[i].first << " frame " << t << ": follow_prob 1 means one successor per id";
+      EXPECT_EQ(x[1][t].item<int64_t>(), a) << "codebook 1 repeats the previous text";
+      EXPECT_EQ(masks[i][t].item<bool>(), last[a] >= 0 && t - last[a] > c.min_gap) << files[i].first << " frame " << t;
+      last[a] = t;
+    }
+    EXPECT_TRUE((x.narrow(0, 2, 3) == 0).all().item<bool>()) << "other codebooks are constant";
+    EXPECT_TRUE(at::equal(mt::train::recall_mask(x, c), masks[i]));
+    perms.push_back(next);
+  }
+  EXPECT_NE(perms[0], perms[1]) << "each file draws its own permutation";
+  // With follow_prob < 1 some frames are fresh draws; the recall share is substantial for the demo's setup.
+  c.follow_prob = 0.8;
+  c.text_vocab = 32;
+  auto f2 = mt::train::make_synthetic_files(c, &masks);
+  double share = 0;
+  for (const auto& m : masks) share += m.to(at::kDouble).mean().item<double>();
+  EXPECT_GT(share / masks.size(), 0.3);
+  c.pattern = "motif";
+  expect_error([&] { mt::train::make_synthetic_files(c); }, {"pattern must be motifs or lexicon"});
+}
