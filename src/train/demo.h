@@ -10,16 +10,19 @@ namespace mt::train {
 struct DemoOptions {
   std::string run_dir = "runs/demo";
   int64_t steps = 300;       // optimizer steps per model
-  int64_t window = 16;       // attention context (frames) of both models
-  std::string ttt_type = "linear";
+  int64_t window = 8;        // attention context (frames) of both models
+  std::string ttt_type = "mlp";
   double lr = 3e-3;
   int64_t ttt_layer = 1;     // which of the two layers gets the TTT block
   double ttt_base_lr = 0;    // inner base lr (0: the paper's, 1 for linear, 0.1 for mlp)
-  int64_t mini_batch = 8;    // TTT mini-batch (frames)
-  bool share_qk = false;
-  std::string pattern = "lexicon";  // synthetic data: lexicon (per-file token permutation) or motifs
+  int64_t mini_batch = 16;   // TTT mini-batch (frames)
+  bool share_qk = false;     // ttt-lm-pytorch's shared Q/K projection with causal convolutions
+  // Synthetic data: repeat (shared/spec/demo.md's task: random frames, then the same again), lexicon
+  // (a per-file token permutation) or motifs (cued motifs that recur).
+  std::string pattern = "repeat";
   double ttt_gate = 0.1;     // initial gating alpha of the TTT block (output scaled by tanh(alpha))
-  int64_t ttt_heads = 1;     // TTT heads: one head of the full width holds the most associations     // ttt-lm-pytorch's shared Q/K projection with causal convolutions
+  int64_t ttt_heads = 0;     // TTT heads (0: the model's)
+  int64_t batch = 8;         // training sequences per step
   int threads = 0;
   std::string device = "cpu";
   bool quiet = false;

@@ -9,13 +9,19 @@
 namespace mt::train {
 
 void check_synthetic_config(const SyntheticConfig& c) {
-  MT_CHECK(c.pattern == "motifs" || c.pattern == "lexicon", "synthetic data: pattern must be motifs or lexicon, got '",
-           c.pattern, "'");
+  MT_CHECK(c.pattern == "motifs" || c.pattern == "lexicon" || c.pattern == "repeat",
+           "synthetic data: pattern must be motifs, lexicon or repeat, got '", c.pattern, "'");
   MT_CHECK(c.num_files >= 0, "synthetic data: num_files must be >= 0, got ", c.num_files);
   MT_CHECK(c.streams >= 1, "synthetic data: streams must be >= 1, got ", c.streams);
   MT_CHECK(c.motif_len >= 1, "synthetic data: motif_len must be >= 1, got ", c.motif_len);
   MT_CHECK(c.num_motifs >= 1, "synthetic data: num_motifs must be >= 1, got ", c.num_motifs);
   MT_CHECK(c.min_gap >= 0, "synthetic data: min_gap must be >= 0, got ", c.min_gap);
+  if (c.pattern == "repeat") {
+    MT_CHECK(c.text_vocab >= 1 && c.audio_vocab >= 1, "synthetic data: text_vocab and audio_vocab must be >= 1");
+    MT_CHECK(c.frames >= 2 && c.frames % 2 == 0, "synthetic data: repeat needs an even number of frames >= 2, got ",
+             c.frames);
+    return;
+  }
   if (c.pattern == "lexicon") {
     MT_CHECK(c.text_vocab >= 2, "synthetic data: text_vocab must be >= 2, got ", c.text_vocab);
     MT_CHECK(c.audio_vocab >= 1, "synthetic data: audio_vocab must be >= 1, got ", c.audio_vocab);
@@ -72,6 +78,27 @@ std::vector<std::pair<std::string, at::Tensor>> make_lexicon_files(const Synthet
   return files;
 }
 
+std::vector<std::pair<std::string, at::Tensor>> make_repeat_files(const SyntheticConfig& c,
+                                                                  std::vector<at::Tensor>* recall_masks) {
+  const int64_t K = c.streams, T = c.frames, H = T / 2;
+  std::vector<std::pair<std::string, at::Tensor>> files;
+  for (int64_t i = 0; i < c.num_files; ++i) {
+    SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
+    at::Tensor codes = at::empty({K, T}, at::kLong);
+    int64_t* cp = codes.data_ptr<int64_t>();
+    for (int64_t t = 0; t < H; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        cp[k * T + t] = static_cast<int64_t>(rng.below(k == 0 ? c.text_vocab : c.audio_vocab));
+        cp[k * T + t + H] = cp[k * T + t];
+      }
+    char id[32];
+    std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
+    files.emplace_back(id, codes);
+    if (recall_masks) recall_masks->push_back(recall_mask(codes, c));
+  }
+  return files;
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const SyntheticConfig& c,
@@ -79,6 +106,7 @@ std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const Synth
   check_synthetic_config(c);
   if (recall_masks) recall_masks->clear();
   if (c.pattern == "lexicon") return make_lexicon_files(c, recall_masks);
+  if (c.pattern == "repeat") return make_repeat_files(c, recall_masks);
   const int64_t K = c.streams, T = c.frames, L = c.motif_len, M = c.num_motifs;
   std::vector<std::pair<std::string, at::Tensor>> files;
   for (int64_t i = 0; i < c.num_files; ++i) {
@@ -130,6 +158,12 @@ at::Tensor recall_mask(const at::Tensor& codes, const SyntheticConfig& c) {
   MT_CHECK(codes.defined() && codes.dim() == 2 && codes.size(0) >= 1, "recall_mask: codes must be [K, T], got ",
            codes.defined() ? shape_str(codes.sizes().vec()) : std::string("an undefined tensor"));
   at::Tensor text = codes[0].to(at::kCPU, at::kLong).contiguous();
+  if (c.pattern == "repeat") {
+    const int64_t T = text.size(0);
+    at::Tensor mask = at::zeros({T}, at::kBool);
+    mask.narrow(0, T / 2, T - T / 2).fill_(true);
+    return mask;
+  }
   if (c.pattern == "lexicon") {
     const int64_t T = text.size(0);
     const int64_t* tp = text.data_ptr<int64_t>();

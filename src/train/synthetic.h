@@ -28,6 +28,10 @@
 // local attention sees the last few, a TTT layer can accumulate all of them. "Recall" frames are those
 // whose predecessor x_{t-1} was last seen as a predecessor more than min_gap frames back (and was seen):
 // predicting them needs a memory longer than min_gap.
+// Pattern "repeat" (the task of shared/spec/demo.md, on every stream): the first half of each file is
+// uniform random tokens, the second half repeats it frame for frame. Recall frames are the second half:
+// each repeats the frame frames/2 back.
+//
 // Everything is deterministic given the config (own PRNG; file i's content depends only on seed and i).
 #include <ATen/ATen.h>
 
@@ -39,7 +43,7 @@
 namespace mt::train {
 
 struct SyntheticConfig {
-  std::string pattern = "motifs";  // motifs | lexicon
+  std::string pattern = "motifs";  // motifs | lexicon | repeat
   int64_t num_files = 64;
   int64_t frames = 256;           // T per file
   int64_t streams = 5;            // K = 1 text + n_q audio streams (the tiny preset: text + 4 audio)
@@ -64,7 +68,8 @@ std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const Synth
 
 // Recall frames of a file made with `cfg`, recovered from its codes [K, T] alone so that an evaluator can
 // score files read back from disk: [T] bool. Motifs (text_vocab/num_motifs/motif_len are used): true on
-// the motif frames of every occurrence of a motif after its first, found via the cue tokens. Lexicon
+// the motif frames of every occurrence of a motif after its first, found via the cue tokens. Repeat: the
+// second half. Lexicon
 // (min_gap is used): true where the text predecessor was last seen as a predecessor more than min_gap
 // frames back.
 at::Tensor recall_mask(const at::Tensor& codes, const SyntheticConfig& cfg);

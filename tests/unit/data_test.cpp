@@ -620,5 +620,32 @@ TEST(Synthetic, LexiconFollowsOnePermutationPerFile) {
   for (const auto& m : masks) share += m.to(at::kDouble).mean().item<double>();
   EXPECT_GT(share / masks.size(), 0.3);
   c.pattern = "motif";
-  expect_error([&] { mt::train::make_synthetic_files(c); }, {"pattern must be motifs or lexicon"});
+  expect_error([&] { mt::train::make_synthetic_files(c); }, {"pattern must be motifs, lexicon or repeat"});
+}
+
+// Repeat pattern (shared/spec/demo.md's task): the second half of every stream repeats the first; the
+// recall mask is the second half; files differ.
+TEST(Synthetic, RepeatCopiesTheFirstHalf) {
+  mt::train::SyntheticConfig c;
+  c.pattern = "repeat";
+  c.num_files = 3;
+  c.frames = 128;
+  c.text_vocab = 32;
+  c.audio_vocab = 32;
+  std::vector<at::Tensor> masks;
+  auto files = mt::train::make_synthetic_files(c, &masks);
+  ASSERT_EQ(files.size(), 3u);
+  for (size_t i = 0; i < files.size(); ++i) {
+    const at::Tensor& x = files[i].second;
+    ASSERT_EQ(x.sizes().vec(), (std::vector<int64_t>{5, 128}));
+    EXPECT_TRUE(at::equal(x.narrow(1, 0, 64), x.narrow(1, 64, 64))) << files[i].first;
+    EXPECT_LT(x.max().item<int64_t>(), 32);
+    EXPECT_GT(std::get<0>(at::_unique(x.narrow(1, 0, 64))).size(0), 16) << "the first half is random";
+    EXPECT_EQ(masks[i].sum().item<int64_t>(), 64);
+    EXPECT_TRUE(masks[i].narrow(0, 64, 64).all().item<bool>());
+    EXPECT_TRUE(at::equal(mt::train::recall_mask(x, c), masks[i]));
+  }
+  EXPECT_FALSE(at::equal(files[0].second, files[1].second));
+  c.frames = 127;
+  expect_error([&] { mt::train::make_synthetic_files(c); }, {"even number of frames"});
 }
