@@ -19,6 +19,8 @@ void add_demo(CLI::App& app) {
   sub->add_option("--ttt-base-lr", o->ttt_base_lr, "inner base lr of the TTT layer (0: 1 for linear, 0.1 for mlp)");
   sub->add_option("--mini-batch", o->mini_batch, "TTT mini-batch (frames)")->capture_default_str();
   sub->add_option("--pattern", o->pattern, "synthetic data: repeat, lexicon or motifs")->capture_default_str();
+  sub->add_option("--ttt-placement", o->placement, "hybrid block: after_attention, parallel or before_attention")
+      ->capture_default_str();
   sub->add_option("--batch", o->batch, "training sequences per step")->capture_default_str();
   sub->add_option("--ttt-gate", o->ttt_gate, "initial gating alpha of the TTT block")->capture_default_str();
   sub->add_option("--ttt-heads", o->ttt_heads, "heads of the TTT layer")->capture_default_str();

@@ -303,9 +303,14 @@ TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) 
 at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
                                          KVCache* cache, LayerTTTState* tst, LayerProbes* probes, const at::Tensor& x0) const {
   MT_CHECK(tst || !has_ttt(), "a TTT layer was run without its TTT state");
-  at::Tensor upd = self_attn->forward(norm1->forward(x), offsets, offset_cpu, cache, tst, probes);
-  at::Tensor h = x + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
-  if (ttt) h = h + ttt->forward(h, tst->hybrid, probes ? &probes->hybrid : nullptr);
+  ttt::TTTProbes* hp = probes ? &probes->hybrid : nullptr;
+  at::Tensor a = x, par;
+  if (ttt && ttt_placement == "before_attention") a = x + ttt->forward(x, tst->hybrid, hp);
+  if (ttt && ttt_placement == "parallel") par = ttt->forward(x, tst->hybrid, hp);
+  at::Tensor upd = self_attn->forward(norm1->forward(a), offsets, offset_cpu, cache, tst, probes);
+  at::Tensor h = a + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
+  if (par.defined()) h = h + par;
+  if (ttt && ttt_placement == "after_attention") h = h + ttt->forward(h, tst->hybrid, hp);
   at::Tensor n = norm2->forward(h);
   if (inplace) {
     const at::Tensor& t = inplace_target_embeddings ? x0 : n;
@@ -387,6 +392,7 @@ StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, c
     layers->push_back(layer);
     if (!is_ttt) continue;
     layer->initial_alpha = ttt->initial_gating_alpha;
+    layer->ttt_placement = ttt->placement;
     if (ttt->variant == "hybrid") {
       ttt::TTTConfig tc = inner_config(*ttt, cfg.d_model, ttt->num_heads > 0 ? ttt->num_heads : cfg.num_heads, i, "hybrid");
       layer->ttt = layer->register_module("ttt", HybridTTT(cfg.norm, cfg.d_model, tc, ttt->initial_gating_alpha));

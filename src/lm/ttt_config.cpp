@@ -55,6 +55,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read_opt(n, "attention_context", c.attention_context, w, s);
   read_opt(n, "non_ttt_attention_context", c.non_ttt_attention_context, w, s);
   read(n, "persistent_states", c.persistent_states, w, s);
+  read(n, "placement", c.placement, w, s);
   read(n, "scan_checkpoint_group_size", c.scan_checkpoint_group_size, w, s);
   read(n, "use_gate", c.use_gate, w, s);
   read(n, "share_qk", c.share_qk, w, s);
@@ -120,6 +121,8 @@ void TTTIntegrationConfig::validate(int64_t num_layers) const {
   if (!enable) return;
   static const std::set<std::string> variants = {"hybrid", "adapter", "inplace"};
   MT_CHECK(variants.count(variant), "ttt.variant: '", variant, "' (expected hybrid, adapter or inplace)");
+  MT_CHECK(placement == "after_attention" || placement == "parallel" || placement == "before_attention", "ttt.placement: '",
+           placement, "' (expected after_attention, parallel or before_attention)");
   MT_CHECK(type == "linear" || type == "mlp", "ttt.type: '", type, "' (expected linear or mlp)");
   MT_CHECK(!layer_indices(num_layers).empty(), "ttt.layers / ttt.start_layer: no layer chosen for TTT");
   MT_CHECK(mini_batch_size >= 1, "ttt.mini_batch_size must be >= 1, got ", mini_batch_size);

@@ -28,6 +28,11 @@ struct TTTIntegrationConfig {
   std::optional<int64_t> attention_context;          // window of the TTT layers' attention
   std::optional<int64_t> non_ttt_attention_context;  // window of the other layers
   bool persistent_states = true;
+  // Where the hybrid block reads and adds (measured in shared/spec/demo.md's recall task, see README):
+  //   after_attention  h = x + attn(x); h += g * TTT(norm(h))        (the reference design)
+  //   parallel         h = x + attn(x) + g * TTT(norm(x))
+  //   before_attention h = x + g * TTT(norm(x)); h += attn(h)
+  std::string placement = "after_attention";
   int64_t scan_checkpoint_group_size = 0;
   bool use_gate = false;
   bool share_qk = false;

@@ -58,7 +58,7 @@ std::string model_yaml(const DemoOptions& o, bool ttt) {
   std::string y = "preset: tiny\n";
   if (ttt) {
     y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"" + std::to_string(o.ttt_layer) + "\"\n  type: " + o.ttt_type +
-         "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  num_heads: " + std::to_string(o.ttt_heads) + "\n  base_lr: " +
+         "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  num_heads: " + std::to_string(o.ttt_heads) + "\n  placement: " + o.placement + "\n  base_lr: " +
          str(o.ttt_base_lr > 0 ? o.ttt_base_lr : (o.ttt_type == "mlp" ? 0.1 : 1.0)) +
          "\n  initial_gating_alpha: " + str(o.ttt_gate) + "\n  attention_context: " + std::to_string(o.window) +
          "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  persistent_states: true\n  share_qk: " + std::string(o.share_qk ? "true" : "false") + "\n";

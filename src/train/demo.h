@@ -23,6 +23,7 @@ struct DemoOptions {
   double ttt_gate = 0.1;     // initial gating alpha of the TTT block (output scaled by tanh(alpha))
   int64_t ttt_heads = 0;     // TTT heads (0: the model's)
   int64_t batch = 8;         // training sequences per step
+  std::string placement = "after_attention";  // ttt.placement of the hybrid block
   int threads = 0;
   std::string device = "cpu";
   bool quiet = false;

@@ -34,6 +34,8 @@ const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
       {"hybrid_linear", "variant: hybrid\ntype: linear\nmini_batch_size: 4\nattention_context: 5", ""},
       {"hybrid_mlp", "variant: hybrid\ntype: mlp\nmini_batch_size: 3", ""},
+      {"hybrid_parallel", "variant: hybrid\ntype: linear\nmini_batch_size: 4\nplacement: parallel", ""},
+      {"hybrid_before_attention", "variant: hybrid\ntype: mlp\nmini_batch_size: 3\nplacement: before_attention", ""},
       {"adapter", "variant: adapter\nadapter_rank: 4\nmini_batch_size: 4\nadapter_targets: [self_attn.in_proj, self_attn.out_proj, gating.linear_out]", ""},
       {"adapter_lora", "variant: adapter\nadapter_rank: 4\nmini_batch_size: 2", "enable: true\nrank: 3\ntargets: [layers.0., depformer]"},
       {"inplace_embeddings", "variant: inplace\ninplace_chunk_size: 4\ninplace_lr: 0.5\ninplace_lookahead: 2", ""},
@@ -301,8 +303,41 @@ TEST_P(Integration, StatesPersistAcrossTrainingChunks) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, Integration, ::testing::Range<size_t>(0, 7),
+INSTANTIATE_TEST_SUITE_P(Variants, Integration, ::testing::Range<size_t>(0, 9),
                          [](const auto& info) { return variants()[info.param].name; });
+
+// The three placements of the hybrid block share their weights (same tensor names) but not their outputs;
+// a mistyped placement is named.
+TEST(Hybrid, PlacementsLoadTheSameWeightsAndDiffer) {
+  auto cfg = [](const std::string& p) {
+    return TTTIntegrationConfig::from_yaml(YAML::Load("enable: true\nlayers: \"1\"\nvariant: hybrid\nplacement: " + p));
+  };
+  LMModel a(base_cfg(), cfg("after_attention"));
+  a->init_weights(3);
+  {
+    at::NoGradGuard ng;  // a strong gate, so that the TTT path shows in the logits
+    for (auto& kv : a->named_parameters())
+      if (kv.key().find("gating_alpha") != std::string::npos) kv.value().fill_(2.0);
+  }
+  at::Tensor codes = at::randint(0, 16, {1, base_cfg().num_codebooks(), 12}, at::kLong);
+  at::NoGradGuard ng;
+  at::Tensor ya = a->forward(codes).text_logits;
+  for (const std::string p : {"parallel", "before_attention"}) {
+    LMModel b(base_cfg(), cfg(p));
+    auto pa = a->named_parameters();
+    auto pb = b->named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (auto& kv : pb) kv.value().copy_(pa[kv.key()]);  // same names, same shapes
+    at::Tensor yb = b->forward(codes).text_logits;
+    EXPECT_GT((ya - yb).abs().max().item<double>(), 1e-4) << p;
+  }
+  try {
+    cfg("paralel").validate(4);
+    ADD_FAILURE() << "a mistyped placement was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("ttt.placement: 'paralel'"), std::string::npos) << e.what();
+  }
+}
 
 TEST(Adapter, ParameterCountMatchesLoRAOfTheSameRank) {
   TTTIntegrationConfig t = TTTIntegrationConfig::from_yaml(
