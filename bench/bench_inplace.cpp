@@ -19,6 +19,7 @@
 
 #include "ttt/inplace.h"
 #include "util/peak_memory.h"
+#include "bench_main.h"
 
 using namespace mt::ttt;
 
@@ -148,11 +149,4 @@ BENCHMARK(BM_InPlaceForward)->Arg(-1)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::k
 BENCHMARK(BM_InPlaceForwardBackward)->Arg(-1)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
 BENCHMARK(BM_InPlaceStreamStep)->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
 
-int main(int argc, char** argv) {
-  const char* t = std::getenv("MOSHI_TTT_BENCH_THREADS");
-  at::set_num_threads(t ? std::atoi(t) : 2);
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return mt::bench::run_benchmarks(argc, argv); }

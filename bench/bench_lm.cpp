@@ -15,6 +15,7 @@
 
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
+#include "bench_main.h"
 
 using namespace mt::lm;
 
@@ -135,8 +136,7 @@ BENCHMARK(BM_LMForward)->ArgsProduct({{256}, {0, 1, 2, 3, 4}})->Unit(benchmark::
 BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 int main(int argc, char** argv) {
-  const char* t = std::getenv("MOSHI_TTT_BENCH_THREADS");
-  at::set_num_threads(t ? std::atoi(t) : 2);
+  at::set_num_threads(mt::bench::bench_threads());
   {
     // Measure gemv bandwidth once so the streaming benchmark can report its floor.
     at::Tensor w = at::randn({8192, 8192}), x = at::randn({8192});
@@ -146,8 +146,5 @@ int main(int argc, char** argv) {
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 20;
     g_gemv_gbps = 8192.0 * 8192 * 4 / s / 1e9;
   }
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return mt::bench::run_benchmarks(argc, argv);
 }

@@ -13,6 +13,7 @@
 #include "train/optim.h"
 #include "train/trainer.h"
 #include "util/peak_memory.h"
+#include "bench_main.h"
 
 using namespace mt;
 
@@ -77,11 +78,4 @@ void BM_TrainStep(benchmark::State& state) {
 
 BENCHMARK(BM_TrainStep)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
 
-int main(int argc, char** argv) {
-  const char* t = std::getenv("MOSHI_TTT_BENCH_THREADS");
-  at::set_num_threads(t ? std::atoi(t) : 2);
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return mt::bench::run_benchmarks(argc, argv); }

@@ -37,6 +37,14 @@ bool shape_mismatch(TensorCheck& c, const at::Tensor& got, const at::Tensor& wan
 }
 }  // namespace
 
+TensorCheck failed_check(const std::string& name, const std::string& note) {
+  TensorCheck c;
+  c.name = name;
+  c.pass = false;
+  c.note = note;
+  return c;
+}
+
 TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Tensor& want, double atol,
                     double rtol, const std::string& reason, const std::optional<at::Tensor>& mask) {
   TensorCheck c;
@@ -154,11 +162,7 @@ CaseResult run_case(const std::string& dir, const RunOptions& opt) {
     }
   if (r.kind.empty()) {
     // A folder with a config.json that matches no known layout is an error, never a silent skip.
-    TensorCheck c;
-    c.name = "(layout)";
-    c.pass = false;
-    c.note = "unknown case layout (expected the files of an lm, ttt, inplace, mimi or train case)";
-    r.checks.push_back(c);
+    r.checks.push_back(failed_check("(layout)", "unknown case layout (expected the files of an lm, ttt, inplace, mimi or train case)"));
     return r;
   }
   r.skipped = true;

@@ -40,6 +40,8 @@ struct RunOptions {
 // to want), only elements where it is true are compared. Shape mismatches fail with a note.
 TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Tensor& want, double atol,
                     double rtol, const std::string& reason, const std::optional<at::Tensor>& mask = {});
+// A failed check that compared nothing (a tensor missing from the case, an unknown layout...).
+TensorCheck failed_check(const std::string& name, const std::string& note);
 // Exact equality (integer tensors).
 TensorCheck compare_exact(const std::string& name, const at::Tensor& got, const at::Tensor& want,
                           const std::string& reason);

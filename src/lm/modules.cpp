@@ -305,12 +305,12 @@ at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& 
   MT_CHECK(tst || !has_ttt(), "a TTT layer was run without its TTT state");
   ttt::TTTProbes* hp = probes ? &probes->hybrid : nullptr;
   at::Tensor a = x, par;
-  if (ttt && ttt_placement == "before_attention") a = x + ttt->forward(x, tst->hybrid, hp);
-  if (ttt && ttt_placement == "parallel") par = ttt->forward(x, tst->hybrid, hp);
+  if (ttt && ttt_placement == Placement::before_attention) a = x + ttt->forward(x, tst->hybrid, hp);
+  if (ttt && ttt_placement == Placement::parallel) par = ttt->forward(x, tst->hybrid, hp);
   at::Tensor upd = self_attn->forward(norm1->forward(a), offsets, offset_cpu, cache, tst, probes);
   at::Tensor h = a + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
   if (par.defined()) h = h + par;
-  if (ttt && ttt_placement == "after_attention") h = h + ttt->forward(h, tst->hybrid, hp);
+  if (ttt && ttt_placement == Placement::after_attention) h = h + ttt->forward(h, tst->hybrid, hp);
   at::Tensor n = norm2->forward(h);
   if (inplace) {
     const at::Tensor& t = inplace_target_embeddings ? x0 : n;
@@ -392,7 +392,10 @@ StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, c
     layers->push_back(layer);
     if (!is_ttt) continue;
     layer->initial_alpha = ttt->initial_gating_alpha;
-    layer->ttt_placement = ttt->placement;
+    // (validate() above has checked the name.)
+    layer->ttt_placement = ttt->placement == "parallel"           ? TransformerLayerImpl::Placement::parallel
+                           : ttt->placement == "before_attention" ? TransformerLayerImpl::Placement::before_attention
+                                                                  : TransformerLayerImpl::Placement::after_attention;
     if (ttt->variant == "hybrid") {
       ttt::TTTConfig tc = inner_config(*ttt, cfg.d_model, ttt->num_heads > 0 ? ttt->num_heads : cfg.num_heads, i, "hybrid");
       layer->ttt = layer->register_module("ttt", HybridTTT(cfg.norm, cfg.d_model, tc, ttt->initial_gating_alpha));

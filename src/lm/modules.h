@@ -131,7 +131,8 @@ struct TransformerLayerImpl : torch::nn::Module {
   // fast weight's start); its target conv and projection are gating.ttt_conv.weight / ttt_proj.weight.
   std::shared_ptr<ttt::InPlaceFFNImpl> inplace;
   double initial_alpha = 0.1;                  // hybrid gate's initial value (init_ttt)
-  std::string ttt_placement = "after_attention";  // hybrid: where TTT reads (ttt.placement)
+  enum class Placement { after_attention, parallel, before_attention };
+  Placement ttt_placement = Placement::after_attention;  // hybrid: where TTT reads (ttt.placement)
   bool inplace_target_embeddings = true;       // target source: the transformer input, else the FFN input
   std::vector<Linear> adapted;                 // linears carrying TTT adapters, by adapter slot
   std::vector<std::string> adapted_names;      // their targets ("self_attn.in_proj", ...)

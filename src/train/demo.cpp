@@ -71,8 +71,8 @@ struct Scored {
   std::vector<double> by_pos_recall, by_pos_all;  // mean CE per position bucket
 };
 
-// text_only: score the text stream alone (lexicon data, whose audio is a fixed function of the text);
-// else the mean over every scored stream.
+// text_only: score the text stream alone (repeat / lexicon data, whose text carries the task); else the
+// mean over every scored stream.
 Scored score_files(const lm::LMModelImpl& m, const std::vector<std::pair<std::string, at::Tensor>>& files,
                    const std::vector<at::Tensor>& masks, int64_t bucket, bool text_only) {
   at::InferenceMode im;
@@ -155,9 +155,8 @@ DemoResult run_demo(const DemoOptions& o) {
   };
   // 1. Data: training and held-out files, each with its own motifs.
   // Enough training files that each is seen about once: noise that repeats would be memorised.
-  const int64_t frames = data_config(o, 1, 0).frames;
-  const int64_t n_train = std::clamp<int64_t>(o.steps * o.batch * 128 / frames, 64, 20000);
-  SyntheticConfig train_cfg = data_config(o, 1, n_train), eval_cfg = data_config(o, 2, 24);
+  SyntheticConfig train_cfg = data_config(o, 1, 0), eval_cfg = data_config(o, 2, 24);
+  train_cfg.num_files = std::clamp<int64_t>(o.steps * o.batch * 128 / train_cfg.frames, 64, 20000);
   std::vector<at::Tensor> eval_masks;
   auto train_files = make_synthetic_files(train_cfg);
   auto eval_files = make_synthetic_files(eval_cfg, &eval_masks);
@@ -198,8 +197,9 @@ DemoResult run_demo(const DemoOptions& o) {
 
   // 3. Held-out loss by position, on recall frames and on the rest.
   const int64_t bucket = 16;
-  Scored base = score_files(*models[0].second, eval_files, eval_masks, bucket, o.pattern != "motifs");
-  Scored tt = score_files(*models[1].second, eval_files, eval_masks, bucket, o.pattern != "motifs");
+  const bool text_only = o.pattern != "motifs";  // repeat / lexicon: the text stream carries the task
+  Scored base = score_files(*models[0].second, eval_files, eval_masks, bucket, text_only);
+  Scored tt = score_files(*models[1].second, eval_files, eval_masks, bucket, text_only);
   res.baseline_recall = base.recall_ce.mean().item<double>();
   res.ttt_recall = tt.recall_ce.mean().item<double>();
   res.baseline_other = base.other_ce.mean().item<double>();
@@ -207,7 +207,7 @@ DemoResult run_demo(const DemoOptions& o) {
   res.report_dir = (root / "report").string();
 
   // 4. Report: plots and a summary.
-  const double chance = std::log(static_cast<double>(o.pattern != "motifs" ? train_cfg.text_vocab : 64));
+  const double chance = std::log(static_cast<double>(text_only ? train_cfg.text_vocab : 64));
   {
     auto cb = read_curve((root / "baseline").string()), ct = read_curve((root / "ttt").string());
     plot::Chart c;

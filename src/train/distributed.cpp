@@ -140,11 +140,6 @@ void Collective::all_reduce_sum(std::vector<double>& values) {
   values = sum;
 }
 
-void Collective::all_reduce_mean(std::vector<double>& values) {
-  all_reduce_sum(values);
-  for (double& v : values) v /= static_cast<double>(info_.world_size);
-}
-
 void Collective::barrier() {
   if (info_.world_size > 1) all_gather("");
 }

@@ -48,7 +48,6 @@ class Collective {
   // Mean over ranks, in place. Tensors are summed in float32 (float64 for float64 tensors) in rank order
   // and divided by world_size; shapes and dtypes must agree across ranks (checked).
   void all_reduce_mean(const std::vector<at::Tensor>& tensors);
-  void all_reduce_mean(std::vector<double>& values);
   void all_reduce_sum(std::vector<double>& values);
   void barrier();
 

@@ -50,53 +50,71 @@ void noise_frame(SplitMix64& rng, const SyntheticConfig& c, int64_t* col, int64_
   for (int64_t k = 1; k < c.streams; ++k) col[k * stride] = static_cast<int64_t>(rng.below(c.audio_vocab));
 }
 
-std::vector<std::pair<std::string, at::Tensor>> make_lexicon_files(const SyntheticConfig& c,
-                                                                   std::vector<at::Tensor>* recall_masks) {
+// One file of each pattern, [K, T] int64, from the file's own generator.
+at::Tensor lexicon_file(const SyntheticConfig& c, SplitMix64& rng) {
   const int64_t K = c.streams, T = c.frames, V = c.text_vocab;
-  std::vector<std::pair<std::string, at::Tensor>> files;
-  for (int64_t i = 0; i < c.num_files; ++i) {
-    SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
-    std::vector<int64_t> pi(V);
-    for (int64_t a = 0; a < V; ++a) pi[a] = a;
-    for (int64_t a = V - 1; a > 0; --a) std::swap(pi[a], pi[rng.below(a + 1)]);  // Fisher-Yates
-    at::Tensor codes = at::empty({K, T}, at::kLong);
-    int64_t* cp = codes.data_ptr<int64_t>();
-    for (int64_t t = 0; t < T; ++t) {
-      const bool follow = t > 0 && rng.uniform() < c.follow_prob;
-      const int64_t x = follow ? pi[cp[t - 1]] : static_cast<int64_t>(rng.below(V));
-      cp[t] = x;
-      // Codebook 1 carries the previous frame's text, so that every frame shows one whole transition
-      // (a -> pi(a)); the other codebooks hold a constant "silence" code.
-      if (K > 1) cp[T + t] = t > 0 ? cp[t - 1] % c.audio_vocab : 0;
-      for (int64_t k = 2; k < K; ++k) cp[k * T + t] = 0;
-    }
-    char id[32];
-    std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
-    files.emplace_back(id, codes);
-    if (recall_masks) recall_masks->push_back(recall_mask(codes, c));
+  std::vector<int64_t> pi(V);
+  for (int64_t a = 0; a < V; ++a) pi[a] = a;
+  for (int64_t a = V - 1; a > 0; --a) std::swap(pi[a], pi[rng.below(a + 1)]);  // Fisher-Yates
+  at::Tensor codes = at::empty({K, T}, at::kLong);
+  int64_t* cp = codes.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    const bool follow = t > 0 && rng.uniform() < c.follow_prob;
+    cp[t] = follow ? pi[cp[t - 1]] : static_cast<int64_t>(rng.below(V));
+    // Codebook 1 carries the previous frame's text, so that every frame shows one whole transition
+    // (a -> pi(a)); the other codebooks hold a constant "silence" code.
+    if (K > 1) cp[T + t] = t > 0 ? cp[t - 1] % c.audio_vocab : 0;
+    for (int64_t k = 2; k < K; ++k) cp[k * T + t] = 0;
   }
-  return files;
+  return codes;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> make_repeat_files(const SyntheticConfig& c,
-                                                                  std::vector<at::Tensor>* recall_masks) {
+at::Tensor repeat_file(const SyntheticConfig& c, SplitMix64& rng) {
   const int64_t K = c.streams, T = c.frames, H = T / 2;
-  std::vector<std::pair<std::string, at::Tensor>> files;
-  for (int64_t i = 0; i < c.num_files; ++i) {
-    SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
-    at::Tensor codes = at::empty({K, T}, at::kLong);
-    int64_t* cp = codes.data_ptr<int64_t>();
-    for (int64_t t = 0; t < H; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        cp[k * T + t] = static_cast<int64_t>(rng.below(k == 0 ? c.text_vocab : c.audio_vocab));
-        cp[k * T + t + H] = cp[k * T + t];
-      }
-    char id[32];
-    std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
-    files.emplace_back(id, codes);
-    if (recall_masks) recall_masks->push_back(recall_mask(codes, c));
+  at::Tensor codes = at::empty({K, T}, at::kLong);
+  int64_t* cp = codes.data_ptr<int64_t>();
+  for (int64_t t = 0; t < H; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      cp[k * T + t] = static_cast<int64_t>(rng.below(k == 0 ? c.text_vocab : c.audio_vocab));
+      cp[k * T + t + H] = cp[k * T + t];
+    }
+  return codes;
+}
+
+at::Tensor motif_file(const SyntheticConfig& c, SplitMix64& rng) {
+  const int64_t K = c.streams, T = c.frames, L = c.motif_len, M = c.num_motifs;
+  // Motifs of this file: [M][K, L], drawn like noise frames.
+  at::Tensor motifs = at::empty({M, K, L}, at::kLong);
+  int64_t* mp = motifs.data_ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t t = 0; t < L; ++t) noise_frame(rng, c, mp + m * K * L + t, L);
+
+  at::Tensor codes = at::empty({K, T}, at::kLong);
+  int64_t* cp = codes.data_ptr<int64_t>();
+  std::vector<int64_t> last_end(M, -1);  // last motif frame of the previous occurrence; -1: none yet
+  std::vector<int64_t> eligible;
+  for (int64_t t = 0; t < T;) {
+    bool start = t + 1 + L <= T && rng.uniform() < c.repeat_prob;
+    if (start) {
+      eligible.clear();
+      for (int64_t m = 0; m < M; ++m)
+        if (last_end[m] < 0 || t - last_end[m] - 1 >= c.min_gap) eligible.push_back(m);
+      start = !eligible.empty();
+    }
+    if (!start) {
+      noise_frame(rng, c, cp + t, T);
+      ++t;
+      continue;
+    }
+    const int64_t m = eligible[rng.below(eligible.size())];
+    noise_frame(rng, c, cp + t, T);  // the cue frame: audio is noise, text names the motif
+    cp[t] = m;
+    for (int64_t j = 0; j < L; ++j)
+      for (int64_t k = 0; k < K; ++k) cp[k * T + t + 1 + j] = mp[m * K * L + k * L + j];
+    last_end[m] = t + L;
+    t += L + 1;
   }
-  return files;
+  return codes;
 }
 
 }  // namespace
@@ -105,51 +123,15 @@ std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const Synth
                                                                      std::vector<at::Tensor>* recall_masks) {
   check_synthetic_config(c);
   if (recall_masks) recall_masks->clear();
-  if (c.pattern == "lexicon") return make_lexicon_files(c, recall_masks);
-  if (c.pattern == "repeat") return make_repeat_files(c, recall_masks);
-  const int64_t K = c.streams, T = c.frames, L = c.motif_len, M = c.num_motifs;
   std::vector<std::pair<std::string, at::Tensor>> files;
   for (int64_t i = 0; i < c.num_files; ++i) {
     SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
-    // Motifs of this file: [M][K, L], drawn like noise frames.
-    at::Tensor motifs = at::empty({M, K, L}, at::kLong);
-    int64_t* mp = motifs.data_ptr<int64_t>();
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t t = 0; t < L; ++t) noise_frame(rng, c, mp + m * K * L + t, L);
-
-    at::Tensor codes = at::empty({K, T}, at::kLong);
-    at::Tensor mask = at::zeros({T}, at::kBool);
-    int64_t* cp = codes.data_ptr<int64_t>();
-    bool* rp = mask.data_ptr<bool>();
-    std::vector<int64_t> last_end(M, -1);  // last motif frame of the previous occurrence; -1: none yet
-    std::vector<int64_t> eligible;
-    for (int64_t t = 0; t < T;) {
-      bool start = t + 1 + L <= T && rng.uniform() < c.repeat_prob;
-      if (start) {
-        eligible.clear();
-        for (int64_t m = 0; m < M; ++m)
-          if (last_end[m] < 0 || t - last_end[m] - 1 >= c.min_gap) eligible.push_back(m);
-        start = !eligible.empty();
-      }
-      if (!start) {
-        noise_frame(rng, c, cp + t, T);
-        ++t;
-        continue;
-      }
-      const int64_t m = eligible[rng.below(eligible.size())];
-      noise_frame(rng, c, cp + t, T);  // the cue frame: audio is noise, text names the motif
-      cp[t] = m;
-      for (int64_t j = 0; j < L; ++j) {
-        for (int64_t k = 0; k < K; ++k) cp[k * T + t + 1 + j] = mp[m * K * L + k * L + j];
-        rp[t + 1 + j] = last_end[m] >= 0;
-      }
-      last_end[m] = t + L;
-      t += L + 1;
-    }
+    at::Tensor codes = c.pattern == "lexicon" ? lexicon_file(c, rng) : c.pattern == "repeat" ? repeat_file(c, rng)
+                                                                                              : motif_file(c, rng);
     char id[32];
     std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
     files.emplace_back(id, codes);
-    if (recall_masks) recall_masks->push_back(mask);
+    if (recall_masks) recall_masks->push_back(recall_mask(codes, c));  // one definition of recall frames
   }
   return files;
 }

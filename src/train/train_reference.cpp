@@ -104,11 +104,7 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
   // A tensor the case lacks is a failure named after it.
   auto present = [&](const std::string& key) {
     if (of.contains(key)) return true;
-    eval::TensorCheck c;
-    c.name = key;
-    c.pass = false;
-    c.note = "not in out.safetensors";
-    r.checks.push_back(c);
+    r.checks.push_back(eval::failed_check(key, "not in out.safetensors"));
     return false;
   };
   for (const auto& [n, gr] : first_grads) {

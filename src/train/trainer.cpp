@@ -544,6 +544,26 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_total = 0;
   const int64_t end_step = opt.stop_at_step > 0 ? std::min(opt.stop_at_step, cfg.max_steps) : cfg.max_steps;
+  // Data parallel: gradients and the logged losses averaged over the ranks before clipping.
+  std::function<void(StepResult&)> reduce;
+  if (r.comm)
+    reduce = [&r](StepResult& s) {
+      // Gradients: mean over ranks (each rank's loss is normalised over its own batch, as DDP does).
+      std::vector<at::Tensor> grads;
+      for (auto& p : r.trainable) {
+        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        grads.push_back(p.grad());
+      }
+      r.comm->all_reduce_mean(grads);
+      // Losses (means over ranks) and the token count (a sum), in one exchange.
+      std::vector<double> v{static_cast<double>(s.real_tokens), s.text, s.audio, s.state_change};
+      v.insert(v.end(), s.per_codebook.begin(), s.per_codebook.end());
+      r.comm->all_reduce_sum(v);
+      const double w = static_cast<double>(r.comm->world_size());
+      s.real_tokens = static_cast<int64_t>(v[0]);
+      s.text = v[1] / w, s.audio = v[2] / w, s.state_change = v[3] / w;
+      for (size_t k = 0; k < s.per_codebook.size(); ++k) s.per_codebook[k] = v[4 + k] / w;
+    };
   for (int64_t step = r.start_step; step < end_step; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     PeakMemory mem;
@@ -555,25 +575,6 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       resets.push_back(batch.reset.narrow(0, mb * cfg.batch_size, cfg.batch_size));
     }
     const bool log_now = (step + 1) % cfg.log_freq == 0 || step + 1 == end_step;
-    std::function<void(StepResult&)> reduce;
-    if (r.comm)
-      reduce = [&r](StepResult& s) {
-        // Gradients: mean over ranks (each rank's loss is normalised over its own batch, as DDP does).
-        std::vector<at::Tensor> grads;
-        for (auto& p : r.trainable) {
-          if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-          grads.push_back(p.grad());
-        }
-        r.comm->all_reduce_mean(grads);
-        std::vector<double> v{s.text, s.audio, s.state_change};
-        v.insert(v.end(), s.per_codebook.begin(), s.per_codebook.end());
-        r.comm->all_reduce_mean(v);
-        s.text = v[0], s.audio = v[1], s.state_change = v[2];
-        std::copy(v.begin() + 3, v.end(), s.per_codebook.begin());
-        std::vector<double> n{static_cast<double>(s.real_tokens)};
-        r.comm->all_reduce_sum(n);
-        s.real_tokens = static_cast<int64_t>(n[0]);
-      };
     StepResult sr = train_step(*r.model, *r.optim, r.sched, step, micro, persistent ? &r.states : nullptr, resets, loss_cfg,
                                cfg.max_norm, r.trainable, log_now, reduce);
     const double loss = sr.loss, text = sr.text, audio = sr.audio, norm = sr.grad_norm, change = sr.state_change;

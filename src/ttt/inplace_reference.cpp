@@ -86,13 +86,8 @@ eval::CaseResult run_inplace_case(const std::string& dir, const eval::RunOptions
   }
   // Every stored output must have been compared: a tensor we do not produce is a failure, not a skip.
   for (const auto& name : out_f.names())
-    if (!compared.count(name)) {
-      eval::TensorCheck c;
-      c.name = name;
-      c.pass = false;
-      c.note = "stored in outputs.safetensors but not produced by the module (use_proj mismatch?)";
-      r.checks.push_back(c);
-    }
+    if (!compared.count(name))
+      r.checks.push_back(eval::failed_check(name, "stored in outputs.safetensors but not produced by the module (use_proj mismatch?)"));
   return r;
 }
 

@@ -81,11 +81,7 @@ eval::CaseResult run(const std::string& dir, const eval::RunOptions& opt) {
     auto key = "grad." + n;
     const auto& g = grads[i++];
     if (!want.count(key)) {
-      eval::TensorCheck c;
-      c.name = key;
-      c.pass = false;
-      c.note = "missing in outputs.safetensors";
-      r.checks.push_back(c);
+      r.checks.push_back(eval::failed_check(key, "missing in outputs.safetensors"));
       continue;
     }
     // Parameter gradients are sums over all B*L tokens whose float32 rounding grows with the largest
