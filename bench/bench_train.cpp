@@ -65,7 +65,7 @@ void BM_TrainStep(benchmark::State& state) {
   one();  // warm-up (allocations, optimizer state)
   int64_t peak = 0;
   for (auto _ : state) {
-    PeakMemory mem;
+    PeakMemory mem(bench_device().type());
     one();
     peak = std::max(peak, mem.peak());
   }

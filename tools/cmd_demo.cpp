@@ -24,7 +24,10 @@ void add_demo(CLI::App& app) {
   sub->add_option("--batch", o->batch, "training sequences per step")->capture_default_str();
   sub->add_option("--ttt-gate", o->ttt_gate, "initial gating alpha of the TTT block")->capture_default_str();
   sub->add_option("--ttt-heads", o->ttt_heads, "heads of the TTT layer")->capture_default_str();
-  sub->add_flag("--share-qk", o->share_qk, "TTT layer with a shared Q/K projection and causal convolutions");
+  sub->add_flag("--share-qk,!--no-share-qk", o->share_qk, "TTT layer with a shared Q/K projection and causal convolutions")
+      ->capture_default_str();
+  sub->add_option("--ttt-lr-multiplier", o->ttt_lr_multiplier, "learning-rate multiplier of the TTT weights")
+      ->capture_default_str();
   sub->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   sub->add_option("--threads", o->threads, "intra-op threads (default: libtorch's)");
   sub->add_flag("--quiet", o->quiet, "no progress lines");

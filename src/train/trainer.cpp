@@ -106,9 +106,14 @@ std::string now_iso() {
 std::string fmt_duration(double s) {
   char b[32];
   if (!std::isfinite(s) || s < 0) return "?";
-  if (s < 90) std::snprintf(b, sizeof b, "%.0fs", s);
-  else if (s < 5400) std::snprintf(b, sizeof b, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
-  else std::snprintf(b, sizeof b, "%.0fh%02.0fm", std::floor(s / 3600), std::fmod(s / 60, 60));
+  // Round to whole seconds (minutes) first, so that 119.6 s reads 2m00s, not 1m60s.
+  const long long secs = std::llround(s);
+  if (secs < 90) std::snprintf(b, sizeof b, "%llds", secs);
+  else if (secs < 5400) std::snprintf(b, sizeof b, "%lldm%02llds", secs / 60, secs % 60);
+  else {
+    const long long mins = std::llround(s / 60);
+    std::snprintf(b, sizeof b, "%lldh%02lldm", mins / 60, mins % 60);
+  }
   return b;
 }
 
@@ -566,7 +571,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
     };
   for (int64_t step = r.start_step; step < end_step; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    PeakMemory mem;
+    PeakMemory mem(r.dev.type());  // tensors allocated during the step on the training device
     TokenBatch batch;
     MT_CHECK(r.loader->next(batch), cfg.train_data, ": no training data");
     std::vector<at::Tensor> micro, resets;

@@ -2,6 +2,7 @@
 // a run stopped and resumed gives a bit-identical loss curve and final weights; --set overrides and
 // names mistyped fields; non-finite steps are skipped and stop the run with a clear message.
 #include <gtest/gtest.h>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -152,4 +153,22 @@ TEST(Demo, ShortRunWritesTheReport) {
   auto j = nlohmann::json::parse(slurp(d.file("demo/report/summary.json")));
   EXPECT_TRUE(j["baseline_recall_ce"].is_number() && j["ttt_recall_ce"].is_number()) << j.dump();
   EXPECT_NE(slurp(d.file("demo/report/summary.md")).find("recall"), std::string::npos);
+}
+
+// The demo's claim, guarded. With the demo's model (TTT in layer 0 beside the attention, keys through the
+// shared-QK causal convolutions, TTT weights at 5x the lr), 1000 steps are enough for TTT to recall beyond
+// the window: measured -0.93 nats at 1000 steps (-1.68 at the default 1500) on 2 CPU threads, while the
+// baseline stays at chance. A change that stops TTT from learning (frozen TTT weights or gate, a broken
+// inner gradient, states that reset inside a sequence) fails here.
+TEST(Demo, TTTRecallsBeyondTheWindowWhereTheBaselineCannot) {
+  TempDir d;
+  std::string out;
+  ASSERT_EQ(run(cli() + " demo --quiet --steps 1000 --threads 2 --run-dir " + d.file("demo"), &out), 0) << out;
+  auto j = nlohmann::json::parse(slurp(d.file("demo/report/summary.json")));
+  const double base = j["baseline_recall_ce"].get<double>(), ttt = j["ttt_recall_ce"].get<double>();
+  EXPECT_NEAR(base, std::log(32.0), 0.05) << "the baseline cannot see 64 frames back: it must stay at chance";
+  EXPECT_LT(ttt, base - 0.3) << j.dump();
+  // Elsewhere (random frames) neither model can do better than chance; TTT must not make it worse.
+  EXPECT_NEAR(j["ttt_other_ce"].get<double>(), j["baseline_other_ce"].get<double>(), 0.05) << j.dump();
+  EXPECT_NE(slurp(d.file("demo/report/summary.md")).find("TTT lowers the loss"), std::string::npos);
 }
