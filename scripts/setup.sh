@@ -17,7 +17,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages the code uses.
 pkgs=(cmake g++ make python3 python3-venv ccache googletest libgtest-dev libbenchmark-dev
-      libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpng-dev zlib1g-dev)
+      libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpng-dev zlib1g-dev pkg-config
+      libsndfile1-dev libsoxr-dev libsentencepiece-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,6 +23,7 @@ void register_all(CLI::App& app) {
   add_demo(app);
   add_score(app);
   add_train(app);
+  add_codec(app);
 }
 
 int run_selected(CLI::App& app) {

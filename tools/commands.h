@@ -20,6 +20,7 @@ void add_init(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_score(CLI::App& app);
 void add_train(CLI::App& app);
+void add_codec(CLI::App& app);  // encode + decode
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

@@ -2,9 +2,10 @@
 # Bundles the C++ dependencies that come from Debian packages here (headers, static libraries and
 # CMake package files) into .gpu-deps/, for a GPU machine that has PyTorch and CMake but none of
 # these packages and no network. Used only to run the gpu tier and benchmarks on a lent GPU.
+# GPU_DEPS_DIR overrides the destination (default .gpu-deps).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-D=.gpu-deps
+D=${GPU_DEPS_DIR:-.gpu-deps}
 rm -rf "$D"
 mkdir -p "$D/include" "$D/lib/x86_64-linux-gnu/cmake" "$D/share/cmake"
 for h in yaml-cpp nlohmann CLI gtest gmock benchmark png.h pngconf.h pnglibconf.h zlib.h; do cp -rL "/usr/include/$h" "$D/include/"; done
@@ -14,4 +15,34 @@ cp -L $L/libgtest.a $L/libgtest_main.a $L/libgmock.a $L/libgmock_main.a $L/libpn
 cp -a $L/libbenchmark.so* $L/libbenchmark_main.a $L/libyaml-cpp.so* "$D/lib/x86_64-linux-gnu/"
 cp -r $L/cmake/GTest $L/cmake/benchmark $L/cmake/yaml-cpp "$D/lib/x86_64-linux-gnu/cmake/"
 cp -r /usr/share/cmake/nlohmann_json "$D/share/cmake/"
+# Audio I/O and tokenizer (shared libraries): headers, each library with its versioned names, the
+# libraries they load themselves (libsndfile's codecs, soxr's libgomp: all that ldd lists but glibc,
+# libstdc++ and libgcc_s), and pkg-config files relative to their own folder (${pcfiledir}), so that
+# CMake finds them wherever the bundle lands; CMakeLists.txt adds the folder to the executables' rpath.
+for h in sndfile.h sndfile.hh soxr.h sentencepiece_processor.h sentencepiece_trainer.h; do cp -L "/usr/include/$h" "$D/include/"; done
+cp -a $L/libsndfile.so $L/libsndfile.so.* $L/libsoxr.so $L/libsoxr.so.* $L/libsentencepiece.so $L/libsentencepiece.so.* \
+  $L/libsentencepiece_train.so $L/libsentencepiece_train.so.* "$D/lib/x86_64-linux-gnu/"
+for dep in $(ldd $L/libsndfile.so $L/libsoxr.so $L/libsentencepiece.so $L/libsentencepiece_train.so | awk '$3 ~ /^\// {print $3}' | sort -u); do
+  case "$(basename "$dep")" in
+    libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libstdc++.so*|libgcc_s.so*) ;;
+    libsndfile*|libsoxr*|libsentencepiece*) ;;
+    *) cp -L "$dep" "$D/lib/x86_64-linux-gnu/" ;;
+  esac
+done
+P="$D/lib/x86_64-linux-gnu/pkgconfig"
+mkdir -p "$P"
+for m in "sndfile -lsndfile" "soxr -lsoxr" "sentencepiece -lsentencepiece -lsentencepiece_train"; do
+  set -- $m; name=$1; shift
+  cat >"$P/$name.pc" <<EOF
+prefix=\${pcfiledir}/../../..
+libdir=\${prefix}/lib/x86_64-linux-gnu
+includedir=\${prefix}/include
+
+Name: $name
+Description: $name, bundled by scripts/gpu/bundle_deps.sh
+Version: $(pkg-config --modversion "$name")
+Libs: -L\${libdir} $*
+Cflags: -I\${includedir}
+EOF
+done
 du -sh "$D"

@@ -29,7 +29,7 @@ std::string str(const A&... a) {
 
 template <class... A>
 [[noreturn]] void fail(const A&... a) {
-  throw Error(str(a...));
+  throw Error(::mt::str(a...));  // qualified: a c10 argument would bring c10::str in by ADL
 }
 
 template <class T>

@@ -1,0 +1,177 @@
+#include "audio/audio_io.h"
+
+#include <sndfile.h>
+#include <soxr.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <system_error>
+#include <vector>
+
+#include "util/error.h"
+
+namespace mt::audio {
+
+namespace {
+
+// Closes the SNDFILE on every path out of a function.
+struct SndFile {
+  SNDFILE* f = nullptr;
+  SndFile() = default;
+  SndFile(const SndFile&) = delete;
+  SndFile& operator=(const SndFile&) = delete;
+  ~SndFile() {
+    if (f) sf_close(f);
+  }
+};
+
+// x as float32 [C, N] on the CPU, contiguous; [N] becomes [1, N]. `what` names the caller.
+at::Tensor as_channels(const at::Tensor& x, const std::string& what) {
+  MT_CHECK(x.defined(), what, ": undefined tensor");
+  MT_CHECK(x.dim() == 1 || x.dim() == 2, what, ": expected samples of shape [C, N] or [N], got ",
+           shape_str(x.sizes().vec()));
+  MT_CHECK(at::isFloatingType(x.scalar_type()), what, ": expected floating-point samples, got ",
+           x.scalar_type());
+  at::Tensor y = x.dim() == 1 ? x.unsqueeze(0) : x;
+  return y.to(at::kCPU, at::kFloat).contiguous();
+}
+
+}  // namespace
+
+Audio read_audio(const std::string& path) {
+  SF_INFO info{};
+  SndFile file;
+  file.f = sf_open(path.c_str(), SFM_READ, &info);
+  if (!file.f) fail(path, ": cannot read audio: ", sf_strerror(nullptr));
+  MT_CHECK(info.channels > 0, path, ": audio file reports ", info.channels, " channels");
+  MT_CHECK(info.samplerate > 0, path, ": audio file reports sample rate ", info.samplerate);
+  MT_CHECK(info.frames > 0, path, ": audio file is empty (0 frames)");
+  constexpr int64_t kMaxSamples = int64_t(1) << 40;  // 4 TiB of floats: a corrupt header, not audio
+  MT_CHECK(info.frames <= kMaxSamples / info.channels, path, ": implausible length of ", info.frames,
+           " frames x ", info.channels, " channels");
+  // Keep integer data scaled to [-1, 1) (libsndfile's default, made explicit).
+  sf_command(file.f, SFC_SET_NORM_FLOAT, nullptr, SF_TRUE);
+
+  const int64_t channels = info.channels;
+  at::Tensor interleaved = at::empty({info.frames, channels}, at::kFloat);
+  float* data = interleaved.data_ptr<float>();
+  int64_t done = 0;
+  while (done < info.frames) {
+    sf_count_t got = sf_readf_float(file.f, data + done * channels, info.frames - done);
+    if (got <= 0) break;
+    done += got;
+  }
+  const int err = sf_error(file.f);
+  MT_CHECK(err == SF_ERR_NO_ERROR, path, ": read error after ", done, " of ", info.frames,
+           " frames: ", sf_strerror(file.f));
+  // Some compressed formats announce a length they then fall short of; keep what was decoded.
+  MT_CHECK(done > 0, path, ": audio file is empty (no frame could be decoded of ", info.frames, ")");
+  if (done < info.frames) interleaved = interleaved.narrow(0, 0, done);
+  return Audio{interleaved.t().contiguous(), info.samplerate};
+}
+
+at::Tensor resample(const at::Tensor& x, int64_t from_rate, int64_t to_rate) {
+  MT_CHECK(from_rate > 0 && to_rate > 0, "resample: sample rates must be positive, got ", from_rate,
+           " -> ", to_rate);
+  at::Tensor in = as_channels(x, "resample");
+  const bool mono_1d = x.dim() == 1;
+  if (from_rate == to_rate) return mono_1d ? in.squeeze(0) : in;
+
+  const int64_t channels = in.size(0), n = in.size(1);
+  MT_CHECK(n <= std::numeric_limits<int64_t>::max() / to_rate, "resample: input too long (", n,
+           " samples)");
+  // round(n * to / from) in integers.
+  const int64_t n_out = (n * to_rate + from_rate / 2) / from_rate;
+  at::Tensor out = at::zeros({channels, n_out}, at::kFloat);
+  if (n == 0 || n_out == 0) return mono_1d ? out.squeeze(0) : out;
+
+  const soxr_io_spec_t io = soxr_io_spec(SOXR_FLOAT32_I, SOXR_FLOAT32_I);
+  const soxr_quality_spec_t quality = soxr_quality_spec(SOXR_HQ, 0);
+  const soxr_runtime_spec_t runtime = soxr_runtime_spec(1);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* src = in[c].data_ptr<float>();
+    float* dst = out[c].data_ptr<float>();
+    size_t idone = 0, odone = 0;
+    soxr_error_t e = soxr_oneshot(double(from_rate), double(to_rate), 1, src, size_t(n), &idone, dst,
+                                  size_t(n_out), &odone, &io, &quality, &runtime);
+    MT_CHECK(e == nullptr, "resample ", from_rate, " -> ", to_rate, " Hz, channel ", c, ": soxr: ", e);
+    // soxr flushes its filter at the end of the input; a sample or two short of the rounded length
+    // stays zero.
+    MT_CHECK(int64_t(odone) + 4 >= n_out, "resample ", from_rate, " -> ", to_rate, " Hz, channel ", c,
+             ": soxr produced ", odone, " samples, expected ", n_out);
+  }
+  return mono_1d ? out.squeeze(0) : out;
+}
+
+Audio read_audio_24k(const std::string& path) {
+  Audio a = read_audio(path);
+  if (a.sample_rate != kMimiSampleRate) {
+    try {
+      a.samples = resample(a.samples, a.sample_rate, kMimiSampleRate);
+    } catch (const Error& e) {
+      fail(path, ": ", e.what());
+    }
+    a.sample_rate = kMimiSampleRate;
+  }
+  return a;
+}
+
+void write_wav(const std::string& path, const at::Tensor& samples, int64_t sample_rate,
+               WavFormat format) {
+  MT_CHECK(sample_rate > 0 && sample_rate <= std::numeric_limits<int>::max(), path,
+           ": sample rate must be positive, got ", sample_rate);
+  at::Tensor x = as_channels(samples, path);
+  const int64_t channels = x.size(0), n = x.size(1);
+  MT_CHECK(channels > 0 && channels <= 1024, path, ": cannot write ", channels, " channels");
+  at::Tensor interleaved = x.clamp(-1.0, 1.0).t().contiguous();  // [N, C]
+
+  SF_INFO info{};
+  info.samplerate = static_cast<int>(sample_rate);
+  info.channels = static_cast<int>(channels);
+  info.format = SF_FORMAT_WAV | (format == WavFormat::Pcm16 ? SF_FORMAT_PCM_16 : SF_FORMAT_FLOAT);
+  MT_CHECK(sf_format_check(&info), path, ": libsndfile rejects wav with ", channels, " channels at ",
+           sample_rate, " Hz");
+
+  const std::string tmp = path + ".tmp";
+  auto drop_tmp = [&] {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+  };
+  {
+    SndFile file;
+    file.f = sf_open(tmp.c_str(), SFM_WRITE, &info);
+    if (!file.f) fail(path, ": cannot create ", tmp, ": ", sf_strerror(nullptr));
+    sf_count_t written = 0;
+    if (format == WavFormat::Pcm16) {
+      // round(x * 32768), clamped: symmetric with the reader's q / 32768.
+      at::Tensor q = (interleaved * 32768.0f).round_().clamp_(-32768, 32767).to(at::kShort);
+      written = sf_writef_short(file.f, q.data_ptr<int16_t>(), n);
+    } else {
+      written = sf_writef_float(file.f, interleaved.data_ptr<float>(), n);
+    }
+    if (written != n) {
+      std::string why = sf_strerror(file.f);
+      sf_close(file.f);
+      file.f = nullptr;
+      drop_tmp();
+      fail(path, ": wrote ", written, " of ", n, " frames to ", tmp, ": ", why);
+    }
+    int rc = sf_close(file.f);
+    file.f = nullptr;
+    if (rc != 0) {
+      drop_tmp();
+      fail(path, ": closing ", tmp, " failed: ", sf_error_number(rc));
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    drop_tmp();
+    fail(path, ": cannot rename ", tmp, " over it: ", ec.message());
+  }
+}
+
+}  // namespace mt::audio

@@ -1,0 +1,85 @@
+#include "mimi/conv.h"
+
+#include <ATen/ATen.h>
+
+#include "util/error.h"
+
+namespace mt::mimi {
+
+ConvParamsImpl::ConvParamsImpl(int64_t d0, int64_t d1, int64_t kernel, int64_t bias_size) {
+  weight = register_parameter("weight", at::zeros({d0, d1, kernel}));
+  if (bias_size > 0) bias = register_parameter("bias", at::zeros({bias_size}));
+}
+
+ConvWrapImpl::ConvWrapImpl(const std::string& name, int64_t d0, int64_t d1, int64_t kernel, int64_t bias_size) {
+  inner = register_module(name, ConvParams(d0, d1, kernel, bias_size));
+}
+
+StreamingConv1dImpl::StreamingConv1dImpl(int64_t in_ch_, int64_t out_ch_, int64_t kernel_, int64_t stride_,
+                                         int64_t dilation_, int64_t groups_, bool bias, std::string pad_mode_)
+    : in_ch(in_ch_), out_ch(out_ch_), kernel(kernel_), stride(stride_), dilation(dilation_), groups(groups_),
+      pad_mode(std::move(pad_mode_)) {
+  MT_CHECK(pad_mode == "constant" || pad_mode == "replicate", "mimi conv: pad_mode '", pad_mode,
+           "' (expected constant or replicate)");
+  MT_CHECK(in_ch % groups == 0 && out_ch % groups == 0, "mimi conv: channels ", in_ch, "->", out_ch,
+           " not divisible by groups ", groups);
+  MT_CHECK(context() >= 0, "mimi conv: kernel ", kernel, " shorter than stride ", stride);
+  conv = register_module("conv", ConvWrap("conv", out_ch, in_ch / groups, kernel, bias ? out_ch : 0));
+}
+
+at::Tensor StreamingConv1dImpl::forward(const at::Tensor& x) const {
+  Conv1dState fresh;
+  return step(x, fresh);
+}
+
+at::Tensor StreamingConv1dImpl::step(const at::Tensor& x, Conv1dState& st) const {
+  MT_CHECK(x.dim() == 3 && x.size(1) == in_ch, "mimi conv: expected input [B, ", in_ch, ", T], got ",
+           shape_str(x.sizes().vec()));
+  MT_CHECK(x.size(2) % stride == 0, "mimi conv: input length ", x.size(2), " is not a multiple of the stride ", stride);
+  if (x.size(2) == 0) return x.new_empty({x.size(0), out_ch, 0});
+  const int64_t tp = context();
+  at::Tensor in = x;
+  if (tp > 0) {
+    if (!st.previous.defined()) {
+      st.previous = pad_mode == "replicate" ? x.narrow(2, 0, 1).expand({x.size(0), in_ch, tp})
+                                            : at::zeros({x.size(0), in_ch, tp}, x.options());
+    }
+    in = at::cat({st.previous, x}, 2);
+    st.previous = in.narrow(2, in.size(2) - tp, tp);
+  }
+  const auto& p = conv->inner;
+  return at::conv1d(in, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{dilation}, groups);
+}
+
+StreamingConvTranspose1dImpl::StreamingConvTranspose1dImpl(int64_t in_ch_, int64_t out_ch_, int64_t kernel_,
+                                                           int64_t stride_, int64_t groups_, bool bias)
+    : in_ch(in_ch_), out_ch(out_ch_), kernel(kernel_), stride(stride_), groups(groups_) {
+  MT_CHECK(kernel >= stride, "mimi convtr: kernel ", kernel, " shorter than stride ", stride);
+  MT_CHECK(in_ch % groups == 0 && out_ch % groups == 0, "mimi convtr: channels ", in_ch, "->", out_ch,
+           " not divisible by groups ", groups);
+  convtr = register_module("convtr", ConvWrap("convtr", in_ch, out_ch / groups, kernel, bias ? out_ch : 0));
+}
+
+at::Tensor StreamingConvTranspose1dImpl::forward(const at::Tensor& x) const {
+  MT_CHECK(x.dim() == 3 && x.size(1) == in_ch, "mimi convtr: expected input [B, ", in_ch, ", T], got ",
+           shape_str(x.sizes().vec()));
+  const auto& p = convtr->inner;
+  at::Tensor y = at::conv_transpose1d(x, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{0}, groups);
+  return y.narrow(2, 0, y.size(2) - (kernel - stride));
+}
+
+at::Tensor StreamingConvTranspose1dImpl::step(const at::Tensor& x, ConvTr1dState& st) const {
+  MT_CHECK(x.dim() == 3 && x.size(1) == in_ch, "mimi convtr: expected input [B, ", in_ch, ", T], got ",
+           shape_str(x.sizes().vec()));
+  if (x.size(2) == 0) return x.new_empty({x.size(0), out_ch, 0});
+  const auto& p = convtr->inner;
+  at::Tensor y = at::conv_transpose1d(x, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{0}, groups);
+  const int64_t pt = kernel - stride;
+  if (pt == 0) return y;
+  if (st.partial.defined()) y = at::cat({y.narrow(2, 0, pt) + st.partial, y.narrow(2, pt, y.size(2) - pt)}, 2);
+  at::Tensor tail = y.narrow(2, y.size(2) - pt, pt);
+  st.partial = p->bias.defined() ? tail - p->bias.view({1, -1, 1}) : tail.clone();
+  return y.narrow(2, 0, y.size(2) - pt);
+}
+
+}  // namespace mt::mimi
