@@ -1,6 +1,8 @@
 #include "tools/generate_run.h"
 
 #include <algorithm>
+#include <chrono>
+#include <numeric>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -8,7 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "audio/audio_io.h"
 #include "lm/lm_gen.h"
+#include "mimi/mimi.h"
+#include "text/tokenizer.h"
 #include "util/error.h"
 #include "util/plot.h"
 
@@ -26,7 +31,12 @@ void GenerateOpts::add(CLI::App* sub) {
   sub->add_option("--top-k-text", top_k_text, "text top-k")->capture_default_str();
   sub->add_option("--seed", seed, "sampling seed")->capture_default_str();
   sub->add_option("--user-codes", user_codes, "safetensors file with user_codes [B, n_q - dep_q, S] (default: zeros)");
-  sub->add_option("--out", out, "write generated tokens [B, 1 + dep_q, S'] here (safetensors)");
+  sub->add_option("--out", out, "write generated tokens [B, 1 + dep_q, S'] here (.safetensors), or with --user Moshi's audio (.wav)");
+  sub->add_option("--user", user_wav, "full duplex: the user's audio (wav/flac/ogg), streamed 80 ms at a time through Mimi");
+  sub->add_option("--text", text_out, "full duplex: write Moshi's text stream here");
+  sub->add_option("--tokenizer", tokenizer, "SentencePiece model to turn --text ids into words");
+  sub->add_option("--mimi", mimi, "full duplex: Mimi weights (.safetensors)");
+  sub->add_option("--mimi-config", mimi_config, "full duplex: Mimi config JSON (default: the released model)");
   sub->add_option("--run-dir", run_dir, "write metrics.jsonl (per-step latency) and summary.json here");
   sub->add_flag("-q,--quiet", quiet, "no progress lines");
 }
@@ -40,6 +50,8 @@ double percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int run_generate(const GenerateOpts& o) {
+  if (!o.user_wav.empty()) return run_full_duplex(o);
+  MT_CHECK(o.text_out.empty() && o.mimi.empty(), "--text and --mimi need --user IN.wav (full-duplex mode)");
   MT_CHECK(o.steps > 0, "--steps must be > 0");
   MT_CHECK(o.batch > 0, "--batch must be > 0");
   std::string origin;
@@ -125,6 +137,91 @@ int run_generate(const GenerateOpts& o) {
     plot::write_png(ch, (fs::path(o.run_dir) / "latency.png").string());
     std::printf("wrote %s/{metrics.jsonl,summary.json,latency.png}\n", o.run_dir.c_str());
   }
+  return 0;
+}
+
+int run_full_duplex(const GenerateOpts& o) {
+  MT_CHECK(!o.mimi.empty(), "--user needs --mimi WEIGHTS.safetensors (the codec)");
+  MT_CHECK(o.batch == 1, "--user streams one conversation: --batch must be 1");
+  std::string origin;
+  lm::LMModel model = o.model.build(&origin);
+  const auto& c = model->cfg;
+  mimi::Mimi codec = mimi::load_mimi(o.mimi, o.mimi_config);
+  MT_CHECK(codec->cfg.quantizer.bins == c.card, o.mimi, ": the codec has ", codec->cfg.quantizer.bins,
+           " bins per codebook, the LM's card is ", c.card);
+  const int64_t user_q = c.n_q - c.dep_q, need_q = std::max(c.dep_q, user_q);
+  MT_CHECK(need_q <= codec->cfg.quantizer.n_q, o.mimi, ": the LM needs ", need_q, " codebooks, the codec has ",
+           codec->cfg.quantizer.n_q);
+  codec->cfg.num_codebooks = need_q;
+  const at::Device dev = model->parameters().front().device();
+  codec->to(dev);
+  codec->quantizer->refresh();
+  std::unique_ptr<text::Tokenizer> tok;
+  if (!o.tokenizer.empty()) tok = std::make_unique<text::Tokenizer>(o.tokenizer);
+
+  audio::Audio in = audio::read_audio_24k(o.user_wav);
+  // The user is one speaker: a stereo file is mixed down.
+  at::Tensor user = in.samples.mean(0, true).unsqueeze(0);  // [1, 1, N]
+  const int64_t fs = codec->cfg.frame_size();
+  const int64_t frames = (user.size(2) + fs - 1) / fs;
+  user = at::constant_pad_nd(user, {0, frames * fs - user.size(2)}).to(dev);
+
+  lm::SamplingConfig s;
+  s.use_sampling = !o.greedy;
+  s.temp = o.temp;
+  s.temp_text = o.temp_text;
+  s.top_k = o.top_k;
+  s.top_k_text = o.top_k_text;
+  s.seed = o.seed;
+  lm::LMGen gen(model, s);
+  lm::LMGenState st = gen.make_state(1);  // TTT states inside persist over the whole file
+  mimi::MimiState enc = codec->make_state(1), dec = codec->make_state(1);
+  std::printf("full duplex: %s (%.2f s, %lld frames of 80 ms) -> %s; model %s\n", o.user_wav.c_str(), in.duration_sec(),
+              (long long)frames, o.out.empty() ? "(no audio out)" : o.out.c_str(), origin.c_str());
+  std::fflush(stdout);
+  at::InferenceMode im;
+  std::vector<at::Tensor> audio_out;
+  std::vector<int64_t> text_ids;
+  std::vector<double> step_ms;
+  const auto t_start = std::chrono::steady_clock::now();
+  const int64_t every = std::max<int64_t>(1, frames / 10);
+  for (int64_t f = 0; f < frames; ++f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Tensor uc = codec->encode_step(user.narrow(2, f * fs, fs), enc).narrow(1, 0, user_q);  // [1, user_q, 1]
+    std::optional<at::Tensor> out = gen.step(st, uc);
+    if (out) {
+      at::Tensor tokens = *out;                                      // [1, 1 + dep_q, 1]
+      audio_out.push_back(codec->decode_step(tokens.narrow(1, 1, c.dep_q), dec));
+      text_ids.push_back(tokens[0][0][0].item<int64_t>());
+    }
+    step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    if (!o.quiet && ((f + 1) % every == 0 || f + 1 == frames)) {
+      const double per = std::accumulate(step_ms.begin(), step_ms.end(), 0.0) / static_cast<double>(step_ms.size());
+      std::printf("  frame %5lld/%lld  %7.2f ms/frame (real time needs <= 80)\n", (long long)(f + 1), (long long)frames, per);
+      std::fflush(stdout);
+    }
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  const double audio_s = static_cast<double>(frames) * 0.08;
+  at::Tensor wav = audio_out.empty() ? at::zeros({1, 0}) : at::cat(audio_out, 2).squeeze(1).cpu();
+  if (!o.out.empty()) audio::write_wav(o.out, wav, codec->cfg.sample_rate);
+  const int64_t pad = c.existing_text_padding_id.value_or(-100), epad = c.existing_text_end_padding_id;
+  if (!o.text_out.empty()) {
+    std::string txt;
+    std::vector<int> words;
+    for (int64_t id : text_ids) {
+      if (id == pad || id == epad || id < 0) continue;
+      words.push_back(static_cast<int>(id));
+    }
+    if (tok) txt = tok->decode(words);
+    else
+      for (size_t i = 0; i < words.size(); ++i) txt += (i ? " " : "") + std::to_string(words[i]);
+    io::atomic_write(o.text_out, txt + "\n");
+  }
+  std::printf("done: %.2f s of audio in %.2f s: real-time factor %.2f (%.1f ms per 80 ms frame); %zu frames out (the LM's "
+              "delay holds back the first ones)%s%s\n",
+              audio_s, wall, audio_s / std::max(wall, 1e-9), 1000.0 * wall / static_cast<double>(frames), audio_out.size(),
+              o.out.empty() ? "" : ", wrote ", o.out.c_str());
   return 0;
 }
 

@@ -61,3 +61,29 @@ TEST(Codec, BadInputsGiveOneClearError) {
   EXPECT_EQ(run(cli() + " encode " + d.file("bad.safetensors") + " x.safetensors --mimi " + d.file("bad.safetensors"), &out), 1);
   EXPECT_NE(out.find("missing tensor"), std::string::npos) << out;
 }
+
+// Full duplex: the user's wav streams through Mimi -> tiny LM (with a hybrid TTT layer whose state
+// persists over the file) -> Mimi decode; Moshi's audio and text come out.
+TEST(Codec, FullDuplexGenerateWritesAudioAndText) {
+  TempDir d;
+  std::string out;
+  ASSERT_EQ(run(cli() + " init " + d.file("tiny") + " --config " + std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml", &out), 0)
+      << out;
+  at::Tensor t = at::arange(2 * 16000, at::kFloat) / 16000.0;
+  mt::audio::write_wav(d.file("user.wav"), (0.3 * at::sin(2 * M_PI * 220 * t)).unsqueeze(0), 16000);
+  ASSERT_EQ(run(cli() + " generate --model " + d.file("tiny") + " --user " + d.file("user.wav") + " --out " + d.file("moshi.wav") +
+                    " --text " + d.file("moshi.txt") + " --seed 3" + mimi_args(),
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("real-time factor"), std::string::npos) << out;
+  mt::audio::Audio a = mt::audio::read_audio(d.file("moshi.wav"));
+  EXPECT_EQ(a.sample_rate, 24000);
+  EXPECT_EQ(a.channels(), 1);
+  // 25 frames in; the tiny LM's max delay (1) holds back one: 24 frames of 1920 samples out.
+  EXPECT_EQ(a.frames(), 24 * 1920);
+  EXPECT_GT(std::filesystem::file_size(d.file("moshi.txt")), 1u);
+  // Without a codec the mode refuses clearly.
+  EXPECT_EQ(run(cli() + " generate --model " + d.file("tiny") + " --user " + d.file("user.wav"), &out), 1);
+  EXPECT_NE(out.find("--user needs --mimi"), std::string::npos) << out;
+}
