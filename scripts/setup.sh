@@ -16,7 +16,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages the code uses.
-pkgs=(cmake g++ make python3 python3-venv ccache googletest libgtest-dev libbenchmark-dev
+pkgs=(cmake g++ make python3 python3-venv ccache espeak-ng googletest libgtest-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpng-dev zlib1g-dev pkg-config
       libsndfile1-dev libsoxr-dev libsentencepiece-dev)
 missing=()

@@ -78,12 +78,16 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
     const auto& mp = root["moshi_paths"];
     for (auto it = mp.begin(); it != mp.end(); ++it) {
       const std::string k = it->first.as<std::string>();
-      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path" || k == "lora_path",
+      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path" || k == "lora_path" ||
+                   k == "mimi_config_path",
                path, ": moshi_paths.", k, ": unknown field");
     }
     if (mp["config_path"]) config_path = resolve(mp["config_path"].as<std::string>());
     if (mp["moshi_path"]) c.weights = resolve(mp["moshi_path"].as<std::string>());
     if (mp["lora_path"]) c.lora_weights = resolve(mp["lora_path"].as<std::string>());
+    if (mp["mimi_path"]) c.mimi_weights = resolve(mp["mimi_path"].as<std::string>());
+    if (mp["mimi_config_path"]) c.mimi_config = resolve(mp["mimi_config_path"].as<std::string>());
+    if (mp["tokenizer_path"]) c.tokenizer = resolve(mp["tokenizer_path"].as<std::string>());
     MT_CHECK(!mp["hf_repo_id"], path, ": moshi_paths.hf_repo_id: downloads are not supported; give moshi_path and config_path");
   }
   int sources = !preset.empty() + !config_path.empty() + (root["lm"] ? 1 : 0);

@@ -23,6 +23,9 @@ struct ModelConfigFile {
   LoRAConfig lora;
   std::string weights;  // moshi_paths.moshi_path, resolved against the file's folder ("" if none)
   std::string lora_weights;  // moshi_paths.lora_path: adapters (LoRA / TTT tensors) loaded over the weights
+  std::string mimi_weights;  // moshi_paths.mimi_path: the codec, for audio datasets
+  std::string mimi_config;   // moshi_paths.mimi_config_path (ours): its config JSON ("" = released model)
+  std::string tokenizer;     // moshi_paths.tokenizer_path: SentencePiece model of the text stream
   static ModelConfigFile load(const std::string& path);
   // From a parsed document (`path` names it in errors and resolves relative paths); top-level keys in
   // other_fields belong to the caller (a training config) and are skipped here.

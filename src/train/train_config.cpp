@@ -95,6 +95,7 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
     read(d, w + "data.", "train_data", c.train_data, sd);
     read(d, w + "data.", "eval_data", c.eval_data, sd);
     read(d, w + "data.", "shuffle", c.shuffle, sd);
+    read(d, w + "data.", "token_cache", c.token_cache, sd);
     reject_unknown(d, sd, w + "data.");
   }
   read(root, w, "duration_sec", c.duration_sec, s);
@@ -142,6 +143,7 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
   };
   resolve(c.train_data);
   resolve(c.eval_data);
+  resolve(c.token_cache);
   c.validate();
   return c;
 }

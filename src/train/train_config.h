@@ -27,6 +27,8 @@ struct TrainConfig {
   std::string train_data;      // JSONL index of token shards (see train/data.h)
   std::string eval_data;
   bool shuffle = true;
+  // ours: where Mimi tokens of audio datasets are cached ("" = $MOSHI_TTT_CACHE or ~/.cache/moshi-ttt, /tokens)
+  std::string token_cache;
   double duration_sec = 10;
   double frame_rate = 12.5;
   int64_t batch_size = 1;

@@ -15,6 +15,7 @@
 #include "eval/ttt_diagnostics.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
+#include "train/audio_data.h"
 #include "train/data.h"
 #include "train/loss.h"
 #include "train/optim.h"
@@ -115,6 +116,33 @@ std::string fmt_duration(double s) {
     std::snprintf(b, sizeof b, "%lldh%02lldm", mins / 60, mins % 60);
   }
   return b;
+}
+
+// The token index for a data source: itself, or for an audio JSONL (moshi-finetune's format) the index
+// of its Mimi tokens in the cache, encoding what is not cached yet.
+std::string token_index(const TrainConfig& cfg, const std::string& source, const at::Device& dev, bool quiet) {
+  if (!is_audio_jsonl(source)) return source;
+  AudioDataConfig a;
+  a.mimi_weights = cfg.model.mimi_weights;
+  a.mimi_config = cfg.model.mimi_config;
+  a.tokenizer = cfg.model.tokenizer;
+  a.moshi_codebooks = cfg.model.lm.dep_q;
+  a.user_codebooks = cfg.model.lm.n_q - cfg.model.lm.dep_q;
+  a.text.frame_rate = cfg.frame_rate;
+  a.text.pad = cfg.model.lm.existing_text_padding_id.value_or(3);
+  a.text.in_word_pad = a.text.pad;
+  a.text.epad = cfg.model.lm.existing_text_end_padding_id;
+  a.device = dev.str();
+  a.quiet = quiet;
+  a.cache_dir = cfg.token_cache;
+  if (a.cache_dir.empty()) {
+    const char* c = std::getenv("MOSHI_TTT_CACHE");
+    const char* x = std::getenv("XDG_CACHE_HOME");
+    const char* h = std::getenv("HOME");
+    a.cache_dir = c ? std::string(c) : x ? std::string(x) + "/moshi-ttt" : std::string(h ? h : ".") + "/.cache/moshi-ttt";
+    a.cache_dir += "/tokens";
+  }
+  return prepare_audio_tokens(source, a);
 }
 
 struct Run {
@@ -288,7 +316,7 @@ double evaluate(Run& r) {
   lc.infinite = false;
   lc.rank = r.opt.dist.rank;
   lc.world_size = r.opt.dist.world_size;
-  TokenLoader ev(read_token_index(cfg.eval_data), lc);
+  TokenLoader ev(read_token_index(token_index(cfg, cfg.eval_data, at::Device(cfg.device), true)), lc);
   at::NoGradGuard ng;
   std::vector<lm::LayerTTTState> st = r.model->transformer->make_ttt_states(cfg.batch_size);
   LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
@@ -514,7 +542,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         "); beta1 cycles 0.95 -> 0.85 -> 0.95 (PyTorch's cycle_momentum), overriding AdamW's 0.9");
 
   // Data.
-  std::vector<TokenFile> files = read_token_index(cfg.train_data);
+  std::vector<TokenFile> files = read_token_index(token_index(cfg, cfg.train_data, r.dev, opt.quiet || !r.leader()));
   LoaderConfig lc;
   lc.batch_size = cfg.batch_size * cfg.num_microbatches;
   lc.chunk_frames = cfg.chunk_frames();

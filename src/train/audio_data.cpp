@@ -1,0 +1,190 @@
+#include "train/audio_data.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "audio/audio_io.h"
+#include "io/safetensors.h"
+#include "mimi/mimi.h"
+#include "text/tokenizer.h"
+#include "util/error.h"
+
+namespace fs = std::filesystem;
+
+namespace mt::train {
+
+namespace {
+
+constexpr uint64_t kFnvOffset = 1469598103934665603ull, kFnvPrime = 1099511628211ull;
+
+uint64_t fnv(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * kFnvPrime;
+  return h;
+}
+
+uint64_t fnv_str(uint64_t h, const std::string& s) { return fnv(h, s.data(), s.size()); }
+
+std::string hex(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+struct Entry {
+  std::string path;  // resolved
+  std::string id;    // as written in the JSONL
+  double duration = 0;
+};
+
+std::vector<Entry> read_jsonl(const std::string& jsonl) {
+  std::ifstream in(jsonl);
+  MT_CHECK(in, jsonl, ": cannot open");
+  std::vector<Entry> out;
+  std::string line;
+  int64_t n = 0;
+  const fs::path base = fs::path(jsonl).parent_path();
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      fail(jsonl, ":", n, ": not valid JSON: ", e.what());
+    }
+    MT_CHECK(j.is_object() && j.contains("path") && j["path"].is_string(), jsonl, ":", n, ": expected {\"path\": ..., \"duration\": ...}");
+    MT_CHECK(j.contains("duration") && j["duration"].is_number() && j["duration"].get<double>() > 0, jsonl, ":", n,
+             ": \"duration\" must be a positive number of seconds");
+    Entry e;
+    e.id = j["path"].get<std::string>();
+    fs::path p(e.id);
+    e.path = (p.is_absolute() ? p : base / p).lexically_normal().string();
+    e.duration = j["duration"].get<double>();
+    out.push_back(e);
+  }
+  MT_CHECK(!out.empty(), jsonl, ": no entries");
+  return out;
+}
+
+}  // namespace
+
+uint64_t file_hash(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MT_CHECK(in, path, ": cannot read");
+  uint64_t h = kFnvOffset;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h = fnv(h, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  return h;
+}
+
+bool is_audio_jsonl(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      auto j = nlohmann::json::parse(line);
+      return j.is_object() && j.contains("duration") && !j.contains("file_id");
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  return false;
+}
+
+std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig& c) {
+  MT_CHECK(!c.mimi_weights.empty(), jsonl, ": an audio dataset needs the codec: set moshi_paths.mimi_path");
+  MT_CHECK(!c.cache_dir.empty(), "audio data: no cache folder");
+  const std::vector<Entry> entries = read_jsonl(jsonl);
+  // The codec and layout part of every key.
+  uint64_t codec = kFnvOffset;
+  const uint64_t wh = file_hash(c.mimi_weights);
+  codec = fnv(codec, &wh, 8);
+  if (!c.mimi_config.empty()) codec = fnv_str(codec, hex(file_hash(c.mimi_config)));
+  codec = fnv_str(codec, c.tokenizer.empty() ? "no-tokenizer" : hex(file_hash(c.tokenizer)));
+  codec = fnv_str(codec, str(c.moshi_codebooks, "/", c.user_codebooks, "/", c.text.frame_rate, "/", c.text.pad, "/",
+                             c.text.epad, "/", c.text.in_word_pad, "/", c.text.keep_main_only, "/", c.text.main_speaker));
+  const fs::path dir = fs::path(c.cache_dir) / hex(codec);
+  fs::create_directories(dir / "shards");
+
+  std::unique_ptr<mimi::Mimi> codec_model;  // loaded on the first miss
+  std::unique_ptr<text::Tokenizer> tok;
+  if (!c.tokenizer.empty()) tok = std::make_unique<text::Tokenizer>(c.tokenizer);
+  nlohmann::json index_lines = nlohmann::json::array();
+  std::string index;
+  int64_t encoded = 0, cached = 0;
+  double audio_done = 0, secs_done = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Entry& e = entries[i];
+    MT_CHECK(fs::exists(e.path), jsonl, ": entry ", i + 1, ": audio file ", e.path, " not found");
+    const fs::path align = fs::path(e.path).replace_extension(".json");
+    uint64_t key = fnv(kFnvOffset, &codec, 8);
+    const uint64_t ah = file_hash(e.path);
+    key = fnv(key, &ah, 8);
+    if (tok) {
+      MT_CHECK(fs::exists(align), e.path, ": no alignments file ", align.string(), " beside it (needed for the text stream)");
+      const uint64_t jh = file_hash(align.string());
+      key = fnv(key, &jh, 8);
+    }
+    const std::string shard = "shards/" + hex(key) + ".safetensors";
+    if (fs::exists(dir / shard)) {
+      ++cached;
+    } else {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!codec_model) {
+        codec_model = std::make_unique<mimi::Mimi>(mimi::load_mimi(c.mimi_weights, c.mimi_config));
+        auto& m = *codec_model;
+        MT_CHECK(std::max(c.moshi_codebooks, c.user_codebooks) <= m->cfg.quantizer.n_q, c.mimi_weights, ": the LM needs ",
+                 std::max(c.moshi_codebooks, c.user_codebooks), " codebooks, the codec has ", m->cfg.quantizer.n_q);
+        m->cfg.num_codebooks = std::max(c.moshi_codebooks, c.user_codebooks);
+        m->to(at::Device(c.device));
+        m->quantizer->refresh();
+      }
+      auto& m = *codec_model;
+      audio::Audio a = audio::read_audio_24k(e.path);
+      MT_CHECK(a.channels() == 2, e.path, ": expected stereo audio (left = Moshi, right = user), got ", a.channels(),
+               " channel(s)");
+      at::InferenceMode im;
+      at::Tensor codes = m->encode(a.samples.unsqueeze(1).to(at::Device(c.device))).cpu();  // [2, K, F]
+      const int64_t frames = codes.size(2);
+      std::vector<int64_t> text_stream(static_cast<size_t>(frames), c.text.pad);
+      if (tok) {
+        auto words = text::parse_alignments_json(align.string());
+        text_stream = text::build_token_stream(
+            words, frames, [&](const std::string& w) { return tok->encode_word(w); }, c.text);
+      }
+      at::Tensor text = at::tensor(text_stream, at::kLong).unsqueeze(0);
+      at::Tensor all = at::cat({text, codes[0].narrow(0, 0, c.moshi_codebooks), codes[1].narrow(0, 0, c.user_codebooks)}, 0);
+      io::save((dir / shard).string(), std::vector<std::pair<std::string, at::Tensor>>{{"codes", all.contiguous()}},
+               {{"source", e.path}});
+      ++encoded;
+      audio_done += a.duration_sec();
+      secs_done += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!c.quiet) {
+        const double rate = audio_done / std::max(secs_done, 1e-9);
+        std::fprintf(stderr, "[data] encoding %zu/%zu %s: %.1f s of audio, %.1fx real time\n", i + 1, entries.size(),
+                     e.id.c_str(), a.duration_sec(), rate);
+      }
+    }
+    index += nlohmann::json{{"path", shard}, {"file_id", e.id}}.dump() + "\n";
+  }
+  const std::string index_path = (dir / ("index-" + hex(fnv_str(kFnvOffset, index)) + ".jsonl")).string();
+  if (!fs::exists(index_path)) io::atomic_write(index_path, index);
+  std::fprintf(stderr, "[data] %s: %zu files, %lld encoded now, %lld from the cache (%s)\n", jsonl.c_str(), entries.size(),
+                 (long long)encoded, (long long)cached, dir.string().c_str());
+  return index_path;
+}
+
+}  // namespace mt::train
