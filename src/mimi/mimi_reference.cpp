@@ -3,6 +3,7 @@
 #include "mimi/mimi_reference.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -79,6 +80,13 @@ eval::CaseResult run(const std::string& dir, const eval::RunOptions& opt) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   Mimi m = load_mimi((fs::path(dir) / "model.safetensors").string(), cfg_path);
   at::Device dev(opt.device);
+  // The reference ran in full float32: cuDNN's TF32 convolutions (PyTorch's default) would move the
+  // latent by ~1e-3 and flip codes. Restored when the case ends.
+  struct Tf32Off {
+    bool prev = at::globalContext().allowTF32CuDNN();
+    Tf32Off() { at::globalContext().setAllowTF32CuDNN(false); }
+    ~Tf32Off() { at::globalContext().setAllowTF32CuDNN(prev); }
+  } tf32_off;
   m->to(dev);
   m->quantizer->refresh();
   auto io = io::load_all((fs::path(dir) / "io.safetensors").string());
