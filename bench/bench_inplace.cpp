@@ -21,20 +21,16 @@
 #include "util/peak_memory.h"
 #include "bench_main.h"
 
+using mt::bench::bench_device;
+using mt::bench::sync;
+
 using namespace mt::ttt;
 
 namespace {
 
 constexpr int64_t kDim = 1024, kHidden = 2816, kChunk = 256, kSeq = 2048;
 
-c10::Device bench_device() {
-  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
-  return c10::Device(d ? d : "cpu");
-}
 
-void sync(const at::Tensor& t) {
-  if (!t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
-}
 
 InPlaceFFN make(InPlaceStrategy s) {
   InPlaceConfig c;

@@ -17,20 +17,14 @@
 #include "lm/lm_model.h"
 #include "bench_main.h"
 
+using mt::bench::bench_device;
+using mt::bench::sync;
+
 using namespace mt::lm;
 
 namespace {
 
-// MOSHI_TTT_BENCH_DEVICE=cuda runs the LM benchmarks on the GPU (synchronising on every result).
-c10::Device bench_device() {
-  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
-  return c10::Device(d ? d : "cpu");
-}
 
-// Waits for the device by copying one element of t to the host.
-void sync(const at::Tensor& t) {
-  if (!t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
-}
 
 TTTIntegrationConfig variant_config(int64_t v) {
   TTTIntegrationConfig t;

@@ -11,18 +11,14 @@
 #include "bench_main.h"
 #include "mimi/mimi.h"
 
+using mt::bench::bench_device;
+using mt::bench::sync;
+
 using namespace mt::mimi;
 
 namespace {
 
-c10::Device bench_device() {
-  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
-  return c10::Device(d ? d : "cpu");
-}
 
-void sync(const at::Tensor& t) {
-  if (!t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
-}
 
 Mimi& model() {
   static Mimi m = [] {

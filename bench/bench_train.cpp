@@ -15,14 +15,13 @@
 #include "util/peak_memory.h"
 #include "bench_main.h"
 
+using mt::bench::bench_device;
+using mt::bench::sync;
+
 using namespace mt;
 
 namespace {
 
-c10::Device bench_device() {
-  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
-  return c10::Device(d ? d : "cpu");
-}
 
 void BM_TrainStep(benchmark::State& state) {
   const bool ttt = state.range(0) != 0, ckpt = state.range(1) != 0;

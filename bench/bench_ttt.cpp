@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench_main.h"
 #include "ttt/ttt_layer.h"
 
 namespace {
@@ -23,14 +24,8 @@ int64_t env_int(const char* k, int64_t d) {
 
 const int64_t kC = 768, kHeads = 12, kK = 16, kB = 1;
 
-c10::Device bench_device() {
-  const char* d = std::getenv("MOSHI_TTT_BENCH_DEVICE");
-  return c10::Device(d ? d : "cpu");
-}
-// Waits for the device by reading one element of t.
-void sync(const at::Tensor& t) {
-  if (t.defined() && !t.device().is_cpu()) t.reshape({-1}).narrow(0, 0, 1).cpu();
-}
+using mt::bench::bench_device;
+using mt::bench::sync;
 
 double layer_flops(bool mlp, int64_t L) {
   const double f = kC / kHeads, K = kK, n = L / kK, h = 4 * f;

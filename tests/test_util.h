@@ -4,9 +4,12 @@
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
+#include "util/error.h"
 #include "util/runtime.h"
 
 #include <cstdio>
+#include <functional>
+#include <vector>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -48,6 +51,18 @@ struct TempDir {
   }
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
+
+// Runs fn, expects mt::Error whose message contains every one of `parts`.
+inline void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const mt::Error& e) {
+    std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    return;
+  }
+  ADD_FAILURE() << "no mt::Error thrown (expected one mentioning '" << parts.front() << "')";
+}
 
 // Runs a shell command, returns exit code; output captured into *out.
 inline int run(const std::string& cmd, std::string* out = nullptr) {

@@ -42,6 +42,17 @@ void GenerateOpts::add(CLI::App* sub) {
 }
 
 namespace {
+lm::SamplingConfig sampling_config(const GenerateOpts& o) {
+  lm::SamplingConfig s;
+  s.use_sampling = !o.greedy;
+  s.temp = o.temp;
+  s.temp_text = o.temp_text;
+  s.top_k = o.top_k;
+  s.top_k_text = o.top_k_text;
+  s.seed = o.seed;
+  return s;
+}
+
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -57,13 +68,7 @@ int run_generate(const GenerateOpts& o) {
   std::string origin;
   lm::LMModel model = o.model.build(&origin);
   const auto& c = model->cfg;
-  lm::SamplingConfig s;
-  s.use_sampling = !o.greedy;
-  s.temp = o.temp;
-  s.temp_text = o.temp_text;
-  s.top_k = o.top_k;
-  s.top_k_text = o.top_k_text;
-  s.seed = o.seed;
+  const lm::SamplingConfig s = sampling_config(o);
   lm::LMGen gen(model, s);
   at::Tensor user;
   int64_t batch = o.batch;
@@ -166,13 +171,7 @@ int run_full_duplex(const GenerateOpts& o) {
   const int64_t frames = (user.size(2) + fs - 1) / fs;
   user = at::constant_pad_nd(user, {0, frames * fs - user.size(2)}).to(dev);
 
-  lm::SamplingConfig s;
-  s.use_sampling = !o.greedy;
-  s.temp = o.temp;
-  s.temp_text = o.temp_text;
-  s.top_k = o.top_k;
-  s.top_k_text = o.top_k_text;
-  s.seed = o.seed;
+  const lm::SamplingConfig s = sampling_config(o);
   lm::LMGen gen(model, s);
   lm::LMGenState st = gen.make_state(1);  // TTT states inside persist over the whole file
   mimi::MimiState enc = codec->make_state(1), dec = codec->make_state(1);

@@ -26,17 +26,7 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-// Runs fn, expects mt::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const mt::Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no mt::Error thrown (expected one mentioning '" << parts.front() << "')";
-}
+using mt::test::expect_error;
 
 // amplitude * sin(2 pi f n / rate + phase), float32 [n].
 at::Tensor sine(double f, int64_t rate, int64_t n, double amplitude, double phase = 0.0) {

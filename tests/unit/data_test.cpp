@@ -55,17 +55,7 @@ void write_text(const std::string& path, const std::string& text) {
   ASSERT_TRUE(f.good()) << path;
 }
 
-// Runs fn, expects mt::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const mt::Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no mt::Error thrown (expected one mentioning '" << parts.front() << "')";
-}
+using mt::test::expect_error;
 
 std::vector<TokenBatch> take(TokenLoader& l, int n) {
   std::vector<TokenBatch> out;

@@ -31,16 +31,7 @@ namespace {
 constexpr int64_t P = 3;  // PAD
 constexpr int64_t E = 0;  // EPAD
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const mt::Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no mt::Error thrown (expected one mentioning '" << parts.front() << "')";
-}
+using mt::test::expect_error;
 
 // Fake tokenizer: "a" -> [100], "bb" -> [200, 201], "ccc" -> [300, 301, 302], "dddd" -> [400..403],
 // "" -> [] (what Moshi's tokenize gives an empty word); anything else fails the test.
