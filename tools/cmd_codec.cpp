@@ -104,8 +104,7 @@ void add_codec(CLI::App& app) {
     codes = codes.to(at::kLong).to(at::Device(d->device));
     at::Tensor wav;
     if (d->streaming) {
-      MT_CHECK(codes.numel() == 0 || (codes.min().item<int64_t>() >= 0 && codes.max().item<int64_t>() < m->cfg.quantizer.bins),
-               d->in, ": codes outside [0, ", m->cfg.quantizer.bins, ")");
+      m->check_code_range(codes, d->in);
       mimi::MimiState st = m->make_state(codes.size(0));
       std::vector<at::Tensor> parts;
       for (int64_t t = 0; t < codes.size(2); ++t) parts.push_back(m->decode_step(codes.narrow(2, t, 1), st));

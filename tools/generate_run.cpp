@@ -179,8 +179,7 @@ int run_full_duplex(const GenerateOpts& o) {
               (long long)frames, o.out.empty() ? "(no audio out)" : o.out.c_str(), origin.c_str());
   std::fflush(stdout);
   at::InferenceMode im;
-  std::vector<at::Tensor> audio_out;
-  std::vector<int64_t> text_ids;
+  std::vector<at::Tensor> audio_out, text_out;  // text tokens stay on the device until the end (no per-frame sync)
   std::vector<double> step_ms;
   const auto t_start = std::chrono::steady_clock::now();
   const int64_t every = std::max<int64_t>(1, frames / 10);
@@ -191,7 +190,7 @@ int run_full_duplex(const GenerateOpts& o) {
     if (out) {
       at::Tensor tokens = *out;                                      // [1, 1 + dep_q, 1]
       audio_out.push_back(codec->decode_step(tokens.narrow(1, 1, c.dep_q), dec));
-      text_ids.push_back(tokens[0][0][0].item<int64_t>());
+      text_out.push_back(tokens.select(1, 0).reshape({1}));
     }
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     if (!o.quiet && ((f + 1) % every == 0 || f + 1 == frames)) {
@@ -206,6 +205,11 @@ int run_full_duplex(const GenerateOpts& o) {
   if (!o.out.empty()) audio::write_wav(o.out, wav, codec->cfg.sample_rate);
   const int64_t pad = c.existing_text_padding_id.value_or(-100), epad = c.existing_text_end_padding_id;
   if (!o.text_out.empty()) {
+    std::vector<int64_t> text_ids;
+    if (!text_out.empty()) {
+      at::Tensor t = at::cat(text_out).cpu();
+      text_ids.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+    }
     std::string txt;
     std::vector<int> words;
     for (int64_t id : text_ids) {

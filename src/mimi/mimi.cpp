@@ -177,8 +177,6 @@ nlohmann::json MimiConfig::to_json() const {
   return j;
 }
 
-int64_t MimiConfig::encoder_frame_rate_hz_x2() const { return 2 * sample_rate / seanet.hop_length(); }
-
 int64_t MimiConfig::frame_size() const { return static_cast<int64_t>(std::llround(sample_rate / frame_rate)); }
 
 int64_t MimiConfig::resample_stride() const { return frame_size() / seanet.hop_length(); }
@@ -261,10 +259,14 @@ at::Tensor MimiImpl::encode(const at::Tensor& wav) const { return quantizer->enc
 
 at::Tensor MimiImpl::decode_latent(const at::Tensor& codes) const {
   MT_CHECK(codes.dim() == 3, "mimi decode: expected codes [B, K, T], got ", shape_str(codes.sizes().vec()));
+  check_code_range(codes, "mimi decode");
+  return quantizer->decode(codes.to(at::kLong));
+}
+
+void MimiImpl::check_code_range(const at::Tensor& codes, const std::string& source) const {
   MT_CHECK(codes.numel() == 0 ||
                (codes.min().item<int64_t>() >= 0 && codes.max().item<int64_t>() < cfg.quantizer.bins),
-           "mimi decode: codes outside [0, ", cfg.quantizer.bins, ")");
-  return quantizer->decode(codes.to(at::kLong));
+           source, ": codes outside [0, ", cfg.quantizer.bins, ")");
 }
 
 at::Tensor MimiImpl::decode(const at::Tensor& codes) const {

@@ -38,7 +38,6 @@ struct MimiConfig {
   nlohmann::json to_json() const;
   void validate() const;
 
-  int64_t encoder_frame_rate_hz_x2() const;  // 2 * sample_rate / hop (integer: 50 for the released model)
   int64_t frame_size() const;                // samples per frame (1920)
   int64_t resample_stride() const;           // encoder frame rate / frame rate (2)
 };
@@ -85,6 +84,8 @@ struct MimiImpl : torch::nn::Module {
   at::Tensor encode(const at::Tensor& wav) const;         // codes [B, num_codebooks, F] int64
   at::Tensor decode(const at::Tensor& codes) const;       // [B, 1, 1920 F]
   at::Tensor decode_latent(const at::Tensor& codes) const;  // quantized latent [B, D, F]
+  // Throws naming `source` unless every code is in [0, bins) (one host sync: not for per-frame use).
+  void check_code_range(const at::Tensor& codes, const std::string& source) const;
 
   // Streaming: wav chunks of k * frame_size samples -> k frames of codes; codes [B, K, k] -> k frames
   // of audio. Concatenated outputs equal the whole-signal ones (up to float rounding and near-tie codes).
