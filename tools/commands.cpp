@@ -24,14 +24,25 @@ void register_all(CLI::App& app) {
   add_score(app);
   add_train(app);
   add_codec(app);
+  add_eval(app);
+  add_report(app);
 }
 
-int run_selected(CLI::App& app) {
+namespace {
+// The deepest selected subcommand that has a handler (e.g. `eval paired`).
+const Handler* find_selected(CLI::App& app) {
   for (auto* sub : app.get_subcommands()) {
+    if (const Handler* h = find_selected(*sub)) return h;
     auto it = handlers().find(sub);
-    if (it != handlers().end()) return it->second();
+    if (it != handlers().end()) return &it->second;
   }
-  return 2;
+  return nullptr;
+}
+}  // namespace
+
+int run_selected(CLI::App& app) {
+  const Handler* h = find_selected(app);
+  return h ? (*h)() : 2;
 }
 
 std::string version_text() { return build_info(); }

@@ -21,6 +21,8 @@ void add_demo(CLI::App& app);
 void add_score(CLI::App& app);
 void add_train(CLI::App& app);
 void add_codec(CLI::App& app);  // encode + decode
+void add_eval(CLI::App& app);   // eval paired | long-context | ttt-probe | make-sets
+void add_report(CLI::App& app);
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

@@ -97,9 +97,12 @@ struct LMModelImpl : torch::nn::Module {
   torch::nn::ModuleList depformer_norms{nullptr};  // only when depformer_norm is set
   torch::nn::ModuleList linears{nullptr};
 
+  // codes [B, K, T] -> the delayed input [B, K, T+1] with the initial column first (position s of it
+  // feeds the step that predicts position s+1).
+  at::Tensor delayed_input(const at::Tensor& codes) const;
+
  private:
   int64_t depformer_in_index(int64_t cb) const;
-  at::Tensor delayed_input(const at::Tensor& codes) const;  // [B, K, T+1] with the initial column
   LMOutput finish(const at::Tensor& codes, const at::Tensor& delayed, const at::Tensor& tout,
                   const at::Tensor& text_logits) const;
   at::Tensor depformer_token_emb(int64_t cb, const at::Tensor& tokens) const;

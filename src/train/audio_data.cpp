@@ -15,6 +15,7 @@
 #include "mimi/mimi.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
+#include "util/hash.h"
 
 namespace fs = std::filesystem;
 
@@ -22,21 +23,10 @@ namespace mt::train {
 
 namespace {
 
-constexpr uint64_t kFnvOffset = 1469598103934665603ull, kFnvPrime = 1099511628211ull;
-
-uint64_t fnv(uint64_t h, const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * kFnvPrime;
-  return h;
-}
-
-uint64_t fnv_str(uint64_t h, const std::string& s) { return fnv(h, s.data(), s.size()); }
-
-std::string hex(uint64_t v) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
-  return b;
-}
+using hash::fnv;
+using hash::fnv_str;
+using hash::hex;
+using hash::kFnvOffset;
 
 struct Entry {
   std::string path;  // resolved
@@ -76,17 +66,7 @@ std::vector<Entry> read_jsonl(const std::string& jsonl) {
 
 }  // namespace
 
-uint64_t file_hash(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MT_CHECK(in, path, ": cannot read");
-  uint64_t h = kFnvOffset;
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    h = fnv(h, buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  return h;
-}
+uint64_t file_hash(const std::string& path) { return hash::file_hash(path); }
 
 bool is_audio_jsonl(const std::string& path) {
   std::ifstream in(path);

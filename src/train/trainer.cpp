@@ -135,13 +135,7 @@ std::string token_index(const TrainConfig& cfg, const std::string& source, const
   a.device = dev.str();
   a.quiet = quiet;
   a.cache_dir = cfg.token_cache;
-  if (a.cache_dir.empty()) {
-    const char* c = std::getenv("MOSHI_TTT_CACHE");
-    const char* x = std::getenv("XDG_CACHE_HOME");
-    const char* h = std::getenv("HOME");
-    a.cache_dir = c ? std::string(c) : x ? std::string(x) + "/moshi-ttt" : std::string(h ? h : ".") + "/.cache/moshi-ttt";
-    a.cache_dir += "/tokens";
-  }
+  if (a.cache_dir.empty()) a.cache_dir = mt::cache_dir("tokens");
   return prepare_audio_tokens(source, a);
 }
 

@@ -7,6 +7,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
 #include <sstream>
 
 #include "util/error.h"
@@ -47,6 +48,14 @@ std::string build_info() {
   os << "CUDA " << (cuda_available() ? "available" : "not available") << "\n";
   os << "BLAS/backends:\n" << at::show_config();
   return os.str();
+}
+
+std::string cache_dir(const std::string& sub) {
+  const char* c = std::getenv("MOSHI_TTT_CACHE");
+  const char* x = std::getenv("XDG_CACHE_HOME");
+  const char* h = std::getenv("HOME");
+  const std::string root = c ? std::string(c) : x ? std::string(x) + "/moshi-ttt" : std::string(h ? h : ".") + "/.cache/moshi-ttt";
+  return sub.empty() ? root : root + "/" + sub;
 }
 
 }  // namespace mt

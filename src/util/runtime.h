@@ -11,6 +11,9 @@ c10::Device parse_device(const std::string& name);
 bool cuda_available();
 // Multi-line description: version, git commit, libtorch version, BLAS/parallel backend, threads, CUDA.
 std::string build_info();
+
+// Our cache root: $MOSHI_TTT_CACHE, else $XDG_CACHE_HOME/moshi-ttt, else ~/.cache/moshi-ttt; plus "/" + sub.
+std::string cache_dir(const std::string& sub);
 // Applies a thread count (<= 0 leaves libtorch's default).
 void set_threads(int n);
 
