@@ -72,6 +72,13 @@ std::string html_escape(const std::string& s) {
   return o;
 }
 
+// A Markdown table cell: '|' would end the cell.
+std::string md_cell(const std::string& c) {
+  std::string o;
+  for (char ch : c) o += ch == '|' ? std::string("\\|") : std::string(1, ch);
+  return o;
+}
+
 std::string render_md(const std::string& title, const std::vector<Section>& secs) {
   std::string s = "# " + title + "\n\n";
   for (const auto& sec : secs) {
@@ -79,13 +86,13 @@ std::string render_md(const std::string& title, const std::vector<Section>& secs
     for (const auto& t : sec.text) s += t + "\n\n";
     if (!sec.header.empty()) {
       s += "|";
-      for (const auto& h : sec.header) s += " " + h + " |";
+      for (const auto& h : sec.header) s += " " + md_cell(h) + " |";
       s += "\n|";
       for (size_t i = 0; i < sec.header.size(); ++i) s += "---|";
       s += "\n";
       for (const auto& r : sec.rows) {
         s += "|";
-        for (const auto& c : r) s += " " + c + " |";
+        for (const auto& c : r) s += " " + md_cell(c) + " |";
         s += "\n";
       }
       s += "\n";
@@ -255,6 +262,10 @@ Section paired_section(const fs::path& run, const fs::path& rep, std::vector<std
                         std::to_string(r.value("ids", 0)), std::to_string(r.value("ties", 0)),
                         std::to_string(r.contains("skipped") ? r["skipped"].size() : 0), pct(j["longer_clip_wins"]["score"]),
                         j["settings"]["reduction"].get<std::string>(), syn ? "synthetic" : "as given"});
+    if (j["task"] == "swuggy" && r.contains("invocab") && r["invocab"].is_number())
+      sec.rows.push_back({"swuggy (in-vocab)", pct(r["invocab"]),
+                          pct(r["invocab_ci"]["lo"]) + " - " + pct(r["invocab_ci"]["hi"]), std::to_string(r.value("invocab_ids", 0)),
+                          "", "", "", j["settings"]["reduction"].get<std::string>(), syn ? "synthetic" : "as given"});
     const double x = static_cast<double>(i);
     bars.x.push_back(x);
     bars.y.push_back(r["score"].is_number() ? 100 * r["score"].get<double>() : NAN);

@@ -205,3 +205,59 @@ TEST(EvalLongContext, ControlsBehaveAsDefinedAndNoTTTRestoresTheModel) {
   o.variants = {"sometimes"};
   mt::test::expect_error([&] { eval::run_long_context(*m, files, nullptr, o); }, std::vector<std::string>{"unknown control"});
 }
+
+// pitfalls.md row 10: loss-by-position evaluation compared with targets two frames ahead, ignored the
+// codebook delays and filled absent streams with token 0. Ours must equal `score`'s whole-sequence CE
+// position by position, take the delays from the model, and put "not scored" exactly where a stream is
+// absent. The broken variant (targets two frames ahead) is run through the same check and must fail it.
+TEST(Pitfalls, Row10_LossByPositionEqualsScoreWithTheModelsDelays) {
+  LMModel m = ttt_model();
+  at::Tensor codes = random_codes(m->cfg, 1, 30, 9);
+  codes.select(1, 0).narrow(1, 11, 3).fill_(-1);  // known answer: text not scored at 11, 12, 13
+  at::InferenceMode im;
+  const at::Tensor ref = eval::stream_cross_entropy(m->cfg, m->forward(codes), codes);  // what `score` writes
+  TransformerState st = m->make_state(1, 7);
+  const at::Tensor ce = eval::streaming_cross_entropy(*m, codes, st);
+  auto matches = [&](const at::Tensor& a) {
+    return at::equal(a.isnan(), ref.isnan()) && nan_max_diff(a, ref) < 2e-4;
+  };
+  EXPECT_TRUE(matches(ce));
+  for (int64_t t = 0; t < 30; ++t) EXPECT_EQ(std::isnan(ce[0][0][t].item<float>()), t >= 11 && t <= 13) << t;
+  // Delays from the model (tiny: {0, 0, 1, 0, 1}): the delayed audio codebook's last position is not scored.
+  EXPECT_TRUE(std::isnan(ce[0][2][29].item<float>()));
+  EXPECT_FALSE(std::isnan(ce[0][1][29].item<float>()));
+  // The broken variant: targets taken two frames ahead.
+  at::Tensor ahead = codes.roll(-2, 2);
+  const at::Tensor broken = eval::masked_cross_entropy(m->forward(codes).logits, ahead.narrow(1, 1, 2), m->forward(codes).mask);
+  at::Tensor broken_all = ref.clone();
+  broken_all.narrow(1, 1, 2).copy_(broken);
+  EXPECT_FALSE(matches(broken_all)) << "the check must catch targets two frames ahead";
+}
+
+// pitfalls.md row 15: Figure-5 probes existed in one code path only and counted positions in mini-batches.
+// The probes of the streaming evaluation path (per chunk, concatenated) must equal the whole-sequence
+// pass's, one value per token.
+TEST(Pitfalls, Row15_ProbesAgreeBetweenWholeAndStreamingPathsOnePerToken) {
+  LMModel m = ttt_model();
+  const int64_t T = 21;
+  at::Tensor codes = random_codes(m->cfg, 1, T, 13);
+  at::InferenceMode im;
+  std::vector<LayerProbes> whole;
+  m->forward(codes, &whole);
+  ASSERT_TRUE(whole.at(1).hybrid.l0.defined());
+  EXPECT_EQ(whole[1].hybrid.l0.size(-1), T) << "one probe per token, not per mini-batch";
+  TransformerState st = m->make_state(1, 5);
+  std::vector<at::Tensor> l0, lprev, lafter;
+  at::Tensor last_norm;
+  eval::streaming_cross_entropy(*m, codes, st, true, [&](int64_t, const std::vector<LayerProbes>& p) {
+    l0.push_back(p.at(1).hybrid.l0);
+    lprev.push_back(p.at(1).hybrid.lprev);
+    lafter.push_back(p.at(1).hybrid.lafter);
+    last_norm = p.at(1).hybrid.w_delta_norm;
+  });
+  EXPECT_TRUE(at::allclose(at::cat(l0, -1), whole[1].hybrid.l0, 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(at::cat(lprev, -1), whole[1].hybrid.lprev, 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(at::cat(lafter, -1), whole[1].hybrid.lafter, 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(last_norm, whole[1].hybrid.w_delta_norm, 1e-4, 1e-6));
+  EXPECT_GT(last_norm.item<float>(), 0);
+}
