@@ -89,6 +89,37 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
   for (std::string l; std::getline(sub, l);) ++lines;
   EXPECT_EQ(lines, 8 * 2 * 2);
 
+  // The official layouts without our extras: a test split with no gold.csv (submission only), and the
+  // flat StoryCloze folder with no manifest (pairs by integer prefix, positive first).
+  fs::create_directories(d.file("official/lexical/test"));
+  fs::create_directories(d.file("official/flat"));
+  int copied = 0;
+  for (const auto& e : fs::directory_iterator(d.file("sets/lexical/dev")))
+    if (e.path().extension() == ".wav" && copied < 6) {
+      fs::copy_file(e.path(), d.file("official/lexical/test/" + e.path().filename().string()));
+      ++copied;
+    }
+  ASSERT_EQ(run(cli() + " eval paired --task swuggy --split test --data " + d.file("official") + " --out " + d.file("run5") + common,
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("submission written, nothing scored"), std::string::npos) << out;
+  std::ifstream tsub(d.file("run5/eval/swuggy/submission/lexical/test.txt"));
+  int tlines = 0;
+  for (std::string l; std::getline(tsub, l);) ++tlines;
+  EXPECT_EQ(tlines, 6);
+  for (int i = 0; i < 4; ++i) {
+    fs::copy_file(d.file("sets/sstory/" + std::to_string(i) + "_pos.wav"), d.file("official/flat/" + std::to_string(2 * i) + "_a.wav"));
+    fs::copy_file(d.file("sets/sstory/" + std::to_string(i) + "_neg.wav"),
+                  d.file("official/flat/" + std::to_string(2 * i + 1) + "_b.wav"));
+  }
+  ASSERT_EQ(run(cli() + " eval paired --task sstory --data " + d.file("official/flat") + " --out " + d.file("run5") + common, &out),
+            0)
+      << out;
+  // Same clips, same pairs: the same accuracy as with the manifest.
+  EXPECT_EQ(read_json(d.file("run5/eval/sstory/summary.json"))["result"]["score"],
+            read_json(d.file("run1/eval/sstory/summary.json"))["result"]["score"]);
+
   // A missing wav: reported with its name, its pair skipped, the rest scored.
   std::string victim;
   for (const auto& e : fs::directory_iterator(d.file("sets/lexical/dev")))

@@ -171,4 +171,14 @@ TEST(Demo, TTTRecallsBeyondTheWindowWhereTheBaselineCannot) {
   // Elsewhere (random frames) neither model can do better than chance; TTT must not make it worse.
   EXPECT_NEAR(j["ttt_other_ce"].get<double>(), j["baseline_other_ce"].get<double>(), 0.05) << j.dump();
   EXPECT_NE(slurp(d.file("demo/report/summary.md")).find("TTT lowers the loss"), std::string::npos);
+  // The evaluation suite on the same files: with the state kept, the loss falls with position; the
+  // control that resets the TTT state every 16 frames (recalls are 64 back) loses that.
+  auto lc = nlohmann::json::parse(slurp(d.file("demo/ttt/eval/long_context/summary.json")));
+  double persist = NAN, reset = NAN;
+  for (const auto& v : lc["variants"]) {
+    if (v["name"] == "persist") persist = v["slope_per_doubling"].get<double>();
+    if (v["name"] == "ttt-reset:16") reset = v["slope_per_doubling"].get<double>();
+  }
+  EXPECT_LT(persist, reset - 0.1) << lc.dump();
+  EXPECT_TRUE(fs::exists(d.file("demo/ttt/report/index.html")));
 }
