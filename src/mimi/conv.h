@@ -58,6 +58,8 @@ struct StreamingConvTranspose1dImpl : torch::nn::Module {
   // x [B, C_in, T] -> [B, C_out, T * stride].
   at::Tensor forward(const at::Tensor& x) const;
   at::Tensor step(const at::Tensor& x, ConvTr1dState& st) const;
+  // The untrimmed transposed convolution: [B, C_out, (T - 1) * stride + kernel].
+  at::Tensor full(const at::Tensor& x) const;
   int64_t in_ch, out_ch, kernel, stride, groups;
   ConvWrap convtr{nullptr};
 };
