@@ -1,5 +1,6 @@
 // moshi-ttt train --config train.yaml [--set field=value ...] [--resume]: fine-tune a Moshi with any
 // TTT integration (see src/train/trainer.h).
+#include <csignal>
 #include <cstdio>
 
 #include "tools/commands.h"
@@ -48,6 +49,12 @@ void add_train(CLI::App& app) {
     opt.stop_at_step = o->stop_at;
     opt.quiet = o->quiet;
     train::TrainSummary s = train::run_training(cfg, opt);
+    if (s.stopped_by_signal) {
+      if (dist.rank == 0)
+        std::printf("stopped by %s after step %lld: checkpoint written; continue with: moshi-ttt train --config %s --resume\n",
+                    s.stopped_by_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)s.steps_done, o->config.c_str());
+      return 128 + s.stopped_by_signal;
+    }
     if (dist.rank > 0) return 0;  // rank 0 reports for all
     std::printf("trained %lld steps: loss %.4f%s, %.0f frames/s%s; run dir %s (metrics.jsonl, loss.png, checkpoints/)\n",
                 (long long)s.steps_done, s.last_loss,

@@ -164,6 +164,11 @@ int free_local_port() {
   return ntohs(a.sin_port);
 }
 
+// The launcher forwards one SIGINT / SIGTERM to every rank (the ranks run in their own process group, so
+// a terminal's Ctrl-C reaches them once, through here); they finish the step, checkpoint and exit.
+volatile sig_atomic_t g_launcher_signal = 0;
+void on_launcher_signal(int sig) { g_launcher_signal = sig; }
+
 }  // namespace
 
 int spawn_ranks(int64_t nproc, const std::vector<std::string>& argv) {
@@ -177,6 +182,7 @@ int spawn_ranks(int64_t nproc, const std::vector<std::string>& argv) {
     pid_t pid = ::fork();
     MT_CHECK(pid >= 0, "--nproc: fork failed: ", std::strerror(errno));
     if (pid == 0) {
+      ::setpgid(0, 0);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
@@ -192,9 +198,21 @@ int spawn_ranks(int64_t nproc, const std::vector<std::string>& argv) {
     }
     pids.push_back(pid);
   }
+  struct sigaction sa {}, old_int {}, old_term {};
+  sa.sa_handler = on_launcher_signal;
+  sigemptyset(&sa.sa_mask);
+  g_launcher_signal = 0;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  int forwarded = 0;
   int rc = 0;
   size_t left = pids.size();
   while (left > 0) {
+    if (g_launcher_signal && !forwarded) {
+      forwarded = g_launcher_signal;
+      for (pid_t p : pids)
+        if (p > 0) ::kill(p, forwarded);
+    }
     int status = 0;
     pid_t done = ::waitpid(-1, &status, 0);
     if (done < 0) {
@@ -208,15 +226,21 @@ int spawn_ranks(int64_t nproc, const std::vector<std::string>& argv) {
     --left;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (ok) continue;
+    if (forwarded && WIFEXITED(status) && WEXITSTATUS(status) == 128 + forwarded) {  // a clean stop on our signal
+      if (rc == 0) rc = 128 + forwarded;
+      continue;
+    }
     if (rc == 0) {  // the first failure: report it and stop the other ranks (they would wait for it)
       rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       std::fprintf(stderr, "error: rank %lld of %lld %s %d; stopping the other ranks\n", (long long)r, (long long)nproc,
                    WIFEXITED(status) ? "exited with code" : "was killed by signal",
                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-      for (pid_t p : pids)
-        if (p > 0) ::kill(p, SIGTERM);
+      for (pid_t p : pids)  // SIGKILL: they are blocked in a collective waiting for the failed rank
+        if (p > 0) ::kill(p, SIGKILL);
     }
   }
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
   return rc;
 }
 

@@ -4,6 +4,9 @@
 #include <ATen/core/grad_mode.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <csignal>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -139,6 +142,33 @@ std::string token_index(const TrainConfig& cfg, const std::string& source, const
   return prepare_audio_tokens(source, a);
 }
 
+// SIGINT / SIGTERM: the step in progress finishes, a checkpoint is written and the run stops cleanly
+// (the CLI exits with 128 + the signal). A second signal gets the default action (immediate exit).
+std::atomic<int> g_stop_signal{0};
+
+void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+  std::signal(sig, SIG_DFL);
+}
+
+struct StopSignals {
+  struct sigaction old_int {}, old_term {};
+  StopSignals() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+};
+
 struct Run {
   const TrainConfig& cfg;
   const TrainOptions& opt;
@@ -151,6 +181,7 @@ struct Run {
   std::vector<std::vector<lm::LayerTTTState>> states;  // per micro-batch
   std::vector<at::Tensor> trainable;
   int64_t start_step = 0, bad_steps = 0;
+  int stop_signal = 0;  // data parallel: the signal every rank agreed on in this step's exchange
   std::ofstream metrics;
   std::unique_ptr<Collective> comm;  // data parallel (world_size > 1)
   bool leader() const { return opt.dist.rank == 0; }
@@ -444,6 +475,7 @@ std::string latest_checkpoint(const std::string& run_dir) {
 }
 
 TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
+  StopSignals stop_signals;
   Run r{cfg, opt};
   if (opt.dist.active()) {
     r.comm = std::make_unique<Collective>(opt.dist);
@@ -562,6 +594,30 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
     restore_checkpoint(r, resume_dir);
     r.say(str("resumed from ", resume_dir, " at step ", r.start_step));
   }
+  if (r.leader() && !resume_dir.empty()) {
+    // A run killed mid-way leaves half-written checkpoints (never renamed into place) and metrics of
+    // steps after its last checkpoint, which this run does again: drop both.
+    if (fs::is_directory(run_dir / "checkpoints"))
+      for (const auto& e : fs::directory_iterator(run_dir / "checkpoints"))
+        if (e.path().filename().string().rfind(".tmp.", 0) == 0) fs::remove_all(e.path());
+    if (fs::exists(run_dir / "metrics.jsonl")) {
+      std::ifstream in(run_dir / "metrics.jsonl");
+      std::string kept, line;
+      int64_t dropped = 0;
+      while (std::getline(in, line)) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_discarded() || (j.is_object() && j.contains("step") && j["step"].is_number() &&
+                                 j["step"].get<int64_t>() > r.start_step)) {
+          ++dropped;  // a torn last line, or a step this run repeats
+          continue;
+        }
+        kept += line + "\n";
+      }
+      in.close();
+      io::atomic_write((run_dir / "metrics.jsonl").string(), kept);
+      if (dropped) r.say(str("metrics.jsonl: dropped ", dropped, " record(s) after step ", r.start_step, " (they are redone)"));
+    }
+  }
   if (r.leader()) r.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
 
   LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
@@ -585,7 +641,10 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
       // Losses (means over ranks) and the token count (a sum), in one exchange.
       std::vector<double> v{static_cast<double>(s.real_tokens), s.text, s.audio, s.state_change};
       v.insert(v.end(), s.per_codebook.begin(), s.per_codebook.end());
+      v.push_back(static_cast<double>(g_stop_signal.load()));  // a stop requested on any rank stops all, at the same step
       r.comm->all_reduce_sum(v);
+      r.stop_signal = v.back() > 0 ? (g_stop_signal.load() ? g_stop_signal.load() : SIGTERM) : 0;
+      v.pop_back();
       const double w = static_cast<double>(r.comm->world_size());
       s.real_tokens = static_cast<int64_t>(v[0]);
       s.text = v[1] / w, s.audio = v[2] / w, s.state_change = v[3] / w;
@@ -688,7 +747,15 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
         r.say(str("eval at step ", step + 1, ": loss ", ev));
       }
     }
-    if (cfg.do_ckpt && ((cfg.ckpt_freq > 0 && (step + 1) % cfg.ckpt_freq == 0) || last)) save_checkpoint(r, step + 1);
+    const bool saved = cfg.do_ckpt && ((cfg.ckpt_freq > 0 && (step + 1) % cfg.ckpt_freq == 0) || last);
+    if (saved) save_checkpoint(r, step + 1);
+    const int sig = r.comm ? r.stop_signal : g_stop_signal.load();
+    if (sig && !last) {
+      if (!saved) save_checkpoint(r, step + 1);
+      r.say(str("stopped by ", sig == SIGINT ? "SIGINT" : "SIGTERM", " after step ", step + 1, "; continue with --resume"));
+      sum.stopped_by_signal = sig;
+      break;
+    }
   }
   if (r.leader()) {
     r.metrics.close();

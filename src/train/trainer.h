@@ -30,6 +30,7 @@ struct TrainSummary {
   double last_eval_loss = -1;
   double tokens_per_s = 0;
   int64_t skipped_steps = 0;
+  int stopped_by_signal = 0;  // SIGINT / SIGTERM: stopped early after writing a checkpoint
   std::string run_dir;
 };
 
