@@ -15,6 +15,7 @@
 #include "mimi/mimi.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
+#include "util/runtime.h"
 #include "util/plot.h"
 
 namespace fs = std::filesystem;
@@ -93,9 +94,22 @@ int run_generate(const GenerateOpts& o) {
   }
   const int64_t every = std::max<int64_t>(1, o.steps / 10);
   double total = 0;
+  // Memory over a long stream: RSS after the warm-up steps and at the end (it must stay flat).
+  const int64_t warm = std::min<int64_t>(o.steps - 1, 100);
+  double rss_start = rss_mb(), rss_end = NAN;
+  std::vector<double> rss_x, rss_y;
   auto res = lm::generate(gen, st, o.steps, user, [&](int64_t t, double ms) {
     total += ms;
-    if (metrics.is_open()) metrics << nlohmann::json{{"step", t}, {"ms", ms}}.dump() << "\n";
+    if (t == warm) rss_start = rss_mb();
+    nlohmann::json m = {{"step", t}, {"ms", ms}};
+    if (t % 500 == 0 || t + 1 == o.steps) {
+      const double r = rss_mb();
+      m["rss_mb"] = r;
+      rss_x.push_back(static_cast<double>(t));
+      rss_y.push_back(r);
+      if (t + 1 == o.steps) rss_end = r;
+    }
+    if (metrics.is_open()) metrics << m.dump() << "\n";
     if (!o.quiet && ((t + 1) % every == 0 || t + 1 == o.steps)) {
       double per = total / static_cast<double>(t + 1);
       std::printf("  step %5lld/%lld  %7.2f ms/step  %6.1f steps/s  (real time needs <= 80 ms)  ETA %.1f s\n",
@@ -114,6 +128,8 @@ int run_generate(const GenerateOpts& o) {
   }
   std::printf("done: %lld frames out, median %.2f ms/step, p90 %.2f ms/step, %.1fx real time; %lld text tokens that are not padding\n",
               (long long)res.tokens.size(2), p50, p90, 80.0 / std::max(p50, 1e-9), (long long)non_pad);
+  std::printf("memory: RSS %.1f MB after %lld steps, %.1f MB at the end (%+.1f MB over %.1f min of audio)\n", rss_start,
+              (long long)warm + 1, rss_end, rss_end - rss_start, static_cast<double>(o.steps) * 0.08 / 60.0);
   if (res.tokens.size(2) > 0) {
     int64_t show = std::min<int64_t>(16, res.tokens.size(2));
     std::printf("first frames of slot 0 (text | audio codebooks):\n");
@@ -130,7 +146,8 @@ int run_generate(const GenerateOpts& o) {
   if (!o.run_dir.empty()) {
     nlohmann::json j = {{"model", origin}, {"steps", o.steps}, {"batch", batch}, {"greedy", o.greedy},
                         {"median_ms_per_step", p50}, {"p90_ms_per_step", p90}, {"frames_out", res.tokens.size(2)},
-                        {"text_tokens_not_padding", non_pad}};
+                        {"text_tokens_not_padding", non_pad}, {"rss_mb_after_warmup", rss_start}, {"rss_mb_end", rss_end},
+                        {"rss_warmup_step", warm + 1}};
     io::atomic_write((fs::path(o.run_dir) / "summary.json").string(), j.dump(2) + "\n");
     plot::Chart ch;
     ch.title = "Streaming step latency";
@@ -140,7 +157,13 @@ int run_generate(const GenerateOpts& o) {
     ch.hlines.push_back({p50, str("median ", std::round(p50 * 100) / 100, " ms")});
     ch.ymin = 0;
     plot::write_png(ch, (fs::path(o.run_dir) / "latency.png").string());
-    std::printf("wrote %s/{metrics.jsonl,summary.json,latency.png}\n", o.run_dir.c_str());
+    plot::Chart mc;
+    mc.title = "Resident memory over the stream";
+    mc.xlabel = "step (80 ms of audio each)";
+    mc.ylabel = "RSS (MB)";
+    mc.series.push_back({"RSS", rss_x, rss_y, "points"});
+    plot::write_png(mc, (fs::path(o.run_dir) / "memory.png").string());
+    std::printf("wrote %s/{metrics.jsonl,summary.json,latency.png,memory.png}\n", o.run_dir.c_str());
   }
   return 0;
 }

@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "util/error.h"
 #include "util/plot.h"
+#include "util/runtime.h"
 
 namespace fs = std::filesystem;
 
@@ -222,6 +223,10 @@ std::vector<std::string> read_file_list(const std::string& p) {
     MT_CHECK(!out.empty(), p, ": no audio or .safetensors files in this folder");
     return out;
   }
+  if (is_audio(p) || fs::path(p).extension() == ".safetensors") {  // one file
+    MT_CHECK(fs::exists(p), p, ": not found");
+    return {p};
+  }
   std::ifstream in(p);
   MT_CHECK(in, p, ": cannot open the file list");
   const fs::path base = fs::path(p).parent_path();
@@ -285,6 +290,8 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     T_max = std::max(T_max, c.size(1));
     inputs.push_back(c.contiguous());
   }
+  const double rss_loaded = rss_mb();
+  double rss_warm = NAN;  // after the first tenth of the first file (allocations of the first chunks done)
   const int64_t w = o.window > 0 ? o.window : (T_max >= 16000 ? 1000 : std::max<int64_t>(1, T_max / 32));
   const int64_t bins = (T_max + w - 1) / w;
   std::vector<int64_t> positions = o.positions;
@@ -344,7 +351,9 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     for (size_t i = 0; i < inputs.size(); ++i) {
       at::Tensor codes = inputs[i].unsqueeze(0).to(dev);
       lm::TransformerState st = m.make_state(1, o.chunk);
+      const int64_t warm_at = std::max<int64_t>(o.chunk, codes.size(2) / 10);
       auto after = [&](int64_t end, const std::vector<lm::LayerProbes>& probes) {
+        if (i == 0 && &v == &variants.front() && end >= warm_at && end - o.chunk < warm_at) rss_warm = rss_mb();
         if (probe_this) {
           const int64_t start = (end - 1) / o.chunk * o.chunk;  // chunks start at multiples of --chunk
           for (size_t l = 0; l < probes.size(); ++l) {
@@ -455,6 +464,7 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     vj.push_back(j);
   }
   summary["variants"] = vj;
+  summary["rss_mb"] = {{"after_loading", num(rss_loaded)}, {"after_warmup", num(rss_warm)}, {"end", num(rss_mb())}};
 
   // curve.csv: one row per bin, columns per variant and loss kind.
   {

@@ -45,8 +45,8 @@ struct LongContextOptions {
 // [C, K, T], channel 0), or an LM token shard ([1 + n_q, T], used as is).
 at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path, CodesCache* cache, const ScoringOptions& o);
 
-// Files listed in LIST (one path per line, # comments; relative to the list's folder), or every audio /
-// .safetensors file of a folder (sorted).
+// Files listed in LIST (one path per line, # comments; relative to the list's folder), every audio /
+// .safetensors file of a folder (sorted), or one such file.
 std::vector<std::string> read_file_list(const std::string& list_or_dir);
 
 // Runs every variant over every file, writes curve.csv, summary.json, probes.csv (with probes) and the

@@ -122,16 +122,20 @@ GenerationResult generate(const LMGen& gen, LMGenState& st, int64_t steps, const
            "user codes: expected [", st.batch, ", ", needed, ", >= ", steps, "], got ", shape_str(user.sizes().vec()));
   user = user.to(dev);
   GenerationResult r;
-  std::vector<at::Tensor> outs;
+  r.step_ms.reserve(static_cast<size_t>(steps));
+  // One preallocated host buffer: a long stream allocates nothing per step (a tensor per frame would
+  // cost a few hundred bytes of bookkeeping each, RSS growing with the conversation).
+  at::Tensor out = at::empty({st.batch, 1 + c.dep_q, steps}, at::kLong);
+  int64_t n = 0;
   for (int64_t t = 0; t < steps; ++t) {
     auto t0 = std::chrono::steady_clock::now();
     auto y = gen.step(st, user.narrow(2, t, 1));
-    if (y) outs.push_back(y->to(at::kCPU));  // the copy to host is the step's one sync point
+    if (y) out.narrow(2, n++, 1).copy_(*y);  // the copy to host is the step's one sync point
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     r.step_ms.push_back(ms);
     if (on_step) on_step(t, ms);
   }
-  r.tokens = outs.empty() ? at::empty({st.batch, 1 + c.dep_q, 0}, at::kLong) : at::cat(outs, 2);
+  r.tokens = out.narrow(2, 0, n);
   return r;
 }
 

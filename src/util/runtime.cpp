@@ -7,6 +7,9 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
+#include <cstdio>
+#include <unistd.h>
 #include <cstdlib>
 #include <sstream>
 
@@ -48,6 +51,16 @@ std::string build_info() {
   os << "CUDA " << (cuda_available() ? "available" : "not available") << "\n";
   os << "BLAS/backends:\n" << at::show_config();
   return os.str();
+}
+
+double rss_mb() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return NAN;
+  long long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lld %lld", &size, &resident);
+  std::fclose(f);
+  if (n != 2) return NAN;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1e6;
 }
 
 std::string cache_dir(const std::string& sub) {

@@ -12,6 +12,9 @@ bool cuda_available();
 // Multi-line description: version, git commit, libtorch version, BLAS/parallel backend, threads, CUDA.
 std::string build_info();
 
+// Resident set size of this process in MB (/proc/self/statm; NaN where unavailable).
+double rss_mb();
+
 // Our cache root: $MOSHI_TTT_CACHE, else $XDG_CACHE_HOME/moshi-ttt, else ~/.cache/moshi-ttt; plus "/" + sub.
 std::string cache_dir(const std::string& sub);
 // Applies a thread count (<= 0 leaves libtorch's default).
