@@ -103,8 +103,8 @@ void add_codec(CLI::App& app) {
     const auto t0 = std::chrono::steady_clock::now();
     codes = codes.to(at::kLong).to(at::Device(d->device));
     at::Tensor wav;
+    m->check_code_range(codes, d->in);
     if (d->streaming) {
-      m->check_code_range(codes, d->in);
       mimi::MimiState st = m->make_state(codes.size(0));
       std::vector<at::Tensor> parts;
       for (int64_t t = 0; t < codes.size(2); ++t) parts.push_back(m->decode_step(codes.narrow(2, t, 1), st));

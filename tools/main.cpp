@@ -36,7 +36,17 @@ int main(int argc, char** argv) {
     const char* rank = std::getenv("RANK");
     const char* world = std::getenv("WORLD_SIZE");
     const std::string who = rank && world && std::string(world) != "1" ? std::string(" (rank ") + rank + ")" : "";
-    std::cerr << "moshi-ttt" << who << ": error: " << mt::error_message(e) << "\n";
+    // One line of printable text whatever the input held (a binary file's bytes can end up in a parser's message).
+    std::string msg;
+    for (unsigned char ch : mt::error_message(e)) {
+      if (ch == '\n' || ch == '\r' || ch == '\t') msg += ' ';
+      else if (ch < 0x20 || ch == 0x7f) {
+        char b[8];
+        std::snprintf(b, sizeof b, "\\x%02x", ch);
+        msg += b;
+      } else msg += static_cast<char>(ch);
+    }
+    std::cerr << "moshi-ttt" << who << ": error: " << msg << "\n";
     return 1;
   }
 }

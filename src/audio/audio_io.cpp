@@ -49,6 +49,19 @@ Audio read_audio(const std::string& path) {
   MT_CHECK(info.channels > 0, path, ": audio file reports ", info.channels, " channels");
   MT_CHECK(info.samplerate > 0, path, ": audio file reports sample rate ", info.samplerate);
   MT_CHECK(info.frames > 0, path, ": audio file is empty (0 frames)");
+  {
+    // libsndfile reads a truncated wav as a shorter one and only says so in its log ("data : N (should
+    // be M)"): a cut-off file is an error, not silently shorter audio.
+    char log[4096] = {0};
+    sf_command(file.f, SFC_GET_LOG_INFO, log, sizeof log);
+    const std::string l(log);
+    const auto at = l.find("\ndata : ");
+    if (at != std::string::npos) {
+      long long said = 0, has = 0;
+      if (std::sscanf(l.c_str() + at + 8, "%lld (should be %lld)", &said, &has) == 2 && said > has)
+        fail(path, ": truncated: the header announces ", said, " bytes of audio data, the file holds ", has);
+    }
+  }
   constexpr int64_t kMaxSamples = int64_t(1) << 40;  // 4 TiB of floats: a corrupt header, not audio
   MT_CHECK(info.frames <= kMaxSamples / info.channels, path, ": implausible length of ", info.frames,
            " frames x ", info.channels, " channels");

@@ -430,6 +430,12 @@ LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::
     n = 0;
   }
   if (initialised) *initialised = n;
+  // A checkpoint holding NaN or inf (a diverged run saved anyway, a corrupt copy) would score and
+  // generate garbage without a word: name the tensor instead.
+  for (const auto& [name, p] : m->state_dict()) {
+    const int64_t bad = (~at::isfinite(p.detach())).sum().item<int64_t>();
+    MT_CHECK(bad == 0, path, ": tensor '", name, "' holds ", bad, " non-finite value(s) (NaN or inf) of ", p.numel());
+  }
   for (auto& p : m->parameters()) p.set_requires_grad(false);
   return m;
 }

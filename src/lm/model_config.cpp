@@ -58,7 +58,13 @@ ModelConfigFile ModelConfigFile::load(const std::string& path) {
   } catch (const std::exception& e) {
     fail(path, ": cannot read YAML: ", e.what());
   }
-  return from_yaml(root, path, {});
+  try {
+    return from_yaml(root, path, {});
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    if (m.rfind(path, 0) == 0) throw;
+    fail(path, ": ", m);  // field errors name the field; the file comes first
+  }
 }
 
 ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::string& path,

@@ -169,6 +169,24 @@ struct StopSignals {
   StopSignals& operator=(const StopSignals&) = delete;
 };
 
+// Token ids outside the model's vocabularies would index past an embedding table (libtorch's
+// "index out of range in self", naming nothing): name the file and the stream instead.
+void check_token_range(const lm::LMConfig& c, const TokenBatch& b, const std::string& source) {
+  const at::Tensor codes = b.codes;
+  const at::Tensor text = codes.select(1, 0), audio = codes.narrow(1, 1, codes.size(1) - 1);
+  const bool ok = ((text >= -1) & (text < c.text_card)).all().item<bool>() && ((audio >= -1) & (audio < c.card)).all().item<bool>();
+  if (ok) return;
+  for (int64_t i = 0; i < codes.size(0); ++i) {
+    const at::Tensor t = codes[i][0], a = codes[i].narrow(0, 1, codes.size(1) - 1);
+    if (!((t >= -1) & (t < c.text_card)).all().item<bool>())
+      fail(source, ": file '", b.file_ids.at(static_cast<size_t>(i)), "': text ids outside [-1, ", c.text_card, ") (max ",
+           t.max().item<int64_t>(), ")");
+    if (!((a >= -1) & (a < c.card)).all().item<bool>())
+      fail(source, ": file '", b.file_ids.at(static_cast<size_t>(i)), "': audio ids outside [-1, ", c.card, ") (max ",
+           a.max().item<int64_t>(), ")");
+  }
+}
+
 struct Run {
   const TrainConfig& cfg;
   const TrainOptions& opt;
@@ -474,7 +492,27 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dirs.back().string();
 }
 
+namespace {
+TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt);
+}
+
 TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
+  // A run that fails before its first step (bad data, bad weights) leaves no run folder behind if it
+  // made one; a run folder that existed is left as it was found (its files are only replaced whole).
+  const bool made_dir = opt.dist.rank == 0 && !cfg.run_dir.empty() && !fs::exists(cfg.run_dir);
+  try {
+    return train_impl(cfg, opt);
+  } catch (...) {
+    std::error_code ec;
+    const fs::path m = fs::path(cfg.run_dir) / "metrics.jsonl";
+    const bool no_step = !fs::exists(m, ec) || fs::file_size(m, ec) == 0;
+    if (made_dir && no_step) fs::remove_all(cfg.run_dir, ec);
+    throw;
+  }
+}
+
+namespace {
+TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   StopSignals stop_signals;
   Run r{cfg, opt};
   if (opt.dist.active()) {
@@ -655,6 +693,7 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
     PeakMemory mem(r.dev.type());  // tensors allocated during the step on the training device
     TokenBatch batch;
     MT_CHECK(r.loader->next(batch), cfg.train_data, ": no training data");
+    check_token_range(r.model->cfg, batch, cfg.train_data);
     std::vector<at::Tensor> micro, resets;
     for (int64_t mb = 0; mb < cfg.num_microbatches; ++mb) {
       micro.push_back(batch.codes.narrow(0, mb * cfg.batch_size, cfg.batch_size).to(r.dev));
@@ -763,5 +802,6 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   }
   return sum;
 }
+}  // namespace
 
 }  // namespace mt::train
