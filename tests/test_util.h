@@ -26,6 +26,17 @@
 namespace mt::test {
 
 inline std::string reference_dir() { return MT_REFERENCE_DIR; }
+
+// A whole file's bytes ("" when it cannot be read).
+inline std::string slurp(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return {};
+  std::string s;
+  char buf[65536];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
+  std::fclose(f);
+  return s;
+}
 inline std::string cli() { return MT_CLI; }
 
 // A fresh temporary folder, removed when the object goes away.

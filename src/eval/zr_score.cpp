@@ -18,6 +18,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace mt::eval {
@@ -36,40 +37,6 @@ std::string read_text(const std::string& path) {
   os << f.rdbuf();
   MT_CHECK(!f.bad(), path, ": read failed");
   return os.str();
-}
-
-// Atomic write (temp file in the same folder, fsync, rename). A local copy of io::atomic_write so this file
-// stays free of ATen headers.
-void write_atomically(const std::string& path, const std::string& text) {
-  fs::path p(path);
-  fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp =
-      (dir / mt::str(".", p.filename().string(), ".tmp.", getpid(), ".", counter.fetch_add(1))).string();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  MT_CHECK(fd >= 0, path, ": cannot create temp file ", tmp, ": ", std::strerror(errno));
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t w = ::write(fd, text.data() + off, text.size() - off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail(path, ": write failed: ", std::strerror(e));
-    }
-    off += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail(path, ": fsync/close failed: ", std::strerror(e));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail(path, ": rename failed: ", std::strerror(e));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -798,17 +765,17 @@ void write_score_files(const PairedResult& r, const std::string& out_dir, const 
   const fs::path d(out_dir);
   if (r.task == "lexical") {
     const std::string base = "score_lexical_" + split;
-    write_atomically((d / (base + "_by_pair.csv")).string(), pairs_csv("word", "non word", r.by_pair));
-    write_atomically((d / (base + "_by_frequency.csv")).string(), bands_csv("frequency", r.by_frequency));
-    write_atomically((d / (base + "_by_length.csv")).string(), bands_csv("length", r.by_length));
+    atomic_write((d / (base + "_by_pair.csv")).string(), pairs_csv("word", "non word", r.by_pair));
+    atomic_write((d / (base + "_by_frequency.csv")).string(), bands_csv("frequency", r.by_frequency));
+    atomic_write((d / (base + "_by_length.csv")).string(), bands_csv("length", r.by_length));
   } else if (r.task == "syntactic") {
     const std::string base = "score_syntactic_" + split;
-    write_atomically((d / (base + "_by_pair.csv")).string(), pairs_csv("sentence", "non sentence", r.by_pair));
-    write_atomically((d / (base + "_by_type.csv")).string(), bands_csv("type", r.by_type));
+    atomic_write((d / (base + "_by_pair.csv")).string(), pairs_csv("sentence", "non sentence", r.by_pair));
+    atomic_write((d / (base + "_by_type.csv")).string(), bands_csv("type", r.by_type));
   } else {
     MT_CHECK(!r.task.empty() && r.task.find('/') == std::string::npos, "write_score_files: bad task name '", r.task,
              "'");
-    write_atomically((d / ("score_" + r.task + "_by_pair.csv")).string(), pairs_csv("positive", "negative", r.by_pair));
+    atomic_write((d / ("score_" + r.task + "_by_pair.csv")).string(), pairs_csv("positive", "negative", r.by_pair));
   }
 }
 
@@ -832,7 +799,7 @@ void write_submission(const ItemScores& s, const std::string& path) {
     out.append(buf, res.ptr);
     out += '\n';
   }
-  write_atomically(path, out);
+  atomic_write(path, out);
 }
 
 ItemScores read_submission(const std::string& path) {

@@ -2,6 +2,7 @@
 // safetensors: memory-mapped, lazy reader with a strict header check, and an atomic writer.
 // Format: u64 little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}},
 // then the data buffer; offsets are relative to the buffer's start.
+#include "util/atomic_file.h"
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -73,7 +74,7 @@ void save(const std::string& path, const std::map<std::string, at::Tensor>& tens
 std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                      const std::map<std::string, std::string>& metadata = {}, const std::string& path = "<memory>");
 
-// Writes bytes atomically (used by the writers of any file format).
-void atomic_write(const std::string& path, const std::string& bytes);
+// Writes bytes atomically (util/atomic_file.h; used by the writers of any file format).
+using ::mt::atomic_write;
 
 }  // namespace mt::io

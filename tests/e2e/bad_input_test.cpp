@@ -14,6 +14,7 @@
 namespace fs = std::filesystem;
 using mt::test::cli;
 using mt::test::run;
+using mt::test::slurp;
 using mt::test::TempDir;
 
 namespace {
@@ -39,12 +40,6 @@ std::string le64(uint64_t v) {
 // A safetensors file from a raw header and data bytes.
 void raw_st(const std::string& p, const std::string& header, const std::string& data) { write(p, le64(header.size()) + header + data); }
 
-std::string slurp(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // Every fixture, made once per test in its own folder.
 void make_fixtures(const TempDir& d) {

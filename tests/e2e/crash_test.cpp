@@ -21,16 +21,11 @@
 namespace fs = std::filesystem;
 using mt::test::cli;
 using mt::test::run;
+using mt::test::slurp;
 using mt::test::TempDir;
 
 namespace {
 
-std::string slurp(const std::string& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string make_data(TempDir& d) {
   std::vector<std::pair<std::string, at::Tensor>> files;

@@ -14,6 +14,7 @@
 namespace fs = std::filesystem;
 using mt::test::cli;
 using mt::test::run;
+using mt::test::slurp;
 using mt::test::TempDir;
 
 namespace {
@@ -31,12 +32,6 @@ nlohmann::json read_json(const std::string& p) {
   return nlohmann::json::parse(in);
 }
 
-std::string slurp(const std::string& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 bool have_espeak() { return run("command -v espeak-ng >/dev/null") == 0; }
 

@@ -16,15 +16,10 @@
 namespace fs = std::filesystem;
 using mt::test::cli;
 using mt::test::run;
+using mt::test::slurp;
 using mt::test::TempDir;
 
 namespace {
-std::string slurp(const std::string& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Six random files of 50 frames for the tiny preset (K = 5 streams, ids < 64).
 std::string make_data(TempDir& d) {
