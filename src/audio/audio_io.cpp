@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cctype>
 #include <filesystem>
 #include <limits>
 #include <system_error>
@@ -185,6 +186,12 @@ void write_wav(const std::string& path, const at::Tensor& samples, int64_t sampl
     drop_tmp();
     fail(path, ": cannot rename ", tmp, " over it: ", ec.message());
   }
+}
+
+bool is_audio_file(const std::string& path) {
+  std::string e = std::filesystem::path(path).extension().string();
+  for (char& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return e == ".wav" || e == ".flac" || e == ".ogg";
 }
 
 }  // namespace mt::audio

@@ -34,6 +34,9 @@ at::Tensor resample(const at::Tensor& x, int64_t from_rate, int64_t to_rate);
 // read_audio then resample to 24 kHz (moshi-finetune's input).
 Audio read_audio_24k(const std::string& path);
 
+// True for the file kinds the tools treat as audio: .wav, .flac or .ogg, in any letter case.
+bool is_audio_file(const std::string& path);
+
 enum class WavFormat { Pcm16, Float32 };
 
 // Writes samples ([C, N] or [N] = mono; any float dtype or device) as a wav file, clipped to

@@ -10,8 +10,11 @@
 #include <numeric>
 #include <sstream>
 
+#include "audio/audio_io.h"
 #include "eval/position_loss.h"
+#include "eval/zr_score.h"
 #include "io/safetensors.h"
+#include "train/prng.h"
 #include "util/error.h"
 #include "util/plot.h"
 #include "util/runtime.h"
@@ -22,35 +25,13 @@ namespace mt::eval {
 
 namespace {
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
+using audio::is_audio_file;
 
-bool is_audio(const fs::path& p) {
-  const std::string e = lower(p.extension().string());
-  return e == ".wav" || e == ".flac" || e == ".ogg";
-}
-
-// SplitMix64: the same bootstrap draws on every platform.
-struct SplitMix {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  size_t below(size_t n) { return static_cast<size_t>(next() % n); }
-};
-
+// Percentile of the finite values (bootstrap replicates of a bin with no data are NaN).
 double percentile(std::vector<double> v, double q) {
   v.erase(std::remove_if(v.begin(), v.end(), [](double x) { return !std::isfinite(x); }), v.end());
-  if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
-  const double pos = q * static_cast<double>(v.size() - 1);
-  const size_t lo = static_cast<size_t>(std::floor(pos)), hi = std::min(v.size() - 1, lo + 1);
-  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+  return sorted_percentile(v, q);
 }
 
 // Switches every TTT unit off for the no-ttt control and restores it when it goes away.
@@ -218,12 +199,13 @@ std::vector<std::string> read_file_list(const std::string& p) {
   std::vector<std::string> out;
   if (fs::is_directory(p)) {
     for (const auto& e : fs::directory_iterator(p))
-      if (e.is_regular_file() && (is_audio(e.path()) || e.path().extension() == ".safetensors")) out.push_back(e.path().string());
+      if (e.is_regular_file() && (is_audio_file(e.path().string()) || e.path().extension() == ".safetensors"))
+        out.push_back(e.path().string());
     std::sort(out.begin(), out.end());
     MT_CHECK(!out.empty(), p, ": no audio or .safetensors files in this folder");
     return out;
   }
-  if (is_audio(p) || fs::path(p).extension() == ".safetensors") {  // one file
+  if (is_audio_file(p) || fs::path(p).extension() == ".safetensors") {  // one file
     MT_CHECK(fs::exists(p), p, ": not found");
     return {p};
   }
@@ -248,7 +230,7 @@ std::vector<std::string> read_file_list(const std::string& p) {
 
 at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path, CodesCache* cache, const ScoringOptions& o) {
   const auto& cfg = m.cfg;
-  if (is_audio(path)) {
+  if (is_audio_file(path)) {
     MT_CHECK(cache, path, ": an audio file needs the codec (--mimi)");
     return place_clip(cfg, cache->codes(path), o);
   }
@@ -430,10 +412,10 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     // Bootstrap over files.
     std::vector<double> slopes, boot_means_per_pos;
     std::vector<std::vector<double>> pos_boot(positions.size());
-    SplitMix rng{o.seed ^ 0x5EEDull};
+    train::SplitMix64 rng(o.seed ^ 0x5EEDull);
     for (int b = 0; b < o.bootstrap && fc.size() > 1; ++b) {
       std::vector<size_t> pick(fc.size());
-      for (auto& p : pick) p = rng.below(fc.size());
+      for (auto& p : pick) p = static_cast<size_t>(rng.next() % fc.size());
       slopes.push_back(fit_slope(bin_curve(fc, pick, w, bins, headline), w, fit_from));
       for (size_t k = 0; k < positions.size(); ++k)
         pos_boot[k].push_back(window_mean(fc, pick, positions[k] - w / 2, positions[k] - w / 2 + w, headline));

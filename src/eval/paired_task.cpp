@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 
+#include "audio/audio_io.h"
 #include "eval/zr_score.h"
 #include "io/safetensors.h"
 #include "util/error.h"
@@ -38,7 +39,7 @@ std::string task_folder(const PairedTaskOptions& o) {
     if (!fs::is_directory(c)) continue;
     if (fs::exists(c / "gold.csv") || fs::exists(c / "manifest.csv")) return c.string();
     for (const auto& e : fs::directory_iterator(c))
-      if (lower(e.path().extension().string()) == ".wav" || lower(e.path().extension().string()) == ".flac") return c.string();
+      if (audio::is_audio_file(e.path().string())) return c.string();
   }
   std::string tried;
   for (const auto& c : candidates) tried += "\n  " + c.string();
@@ -55,9 +56,7 @@ std::string audio_path(const fs::path& dir, const std::string& name) {
 }
 
 std::string stem_of(const std::string& name) {
-  const fs::path p(name);
-  const std::string ext = lower(p.extension().string());
-  return (ext == ".wav" || ext == ".flac" || ext == ".ogg") ? p.stem().string() : name;
+  return audio::is_audio_file(name) ? fs::path(name).stem().string() : name;
 }
 
 // Does the dataset say it is synthetic (a README beside the data or in a parent)?
@@ -117,8 +116,7 @@ nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, cons
     } else {
       has_gold = false;
       for (const auto& e : fs::directory_iterator(folder)) {
-        const std::string ext = lower(e.path().extension().string());
-        if (ext == ".wav" || ext == ".flac" || ext == ".ogg") names.push_back(e.path().filename().string());
+        if (audio::is_audio_file(e.path().string())) names.push_back(e.path().filename().string());
       }
       std::sort(names.begin(), names.end());
     }

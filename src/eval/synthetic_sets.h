@@ -1,7 +1,7 @@
 #pragma once
 // Small, clearly-labelled SYNTHETIC paired-likelihood test sets, spoken by espeak-ng and written in the
 // official layouts (ZeroSpeech 2021 lexical / syntactic dev folders, Spoken StoryCloze-style story pairs),
-// so the scorer that reads them also reads the real data. See /work/shared/spec/eval.md sections 1.1-1.3
+// so the scorer that reads them also reads the real data. See shared/spec/eval.md sections 1.1-1.3
 // (layouts) and 4.5 (how these sets are meant to be built). Numbers measured on them are NOT comparable
 // to published sWUGGY / sBLIMP / sSC / tSC results; the README.md written next to them says so.
 //

@@ -18,6 +18,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "train/prng.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -251,43 +252,27 @@ double mean(const std::vector<double>& v) {
   return s / static_cast<double>(v.size());
 }
 
-// splitmix64: a fixed integer recurrence, so the stream is the same on every platform and compiler.
-struct SplitMix64 {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // An index in [0, n): the high 64 bits of next() * n (bias below n / 2^64, negligible here).
-  size_t below(size_t n) { return static_cast<size_t>((static_cast<unsigned __int128>(next()) * n) >> 64); }
-};
-
-// Percentile with linear interpolation between order statistics (numpy's default), of sorted v.
-double percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return NAN;
-  double pos = q * static_cast<double>(sorted.size() - 1);
-  size_t lo = static_cast<size_t>(std::floor(pos));
-  size_t hi = std::min(lo + 1, sorted.size() - 1);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
+// An index in [0, n) from the shared splitmix64 stream: the high 64 bits of next() * n (bias below
+// n / 2^64, negligible here).
+size_t draw_index(train::SplitMix64& rng, size_t n) {
+  return static_cast<size_t>((static_cast<unsigned __int128>(rng.next()) * n) >> 64);
 }
 
 // 95% percentile-bootstrap interval of the mean of x, resampling its elements with replacement.
 Interval bootstrap_ci(const std::vector<double>& x, int reps, uint64_t seed) {
   Interval ci;
   if (reps <= 0 || x.empty()) return ci;
-  SplitMix64 rng{seed};
+  train::SplitMix64 rng(seed);
   std::vector<double> means(static_cast<size_t>(reps));
   const size_t n = x.size();
   for (auto& m : means) {
     double s = 0;
-    for (size_t i = 0; i < n; ++i) s += x[rng.below(n)];
+    for (size_t i = 0; i < n; ++i) s += x[draw_index(rng, n)];
     m = s / static_cast<double>(n);
   }
   std::sort(means.begin(), means.end());
-  ci.lo = percentile(means, 0.025);
-  ci.hi = percentile(means, 0.975);
+  ci.lo = sorted_percentile(means, 0.025);
+  ci.hi = sorted_percentile(means, 0.975);
   return ci;
 }
 
@@ -829,6 +814,14 @@ ItemScores read_submission(const std::string& path) {
     out.emplace(stem, *v);
   }
   return out;
+}
+
+double sorted_percentile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return NAN;
+  double pos = q * static_cast<double>(sorted.size() - 1);
+  size_t lo = static_cast<size_t>(std::floor(pos));
+  size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
 }
 
 }  // namespace mt::eval

@@ -83,6 +83,10 @@ struct PairedResult {
 // 5..19 -> "6-20", 20..99 -> "21-100", >= 100 -> ">100". Throws for a negative count.
 std::string frequency_band(int64_t frequency);
 
+// Percentile with linear interpolation between order statistics (numpy's default) of sorted values;
+// NaN when empty. Used for every bootstrap interval of the evaluation suite.
+double sorted_percentile(const std::vector<double>& sorted, double q);
+
 // Readers of the gold files: a CSV reader (quoted fields, doubled quotes, CRLF, any column order; columns are
 // found by name). A missing column, a bad integer or a bad `correct` is an mt::Error naming the file, the
 // line and the column.
