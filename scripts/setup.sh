@@ -6,6 +6,9 @@
 #   MOSHI_TTT_CACHE           per-user cache (default ~/.cache/moshi-ttt)
 #   MOSHI_TTT_TORCH_PREFIX    use this CMake prefix for Torch instead (e.g. a GPU machine's PyTorch)
 #   BUILD_DIR                 build folder (default build)
+#   MOSHI_TTT_EXTRA_PKGS      more Debian packages (scripts/fuzz.sh: clang)
+#   MOSHI_TTT_CMAKE_ARGS      more arguments for the first configure of BUILD_DIR (e.g. -DMOSHI_TTT_SANITIZE=ON)
+#   MOSHI_TTT_BUILD_TARGETS   build only these targets (default: all)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -18,7 +21,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # 1. Debian packages the code uses.
 pkgs=(cmake g++ make python3 python3-venv ccache espeak-ng googletest libgtest-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libpng-dev zlib1g-dev pkg-config
-      libsndfile1-dev libsoxr-dev libsentencepiece-dev)
+      libsndfile1-dev libsoxr-dev libsentencepiece-dev ${MOSHI_TTT_EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,7 +66,10 @@ launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ] || ! grep -q "MOSHI_TTT_TORCH_PREFIX:.*=$TORCH_PREFIX\$" "$BUILD_DIR/CMakeCache.txt"; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} \
-    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DMOSHI_TTT_TORCH_PREFIX="$TORCH_PREFIX" "${launcher[@]}" >&2
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DMOSHI_TTT_TORCH_PREFIX="$TORCH_PREFIX" "${launcher[@]}" \
+    ${MOSHI_TTT_CMAKE_ARGS:-} >&2
 fi
-cmake --build "$BUILD_DIR" -j"$(nproc)" >&2
-log "built $BUILD_DIR/moshi-ttt"
+targets=()
+for t in ${MOSHI_TTT_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build "$BUILD_DIR" -j"$(nproc)" "${targets[@]}" >&2
+log "built $BUILD_DIR${MOSHI_TTT_BUILD_TARGETS:+ ($MOSHI_TTT_BUILD_TARGETS)}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test tier (unit, reference, e2e; gpu skips
-# without CUDA). Extra arguments go to ctest (e.g. -L unit).
+# without CUDA), then the unit tier again in an ASan + UBSan build (build-asan/; skipped when
+# MOSHI_TTT_SANITIZE_TESTS=0 or when arguments are given). Extra arguments go to ctest (e.g. -L unit).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -13,3 +14,15 @@ if [ ! -d "$ref" ]; then
 fi
 "$BUILD_DIR/moshi-ttt" --version | head -4
 ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900 -j2 "$@"
+
+if [ $# -eq 0 ] && [ "${MOSHI_TTT_SANITIZE_TESTS:-1}" != 0 ]; then
+  # Leaks are reported (LSan, part of ASan); suppressions cover only what libtorch keeps for the
+  # process's life (scripts/lsan.supp). UBSan stops at the first report.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:detect_container_overflow=0}
+  export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$here/scripts/lsan.supp:print_suppressions=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  echo "[test] unit tier under ASan + UBSan (build-asan)" >&2
+  BUILD_DIR=build-asan MOSHI_TTT_CMAKE_ARGS="-DMOSHI_TTT_SANITIZE=ON -DMOSHI_TTT_BUILD_BENCH=OFF" \
+    MOSHI_TTT_BUILD_TARGETS=test_unit scripts/setup.sh
+  ctest --test-dir build-asan -L unit --output-on-failure --timeout 1800 -j2
+fi

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "audio/audio_io.h"
+#include "io/codes_file.h"
 #include "io/safetensors.h"
 #include "mimi/mimi.h"
 #include "tools/commands.h"
@@ -92,16 +93,10 @@ void add_codec(CLI::App& app) {
   add_codec_options(dec, *d);
   set_handler(dec, [d]() {
     mimi::Mimi m = open_mimi(*d);
-    io::SafeTensors f(d->in);
-    MT_CHECK(f.contains("codes"), d->in, ": no tensor 'codes'");
-    at::Tensor codes = f.get("codes");
-    MT_CHECK(!at::isFloatingType(codes.scalar_type()), d->in, ": 'codes' must be integers, got ",
-             c10::toString(codes.scalar_type()));
-    if (codes.dim() == 2) codes = codes.unsqueeze(0);
-    MT_CHECK(codes.dim() == 3, d->in, ": 'codes' must be [channels, K, T] or [K, T], got ", shape_str(codes.sizes().vec()));
+    at::Tensor codes = io::read_codes(d->in);  // [C, K, T] int64
     at::InferenceMode im;
     const auto t0 = std::chrono::steady_clock::now();
-    codes = codes.to(at::kLong).to(at::Device(d->device));
+    codes = codes.to(at::Device(d->device));
     at::Tensor wav;
     m->check_code_range(codes, d->in);
     if (d->streaming) {

@@ -4,6 +4,7 @@
 
 #include "eval/position_loss.h"
 #include "eval/ttt_diagnostics.h"
+#include "io/codes_file.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "tools/commands.h"
@@ -35,11 +36,7 @@ void add_score(CLI::App& app) {
   set_handler(sub, [o]() {
     std::string origin;
     lm::LMModel m = o->model.build(&origin);
-    io::SafeTensors f(o->codes);
-    MT_CHECK(f.contains("codes"), o->codes, ": no tensor named 'codes'");
-    at::Tensor codes = f.get("codes");
-    MT_CHECK(codes.scalar_type() == at::kLong, o->codes, ": codes must be int64, got ", c10::toString(codes.scalar_type()));
-    if (codes.dim() == 2) codes = codes.unsqueeze(0);  // one file of a token dataset: [K, T]
+    at::Tensor codes = io::read_codes(o->codes);  // [B, K, T] int64 ([K, T]: one file of a token dataset)
     MT_CHECK(codes.dim() == 3 && codes.size(1) == m->cfg.num_codebooks(), o->codes, ": codes: expected [B, ",
              m->cfg.num_codebooks(), ", T] (or [", m->cfg.num_codebooks(), ", T]), got ", shape_str(codes.sizes().vec()));
     MT_CHECK(((codes >= -1) & (codes <= std::max(m->cfg.card, m->cfg.text_card))).all().item<bool>(), o->codes,

@@ -13,6 +13,7 @@
 #include "audio/audio_io.h"
 #include "eval/position_loss.h"
 #include "eval/zr_score.h"
+#include "io/codes_file.h"
 #include "io/safetensors.h"
 #include "train/prng.h"
 #include "util/error.h"
@@ -234,12 +235,7 @@ at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path,
     MT_CHECK(cache, path, ": an audio file needs the codec (--mimi)");
     return place_clip(cfg, cache->codes(path), o);
   }
-  io::SafeTensors f(path);
-  MT_CHECK(f.contains("codes"), path, ": no tensor named 'codes'");
-  at::Tensor c = f.get("codes");
-  MT_CHECK(c.scalar_type() == at::kLong, path, ": codes must be int64, got ", c10::toString(c.scalar_type()));
-  if (c.dim() == 3) c = c[0];  // Mimi codes of `encode`: [C, K, T], channel 0
-  MT_CHECK(c.dim() == 2, path, ": codes: expected [K, T] or [C, K, T], got ", shape_str(c.sizes().vec()));
+  at::Tensor c = io::read_codes(path)[0];  // [K, T]; Mimi codes of `encode` are [C, K, T]: channel 0
   if (c.size(0) == cfg.num_codebooks()) return c;  // an LM token shard
   const int64_t A = clip_codebooks(cfg, o.placement);
   MT_CHECK(c.size(0) >= A, path, ": ", c.size(0), " codebooks; the LM needs ", A, " (Mimi codes) or ", cfg.num_codebooks(),

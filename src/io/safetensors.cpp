@@ -250,8 +250,9 @@ std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tens
     MT_CHECK(!name.empty() && name != "__metadata__", path, ": invalid tensor name '", name, "'");
     MT_CHECK(!h.contains(name), path, ": duplicate tensor name '", name, "'");
     MT_CHECK(t0.defined(), path, ": tensor '", name, "' is undefined");
+    const at::ScalarType st = t0.scalar_type();  // a structured binding cannot be captured before clang 16
     const auto* row = std::find_if(std::begin(kDTypes), std::end(kDTypes),
-                                   [&](const DTypeRow& r) { return r.in_torch && r.type == t0.scalar_type(); });
+                                   [&](const DTypeRow& r) { return r.in_torch && r.type == st; });
     MT_CHECK(row != std::end(kDTypes), path, ": tensor '", name, "': cannot store dtype ",
              c10::toString(t0.scalar_type()), " in safetensors");
     // resolve_neg/conj: a lazily negated view's storage does not hold its values.

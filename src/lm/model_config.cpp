@@ -7,6 +7,7 @@
 #include <set>
 
 #include "util/error.h"
+#include "util/yaml_read.h"
 
 namespace fs = std::filesystem;
 
@@ -58,13 +59,7 @@ ModelConfigFile ModelConfigFile::load(const std::string& path) {
   } catch (const std::exception& e) {
     fail(path, ": cannot read YAML: ", e.what());
   }
-  try {
-    return from_yaml(root, path, {});
-  } catch (const Error& e) {
-    const std::string m = e.what();
-    if (m.rfind(path, 0) == 0) throw;
-    fail(path, ": ", m);  // field errors name the field; the file comes first
-  }
+  return yaml::with_file_context(path, [&] { return from_yaml(root, path, {}); });
 }
 
 ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::string& path,
@@ -75,7 +70,7 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   auto resolve = [&](const std::string& p) { return fs::path(p).is_absolute() ? p : (dir / p).string(); };
   static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora"};
   for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string k = it->first.as<std::string>();
+    const std::string k = yaml::key_text(it->first, path + ": ");
     MT_CHECK(known.count(k) || other_fields.count(k), path, ": ", k, ": unknown field");
   }
   std::string preset = root["preset"] ? root["preset"].as<std::string>() : "";
@@ -83,7 +78,7 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   if (root["moshi_paths"]) {
     const auto& mp = root["moshi_paths"];
     for (auto it = mp.begin(); it != mp.end(); ++it) {
-      const std::string k = it->first.as<std::string>();
+      const std::string k = yaml::key_text(it->first, path + ": moshi_paths.");
       MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path" || k == "lora_path" ||
                    k == "mimi_config_path",
                path, ": moshi_paths.", k, ": unknown field");

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "util/error.h"
+#include "util/pitfall_switch.h"
 
 namespace mt::lm {
 
@@ -193,7 +194,9 @@ void HybridTTTImpl::init(uint64_t seed, double alpha_init) const {
 }
 
 at::Tensor HybridTTTImpl::forward(const at::Tensor& h, ttt::TTTState& st, ttt::TTTProbes* probes) const {
-  return at::tanh(gating_alpha) * layer->forward(norm->forward(h), st, probes);
+  // Tests only: pitfalls.md row 8, a hard clamp that zeroes α's gradient outside [-3, 3].
+  const at::Tensor a = pitfall::on(8) ? gating_alpha.clamp(-3.0, 3.0) : gating_alpha;
+  return at::tanh(a) * layer->forward(norm->forward(h), st, probes);
 }
 
 namespace {

@@ -37,7 +37,12 @@ std::vector<int64_t> build_token_stream(const std::vector<WordAlignment>& alignm
     while (i < words.size() && words[i]->start_s * config.frame_rate < double(t + 1)) {
       queue = tokenize(words[i]->word);  // replaces what the previous word had left
       queue_pos = 0;
-      last_word_end = static_cast<int64_t>(std::trunc(words[i]->end_s * config.frame_rate));
+      // Clamped to [-1, num_frames] before the cast (same stream: every frame compares alike beyond
+      // those bounds), so a far-off end time cannot overflow int64 (found by the alignments fuzzer).
+      const double end_frame = std::trunc(words[i]->end_s * config.frame_rate);
+      last_word_end = end_frame >= double(num_frames) ? num_frames
+                      : end_frame <= -1.0            ? -1
+                                                     : static_cast<int64_t>(end_frame);
       ++i;
     }
     if (queue_pos < queue.size()) {

@@ -28,66 +28,14 @@ using hash::fnv_str;
 using hash::hex;
 using hash::kFnvOffset;
 
-struct Entry {
-  std::string path;  // resolved
-  std::string id;    // as written in the JSONL
-  double duration = 0;
-};
-
-std::vector<Entry> read_jsonl(const std::string& jsonl) {
-  std::ifstream in(jsonl);
-  MT_CHECK(in, jsonl, ": cannot open");
-  std::vector<Entry> out;
-  std::string line;
-  int64_t n = 0;
-  const fs::path base = fs::path(jsonl).parent_path();
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      fail(jsonl, ":", n, ": not valid JSON: ", e.what());
-    }
-    MT_CHECK(j.is_object() && j.contains("path") && j["path"].is_string(), jsonl, ":", n, ": expected {\"path\": ..., \"duration\": ...}");
-    MT_CHECK(j.contains("duration") && j["duration"].is_number() && j["duration"].get<double>() > 0, jsonl, ":", n,
-             ": \"duration\" must be a positive number of seconds");
-    Entry e;
-    e.id = j["path"].get<std::string>();
-    fs::path p(e.id);
-    e.path = (p.is_absolute() ? p : base / p).lexically_normal().string();
-    e.duration = j["duration"].get<double>();
-    out.push_back(e);
-  }
-  MT_CHECK(!out.empty(), jsonl, ": no entries");
-  return out;
-}
-
 }  // namespace
 
 uint64_t file_hash(const std::string& path) { return hash::file_hash(path); }
 
-bool is_audio_jsonl(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return false;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
-      auto j = nlohmann::json::parse(line);
-      return j.is_object() && j.contains("duration") && !j.contains("file_id");
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
-  return false;
-}
-
 std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig& c) {
   MT_CHECK(!c.mimi_weights.empty(), jsonl, ": an audio dataset needs the codec: set moshi_paths.mimi_path");
   MT_CHECK(!c.cache_dir.empty(), "audio data: no cache folder");
-  const std::vector<Entry> entries = read_jsonl(jsonl);
+  const std::vector<AudioEntry> entries = read_audio_index(jsonl);
   // The codec and layout part of every key.
   uint64_t codec = kFnvOffset;
   const uint64_t wh = file_hash(c.mimi_weights);
@@ -107,7 +55,7 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
   int64_t encoded = 0, cached = 0;
   double audio_done = 0, secs_done = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
-    const Entry& e = entries[i];
+    const AudioEntry& e = entries[i];
     MT_CHECK(fs::exists(e.path), jsonl, ": entry ", i + 1, ": audio file ", e.path, " not found");
     const fs::path align = fs::path(e.path).replace_extension(".json");
     uint64_t key = fnv(kFnvOffset, &codec, 8);

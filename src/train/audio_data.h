@@ -18,6 +18,7 @@
 #include <string>
 
 #include "text/interleaver.h"
+#include "train/audio_index.h"
 
 namespace mt::train {
 
@@ -32,9 +33,6 @@ struct AudioDataConfig {
   std::string device = "cpu";
   bool quiet = false;
 };
-
-// True when the JSONL's first record is an audio entry (has "duration", no "file_id").
-bool is_audio_jsonl(const std::string& path);
 
 // Encodes what is not cached yet (showing progress), writes a token index for the JSONL into the cache
 // and returns its path (read it with read_token_index). Errors name the JSONL line or the audio file.

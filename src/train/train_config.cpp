@@ -74,78 +74,80 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
   } catch (const std::exception& e) {
     fail(path, ": cannot read YAML: ", e.what());
   }
-  MT_CHECK(root.IsMap(), path, ": expected a YAML mapping at the top");
-  for (const auto& kv : overrides) apply_override(root, kv);
-  TrainConfig c;
-  c.source = path;
-  {
-    YAML::Emitter em;
-    em << root;
-    c.yaml_text = std::string(em.c_str()) + "\n";
-  }
-  const std::string w = path + ": ";
-  std::set<std::string> s;
-  read(root, w, "run_dir", c.run_dir, s);
-  read(root, w, "overwrite_run_dir", c.overwrite_run_dir, s);
-  s.insert("data");
-  if (root["data"]) {
-    const YAML::Node d = root["data"];
-    MT_CHECK(d.IsMap(), w, "data: expected a mapping");
-    std::set<std::string> sd;
-    read(d, w + "data.", "train_data", c.train_data, sd);
-    read(d, w + "data.", "eval_data", c.eval_data, sd);
-    read(d, w + "data.", "shuffle", c.shuffle, sd);
-    read(d, w + "data.", "token_cache", c.token_cache, sd);
-    reject_unknown(d, sd, w + "data.");
-  }
-  read(root, w, "duration_sec", c.duration_sec, s);
-  read(root, w, "frame_rate", c.frame_rate, s);
-  read(root, w, "batch_size", c.batch_size, s);
-  read(root, w, "num_microbatches", c.num_microbatches, s);
-  read(root, w, "max_steps", c.max_steps, s);
-  read(root, w, "seed", c.seed, s);
-  read(root, w, "log_freq", c.log_freq, s);
-  read(root, w, "eval_freq", c.eval_freq, s);
-  read(root, w, "do_eval", c.do_eval, s);
-  read(root, w, "eval_batches", c.eval_batches, s);
-  read(root, w, "ckpt_freq", c.ckpt_freq, s);
-  read(root, w, "do_ckpt", c.do_ckpt, s);
-  read(root, w, "num_ckpt_keep", c.num_ckpt_keep, s);
-  read(root, w, "save_adapters", c.save_adapters, s);
-  s.insert("optim");
-  if (root["optim"]) {
-    const YAML::Node o = root["optim"];
-    MT_CHECK(o.IsMap(), w, "optim: expected a mapping");
-    std::set<std::string> so;
-    read(o, w + "optim.", "lr", c.optim.lr, so);
-    read(o, w + "optim.", "weight_decay", c.optim.weight_decay, so);
-    read(o, w + "optim.", "pct_start", c.optim.pct_start, so);
-    reject_unknown(o, so, w + "optim.");
-  }
-  read(root, w, "max_norm", c.max_norm, s);
-  read(root, w, "first_codebook_weight_multiplier", c.first_codebook_weight_multiplier, s);
-  read(root, w, "text_padding_weight", c.text_padding_weight, s);
-  read(root, w, "full_finetuning", c.full_finetuning, s);
-  read(root, w, "gradient_checkpointing", c.gradient_checkpointing, s);
-  read(root, w, "param_dtype", c.param_dtype, s);
-  read(root, w, "alpha_weight_decay", c.alpha_weight_decay, s);
-  read(root, w, "max_bad_steps", c.max_bad_steps, s);
-  read(root, w, "device", c.device, s);
-  read(root, w, "threads", c.threads, s);
-  read(root, w, "init_seed", c.init_seed, s);
-  c.model = lm::ModelConfigFile::from_yaml(root, path, s);
-  // Data paths are relative to the config's folder, like the model paths.
-  auto resolve = [&](std::string& p) {
-    if (!p.empty() && p[0] != '/') {
-      const auto slash = path.find_last_of('/');
-      if (slash != std::string::npos) p = path.substr(0, slash + 1) + p;
+  return yaml::with_file_context(path, [&] {
+    MT_CHECK(root.IsMap(), path, ": expected a YAML mapping at the top");
+    for (const auto& kv : overrides) apply_override(root, kv);
+    TrainConfig c;
+    c.source = path;
+    {
+      YAML::Emitter em;
+      em << root;
+      c.yaml_text = std::string(em.c_str()) + "\n";
     }
-  };
-  resolve(c.train_data);
-  resolve(c.eval_data);
-  resolve(c.token_cache);
-  c.validate();
-  return c;
+    const std::string w = path + ": ";
+    std::set<std::string> s;
+    read(root, w, "run_dir", c.run_dir, s);
+    read(root, w, "overwrite_run_dir", c.overwrite_run_dir, s);
+    s.insert("data");
+    if (root["data"]) {
+      const YAML::Node d = root["data"];
+      MT_CHECK(d.IsMap(), w, "data: expected a mapping");
+      std::set<std::string> sd;
+      read(d, w + "data.", "train_data", c.train_data, sd);
+      read(d, w + "data.", "eval_data", c.eval_data, sd);
+      read(d, w + "data.", "shuffle", c.shuffle, sd);
+      read(d, w + "data.", "token_cache", c.token_cache, sd);
+      reject_unknown(d, sd, w + "data.");
+    }
+    read(root, w, "duration_sec", c.duration_sec, s);
+    read(root, w, "frame_rate", c.frame_rate, s);
+    read(root, w, "batch_size", c.batch_size, s);
+    read(root, w, "num_microbatches", c.num_microbatches, s);
+    read(root, w, "max_steps", c.max_steps, s);
+    read(root, w, "seed", c.seed, s);
+    read(root, w, "log_freq", c.log_freq, s);
+    read(root, w, "eval_freq", c.eval_freq, s);
+    read(root, w, "do_eval", c.do_eval, s);
+    read(root, w, "eval_batches", c.eval_batches, s);
+    read(root, w, "ckpt_freq", c.ckpt_freq, s);
+    read(root, w, "do_ckpt", c.do_ckpt, s);
+    read(root, w, "num_ckpt_keep", c.num_ckpt_keep, s);
+    read(root, w, "save_adapters", c.save_adapters, s);
+    s.insert("optim");
+    if (root["optim"]) {
+      const YAML::Node o = root["optim"];
+      MT_CHECK(o.IsMap(), w, "optim: expected a mapping");
+      std::set<std::string> so;
+      read(o, w + "optim.", "lr", c.optim.lr, so);
+      read(o, w + "optim.", "weight_decay", c.optim.weight_decay, so);
+      read(o, w + "optim.", "pct_start", c.optim.pct_start, so);
+      reject_unknown(o, so, w + "optim.");
+    }
+    read(root, w, "max_norm", c.max_norm, s);
+    read(root, w, "first_codebook_weight_multiplier", c.first_codebook_weight_multiplier, s);
+    read(root, w, "text_padding_weight", c.text_padding_weight, s);
+    read(root, w, "full_finetuning", c.full_finetuning, s);
+    read(root, w, "gradient_checkpointing", c.gradient_checkpointing, s);
+    read(root, w, "param_dtype", c.param_dtype, s);
+    read(root, w, "alpha_weight_decay", c.alpha_weight_decay, s);
+    read(root, w, "max_bad_steps", c.max_bad_steps, s);
+    read(root, w, "device", c.device, s);
+    read(root, w, "threads", c.threads, s);
+    read(root, w, "init_seed", c.init_seed, s);
+    c.model = lm::ModelConfigFile::from_yaml(root, path, s);
+    // Data paths are relative to the config's folder, like the model paths.
+    auto resolve = [&](std::string& p) {
+      if (!p.empty() && p[0] != '/') {
+        const auto slash = path.find_last_of('/');
+        if (slash != std::string::npos) p = path.substr(0, slash + 1) + p;
+      }
+    };
+    resolve(c.train_data);
+    resolve(c.eval_data);
+    resolve(c.token_cache);
+    c.validate();
+    return c;
+  });
 }
 
 }  // namespace mt::train

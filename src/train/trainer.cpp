@@ -23,6 +23,7 @@
 #include "train/loss.h"
 #include "train/optim.h"
 #include "util/error.h"
+#include "util/pitfall_switch.h"
 #include "util/peak_memory.h"
 #include "util/plot.h"
 #include "util/runtime.h"
@@ -367,11 +368,7 @@ double evaluate(Run& r) {
   int64_t n = 0;
   TokenBatch b;
   while (n < cfg.eval_batches && ev.next(b)) {
-    at::Tensor reset = b.reset.cpu();
-    for (int64_t s = 0; s < cfg.batch_size; ++s)
-      if (reset[s].item<bool>())
-        for (auto& ls : st)
-          if (!ls.empty()) ls.reset_slot(s);
+    apply_resets(st, b.reset);
     at::Tensor codes = b.codes.to(r.dev);
     lm::LMOutput out = r.model->forward(codes, nullptr, r.model->transformer->has_ttt() ? &st : nullptr);
     LossParts lp = compute_loss(r.model->cfg, out, codes, loss_cfg, false);
@@ -414,6 +411,16 @@ void write_plots(const TrainConfig& cfg) {
 
 }  // namespace
 
+void apply_resets(std::vector<lm::LayerTTTState>& states, const at::Tensor& reset) {
+  const at::Tensor r = reset.to(at::kCPU, at::kBool).contiguous();
+  const bool* v = r.data_ptr<bool>();
+  for (auto& ls : states) {
+    if (ls.empty()) continue;
+    for (int64_t s = 0; s < r.size(0); ++s)
+      if (v[pitfall::on(7) ? 0 : s]) ls.reset_slot(s);  // tests only: row 7 decides from slot 0
+  }
+}
+
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
@@ -431,14 +438,9 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     const at::Tensor& codes = micro_codes[mb];
     std::vector<lm::LayerTTTState>* st = states ? &(*states)[mb] : nullptr;
     if (st) {
-      at::Tensor reset = micro_resets.empty() ? at::Tensor() : micro_resets[mb].cpu();
-      for (auto& ls : *st) {
-        if (ls.empty()) continue;
-        ls.detach();  // truncated backprop through time: chunks of a file share values, not graphs
-        if (reset.defined())
-          for (int64_t s = 0; s < reset.size(0); ++s)
-            if (reset[s].item<bool>()) ls.reset_slot(s);
-      }
+      for (auto& ls : *st)
+        if (!ls.empty()) ls.detach();  // truncated backprop through time: chunks of a file share values, not graphs
+      if (!micro_resets.empty()) apply_resets(*st, micro_resets[mb]);
     }
     std::vector<lm::LayerProbes> probes;
     const bool pr = want_probes && mb == 0 && m.transformer->has_ttt();

@@ -49,6 +49,10 @@ struct StepResult {
   bool applied = true;                        // false: non-finite loss or gradient, the step was skipped
 };
 
+// Resets, in every layer's TTT state, each batch slot whose flag is set (reset [B] bool: the slot
+// starts a new file with this chunk); the other slots carry on.
+void apply_resets(std::vector<lm::LayerTTTState>& states, const at::Tensor& reset);
+
 // One optimizer step as moshi-finetune takes it, shared by `train` and check-reference: the
 // schedule's lr / beta1 for `step` → per micro-batch forward, loss, backward of loss / M (TTT states
 // detached, slots reset where micro_resets says) → clip_grad_norm over `trainable` → AdamW step (skipped

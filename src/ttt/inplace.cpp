@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "lm/modules.h"
 #include "util/error.h"
+#include "util/pitfall_switch.h"
 
 namespace mt::ttt {
 
@@ -275,6 +276,14 @@ at::Tensor InPlaceFFNImpl::hidden_act(const at::Tensor& x) const {
   return lm::activation(cfg.activation, u.narrow(-1, 0, cfg.hidden)) * u.narrow(-1, cfg.hidden, cfg.hidden);
 }
 
+// The streaming path's targets: the same conv over whole buffered chunks as training (tests only:
+// pitfalls.md row 12 computes them one token at a time with zero padding).
+at::Tensor InPlaceFFNImpl::streaming_targets(const at::Tensor& t_chunks) const {
+  if (!pitfall::on(12)) return targets(t_chunks);
+  const int64_t N = t_chunks.size(0), C = t_chunks.size(1), D = t_chunks.size(2);
+  return targets(t_chunks.reshape({N * C, 1, D})).reshape({N, C, D});
+}
+
 at::Tensor InPlaceFFNImpl::targets(const at::Tensor& t_chunks) const {
   const int64_t C = t_chunks.size(1), k = cfg.conv_kernel, ahead = cfg.lookahead();
   const at::ScalarType acc = acc_dtype();
@@ -375,9 +384,11 @@ at::Tensor InPlaceFFNImpl::step(const at::Tensor& x, const at::Tensor& t, InPlac
   at::Tensor y = at::linear(h, gating->linear_out->weight);
   const at::ScalarType acc = acc_dtype();
   const bool uniform = std::all_of(st.pos.begin(), st.pos.end(), [&](int64_t p) { return p == st.pos[0]; });
+  const at::Tensor dw_before = pitfall::on(13) ? st.dw.clone() : at::Tensor();  // tests only: row 13
   at::Tensor corr = uniform && st.pos[0] + S >= cfg.chunk_size ? step_uniform(h.to(acc), t.to(acc), st)
                                                               : step_segments(h.to(acc), t.to(acc), st);
   st.tokens += S;
+  if (dw_before.defined()) st.dw = dw_before;  // pitfalls.md row 13: streaming updates that never run
   return y + corr.to(y.scalar_type());
 }
 
@@ -388,7 +399,7 @@ at::Tensor InPlaceFFNImpl::step_uniform(const at::Tensor& h, const at::Tensor& t
   at::Tensor hf = p ? at::cat({st.h_buf.narrow(1, 0, p), h}, 1) : h;
   at::Tensor tf = p ? at::cat({st.t_buf.narrow(1, 0, p), t}, 1) : t;
   const int64_t L = p + S, full = L / C, tail = L - full * C;
-  at::Tensor v = targets(tf.narrow(1, 0, full * C).reshape({B * full, C, D})).reshape({B, full * C, D}) * cfg.lr;
+  at::Tensor v = streaming_targets(tf.narrow(1, 0, full * C).reshape({B * full, C, D})).reshape({B, full * C, D}) * cfg.lr;
   at::Tensor corr = ttt_part(hf, v, st.dw).narrow(1, p, S);
   // Σ over the completed chunks of lr vᵀh is one matmul over their tokens: no per-chunk D×H update.
   at::Tensor upd = at::matmul(v.transpose(1, 2), hf.narrow(1, 0, full * C));
@@ -429,7 +440,7 @@ at::Tensor InPlaceFFNImpl::step_segments(const at::Tensor& h, const at::Tensor& 
       at::Tensor idx = at::tensor(done, at::TensorOptions().dtype(at::kLong)).to(h.device());
       at::Tensor hb = all ? st.h_buf : st.h_buf.index_select(0, idx);
       at::Tensor tb = all ? st.t_buf : st.t_buf.index_select(0, idx);
-      at::Tensor upd = at::matmul((targets(tb) * cfg.lr).transpose(1, 2), hb);
+      at::Tensor upd = at::matmul((streaming_targets(tb) * cfg.lr).transpose(1, 2), hb);
       if (may_write_in_place()) {
         all ? st.dw.add_(upd) : st.dw.index_add_(0, idx, upd);
       } else {

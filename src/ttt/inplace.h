@@ -107,6 +107,7 @@ struct InPlaceFFNImpl : torch::nn::Module {
   at::Tensor hidden_act(const at::Tensor& x) const;
   // Targets v = conv_chunk(t) · P for whole chunks: t [N, C, D] -> [N, C, D] in the accumulation dtype.
   at::Tensor targets(const at::Tensor& t_chunks) const;
+  at::Tensor streaming_targets(const at::Tensor& t_chunks) const;
 
   // A fresh state for `batch` streams (ΔW = 0 for every slot), on W0's device.
   InPlaceState make_state(int64_t batch) const;

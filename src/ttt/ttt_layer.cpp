@@ -9,6 +9,7 @@
 
 #include "ttt/ttt_scan.h"
 #include "util/error.h"
+#include "util/pitfall_switch.h"
 
 namespace mt::ttt {
 
@@ -144,6 +145,8 @@ void check_tensors(const TTTConfig& cfg, const std::map<std::string, at::Tensor>
 
 TTTLayer::TTTLayer(TTTConfig cfg, const std::map<std::string, at::Tensor>& params) : cfg_(std::move(cfg)) {
   cfg_.validate();
+  // Tests only: pitfalls.md row 3, an entry point of the linear inner model that cannot be called.
+  MT_CHECK(!(pitfall::on(3) && !cfg_.is_mlp()), "ttt: TTT-Linear entry point called with the wrong signature");
   check_tensors(cfg_, params);
   for (const auto& [name, shape] : expected_parameters(cfg_)) {
     index_[name] = params_.size();
@@ -249,6 +252,7 @@ void TTTLayer::materialize(TTTState& st, const at::Tensor& x) const {
   const auto idt = inner_dtype(dtype());
   const int64_t B = st.batch, C = cfg_.hidden_size;
   auto init1 = at::cat({param("W1"), param("b1")}, 1).to(idt).unsqueeze(0);  // [1, nh, f+1, h]
+
   at::Tensor init2;
   if (cfg_.is_mlp()) init2 = at::cat({param("W2"), param("b2")}, 1).to(idt).unsqueeze(0);
   const int64_t k1 = std::max<int64_t>(cfg_.conv_kernel - 1, 0);
@@ -263,7 +267,12 @@ void TTTLayer::materialize(TTTState& st, const at::Tensor& x) const {
   } else if (std::any_of(st.fresh.begin(), st.fresh.end(), [](uint8_t v) { return v != 0; })) {
     std::vector<uint8_t> f8(st.fresh.begin(), st.fresh.end());
     auto m = at::from_blob(f8.data(), {B}, at::kByte).to(at::kBool).to(x.device()).view({B, 1, 1, 1});
-    st.W1b = at::where(m, init1, st.W1b);
+    at::Tensor r1 = init1;
+    if (pitfall::on(6)) {  // tests only: pitfalls.md row 6, a reset to values drawn at construction
+      at::Generator g = at::detail::createCPUGenerator(0);
+      r1 = (at::randn(init1.sizes(), g, at::kDouble) * 0.02).to(init1.options());
+    }
+    st.W1b = at::where(m, r1, st.W1b);
     st.G1b = st.G1b.masked_fill(m, 0);
     if (cfg_.is_mlp()) {
       st.W2b = at::where(m, init2, st.W2b);
@@ -361,10 +370,15 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
       sq = sq + d2.square().sum({1, 2, 3});
     }
     probes->w_delta_norm = sq.sqrt().to(at::kFloat);
+    if (pitfall::on(16)) {  // tests only: pitfalls.md row 16, a difference of checksums
+      auto s1 = (st.W1b.detach() - tl * st.G1b.detach()).sum({1, 2, 3}) - pr.W1b0.view({B, nh, f + 1, h}).sum({1, 2, 3});
+      probes->w_delta_norm = s1.abs().to(at::kFloat);
+    }
   }
 
   // Output path (spec 1.7): merge heads, post-norm over C, optional GELU gate, output projection.
   auto z = o.out.view({B, nh, L, f}).permute({0, 2, 1, 3}).reshape({B, L, C}).to(x.scalar_type());
+  if (pitfall::on(2)) return z;  // tests only: pitfalls.md row 2, post-norm and o_proj bypassed
   z = at::layer_norm(z, {C}, param("post_norm.weight"), param("post_norm.bias"), 1e-6);
   if (c.use_gate) z = at::gelu(at::linear(x, param("g_proj.weight")), "tanh") * z;
   return at::linear(z, param("o_proj.weight"));
@@ -381,6 +395,8 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
   MT_CHECK(x.device() == device(), "ttt forward: x on ", x.device().str(), ", parameters on ", device().str());
   materialize(st, x);
   const int64_t B = st.batch, L = x.size(1);
+  // Tests only: pitfalls.md row 5, a state that is never written back.
+  const TTTState before = pitfall::on(5) ? st : TTTState();
 
   // Slots at different offsets inside their mini-batch (after a per-slot reset) run separately: the
   // segment boundaries, token factors and RoPE positions depend on position mod K.
@@ -433,6 +449,10 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
     if (probes) *probes = all;
   }
   for (auto& p : st.position) p += L;
+  if (before.batch) {
+    st.W1b = before.W1b, st.G1b = before.G1b, st.W2b = before.W2b, st.G2b = before.G2b;
+    st.conv_tail = before.conv_tail;
+  }
   return y;
 }
 

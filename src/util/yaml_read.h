@@ -26,9 +26,30 @@ void read(const YAML::Node& n, const std::string& prefix, const char* key, T& ou
   }
 }
 
+// Runs fn, which reads a parsed document of `path`: every error leaves as an mt::Error that starts
+// with the path (field errors name the field, a bad conversion deep in yaml-cpp its line and column).
+template <class F>
+auto with_file_context(const std::string& path, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    if (m.rfind(path, 0) == 0) throw;
+    fail(path, ": ", m);
+  } catch (const std::exception& e) {
+    fail(path, ": ", e.what());
+  }
+}
+
+// A map key as text (a non-scalar key is an error naming where it is).
+inline std::string key_text(const YAML::Node& k, const std::string& prefix) {
+  MT_CHECK(k.IsScalar(), prefix, "a key that is not a plain name (", k.Mark().line + 1, ":", k.Mark().column + 1, ")");
+  return k.Scalar();
+}
+
 inline void reject_unknown(const YAML::Node& n, const std::set<std::string>& seen, const std::string& prefix) {
   for (auto it = n.begin(); it != n.end(); ++it) {
-    const std::string k = it->first.as<std::string>();
+    const std::string k = key_text(it->first, prefix);
     MT_CHECK(seen.count(k), prefix, k, ": unknown field");
   }
 }

@@ -17,6 +17,7 @@
 
 #include "io/safetensors.h"
 #include "test_util.h"
+#include "train/audio_index.h"
 #include "train/synthetic.h"
 #include "util/error.h"
 
@@ -638,4 +639,31 @@ TEST(Synthetic, RepeatCopiesTheFirstHalf) {
   EXPECT_FALSE(at::equal(files[0].second, files[1].second));
   c.frames = 127;
   expect_error([&] { mt::train::make_synthetic_files(c); }, {"even number of frames"});
+}
+
+// The audio JSONL (moshi-finetune's {"path", "duration"}): paths resolve against its folder, and every
+// bad line is named, including durations that would overflow a frame count.
+TEST(AudioIndex, ReadsEntriesAndNamesBadLines) {
+  TempDir d;
+  auto write = [&](const std::string& text) {
+    std::ofstream(d.file("a.jsonl")) << text;
+    return d.file("a.jsonl");
+  };
+  const auto e = mt::train::read_audio_index(write("{\"path\": \"x.wav\", \"duration\": 2.5}\n\n{\"path\": \"/abs/y.wav\", \"duration\": 1}\n"));
+  ASSERT_EQ(e.size(), 2u);
+  EXPECT_EQ(e[0].path, (d.path / "x.wav").string());
+  EXPECT_EQ(e[0].id, "x.wav");
+  EXPECT_EQ(e[1].path, "/abs/y.wav");
+  EXPECT_DOUBLE_EQ(e[0].duration, 2.5);
+  EXPECT_TRUE(mt::train::is_audio_jsonl(d.file("a.jsonl")));
+  for (const auto& [text, what] : std::vector<std::pair<std::string, std::string>>{
+           {"{\"path\": \"x.wav\", \"duration\": 1e300}\n", ":1: \"duration\""},
+           {"{\"path\": \"x.wav\", \"duration\": -1}\n", ":1: \"duration\""},
+           {"{\"path\": \"x.wav\"}\n", ":1: \"duration\""},
+           {"{\"path\": \"\", \"duration\": 1}\n", ":1: \"path\" is empty"},
+           {"{\"path\": \"x.wav\", \"duration\": 1}\nnot json\n", ":2: not valid JSON"},
+           {"\n", "no entries"}}) {
+    const std::string p = write(text);
+    mt::test::expect_error([&] { mt::train::read_audio_index(p); }, std::vector<std::string>{p, what});
+  }
 }
