@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "test_util.h"
 #include "ttt/inplace.h"
+#include "ttt_test_util.h"
 #include "util/error.h"
 #include "util/peak_memory.h"
 
@@ -31,16 +32,8 @@ InPlaceConfig small_cfg(int64_t D, int64_t H, int64_t C, bool proj, int64_t k = 
   return c;
 }
 
-// Random weights (the conv too: the official zero init would hide mistakes), in float64.
 std::map<std::string, at::Tensor> random_weights(const InPlaceConfig& c, uint64_t seed) {
-  at::Generator g = at::detail::createCPUGenerator(seed);
-  auto o = at::TensorOptions().dtype(at::kDouble);
-  std::map<std::string, at::Tensor> w;
-  w["gating.linear_in.weight"] = at::randn({2 * c.hidden, c.dim}, g, o) * 0.4;
-  w["gating.linear_out.weight"] = at::randn({c.dim, c.hidden}, g, o) * 0.3;
-  w["ttt_conv.weight"] = at::randn({c.dim, 1, c.conv_kernel}, g, o) * 0.5;
-  if (c.use_proj) w["ttt_proj.weight"] = at::randn({c.dim, c.dim}, g, o) * 0.4;
-  return w;
+  return test::inplace_random_weights(c, seed);
 }
 
 InPlaceFFN make_module(const InPlaceConfig& c, const std::map<std::string, at::Tensor>& w, at::ScalarType dt) {

@@ -95,16 +95,9 @@ ttt::InPlaceConfig inplace_cfg(int64_t D, int64_t H, int64_t C) {
 }
 
 ttt::InPlaceFFN inplace_module(const ttt::InPlaceConfig& c, uint64_t seed) {
-  at::Generator g = at::detail::createCPUGenerator(seed);
-  auto o = at::TensorOptions().dtype(at::kDouble);
-  std::map<std::string, at::Tensor> w;
-  w["gating.linear_in.weight"] = at::randn({2 * c.hidden, c.dim}, g, o) * 0.4;
-  w["gating.linear_out.weight"] = at::randn({c.dim, c.hidden}, g, o) * 0.3;
-  w["ttt_conv.weight"] = at::randn({c.dim, 1, c.conv_kernel}, g, o) * 0.5;
-  w["ttt_proj.weight"] = at::randn({c.dim, c.dim}, g, o) * 0.4;
   ttt::InPlaceFFN m(c);
   m->to(at::kDouble);
-  m->load(w);
+  m->load(test::inplace_random_weights(c, seed));
   return m;
 }
 

@@ -2,10 +2,12 @@
 // Helpers for the TTT layer tests: small configs and layers whose parameters are moved away from
 // their initial values so that every term of the equations matters.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <map>
 #include <string>
 
+#include "ttt/inplace.h"
 #include "ttt/ttt_layer.h"
 
 namespace mt::test {
@@ -33,6 +35,18 @@ inline ttt::TTTLayer perturbed_layer(const ttt::TTTConfig& c, uint64_t seed, at:
     p[n] = v.to(dt);
   }
   return ttt::TTTLayer(c, p);
+}
+
+// Random In-Place weights (the conv too: the official zero init would hide mistakes), in float64.
+inline std::map<std::string, at::Tensor> inplace_random_weights(const ttt::InPlaceConfig& c, uint64_t seed) {
+  at::Generator g = at::detail::createCPUGenerator(seed);
+  auto o = at::TensorOptions().dtype(at::kDouble);
+  std::map<std::string, at::Tensor> w;
+  w["gating.linear_in.weight"] = at::randn({2 * c.hidden, c.dim}, g, o) * 0.4;
+  w["gating.linear_out.weight"] = at::randn({c.dim, c.hidden}, g, o) * 0.3;
+  w["ttt_conv.weight"] = at::randn({c.dim, 1, c.conv_kernel}, g, o) * 0.5;
+  if (c.use_proj) w["ttt_proj.weight"] = at::randn({c.dim, c.dim}, g, o) * 0.4;
+  return w;
 }
 
 }  // namespace mt::test
