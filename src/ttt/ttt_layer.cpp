@@ -361,6 +361,9 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     probes->l0 = pr.l0.view({B, nh, L}).to(at::kFloat);
     probes->lprev = pr.lprev.view({B, nh, L}).to(at::kFloat);
     probes->lafter = pr.lafter.view({B, nh, L}).to(at::kFloat);
+    if (pitfall::on(15)) {  // tests only: pitfalls.md row 15, one probe per mini-batch instead of per token
+      for (at::Tensor* t : {&probes->l0, &probes->lprev, &probes->lafter}) *t = t->slice(-1, 0, L, K);
+    }
     // ||W_t - W_0|| with W_t the weights the last token used (mini-batch start minus its pending sum).
     auto tl = tok_all.detach()[(pos0 + L - 1) % K].to(idt);
     auto d1 = (st.W1b.detach() - tl * st.G1b.detach()) - pr.W1b0.view({B, nh, f + 1, h});

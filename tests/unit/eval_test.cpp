@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "test_util.h"
+#include "util/pitfall_switch.h"
 
 using namespace mt;
 using namespace mt::lm;
@@ -242,22 +243,31 @@ TEST(Pitfalls, Row15_ProbesAgreeBetweenWholeAndStreamingPathsOnePerToken) {
   const int64_t T = 21;
   at::Tensor codes = random_codes(m->cfg, 1, T, 13);
   at::InferenceMode im;
-  std::vector<LayerProbes> whole;
-  m->forward(codes, &whole);
-  ASSERT_TRUE(whole.at(1).hybrid.l0.defined());
-  EXPECT_EQ(whole[1].hybrid.l0.size(-1), T) << "one probe per token, not per mini-batch";
-  TransformerState st = m->make_state(1, 5);
-  std::vector<at::Tensor> l0, lprev, lafter;
-  at::Tensor last_norm;
-  eval::streaming_cross_entropy(*m, codes, st, true, [&](int64_t, const std::vector<LayerProbes>& p) {
-    l0.push_back(p.at(1).hybrid.l0);
-    lprev.push_back(p.at(1).hybrid.lprev);
-    lafter.push_back(p.at(1).hybrid.lafter);
-    last_norm = p.at(1).hybrid.w_delta_norm;
-  });
-  EXPECT_TRUE(at::allclose(at::cat(l0, -1), whole[1].hybrid.l0, 1e-4, 1e-5));
-  EXPECT_TRUE(at::allclose(at::cat(lprev, -1), whole[1].hybrid.lprev, 1e-4, 1e-5));
-  EXPECT_TRUE(at::allclose(at::cat(lafter, -1), whole[1].hybrid.lafter, 1e-4, 1e-5));
-  EXPECT_TRUE(at::allclose(last_norm, whole[1].hybrid.w_delta_norm, 1e-4, 1e-6));
-  EXPECT_GT(last_norm.item<float>(), 0);
+  // "" when the probes of both paths agree, one value per token; else what is wrong.
+  auto problem = [&]() -> std::string {
+    std::vector<LayerProbes> whole;
+    m->forward(codes, &whole);
+    if (!whole.at(1).hybrid.l0.defined()) return "no probes from the whole-sequence path";
+    if (whole[1].hybrid.l0.size(-1) != T) return "not one probe per token";
+    TransformerState st = m->make_state(1, 5);
+    std::vector<at::Tensor> l0, lprev, lafter;
+    at::Tensor last_norm;
+    eval::streaming_cross_entropy(*m, codes, st, true, [&](int64_t, const std::vector<LayerProbes>& p) {
+      l0.push_back(p.at(1).hybrid.l0);
+      lprev.push_back(p.at(1).hybrid.lprev);
+      lafter.push_back(p.at(1).hybrid.lafter);
+      last_norm = p.at(1).hybrid.w_delta_norm;
+    });
+    if (l0.empty() || !l0[0].defined()) return "no probes from the streaming path";
+    auto same = [](const at::Tensor& a, const at::Tensor& b) { return a.sizes() == b.sizes() && at::allclose(a, b, 1e-4, 1e-5); };
+    if (!same(at::cat(l0, -1), whole[1].hybrid.l0) || !same(at::cat(lprev, -1), whole[1].hybrid.lprev) ||
+        !same(at::cat(lafter, -1), whole[1].hybrid.lafter))
+      return "streaming and whole-sequence probes differ";
+    if (!at::allclose(last_norm, whole[1].hybrid.w_delta_norm, 1e-4, 1e-6)) return "state change differs";
+    if (!(last_norm.item<float>() > 0)) return "no state change";
+    return "";
+  };
+  EXPECT_EQ(problem(), "");
+  pitfall::Reintroduce broken(15);
+  EXPECT_NE(problem(), "") << "the check must catch probes counted per mini-batch";
 }
