@@ -68,7 +68,8 @@ void make_fixtures(const TempDir& d) {
   mt::io::save(D + "/no_codes.safetensors", std::vector<std::pair<std::string, at::Tensor>>{{"tokens", at::zeros({4}, at::kLong)}});
   // Configs.
   write(D + "/empty.yaml", "");
-  write(D + "/binary.yaml", std::string("\x7f" "ELF\x02\x01\x01\0\0\0 \"\\q\x01\x02", 18));
+  static const char kElf[] = "\x7f" "ELF\x02\x01\x01\0\0\0 \"\\q\x01\x02";  // read one byte too many before (ASan)
+  write(D + "/binary.yaml", std::string(kElf, sizeof kElf - 1));
   write(D + "/wrong_type.yaml", "preset: tiny\nttt:\n  enable: maybe\n");
   const std::string tiny = slurp(std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml");
   write(D + "/nan_lr.yaml", tiny + "run_dir: " + D + "/run_nan\ndata:\n  train_data: " + D + "/empty.jsonl\noptim:\n  lr: .nan\n");
