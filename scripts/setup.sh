@@ -62,6 +62,8 @@ fi
 export CCACHE_DIR="$CACHE/ccache"
 # Paths inside the checkout hash relative to it, so fresh clones (CI) reuse the cache.
 export CCACHE_BASEDIR="$here"
+# Debug info (the sanitizer build's -g1) would otherwise key objects by the build folder's path.
+export CCACHE_NOHASHDIR=1
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ] || ! grep -q "MOSHI_TTT_TORCH_PREFIX:.*=$TORCH_PREFIX\$" "$BUILD_DIR/CMakeCache.txt"; then
