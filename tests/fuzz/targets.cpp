@@ -21,6 +21,7 @@
 #include "train/audio_index.h"
 #include "train/data.h"
 #include "train/train_config.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -175,18 +176,6 @@ void run_codes(const uint8_t* data, size_t size) {
   guarded("codes", {"codes.safetensors", "codes_index.jsonl", "\"c\""}, [&] { walk_index(index); });
 }
 
-// --- seeds ---------------------------------------------------------------------------------------
-
-std::string safetensors_bytes(const std::vector<std::pair<std::string, at::Tensor>>& t,
-                              const std::map<std::string, std::string>& meta = {}) {
-  return io::to_bytes(t, meta);
-}
-
-void write_file(const fs::path& p, const std::string& bytes) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f << bytes;
-}
-
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -232,22 +221,22 @@ int write_seeds(const std::string& dir) {
     return d;
   };
   auto put_seed = [&](const fs::path& p, const std::string& bytes) {
-    write_file(p, bytes);
+    atomic_write(p.string(), bytes);
     ++n;
   };
   at::Generator g = at::detail::createCPUGenerator(7);
   {
     const fs::path d = dir_of("safetensors");
     put_seed(d / "dtypes.safetensors",
-             safetensors_bytes({{"w", at::randn({3, 4}, g)},
+             io::to_bytes({{"w", at::randn({3, 4}, g)},
                                 {"h", at::randn({2}, g).to(at::kHalf)},
                                 {"b", at::randn({5}, g).to(at::kBFloat16)},
                                 {"i", at::arange(6, at::kLong).view({2, 3})},
                                 {"m", at::ones({4}, at::kBool)},
                                 {"s", at::zeros({0, 3})}},
                                {{"format", "pt"}, {"note", "seed"}}));
-    put_seed(d / "scalar.safetensors", safetensors_bytes({{"x", at::tensor(1.5)}}));
-    put_seed(d / "empty.safetensors", safetensors_bytes({}));
+    put_seed(d / "scalar.safetensors", io::to_bytes({{"x", at::tensor(1.5)}}));
+    put_seed(d / "empty.safetensors", io::to_bytes({}));
   }
   {
     const fs::path d = dir_of("yaml_config");
@@ -293,10 +282,10 @@ int write_seeds(const std::string& dir) {
   }
   {
     const fs::path d = dir_of("codes");
-    put_seed(d / "kt.safetensors", safetensors_bytes({{"codes", at::randint(-1, 64, {3, 40}, g, at::kLong)}}));
-    put_seed(d / "ckt_i32.safetensors", safetensors_bytes({{"codes", at::randint(0, 2048, {2, 8, 5}, g, at::kInt)}}));
+    put_seed(d / "kt.safetensors", io::to_bytes({{"codes", at::randint(-1, 64, {3, 40}, g, at::kLong)}}));
+    put_seed(d / "ckt_i32.safetensors", io::to_bytes({{"codes", at::randint(0, 2048, {2, 8, 5}, g, at::kInt)}}));
     put_seed(d / "kt_i16.safetensors",
-             safetensors_bytes({{"codes", at::randint(0, 64, {3, 20}, g, at::kShort)}}, {{"source", "x.wav"}}));
+             io::to_bytes({{"codes", at::randint(0, 64, {3, 20}, g, at::kShort)}}, {{"source", "x.wav"}}));
   }
   return n;
 }
