@@ -365,6 +365,7 @@ ttt::TTTConfig inner_config(const TTTIntegrationConfig& t, int64_t width, int64_
   tc.num_attention_heads = heads;
   tc.mini_batch_size = t.mini_batch_size;
   tc.ttt_layer_type = t.type;
+  tc.ttt_mlp_layers = t.mlp_layers;
   tc.ttt_base_lr = t.base_lr;
   tc.use_gate = t.use_gate;
   tc.share_qk = t.share_qk;

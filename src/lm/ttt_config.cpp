@@ -48,6 +48,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read_opt(n, "start_layer", c.start_layer, w, s);
   read(n, "layer_frequency", c.layer_frequency, w, s);
   read(n, "type", c.type, w, s);
+  read(n, "mlp_layers", c.mlp_layers, w, s);
   read(n, "num_heads", c.num_heads, w, s);
   read(n, "mini_batch_size", c.mini_batch_size, w, s);
   read(n, "base_lr", c.base_lr, w, s);
@@ -124,6 +125,9 @@ void TTTIntegrationConfig::validate(int64_t num_layers) const {
   MT_CHECK(placement == "after_attention" || placement == "parallel" || placement == "before_attention", "ttt.placement: '",
            placement, "' (expected after_attention, parallel or before_attention)");
   MT_CHECK(type == "linear" || type == "mlp", "ttt.type: '", type, "' (expected linear or mlp)");
+  MT_CHECK(mlp_layers >= 2 && mlp_layers <= 64, "ttt.mlp_layers must be in [2, 64], got ", mlp_layers);
+  MT_CHECK(mlp_layers == 2 || type == "mlp", "ttt.mlp_layers: ", mlp_layers, " is set but ttt.type is '", type,
+           "' (the linear inner model has one layer)");
   MT_CHECK(!layer_indices(num_layers).empty(), "ttt.layers / ttt.start_layer: no layer chosen for TTT");
   MT_CHECK(mini_batch_size >= 1, "ttt.mini_batch_size must be >= 1, got ", mini_batch_size);
   MT_CHECK(num_heads >= 0, "ttt.num_heads must be >= 0");

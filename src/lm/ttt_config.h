@@ -21,6 +21,7 @@ struct TTTIntegrationConfig {
   std::optional<int64_t> start_layer;
   int64_t layer_frequency = 1;
   std::string type = "linear";  // inner model: linear | mlp
+  int64_t mlp_layers = 2;       // layers of the TTT-MLP inner model (2: the reference TTT-MLP)
   int64_t num_heads = 0;        // TTT heads (0: the model's heads)
   int64_t mini_batch_size = 16;
   double base_lr = 1.0;

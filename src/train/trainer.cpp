@@ -46,9 +46,13 @@ std::vector<int64_t> tensor_vec(const at::Tensor& t) {
 void put_ttt(TensorMap& m, const std::string& p, const ttt::TTTState& s) {
   m[p + "position"] = vec_tensor(s.position);
   m[p + "fresh"] = vec_tensor(std::vector<int64_t>(s.fresh.begin(), s.fresh.end()));
-  const std::pair<const char*, const at::Tensor*> ts[] = {{"W1b", &s.W1b}, {"W2b", &s.W2b}, {"G1b", &s.G1b}, {"G2b", &s.G2b}, {"conv_tail", &s.conv_tail}};
-  for (const auto& [n, t] : ts)
-    if (t->defined()) m[p + n] = t->detach().cpu().contiguous();
+  // Inner layer l's weights and gradient sum as W<l+1>b / G<l+1>b.
+  for (size_t l = 0; l < s.W.size(); ++l) {
+    const std::string i = std::to_string(l + 1);
+    if (s.W[l].defined()) m[p + "W" + i + "b"] = s.W[l].detach().cpu().contiguous();
+    if (s.G[l].defined()) m[p + "G" + i + "b"] = s.G[l].detach().cpu().contiguous();
+  }
+  if (s.conv_tail.defined()) m[p + "conv_tail"] = s.conv_tail.detach().cpu().contiguous();
 }
 
 void get_ttt(const TensorMap& m, const std::string& p, ttt::TTTState& s, const at::Device& dev) {
@@ -62,11 +66,18 @@ void get_ttt(const TensorMap& m, const std::string& p, ttt::TTTState& s, const a
   s.fresh.assign(fr.begin(), fr.end());
   MT_CHECK(static_cast<int64_t>(s.position.size()) == s.batch, "checkpoint: TTT state '", p, "' has ", s.position.size(),
            " slots, the run has ", s.batch);
-  std::pair<const char*, at::Tensor*> ts[] = {{"W1b", &s.W1b}, {"W2b", &s.W2b}, {"G1b", &s.G1b}, {"G2b", &s.G2b}, {"conv_tail", &s.conv_tail}};
-  for (auto& [n, t] : ts) {
-    auto it = m.find(p + n);
-    *t = it == m.end() ? at::Tensor() : it->second.to(dev).clone();
+  auto opt = [&](const std::string& k) {
+    auto it = m.find(p + k);
+    return it == m.end() ? at::Tensor() : it->second.to(dev).clone();
+  };
+  s.W.clear();
+  s.G.clear();
+  for (size_t l = 1; m.count(p + "W" + std::to_string(l) + "b"); ++l) {
+    s.W.push_back(opt("W" + std::to_string(l) + "b"));
+    s.G.push_back(opt("G" + std::to_string(l) + "b"));
+    MT_CHECK(s.G.back().defined(), "checkpoint: TTT state '", p, "' has W", l, "b without G", l, "b");
   }
+  s.conv_tail = opt("conv_tail");
 }
 
 void put_layer(TensorMap& m, const std::string& p, const lm::LayerTTTState& s) {

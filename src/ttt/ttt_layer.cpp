@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "ttt/ttt_scan.h"
@@ -27,6 +28,8 @@ void TTTConfig::validate() const {
   MT_CHECK(!share_qk || conv_kernel >= 1, "ttt config: conv_kernel must be >= 1, got ", conv_kernel);
   MT_CHECK(scan_checkpoint_group_size >= 0, "ttt config: scan_checkpoint_group_size must be >= 0, got ",
            scan_checkpoint_group_size);
+  MT_CHECK(ttt_mlp_layers >= 2 && ttt_mlp_layers <= 64, "ttt config: ttt_mlp_layers must be in [2, 64], got ",
+           ttt_mlp_layers);
 }
 
 TTTConfig parse_config_json(const std::string& text) {
@@ -51,6 +54,7 @@ TTTConfig parse_config_json(const std::string& text) {
     get("conv_kernel", c.conv_kernel);
     get("scan_checkpoint_group_size", c.scan_checkpoint_group_size);
     get("rope_theta", c.rope_theta);
+    get("ttt_mlp_layers", c.ttt_mlp_layers);
   } catch (const std::exception& e) {
     fail("ttt config: bad field type: ", e.what());
   }
@@ -77,21 +81,18 @@ void TTTState::reset_slot(int64_t b) {
 }
 
 void TTTState::detach() {
-  for (at::Tensor* t : {&W1b, &W2b, &G1b, &G2b, &conv_tail})
-    if (t->defined()) *t = t->detach();
+  for (auto* v : {&W, &G})
+    for (auto& t : *v)
+      if (t.defined()) t = t.detach();
+  if (conv_tail.defined()) conv_tail = conv_tail.detach();
 }
-
-at::Tensor TTTState::W1() const { return W1b.narrow(2, 0, W1b.size(2) - 1); }
-at::Tensor TTTState::b1() const { return W1b.narrow(2, W1b.size(2) - 1, 1); }
-at::Tensor TTTState::W2() const { return W2b.defined() ? W2b.narrow(2, 0, W2b.size(2) - 1) : at::Tensor(); }
-at::Tensor TTTState::b2() const { return W2b.defined() ? W2b.narrow(2, W2b.size(2) - 1, 1) : at::Tensor(); }
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> TTTLayer::expected_parameters(const TTTConfig& c) {
   c.validate();
-  const int64_t C = c.hidden_size, nh = c.num_attention_heads, f = c.head_dim(), h = c.inner_hidden();
+  const int64_t C = c.hidden_size, nh = c.num_attention_heads, f = c.head_dim();
   const int64_t K = c.mini_batch_size;
   // The reference module's registration order: own parameters, then submodules.
   std::vector<std::pair<std::string, std::vector<int64_t>>> p = {
@@ -100,12 +101,11 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> TTTLayer::expected_par
       {"learnable_ttt_lr_bias", {nh, 1}},
       {"ttt_norm_weight", {nh, f}},
       {"ttt_norm_bias", {nh, f}},
-      {"W1", {nh, f, h}},
-      {"b1", {nh, 1, h}},
   };
-  if (c.is_mlp()) {
-    p.push_back({"W2", {nh, h, f}});
-    p.push_back({"b2", {nh, 1, f}});
+  for (int64_t l = 0; l < c.inner_layers(); ++l) {
+    const std::string i = std::to_string(l + 1);
+    p.push_back({"W" + i, {nh, c.inner_in(l), c.inner_out(l)}});
+    p.push_back({"b" + i, {nh, 1, c.inner_out(l)}});
   }
   p.push_back({"q_proj.weight", {C, C}});
   if (!c.share_qk) p.push_back({"k_proj.weight", {C, C}});
@@ -166,9 +166,9 @@ TTTLayer TTTLayer::init(const TTTConfig& cfg, uint64_t seed, at::ScalarType dtyp
   std::map<std::string, at::Tensor> p;
   for (const auto& [name, shape] : expected_parameters(cfg)) {
     at::Tensor t;
-    auto ends = [&](const std::string& s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
-    if (name == "learnable_token_idx" || name == "learnable_ttt_lr_bias" || name == "ttt_norm_bias" || name == "b1" ||
-        name == "b2" || name == "post_norm.bias") {
+    const bool inner_bias = name.size() >= 2 && name[0] == 'b' && std::isdigit(static_cast<unsigned char>(name[1]));
+    if (name == "learnable_token_idx" || name == "learnable_ttt_lr_bias" || name == "ttt_norm_bias" || inner_bias ||
+        name == "post_norm.bias") {
       t = at::zeros(shape, opt);  // token factor starts at exactly 1/i; biases 0
     } else if (name == "ttt_norm_weight" || name == "post_norm.weight") {
       t = at::ones(shape, opt);
@@ -177,7 +177,6 @@ TTTLayer TTTLayer::init(const TTTConfig& cfg, uint64_t seed, at::ScalarType dtyp
       // a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; fan_in = kernel size.
       double bound = 1.0 / std::sqrt(static_cast<double>(cfg.conv_kernel));
       t = at::empty(shape, opt).uniform_(-bound, bound, gen);
-      (void)ends;
     } else {
       t = at::empty(shape, opt).normal_(0.0, 0.02, gen);  // projections, W1/W2, lr gate: N(0, 0.02^2)
     }
@@ -248,35 +247,42 @@ at::Tensor causal_conv(const at::Tensor& xin, const at::Tensor& w, const at::Ten
 
 }  // namespace
 
-void TTTLayer::materialize(TTTState& st, const at::Tensor& x) const {
+// The learned initial inner weights, augmented per layer: [nh, d_in+1, d_out] in the inner dtype.
+std::vector<at::Tensor> TTTLayer::inner_init() const {
   const auto idt = inner_dtype(dtype());
-  const int64_t B = st.batch, C = cfg_.hidden_size;
-  auto init1 = at::cat({param("W1"), param("b1")}, 1).to(idt).unsqueeze(0);  // [1, nh, f+1, h]
+  std::vector<at::Tensor> w;
+  for (int64_t l = 0; l < cfg_.inner_layers(); ++l) {
+    const std::string i = std::to_string(l + 1);
+    w.push_back(at::cat({param("W" + i), param("b" + i)}, 1).to(idt));
+  }
+  return w;
+}
 
-  at::Tensor init2;
-  if (cfg_.is_mlp()) init2 = at::cat({param("W2"), param("b2")}, 1).to(idt).unsqueeze(0);
+void TTTLayer::materialize(TTTState& st, const at::Tensor& x) const {
+  const int64_t B = st.batch, C = cfg_.hidden_size;
+  const size_t nl = static_cast<size_t>(cfg_.inner_layers());
+  std::vector<at::Tensor> init = inner_init();
+  for (auto& t : init) t = t.unsqueeze(0);  // [1, nh, d_in+1, d_out]
   const int64_t k1 = std::max<int64_t>(cfg_.conv_kernel - 1, 0);
   if (!st.materialized()) {
-    st.W1b = init1.expand({B, -1, -1, -1});
-    st.G1b = at::zeros(st.W1b.sizes(), init1.options());
-    if (cfg_.is_mlp()) {
-      st.W2b = init2.expand({B, -1, -1, -1});
-      st.G2b = at::zeros(st.W2b.sizes(), init2.options());
+    st.W.assign(nl, at::Tensor());
+    st.G.assign(nl, at::Tensor());
+    for (size_t l = 0; l < nl; ++l) {
+      st.W[l] = init[l].expand({B, -1, -1, -1});
+      st.G[l] = at::zeros(st.W[l].sizes(), init[l].options());
     }
     if (cfg_.share_qk) st.conv_tail = at::zeros({B, C, k1}, x.options());
   } else if (std::any_of(st.fresh.begin(), st.fresh.end(), [](uint8_t v) { return v != 0; })) {
+    MT_CHECK(st.W.size() == nl && st.G.size() == nl, "ttt state: has ", st.W.size(), " inner layers, the layer has ", nl);
     std::vector<uint8_t> f8(st.fresh.begin(), st.fresh.end());
     auto m = at::from_blob(f8.data(), {B}, at::kByte).to(at::kBool).to(x.device()).view({B, 1, 1, 1});
-    at::Tensor r1 = init1;
     if (pitfall::on(6)) {  // tests only: pitfalls.md row 6, a reset to values drawn at construction
       at::Generator g = at::detail::createCPUGenerator(0);
-      r1 = (at::randn(init1.sizes(), g, at::kDouble) * 0.02).to(init1.options());
+      init[0] = (at::randn(init[0].sizes(), g, at::kDouble) * 0.02).to(init[0].options());
     }
-    st.W1b = at::where(m, r1, st.W1b);
-    st.G1b = st.G1b.masked_fill(m, 0);
-    if (cfg_.is_mlp()) {
-      st.W2b = at::where(m, init2, st.W2b);
-      st.G2b = st.G2b.masked_fill(m, 0);
+    for (size_t l = 0; l < nl; ++l) {
+      st.W[l] = at::where(m, init[l], st.W[l]);
+      st.G[l] = st.G[l].masked_fill(m, 0);
     }
     if (cfg_.share_qk) st.conv_tail = st.conv_tail.masked_fill(m.view({B, 1, 1}), 0);
   }
@@ -319,16 +325,15 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
   in.tok = tok_all.index_select(0, idx).to(idt);
   in.lnw = param("ttt_norm_weight").to(idt).unsqueeze(0).expand({B, nh, f}).reshape({N, 1, f});
   in.lnb = param("ttt_norm_bias").to(idt).unsqueeze(0).expand({B, nh, f}).reshape({N, 1, f});
-  const int64_t h = c.inner_hidden();
-  in.W1b = st.W1b.reshape({N, f + 1, h});
-  in.G1b = st.G1b.reshape({N, f + 1, h});
-  if (c.is_mlp()) {
-    in.W2b = st.W2b.reshape({N, h + 1, f});
-    in.G2b = st.G2b.reshape({N, h + 1, f});
+  const size_t nl = static_cast<size_t>(c.inner_layers());
+  auto flat = [&](const at::Tensor& t) { return t.reshape({N, t.size(2), t.size(3)}); };
+  for (size_t l = 0; l < nl; ++l) {
+    in.W.push_back(flat(st.W[l]));
+    in.G.push_back(flat(st.G[l]));
   }
 
   detail::ScanSpec spec;
-  spec.mlp = c.is_mlp();
+  spec.layers = c.inner_layers();
   spec.K = K;
   spec.s0 = pos0 % K;
   spec.group_size = c.scan_checkpoint_group_size;
@@ -338,9 +343,7 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     at::NoGradGuard ng;
     auto prev_idx = (idx - 1).clamp_min(0);
     pr.tokprev = tok_all.detach().index_select(0, prev_idx).to(idt).masked_fill(idx.eq(0), 0.0);
-    pr.W1b0 = at::cat({param("W1"), param("b1")}, 1).detach().to(idt).unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, f + 1, h});
-    if (c.is_mlp())
-      pr.W2b0 = at::cat({param("W2"), param("b2")}, 1).detach().to(idt).unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, h + 1, f});
+    for (const auto& w : inner_init()) pr.W0.push_back(w.detach().unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, w.size(1), w.size(2)}));
     auto popt = in.XV.options();
     pr.l0 = at::empty({N, L}, popt);
     pr.lprev = at::empty({N, L}, popt);
@@ -349,11 +352,9 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
 
   auto o = detail::scan(spec, in, probes ? &pr : nullptr);
 
-  st.W1b = o.W1b.view({B, nh, f + 1, h});
-  st.G1b = o.G1b.view({B, nh, f + 1, h});
-  if (c.is_mlp()) {
-    st.W2b = o.W2b.view({B, nh, h + 1, f});
-    st.G2b = o.G2b.view({B, nh, h + 1, f});
+  for (size_t l = 0; l < nl; ++l) {
+    st.W[l] = o.W[l].view(st.W[l].sizes());
+    st.G[l] = o.G[l].view(st.W[l].sizes());
   }
 
   if (probes) {
@@ -366,15 +367,16 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     }
     // ||W_t - W_0|| with W_t the weights the last token used (mini-batch start minus its pending sum).
     auto tl = tok_all.detach()[(pos0 + L - 1) % K].to(idt);
-    auto d1 = (st.W1b.detach() - tl * st.G1b.detach()) - pr.W1b0.view({B, nh, f + 1, h});
-    auto sq = d1.square().sum({1, 2, 3});
-    if (c.is_mlp()) {
-      auto d2 = (st.W2b.detach() - tl * st.G2b.detach()) - pr.W2b0.view({B, nh, h + 1, f});
-      sq = sq + d2.square().sum({1, 2, 3});
+    std::vector<at::Tensor> per_layer;
+    for (size_t l = 0; l < nl; ++l) {
+      auto d = (st.W[l].detach() - tl * st.G[l].detach()) - pr.W0[l].view(st.W[l].sizes());
+      per_layer.push_back(d.square().sum({1, 2, 3}));
     }
-    probes->w_delta_norm = sq.sqrt().to(at::kFloat);
+    auto sq = at::stack(per_layer, 1);  // [B, nl]
+    probes->w_delta_norm_per_layer = sq.sqrt().to(at::kFloat);
+    probes->w_delta_norm = sq.sum(1).sqrt().to(at::kFloat);
     if (pitfall::on(16)) {  // tests only: pitfalls.md row 16, a difference of checksums
-      auto s1 = (st.W1b.detach() - tl * st.G1b.detach()).sum({1, 2, 3}) - pr.W1b0.view({B, nh, f + 1, h}).sum({1, 2, 3});
+      auto s1 = (st.W[0].detach() - tl * st.G[0].detach()).sum({1, 2, 3}) - pr.W0[0].view(st.W[0].sizes()).sum({1, 2, 3});
       probes->w_delta_norm = s1.abs().to(at::kFloat);
     }
   }
@@ -417,10 +419,8 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
       TTTState sub(static_cast<int64_t>(slots.size()));
       std::fill(sub.fresh.begin(), sub.fresh.end(), 0);
       auto sel = [&](const at::Tensor& t) { return t.defined() ? t.index_select(0, idx) : t; };
-      sub.W1b = sel(st.W1b);
-      sub.G1b = sel(st.G1b);
-      sub.W2b = sel(st.W2b);
-      sub.G2b = sel(st.G2b);
+      for (const auto& t : st.W) sub.W.push_back(sel(t));
+      for (const auto& t : st.G) sub.G.push_back(sel(t));
       sub.conv_tail = sel(st.conv_tail);
       TTTProbes sp;
       auto ys = run_uniform(x.index_select(0, idx), sub, off, probes ? &sp : nullptr);
@@ -429,10 +429,10 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
       auto put = [&](at::Tensor& dst, const at::Tensor& src) {
         if (src.defined()) dst = dst.index_copy(0, idx, src);
       };
-      put(st.W1b, sub.W1b);
-      put(st.G1b, sub.G1b);
-      put(st.W2b, sub.W2b);
-      put(st.G2b, sub.G2b);
+      for (size_t l = 0; l < st.W.size(); ++l) {
+        put(st.W[l], sub.W[l]);
+        put(st.G[l], sub.G[l]);
+      }
       put(st.conv_tail, sub.conv_tail);
       if (probes) {
         at::NoGradGuard ng;
@@ -441,11 +441,13 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
           all.lprev = at::zeros_like(all.l0);
           all.lafter = at::zeros_like(all.l0);
           all.w_delta_norm = at::zeros({B}, sp.w_delta_norm.options());
+          all.w_delta_norm_per_layer = at::zeros({B, sp.w_delta_norm_per_layer.size(1)}, sp.w_delta_norm.options());
         }
         all.l0.index_copy_(0, idx, sp.l0);
         all.lprev.index_copy_(0, idx, sp.lprev);
         all.lafter.index_copy_(0, idx, sp.lafter);
         all.w_delta_norm.index_copy_(0, idx, sp.w_delta_norm);
+        all.w_delta_norm_per_layer.index_copy_(0, idx, sp.w_delta_norm_per_layer);
       }
       (void)lopt;
     }
@@ -453,7 +455,7 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
   }
   for (auto& p : st.position) p += L;
   if (before.batch) {
-    st.W1b = before.W1b, st.G1b = before.G1b, st.W2b = before.W2b, st.G2b = before.G2b;
+    st.W = before.W, st.G = before.G;
     st.conv_tail = before.conv_tail;
   }
   return y;

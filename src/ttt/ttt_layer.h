@@ -37,11 +37,17 @@ struct TTTConfig {
   // gradients do not depend on it.
   int64_t scan_checkpoint_group_size = 0;
   double rope_theta = 10000.0;
+  // Layers of the TTT-MLP inner model (not in the reference, which has 2): widths f -> 4f -> ... ->
+  // 4f -> f with GELU between layers. 2 is exactly the reference TTT-MLP.
+  int64_t ttt_mlp_layers = 2;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   bool is_mlp() const { return ttt_layer_type == "mlp"; }
-  // Width of the inner model's hidden layer (f for Linear's output, 4f for MLP's first layer).
-  int64_t inner_hidden() const { return is_mlp() ? 4 * head_dim() : head_dim(); }
+  // Number of inner layers: 1 for TTT-Linear, ttt_mlp_layers for TTT-MLP.
+  int64_t inner_layers() const { return is_mlp() ? ttt_mlp_layers : 1; }
+  // Input and output width of inner layer l (0-based): f in and out at the ends, 4f between.
+  int64_t inner_in(int64_t l) const { return l == 0 ? head_dim() : 4 * head_dim(); }
+  int64_t inner_out(int64_t l) const { return l + 1 == inner_layers() ? head_dim() : 4 * head_dim(); }
   void validate() const;  // throws mt::Error on an inconsistent config
 };
 
@@ -49,14 +55,15 @@ struct TTTConfig {
 TTTConfig parse_config_json(const std::string& json_text);
 
 // Per-stream state for batch size B. Inner tensors are float32 (float64 for a float64 layer) whatever
-// the parameters' dtype. Weights and biases are stored "augmented": the bias is the last row, so
-// W1b = [W1; b1] is [B, nh, f+1, h] and W2b = [W2; b2] is [B, nh, h+1, f] (MLP only).
+// the parameters' dtype. Weights and biases are stored "augmented", per inner layer l: the bias is the
+// last row, so W[l] = [W_{l+1}; b_{l+1}] is [B, nh, d_in+1, d_out] (for TTT-Linear one layer, f -> f;
+// for the 2-layer TTT-MLP [B, nh, f+1, 4f] and [B, nh, 4f+1, f]).
 struct TTTState {
   int64_t batch = 0;
   std::vector<int64_t> position;  // tokens seen by every slot (RoPE and token factors use it mod K)
   std::vector<uint8_t> fresh;     // slot starts from the layer's learned init at its next forward
-  at::Tensor W1b, W2b;            // inner weights at the start of the current mini-batch
-  at::Tensor G1b, G2b;            // sum_j lr_j * grad_j over the current mini-batch's tokens so far
+  std::vector<at::Tensor> W;      // per inner layer: weights at the start of the current mini-batch
+  std::vector<at::Tensor> G;      // per inner layer: sum_j lr_j * grad_j over the mini-batch so far
   at::Tensor conv_tail;           // [B, C, conv_kernel-1]: last inputs of the shared-QK convs
 
   TTTState() = default;
@@ -66,12 +73,7 @@ struct TTTState {
   void reset_slot(int64_t b);
   // Cuts the autograd history (truncated backprop through time across chunks); keeps the values.
   void detach();
-  bool materialized() const { return W1b.defined(); }
-  // Views of the stored inner weights of slot-major layout: W1 [B,nh,f,h], b1 [B,nh,1,h], ...
-  at::Tensor W1() const;
-  at::Tensor b1() const;
-  at::Tensor W2() const;
-  at::Tensor b2() const;
+  bool materialized() const { return !W.empty() && W[0].defined(); }
 };
 
 // Inner-loss probes (spec 5.1 item 3), per token and head, computed without changing outputs.
@@ -85,6 +87,7 @@ struct TTTProbes {
   at::Tensor w_delta_norm;       // [B]: || W_t - W_0 || after the chunk's last token, all inner
                                  // tensors of all heads (Frobenius), W_t including the pending
                                  // in-mini-batch update
+  at::Tensor w_delta_norm_per_layer;  // [B, inner layers]: the same, per inner layer (weight + bias)
 };
 
 class TTTLayer {
@@ -127,6 +130,7 @@ class TTTLayer {
   std::map<std::string, size_t> index_;
   at::Tensor run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0, TTTProbes* probes) const;
   void materialize(TTTState& st, const at::Tensor& x) const;
+  std::vector<at::Tensor> inner_init() const;
 };
 
 }  // namespace mt::ttt

@@ -45,10 +45,10 @@ std::vector<std::pair<size_t, size_t>> make_groups(size_t nseg, int64_t group_si
   return g;
 }
 
-// Inner state of one chunk of streams. An undefined accumulator means "zero" (saves a zero tensor per
-// mini-batch in the common case).
+// Inner state of one chunk of streams, per inner layer. An undefined gradient sum means "zero" (saves
+// a zero tensor per mini-batch in the common case).
 struct Inner {
-  at::Tensor W1b, G1b, W2b, G2b;
+  std::vector<at::Tensor> W, G;
 };
 
 // Per-segment inputs (views into the chunk).
@@ -107,35 +107,48 @@ at::Tensor layer_apply(const at::Tensor& q, const at::Tensor& Wb, const at::Tens
   return z;
 }
 
-// Gradients of the inner loss at the mini-batch start state, for the whole segment.
+// Gradients of the inner loss at the mini-batch start state, for the whole segment. Per inner layer l:
+// X[l] its augmented input (X[0] = the keys) and G[l] the loss gradient w.r.t. its pre-activation.
+// Every layer's gradient is taken at the same (mini-batch start) weights of all layers.
 struct InnerGrads {
-  at::Tensor xk, target, G1, X2a, G2;
+  at::Tensor xk, target;
+  std::vector<at::Tensor> X, G;
 };
 
-InnerGrads inner_grads(const Inner& st, const SegIn& in, bool mlp, double eps, int64_t f) {
+InnerGrads inner_grads(const Inner& st, const SegIn& in, double eps, int64_t f) {
+  const size_t n = st.W.size();
   InnerGrads g;
   g.xk = in.xka.narrow(-1, 0, f);
   g.target = in.xv - g.xk;  // residual f(x) = x + LN(f_res(x)) makes the target XV - XK
-  auto Z1 = at::bmm(in.xka, st.W1b);
-  if (!mlp) {
-    g.G1 = ln_fused_l2_bwd(Z1, g.target, in.lnw, in.lnb, eps);
-    return g;
+  g.X.resize(n);
+  g.G.resize(n);
+  std::vector<at::Tensor> Z(n);
+  g.X[0] = in.xka;
+  for (size_t l = 0; l < n; ++l) {
+    Z[l] = at::bmm(g.X[l], st.W[l]);
+    if (l + 1 < n) g.X[l + 1] = with_ones(gelu_tanh(Z[l]));
   }
-  const int64_t h = Z1.size(-1);
-  g.X2a = with_ones(gelu_tanh(Z1));
-  auto Z2 = at::bmm(g.X2a, st.W2b);
-  g.G2 = ln_fused_l2_bwd(Z2, g.target, in.lnw, in.lnb, eps);
-  auto W2 = st.W2b.narrow(1, 0, h);
-  g.G1 = at::bmm(g.G2, W2.transpose(1, 2)) * gelu_tanh_grad(Z1);
+  g.G[n - 1] = ln_fused_l2_bwd(Z[n - 1], g.target, in.lnw, in.lnb, eps);
+  for (size_t l = n - 1; l-- > 0;) {
+    const auto& Wn = st.W[l + 1];
+    g.G[l] = at::bmm(g.G[l + 1], Wn.narrow(1, 0, Wn.size(1) - 1).transpose(1, 2)) * gelu_tanh_grad(Z[l]);
+  }
   return g;
 }
 
 // Pre-LN output of the inner model for query rows q (augmented) at the dual-form per-row weights.
-at::Tensor model_apply(const at::Tensor& qa, const Inner& st, const InnerGrads& g, const SegIn& in,
-                       const at::Tensor& E, const at::Tensor& tokq, bool mlp) {
-  auto z1 = layer_apply(qa, st.W1b, st.G1b, in.xka, g.G1, E, tokq);
-  if (!mlp) return z1;
-  return layer_apply(with_ones(gelu_tanh(z1)), st.W2b, st.G2b, g.X2a, g.G2, E, tokq);
+// `twice` (tests only, pitfalls.md row 4): layers after the first apply their update a second time.
+at::Tensor model_apply(const at::Tensor& qa, const Inner& st, const InnerGrads& g, const at::Tensor& E,
+                       const at::Tensor& tokq, bool twice = false) {
+  at::Tensor z;
+  for (size_t l = 0; l < st.W.size(); ++l) {
+    auto inp = l == 0 ? qa : with_ones(gelu_tanh(z));
+    if (twice && l > 0)
+      z = layer_apply(inp, st.W[l], st.G[l].defined() ? st.G[l] * 2.0 : st.G[l], g.X[l], g.G[l], E * 2.0, tokq);
+    else
+      z = layer_apply(inp, st.W[l], st.G[l], g.X[l], g.G[l], E, tokq);
+  }
+  return z;
 }
 
 at::Tensor inner_loss(const at::Tensor& z, const at::Tensor& target, const SegIn& in, double eps) {
@@ -143,55 +156,51 @@ at::Tensor inner_loss(const at::Tensor& z, const at::Tensor& target, const SegIn
 }
 
 struct ProbeSlices {  // chunk views of the probe tensors
-  at::Tensor tokprev, W1b0, W2b0, l0, lprev, lafter;
+  at::Tensor tokprev;
+  std::vector<at::Tensor> W0;
+  at::Tensor l0, lprev, lafter;
 };
 
 // One segment: returns the output rows and advances the state (functional: no in-place ops, so the
 // same code runs under autograd in the backward's recomputation).
-at::Tensor segment_step(const Segment& sg, Inner& st, const SegIn& in, bool mlp, double eps,
-                        const at::Tensor& mask, const at::Tensor& strict_mask, ProbeSlices* pr) {
+at::Tensor segment_step(const Segment& sg, Inner& st, const SegIn& in, double eps, const at::Tensor& mask,
+                        const at::Tensor& strict_mask, ProbeSlices* pr) {
   const int64_t m = sg.m;
   const int64_t f = in.xv.size(-1);
-  auto g = inner_grads(st, in, mlp, eps, f);
+  const size_t n = st.W.size();
+  const bool twice = n > 1 && pitfall::on(4);  // tests only: pitfalls.md row 4
+  auto g = inner_grads(st, in, eps, f);
   auto tokq = in.tok.view({1, m, 1});
   // E[i, j] = tok_i * lr_j for j <= i (spec 1.5)
   auto E = tokq * in.lr.unsqueeze(1) * mask;
-  auto z = model_apply(in.xqa, st, g, in, E, tokq, mlp);
+  auto z = model_apply(in.xqa, st, g, E, tokq, twice);
   auto out = in.xqa.narrow(-1, 0, f) + ln_fwd(z, in.lnw, in.lnb, eps);
 
   if (pr) {
     at::NoGradGuard ng;
-    pr->lafter.narrow(1, sg.t0, m).copy_(inner_loss(model_apply(in.xka, st, g, in, E, tokq, mlp), g.target, in, eps));
+    pr->lafter.narrow(1, sg.t0, m).copy_(inner_loss(model_apply(in.xka, st, g, E, tokq, twice), g.target, in, eps));
     auto tokp = pr->tokprev.narrow(0, sg.t0, m).view({1, m, 1});
     auto Ep = tokp * in.lr.unsqueeze(1) * strict_mask;
-    pr->lprev.narrow(1, sg.t0, m).copy_(inner_loss(model_apply(in.xka, st, g, in, Ep, tokp, mlp), g.target, in, eps));
-    auto z0 = at::bmm(in.xka, pr->W1b0);
-    if (mlp) z0 = at::bmm(with_ones(gelu_tanh(z0)), pr->W2b0);
+    pr->lprev.narrow(1, sg.t0, m).copy_(inner_loss(model_apply(in.xka, st, g, Ep, tokp, twice), g.target, in, eps));
+    at::Tensor z0;
+    for (size_t l = 0; l < n; ++l) z0 = at::bmm(l == 0 ? in.xka : with_ones(gelu_tanh(z0)), pr->W0[l]);
     pr->l0.narrow(1, sg.t0, m).copy_(inner_loss(z0, g.target, in, eps));
   }
 
-  // Gradient sums over the segment: S = sum_j lr_j keys_j^T G_j (+ what earlier tokens of this
-  // mini-batch accumulated).
+  // Gradient sums over the segment, per layer: S = sum_j lr_j X_j^T G_j (+ what earlier tokens of
+  // this mini-batch accumulated).
   auto lrc = in.lr.unsqueeze(-1);
-  auto S1 = at::bmm((lrc * in.xka).transpose(1, 2), g.G1);
-  if (st.G1b.defined()) S1 = S1 + st.G1b;
-  at::Tensor S2;
-  if (mlp) {
-    S2 = at::bmm((lrc * g.X2a).transpose(1, 2), g.G2);
-    if (st.G2b.defined()) S2 = S2 + st.G2b;
-  }
-  if (sg.commit) {
-    // End of a mini-batch: W <- W0 - tok_K * S (the state the last token used), sums restart at 0.
-    auto tl = in.tok.narrow(0, m - 1, 1);
-    st.W1b = st.W1b - tl * S1;
-    st.G1b = at::Tensor();
-    if (mlp) {
-      st.W2b = st.W2b - tl * S2;
-      st.G2b = at::Tensor();
+  auto tl = in.tok.narrow(0, m - 1, 1);
+  for (size_t l = 0; l < n; ++l) {
+    auto S = at::bmm((lrc * g.X[l]).transpose(1, 2), g.G[l]);
+    if (st.G[l].defined()) S = S + st.G[l];
+    if (sg.commit) {
+      // End of a mini-batch: W <- W0 - tok_K * S (the state the last token used), sums restart at 0.
+      st.W[l] = st.W[l] - tl * S;
+      st.G[l] = at::Tensor();
+    } else {
+      st.G[l] = S;
     }
-  } else {
-    st.G1b = S1;
-    if (mlp) st.G2b = S2;
   }
   return out;
 }
@@ -239,73 +248,70 @@ void for_each_chunk(const std::vector<std::pair<int64_t, int64_t>>& ranges, bool
   });
 }
 
-Inner chunk_state(const at::Tensor& W1b, const at::Tensor& G1b, const at::Tensor& W2b,
-                  const at::Tensor& G2b, int64_t c0, int64_t n, bool live_acc) {
+Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, int64_t c0, int64_t n,
+                  bool live_acc) {
   Inner st;
-  st.W1b = W1b.narrow(0, c0, n);
-  if (live_acc) st.G1b = G1b.narrow(0, c0, n);
-  if (W2b.defined()) {
-    st.W2b = W2b.narrow(0, c0, n);
-    if (live_acc) st.G2b = G2b.narrow(0, c0, n);
+  st.W.resize(W.size());
+  st.G.resize(W.size());
+  for (size_t l = 0; l < W.size(); ++l) {
+    st.W[l] = W[l].narrow(0, c0, n);
+    if (live_acc) st.G[l] = G[l].narrow(0, c0, n);
   }
   return st;
 }
 
 // Forward over all groups without autograd. Writes outputs, final state, and (when `saved` is given)
-// the state at every group start.
+// the state of every layer at every group start (saved[l]: [groups, N, ...]).
 void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
-                     at::Tensor* saved_W1, at::Tensor* saved_W2) {
+                     std::vector<at::Tensor>* saved) {
   const int64_t N = in.XV.size(0), L = in.XV.size(1);
+  const size_t nl = in.W.size();
   auto segs = make_segments(L, sp.K, sp.s0);
   auto groups = make_groups(segs.size(), sp.group_size);
   auto masks = make_masks(sp.K, in.XV.options());
   auto ranges = chunk_ranges(N, num_chunks(N, in.XV));
   for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t, int64_t c0, int64_t n) {
     at::NoGradGuard ng;
-    Inner st = chunk_state(in.W1b, in.G1b, in.W2b, in.G2b, c0, n, sp.s0 > 0);
+    Inner st = chunk_state(in.W, in.G, c0, n, sp.s0 > 0);
     ProbeSlices ps, *pps = nullptr;
     if (probes) {
-      ps = {probes->tokprev, probes->W1b0.narrow(0, c0, n),
-            sp.mlp ? probes->W2b0.narrow(0, c0, n) : at::Tensor(), probes->l0.narrow(0, c0, n),
-            probes->lprev.narrow(0, c0, n), probes->lafter.narrow(0, c0, n)};
+      ps.tokprev = probes->tokprev;
+      for (const auto& w : probes->W0) ps.W0.push_back(w.narrow(0, c0, n));
+      ps.l0 = probes->l0.narrow(0, c0, n);
+      ps.lprev = probes->lprev.narrow(0, c0, n);
+      ps.lafter = probes->lafter.narrow(0, c0, n);
       pps = &ps;
     }
     auto out = o.out.narrow(0, c0, n);
     for (size_t gi = 0; gi < groups.size(); ++gi) {
-      if (saved_W1) {
-        saved_W1->select(0, gi).narrow(0, c0, n).copy_(st.W1b);
-        if (sp.mlp) saved_W2->select(0, gi).narrow(0, c0, n).copy_(st.W2b);
-      }
+      if (saved)
+        for (size_t l = 0; l < nl; ++l) (*saved)[l].select(0, gi).narrow(0, c0, n).copy_(st.W[l]);
       for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
         const auto& sg = segs[si];
-        auto y = segment_step(sg, st, seg_in(in, c0, n, sg.t0, sg.m), sp.mlp, sp.eps, mask_for(masks, sg, false),
+        auto y = segment_step(sg, st, seg_in(in, c0, n, sg.t0, sg.m), sp.eps, mask_for(masks, sg, false),
                               mask_for(masks, sg, true), pps);
         out.narrow(1, sg.t0, sg.m).copy_(y);
       }
     }
-    o.W1b.narrow(0, c0, n).copy_(st.W1b);
-    if (st.G1b.defined()) o.G1b.narrow(0, c0, n).copy_(st.G1b);
-    if (sp.mlp) {
-      o.W2b.narrow(0, c0, n).copy_(st.W2b);
-      if (st.G2b.defined()) o.G2b.narrow(0, c0, n).copy_(st.G2b);
+    for (size_t l = 0; l < nl; ++l) {
+      o.W[l].narrow(0, c0, n).copy_(st.W[l]);
+      if (st.G[l].defined()) o.G[l].narrow(0, c0, n).copy_(st.G[l]);
     }
   });
 }
 
-ScanOutputs alloc_outputs(const ScanSpec& sp, const ScanInputs& in) {
+ScanOutputs alloc_outputs(const ScanInputs& in) {
   ScanOutputs o;
   o.out = at::empty(in.XV.sizes(), in.XV.options());
-  o.W1b = at::empty_like(in.W1b);
-  o.G1b = at::zeros_like(in.W1b);
-  if (sp.mlp) {
-    o.W2b = at::empty_like(in.W2b);
-    o.G2b = at::zeros_like(in.W2b);
+  for (const auto& w : in.W) {
+    o.W.push_back(at::empty_like(w));
+    o.G.push_back(at::zeros_like(w));
   }
   return o;
 }
 
 void spec_to_ctx(AutogradContext* ctx, const ScanSpec& sp) {
-  ctx->saved_data["mlp"] = sp.mlp;
+  ctx->saved_data["layers"] = sp.layers;
   ctx->saved_data["K"] = sp.K;
   ctx->saved_data["s0"] = sp.s0;
   ctx->saved_data["group_size"] = sp.group_size;
@@ -313,7 +319,7 @@ void spec_to_ctx(AutogradContext* ctx, const ScanSpec& sp) {
 }
 ScanSpec spec_from_ctx(AutogradContext* ctx) {
   ScanSpec sp;
-  sp.mlp = ctx->saved_data["mlp"].toBool();
+  sp.layers = ctx->saved_data["layers"].toInt();
   sp.K = ctx->saved_data["K"].toInt();
   sp.s0 = ctx->saved_data["s0"].toInt();
   sp.group_size = ctx->saved_data["group_size"].toInt();
@@ -321,14 +327,16 @@ ScanSpec spec_from_ctx(AutogradContext* ctx) {
   return sp;
 }
 
-// Input order of the autograd function.
-enum In { XQa, XKa, XV, LR, TOK, LNW, LNB, W1B, G1B, W2B, G2B };
+// Input order of the autograd function: the fixed inputs, then W[0], G[0], W[1], G[1], ...
+enum In { XQa, XKa, XV, LR, TOK, LNW, LNB, NFIXED };
+constexpr size_t w_at(size_t l) { return NFIXED + 2 * l; }
+constexpr size_t g_at(size_t l) { return NFIXED + 2 * l + 1; }
 
-ScanInputs unpack(const variable_list& v, bool mlp) {
-  ScanInputs in{v[XQa], v[XKa], v[XV], v[LR], v[TOK], v[LNW], v[LNB], v[W1B], v[G1B], {}, {}};
-  if (mlp) {
-    in.W2b = v[W2B];
-    in.G2b = v[G2B];
+ScanInputs unpack(const variable_list& v, int64_t layers) {
+  ScanInputs in{v[XQa], v[XKa], v[XV], v[LR], v[TOK], v[LNW], v[LNB], {}, {}};
+  for (int64_t l = 0; l < layers; ++l) {
+    in.W.push_back(v[w_at(l)]);
+    in.G.push_back(v[g_at(l)]);
   }
   return in;
 }
@@ -336,28 +344,28 @@ ScanInputs unpack(const variable_list& v, bool mlp) {
 struct ScanFunction : public torch::autograd::Function<ScanFunction> {
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, ScanSpec sp, ScanProbes* probes) {
     variable_list v(inputs.begin(), inputs.end());
-    auto in = unpack(v, sp.mlp);
-    auto o = alloc_outputs(sp, in);
+    auto in = unpack(v, sp.layers);
+    auto o = alloc_outputs(in);
     const int64_t L = in.XV.size(1);
     const int64_t G = static_cast<int64_t>(make_groups(make_segments(L, sp.K, sp.s0).size(), sp.group_size).size());
-    auto sW1 = at::empty({G, in.W1b.size(0), in.W1b.size(1), in.W1b.size(2)}, in.W1b.options());
-    at::Tensor sW2;
-    if (sp.mlp) sW2 = at::empty({G, in.W2b.size(0), in.W2b.size(1), in.W2b.size(2)}, in.W2b.options());
-    forward_no_grad(sp, in, o, probes, &sW1, sp.mlp ? &sW2 : nullptr);
+    std::vector<at::Tensor> saved;
+    for (const auto& w : in.W) saved.push_back(at::empty({G, w.size(0), w.size(1), w.size(2)}, w.options()));
+    forward_no_grad(sp, in, o, probes, &saved);
     ctx->save_for_backward(v);
-    ctx->saved_data["sW1"] = sW1;
-    if (sp.mlp) ctx->saved_data["sW2"] = sW2;
+    for (size_t l = 0; l < saved.size(); ++l) ctx->saved_data["sW" + std::to_string(l)] = saved[l];
     spec_to_ctx(ctx, sp);
-    if (sp.mlp) return {o.out, o.W1b, o.G1b, o.W2b, o.G2b};
-    return {o.out, o.W1b, o.G1b};
+    variable_list r{o.out};
+    for (size_t l = 0; l < o.W.size(); ++l) r.insert(r.end(), {o.W[l], o.G[l]});
+    return r;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const ScanSpec sp = spec_from_ctx(ctx);
+    const size_t nl = static_cast<size_t>(sp.layers);
     auto saved = ctx->get_saved_variables();
-    auto in = unpack(saved, sp.mlp);
-    auto sW1 = ctx->saved_data["sW1"].toTensor();
-    at::Tensor sW2 = sp.mlp ? ctx->saved_data["sW2"].toTensor() : at::Tensor();
+    auto in = unpack(saved, sp.layers);
+    std::vector<at::Tensor> sW(nl);
+    for (size_t l = 0; l < nl; ++l) sW[l] = ctx->saved_data["sW" + std::to_string(l)].toTensor();
     const int64_t N = in.XV.size(0), L = in.XV.size(1);
     auto segs = make_segments(L, sp.K, sp.s0);
     auto groups = make_groups(segs.size(), sp.group_size);
@@ -366,28 +374,24 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
 
     auto gz = [](const at::Tensor& g, const at::Tensor& like) { return g.defined() ? g : at::zeros_like(like); };
     auto g_out = gz(grads[0], in.XV);
-    auto g_W1end = gz(grads[1], in.W1b), g_G1end = gz(grads[2], in.W1b);
-    at::Tensor g_W2end, g_G2end;
-    if (sp.mlp) {
-      g_W2end = gz(grads[3], in.W2b);
-      g_G2end = gz(grads[4], in.W2b);
+    std::vector<at::Tensor> g_Wend(nl), g_Gend(nl), gW(nl), gG(nl);
+    for (size_t l = 0; l < nl; ++l) {
+      g_Wend[l] = gz(grads[1 + 2 * l], in.W[l]);
+      g_Gend[l] = gz(grads[2 + 2 * l], in.W[l]);
+      gW[l] = at::zeros_like(in.W[l]);
+      gG[l] = at::zeros_like(in.W[l]);
     }
 
     auto gXQa = at::zeros_like(in.XQa), gXKa = at::zeros_like(in.XKa), gXV = at::zeros_like(in.XV);
     auto glr = at::zeros_like(in.lr), glnw = at::zeros_like(in.lnw), glnb = at::zeros_like(in.lnb);
     auto gtok_parts = at::zeros({static_cast<int64_t>(ranges.size()), L}, in.tok.options());
-    auto gW1 = at::zeros_like(in.W1b), gG1 = at::zeros_like(in.W1b);
-    at::Tensor gW2, gG2;
-    if (sp.mlp) {
-      gW2 = at::zeros_like(in.W2b);
-      gG2 = at::zeros_like(in.W2b);
-    }
 
     for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t ci, int64_t c0, int64_t n) {
       at::AutoGradMode enable(true);
       auto cs = [&](const at::Tensor& t) { return t.narrow(0, c0, n); };
       // Gradient w.r.t. the state at the end of the current group (starts with the outputs' grads).
-      at::Tensor cW1 = cs(g_W1end), cW2 = sp.mlp ? cs(g_W2end) : at::Tensor();
+      std::vector<at::Tensor> cW(nl);
+      for (size_t l = 0; l < nl; ++l) cW[l] = cs(g_Wend[l]);
       for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
         const auto [sb, se] = groups[gi];
         const bool first = gi == 0, last = gi + 1 == static_cast<int64_t>(groups.size());
@@ -406,11 +410,11 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
         }
         auto lnw = leaf(cs(in.lnw)), lnb = leaf(cs(in.lnb));
         Inner st0;
-        st0.W1b = leaf(cs(sW1.select(0, gi)));
-        if (sp.mlp) st0.W2b = leaf(cs(sW2.select(0, gi)));
-        if (live_acc) {
-          st0.G1b = leaf(cs(in.G1b));
-          if (sp.mlp) st0.G2b = leaf(cs(in.G2b));
+        st0.W.resize(nl);
+        st0.G.resize(nl);
+        for (size_t l = 0; l < nl; ++l) {
+          st0.W[l] = leaf(cs(sW[l].select(0, gi)));
+          if (live_acc) st0.G[l] = leaf(cs(in.G[l]));
         }
         Inner st = st0;
         std::vector<at::Tensor> outs;
@@ -418,8 +422,7 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
           const auto& sg = segs[si];
           const auto& lv = sl_[si - sb];
           SegIn s{lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok, lnw, lnb};
-          outs.push_back(segment_step(sg, st, s, sp.mlp, sp.eps, mask_for(masks, sg, false), mask_for(masks, sg, true),
-                                      nullptr));
+          outs.push_back(segment_step(sg, st, s, sp.eps, mask_for(masks, sg, false), mask_for(masks, sg, true), nullptr));
         }
         variable_list ys, gys;
         for (size_t si = sb; si < se; ++si) {
@@ -427,7 +430,7 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
           gys.push_back(cs(g_out).narrow(1, segs[si].t0, segs[si].m));
         }
         // A state output that is the untouched input leaf passes its gradient straight through.
-        at::Tensor passW1, passW2, passG1, passG2;
+        std::vector<at::Tensor> passW(nl), passG(nl);
         auto add_out = [&](const at::Tensor& y, const at::Tensor& leaf_in, const at::Tensor& g, at::Tensor& pass) {
           if (!y.defined() || !g.defined()) return;
           if (leaf_in.defined() && y.is_same(leaf_in)) {
@@ -437,18 +440,13 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
           ys.push_back(y);
           gys.push_back(g);
         };
-        add_out(st.W1b, st0.W1b, cW1, passW1);
-        if (sp.mlp) add_out(st.W2b, st0.W2b, cW2, passW2);
-        if (last) {  // only the call's last segment can leave a live gradient sum
-          add_out(st.G1b, st0.G1b, cs(g_G1end), passG1);
-          if (sp.mlp) add_out(st.G2b, st0.G2b, cs(g_G2end), passG2);
-        }
-        variable_list xs{lnw, lnb, st0.W1b};
-        if (sp.mlp) xs.push_back(st0.W2b);
-        if (live_acc) {
-          xs.push_back(st0.G1b);
-          if (sp.mlp) xs.push_back(st0.G2b);
-        }
+        for (size_t l = 0; l < nl; ++l) add_out(st.W[l], st0.W[l], cW[l], passW[l]);
+        if (last)  // only the call's last segment can leave a live gradient sum
+          for (size_t l = 0; l < nl; ++l) add_out(st.G[l], st0.G[l], cs(g_Gend[l]), passG[l]);
+        variable_list xs{lnw, lnb};
+        for (size_t l = 0; l < nl; ++l) xs.push_back(st0.W[l]);
+        if (live_acc)
+          for (size_t l = 0; l < nl; ++l) xs.push_back(st0.G[l]);
         const size_t n_fixed = xs.size();
         for (const auto& lv : sl_) xs.insert(xs.end(), {lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok});
         auto gx = torch::autograd::grad(ys, xs, gys, /*retain_graph=*/false, /*create_graph=*/false,
@@ -473,29 +471,25 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
           return a + b;
         };
         size_t k = 2;
-        cW1 = sum2(gx[k++], passW1);
-        if (sp.mlp) cW2 = sum2(gx[k++], passW2);
+        for (size_t l = 0; l < nl; ++l) cW[l] = sum2(gx[k++], passW[l]);
         if (live_acc) {
-          auto g1 = sum2(gx[k++], passG1);
-          if (g1.defined()) cs(gG1).copy_(g1);
-          if (sp.mlp) {
-            auto g2 = sum2(gx[k++], passG2);
-            if (g2.defined()) cs(gG2).copy_(g2);
+          for (size_t l = 0; l < nl; ++l) {
+            auto g = sum2(gx[k++], passG[l]);
+            if (g.defined()) cs(gG[l]).copy_(g);
           }
         } else if (first) {
           // s0 == 0: the input gradient sums are zero by contract and unused; a pass-through from a
           // single uncommitted segment is still their gradient.
-          if (passG1.defined()) cs(gG1).copy_(passG1);
-          if (passG2.defined()) cs(gG2).copy_(passG2);
+          for (size_t l = 0; l < nl; ++l)
+            if (passG[l].defined()) cs(gG[l]).copy_(passG[l]);
         }
-        if (!cW1.defined()) cW1 = at::zeros_like(st0.W1b);
-        if (sp.mlp && !cW2.defined()) cW2 = at::zeros_like(st0.W2b);
+        for (size_t l = 0; l < nl; ++l)
+          if (!cW[l].defined()) cW[l] = at::zeros_like(st0.W[l]);
       }
-      cs(gW1).copy_(cW1);
-      if (sp.mlp) cs(gW2).copy_(cW2);
+      for (size_t l = 0; l < nl; ++l) cs(gW[l]).copy_(cW[l]);
     });
 
-    variable_list res(sp.mlp ? 11 : 9);
+    variable_list res(NFIXED + 2 * nl);
     res[XQa] = gXQa;
     res[XKa] = gXKa;
     res[XV] = gXV;
@@ -503,11 +497,9 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
     res[TOK] = gtok_parts.sum(0);
     res[LNW] = glnw;
     res[LNB] = glnb;
-    res[W1B] = gW1;
-    res[G1B] = gG1;
-    if (sp.mlp) {
-      res[W2B] = gW2;
-      res[G2B] = gG2;
+    for (size_t l = 0; l < nl; ++l) {
+      res[w_at(l)] = gW[l];
+      res[g_at(l)] = gG[l];
     }
     res.push_back(at::Tensor());  // spec
     res.push_back(at::Tensor());  // probes
@@ -530,27 +522,24 @@ ScanOutputs scan(const ScanSpec& sp, const ScanInputs& in, ScanProbes* probes) {
   MT_CHECK(in.XV.dim() == 3 && in.XV.size(1) >= 1, "ttt scan: XV must be [N, L>=1, f], got ",
            shape_str(in.XV.sizes().vec()));
   MT_CHECK(sp.s0 >= 0 && sp.s0 < sp.K, "ttt scan: bad in-mini-batch offset ", sp.s0);
-  variable_list v{in.XQa, in.XKa, in.XV, in.lr, in.tok, in.lnw, in.lnb, in.W1b, in.G1b};
-  if (sp.mlp) {
-    v.push_back(in.W2b);
-    v.push_back(in.G2b);
-  }
+  MT_CHECK(sp.layers >= 1 && static_cast<int64_t>(in.W.size()) == sp.layers && in.G.size() == in.W.size(),
+           "ttt scan: ", sp.layers, " inner layers but ", in.W.size(), " weight and ", in.G.size(), " sum tensors");
+  variable_list v{in.XQa, in.XKa, in.XV, in.lr, in.tok, in.lnw, in.lnb};
+  for (size_t l = 0; l < in.W.size(); ++l) v.insert(v.end(), {in.W[l], in.G[l]});
   bool needs_grad = false;
   if (at::GradMode::is_enabled())
     for (const auto& t : v) needs_grad = needs_grad || t.requires_grad();
   if (!needs_grad) {
-    auto o = alloc_outputs(sp, in);
-    forward_no_grad(sp, in, o, probes, nullptr, nullptr);
+    auto o = alloc_outputs(in);
+    forward_no_grad(sp, in, o, probes, nullptr);
     return o;
   }
   auto r = ScanFunction::apply(at::TensorList(v), sp, probes);
   ScanOutputs o;
   o.out = r[0];
-  o.W1b = r[1];
-  o.G1b = r[2];
-  if (sp.mlp) {
-    o.W2b = r[3];
-    o.G2b = r[4];
+  for (int64_t l = 0; l < sp.layers; ++l) {
+    o.W.push_back(r[1 + 2 * l]);
+    o.G.push_back(r[2 + 2 * l]);
   }
   return o;
 }

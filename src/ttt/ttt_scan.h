@@ -18,7 +18,7 @@
 namespace mt::ttt::detail {
 
 struct ScanSpec {
-  bool mlp = false;
+  int64_t layers = 1;       // inner layers: 1 = TTT-Linear, n >= 2 = TTT-MLP of n layers (GELU between)
   int64_t K = 16;           // mini-batch size
   int64_t s0 = 0;           // in-mini-batch index of the first token (> 0: accumulators are live)
   int64_t group_size = 0;   // segments per checkpoint group (0: one group)
@@ -32,19 +32,20 @@ struct ScanInputs {
   at::Tensor lr;        // [N, L]: base_lr * sigmoid(...) / f, per token
   at::Tensor tok;       // [L]: token factor max(1/i + learnable, 0) of every token's in-mini-batch index
   at::Tensor lnw, lnb;  // [N, 1, f]: inner LayerNorm
-  at::Tensor W1b, G1b;  // [N, f+1, h]: state and gradient sum (G1b must be zero when s0 == 0)
-  at::Tensor W2b, G2b;  // [N, h+1, f] (MLP only)
+  // Per inner layer l: state W[l] [N, d_l+1, d_{l+1}] (bias as the last row) and gradient sum G[l] of
+  // the same shape (zero when s0 == 0). d_0 = f, hidden widths 4f, last width f.
+  std::vector<at::Tensor> W, G;
 };
 
 struct ScanOutputs {
   at::Tensor out;       // [N, L, f]: XQ + LN(f_res(XQ; W_t))
-  at::Tensor W1b, G1b, W2b, G2b;
+  std::vector<at::Tensor> W, G;
 };
 
 // Probe inputs/outputs (no gradient).
 struct ScanProbes {
   at::Tensor tokprev;   // [L]: token factor of the previous in-mini-batch index (0 for the first)
-  at::Tensor W1b0, W2b0;  // [N, ...]: learned initial weights for l0
+  std::vector<at::Tensor> W0;  // [N, ...] per inner layer: learned initial weights for l0
   at::Tensor l0, lprev, lafter;  // [N, L] outputs, filled by the scan
 };
 

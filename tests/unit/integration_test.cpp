@@ -197,12 +197,12 @@ TEST_P(Integration, StateAfterStreamingEqualsStateAfterAWholePass) {
     const LayerTTTState &a = whole[l], &b = st.ttt[l];
     if (a.hybrid.batch) {
       EXPECT_EQ(a.hybrid.position, b.hybrid.position);
-      EXPECT_LT(test::max_abs_diff(a.hybrid.W1b, b.hybrid.W1b), 5e-5);
+      EXPECT_LT(test::max_abs_diff(a.hybrid.W[0], b.hybrid.W[0]), 5e-5);
       EXPECT_LT(test::max_abs_diff(pw[l].hybrid.w_delta_norm, ps[l].hybrid.w_delta_norm), 1e-4);
       EXPECT_GT(ps[l].hybrid.w_delta_norm.min().item<double>(), 0) << "state never moved";
     }
     for (size_t j = 0; j < a.adapters.size(); ++j) {
-      EXPECT_LT(test::max_abs_diff(a.adapters[j].W1b, b.adapters[j].W1b), 5e-5);
+      EXPECT_LT(test::max_abs_diff(a.adapters[j].W[0], b.adapters[j].W[0]), 5e-5);
       EXPECT_GT(ps[l].adapters[j].w_delta_norm.min().item<double>(), 0) << "adapter state never moved";
     }
     if (a.inplace.batch()) {

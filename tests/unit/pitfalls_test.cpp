@@ -61,8 +61,10 @@ double stream_vs_whole(const ttt::TTTLayer& layer, const at::Tensor& x) {
 
 // Largest difference between two states' inner weights and pending sums.
 double state_diff(const ttt::TTTState& a, const ttt::TTTState& b) {
-  double d = std::max(test::max_abs_diff(a.W1b, b.W1b), test::max_abs_diff(a.G1b, b.G1b));
-  if (a.W2b.defined()) d = std::max({d, test::max_abs_diff(a.W2b, b.W2b), test::max_abs_diff(a.G2b, b.G2b)});
+  EXPECT_EQ(a.W.size(), b.W.size());
+  double d = 0;
+  for (size_t l = 0; l < std::min(a.W.size(), b.W.size()); ++l)
+    d = std::max({d, test::max_abs_diff(a.W[l], b.W[l]), test::max_abs_diff(a.G[l], b.G[l])});
   return d;
 }
 
@@ -382,10 +384,10 @@ TEST(Pitfalls, Row16_StateChangeIsTheNormOfWMinusW0FromTheState) {
       ttt::TTTProbes pr;
       layer.forward(x, st, &pr);
       const at::Tensor W0 = at::cat({layer.param("W1"), layer.param("b1")}, 1).unsqueeze(0);
-      double sq = (st.W1b - W0).square().sum().item<double>();
+      double sq = (st.W[0] - W0).square().sum().item<double>();
       if (layer.config().is_mlp()) {
         const at::Tensor W20 = at::cat({layer.param("W2"), layer.param("b2")}, 1).unsqueeze(0);
-        sq += (st.W2b - W20).square().sum().item<double>();
+        sq += (st.W[1] - W20).square().sum().item<double>();
       }
       return std::abs(pr.w_delta_norm[0].item<double>() - std::sqrt(sq)) / std::sqrt(sq);
     };

@@ -80,7 +80,8 @@ INSTANTIATE_TEST_SUITE_P(Ttt, GradCheck,
                          ::testing::Values(Case{"linear", false, false, 0, false}, Case{"linear", true, false, 1, false},
                                            Case{"mlp", false, false, 0, false}, Case{"mlp", true, false, 2, false},
                                            Case{"linear", true, true, 1, true}, Case{"mlp", false, true, 0, true},
-                                           Case{"mlp", true, false, 1, true}),
+                                           Case{"mlp", true, false, 1, true}, Case{"mlp3", false, false, 0, false},
+                                           Case{"mlp3", true, true, 1, true}, Case{"mlp5", false, false, 2, true}),
                          [](const auto& i) {
                            const auto& p = i.param;
                            return p.type + (p.gate ? "_gate" : "") + (p.share_qk ? "_shareqk" : "") + "_g" +

@@ -65,9 +65,10 @@ TEST_P(StreamMatrix, ChunkedEqualsWhole) {
       auto ys = run_chunks(layer, x, chunk, st);
       SCOPED_TRACE(mt::str("L=", L, " chunk=", chunk));
       EXPECT_LT(max_abs_diff(ys, y), 1e-11);  // float64: same function, different op grouping
-      EXPECT_LT(max_abs_diff(st.W1b, whole.W1b), 1e-11);
-      EXPECT_LT(max_abs_diff(st.G1b, whole.G1b), 1e-11);
-      if (cfg.is_mlp()) EXPECT_LT(max_abs_diff(st.W2b, whole.W2b), 1e-11);
+      EXPECT_LT(max_abs_diff(st.W[0], whole.W[0]), 1e-11);
+      EXPECT_LT(max_abs_diff(st.G[0], whole.G[0]), 1e-11);
+      ASSERT_EQ(st.W.size(), static_cast<size_t>(cfg.inner_layers()));
+      for (size_t l = 1; l < st.W.size(); ++l) EXPECT_LT(max_abs_diff(st.W[l], whole.W[l]), 1e-11) << "inner layer " << l;
       EXPECT_EQ(st.position[0], L);
     }
   }
@@ -75,7 +76,8 @@ TEST_P(StreamMatrix, ChunkedEqualsWhole) {
 
 INSTANTIATE_TEST_SUITE_P(Ttt, StreamMatrix,
                          ::testing::Values(Variant{"linear", false, false}, Variant{"mlp", false, false},
-                                           Variant{"linear", true, true}, Variant{"mlp", true, true}),
+                                           Variant{"linear", true, true}, Variant{"mlp", true, true},
+                                           Variant{"mlp3", false, false}, Variant{"mlp5", true, true}),
                          [](const auto& i) {
                            return i.param.type + (i.param.gate ? "_gate" : "") + (i.param.share_qk ? "_shareqk" : "");
                          });
@@ -86,7 +88,7 @@ TEST(TttLayer, Float32StreamingMatchesWhole) {
   auto x = randn({2, 40, 16}, 5, at::kFloat);
   TTTState st(2);
   EXPECT_LT(max_abs_diff(run_chunks(layer, x, 1, st), layer.forward(x)), 2e-5);
-  EXPECT_EQ(st.W1b.scalar_type(), at::kFloat);
+  EXPECT_EQ(st.W[0].scalar_type(), at::kFloat);
 }
 
 TEST(TttLayer, Bf16ParamsKeepFloat32State) {
@@ -96,8 +98,8 @@ TEST(TttLayer, Bf16ParamsKeepFloat32State) {
   TTTState st(1);
   auto y = layer.forward(x, st);
   EXPECT_EQ(y.scalar_type(), at::kBFloat16);
-  EXPECT_EQ(st.W1b.scalar_type(), at::kFloat);
-  EXPECT_EQ(st.G1b.scalar_type(), at::kFloat);
+  EXPECT_EQ(st.W[0].scalar_type(), at::kFloat);
+  EXPECT_EQ(st.G[0].scalar_type(), at::kFloat);
   auto ref = perturbed_layer(small_config("linear"), 3, at::kFloat);
   ref.load([&] {
     std::map<std::string, at::Tensor> m;
@@ -216,11 +218,11 @@ TEST(TttLayer, DetachCutsHistoryKeepsValues) {
   auto x = randn({1, 20, 16}, 9).requires_grad_(true);
   TTTState st(1);
   auto y1 = layer.forward(x.narrow(1, 0, 10), st);
-  auto w = st.W1b.detach().clone();
-  EXPECT_TRUE(st.W1b.requires_grad());
+  auto w = st.W[0].detach().clone();
+  EXPECT_TRUE(st.W[0].requires_grad());
   st.detach();
-  EXPECT_FALSE(st.W1b.requires_grad());
-  EXPECT_TRUE(st.W1b.equal(w));
+  EXPECT_FALSE(st.W[0].requires_grad());
+  EXPECT_TRUE(st.W[0].equal(w));
   auto y2 = layer.forward(x.narrow(1, 10, 10), st);
   auto g = torch::autograd::grad({y2.sum()}, {x})[0];
   EXPECT_EQ(g.narrow(1, 0, 10).abs().max().item<double>(), 0.0);  // no path into the first chunk

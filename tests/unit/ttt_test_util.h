@@ -12,13 +12,15 @@
 
 namespace mt::test {
 
+// type: "linear", "mlp" (the reference's 2 layers) or "mlpN" (a TTT-MLP of N inner layers).
 inline ttt::TTTConfig small_config(const std::string& type, int64_t C = 16, int64_t nh = 2, int64_t K = 16) {
   ttt::TTTConfig c;
   c.hidden_size = C;
   c.num_attention_heads = nh;
   c.mini_batch_size = K;
-  c.ttt_layer_type = type;
-  c.ttt_base_lr = type == "mlp" ? 0.1 : 1.0;
+  c.ttt_layer_type = type.rfind("mlp", 0) == 0 ? "mlp" : type;
+  if (type.size() > 3 && c.ttt_layer_type == "mlp") c.ttt_mlp_layers = std::stoll(type.substr(3));
+  c.ttt_base_lr = c.is_mlp() ? 0.1 : 1.0;
   return c;
 }
 
