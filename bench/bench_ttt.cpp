@@ -1,5 +1,6 @@
 // TTT-Linear / TTT-MLP layer throughput at the paper's 125M layer size (C=768, 12 heads, L=2048,
-// mini-batch 16), float32 on CPU, next to a measured sgemm ceiling. Compare with
+// mini-batch 16), float32 on CPU, next to a measured sgemm ceiling; deep TTT-MLPs of 3 and 5 inner
+// layers beside the reference's 2. Compare with
 // scripts/reference/bench_ttt_reference.py run in the same session (same FLOP formula).
 //   MT_BENCH_THREADS (default 2), MT_BENCH_L (default 2048), MOSHI_TTT_BENCH_DEVICE (cpu | cuda).
 #include <ATen/ATen.h>
@@ -27,20 +28,30 @@ const int64_t kC = 768, kHeads = 12, kK = 16, kB = 1;
 using mt::bench::bench_device;
 using mt::bench::sync;
 
-double layer_flops(bool mlp, int64_t L) {
+// layers: 1 = TTT-Linear, n >= 2 = TTT-MLP of n inner layers (widths f -> 4f -> ... -> f). For n = 2
+// this is the reference script's formula: per mini-batch 7 K f h + 2 K^2 (f + h) multiply-adds, i.e.
+// 3.5 K per inner weight and 2 K^2 per inner layer input width.
+double layer_flops(int layers, int64_t L) {
   const double f = kC / kHeads, K = kK, n = L / kK, h = 4 * f;
   double proj = 2.0 * kB * L * kC * kC * 4;  // q, k, v, o
-  double per = mlp ? 2 * (7 * K * f * h + 2 * K * K * f + 2 * K * K * h) : 2 * (3 * K * f * f + 2 * K * K * f);
+  double per = 0;
+  if (layers == 1) {
+    per = 2 * (3 * K * f * f + 2 * K * K * f);
+  } else {
+    double weights = 2 * f * h + (layers - 2) * h * h, in_widths = f + (layers - 1) * h;
+    per = 2 * (3.5 * K * weights + 2 * K * K * in_widths);
+  }
   return proj + kB * kHeads * n * per;
 }
 
-mt::ttt::TTTLayer make_layer(bool mlp) {
+mt::ttt::TTTLayer make_layer(int layers) {
   mt::ttt::TTTConfig c;
   c.hidden_size = kC;
   c.num_attention_heads = kHeads;
   c.mini_batch_size = kK;
-  c.ttt_layer_type = mlp ? "mlp" : "linear";
-  c.ttt_base_lr = mlp ? 0.1 : 1.0;
+  c.ttt_layer_type = layers > 1 ? "mlp" : "linear";
+  if (layers > 1) c.ttt_mlp_layers = layers;
+  c.ttt_base_lr = layers > 1 ? 0.1 : 1.0;
   return mt::ttt::TTTLayer::init(c, 0, at::kFloat, bench_device());
 }
 
@@ -51,9 +62,9 @@ void BM_Sgemm2048(benchmark::State& s) {
   s.counters["GFLOP/s"] = benchmark::Counter(2.0 * 2048 * 2048 * 2048 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void BM_TTT(benchmark::State& s, bool mlp, bool backward) {
+void BM_TTT(benchmark::State& s, int layers, bool backward) {
   const int64_t L = env_int("MT_BENCH_L", 2048);
-  auto layer = make_layer(mlp);
+  auto layer = make_layer(layers);
   auto opt = at::TensorOptions().device(bench_device());
   auto x = at::randn({kB, L, kC}, opt);
   auto gout = at::randn({kB, L, kC}, opt);
@@ -75,7 +86,7 @@ void BM_TTT(benchmark::State& s, bool mlp, bool backward) {
       sync(layer.forward(x));
     }
   }
-  const double flops = layer_flops(mlp, L) * (backward ? 3 : 1);
+  const double flops = layer_flops(layers, L) * (backward ? 3 : 1);
   s.counters["tok/s"] = benchmark::Counter(static_cast<double>(kB * L), benchmark::Counter::kIsIterationInvariantRate);
   s.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -91,10 +102,14 @@ double max_of(const std::vector<double>& v) { return *std::max_element(v.begin()
       ->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)
 
 BENCHMARK(BM_Sgemm2048) MT_BEST;
-BENCHMARK_CAPTURE(BM_TTT, linear_fwd, false, false) MT_BEST;
-BENCHMARK_CAPTURE(BM_TTT, linear_fwdbwd, false, true) MT_BEST;
-BENCHMARK_CAPTURE(BM_TTT, mlp_fwd, true, false) MT_BEST;
-BENCHMARK_CAPTURE(BM_TTT, mlp_fwdbwd, true, true) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, linear_fwd, 1, false) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, linear_fwdbwd, 1, true) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, mlp_fwd, 2, false) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, mlp_fwdbwd, 2, true) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, mlp3_fwd, 3, false) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, mlp3_fwdbwd, 3, true) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, mlp5_fwd, 5, false) MT_BEST;
+BENCHMARK_CAPTURE(BM_TTT, mlp5_fwdbwd, 5, true) MT_BEST;
 
 int main(int argc, char** argv) {
   at::set_num_threads(static_cast<int>(env_int("MT_BENCH_THREADS", 2)));

@@ -133,6 +133,12 @@ void KVCache::reset() {
   if (v.defined()) v.zero_();
 }
 
+int64_t LayerTTTState::updates() const {
+  int64_t n = hybrid.updates + inplace.updates;
+  for (const auto& a : adapters) n += a.updates;
+  return n;
+}
+
 void LayerTTTState::reset() {
   if (hybrid.batch > 0) hybrid.reset();
   for (auto& a : adapters) a.reset();
@@ -437,6 +443,8 @@ StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, c
       ic.use_proj = ttt->inplace_use_proj;
       ic.conv_kernel = ttt->inplace_conv_kernel;
       ic.conv_lookahead = ttt->inplace_lookahead;
+      // Tests only: pitfalls.md row 9, a setting parsed and never forwarded.
+      ic.delta_clip_fro_norm = pitfall::on(9) ? 0.0 : ttt->inplace_delta_clip_fro_norm;
       ic.activation = cfg.gating;
       try {
         ic.validate();

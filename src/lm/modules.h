@@ -68,6 +68,9 @@ struct LayerTTTState {
   std::vector<ttt::TTTState> adapters;  // one per TTT adapter of the layer (LinearImpl::adapter_slot)
   ttt::InPlaceState inplace;            // In-Place FFN (batch 0 when none)
   bool empty() const { return hybrid.batch == 0 && adapters.empty() && inplace.batch() == 0; }
+  // TTT updates applied through this state since it was made, summed over slots: hybrid and adapter
+  // mini-batch updates, In-Place chunk updates.
+  int64_t updates() const;
   void reset();
   void reset_slot(int64_t b);
   void detach();

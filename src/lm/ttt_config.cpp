@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -70,16 +72,45 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read(n, "inplace_lookahead", c.inplace_lookahead, w, s);
   read(n, "inplace_target", c.inplace_target, w, s);
   read(n, "inplace_use_proj", c.inplace_use_proj, w, s);
+  read(n, "inplace_delta_clip_fro_norm", c.inplace_delta_clip_fro_norm, w, s);
   read(n, "weight_lr_multiplier", c.weight_lr_multiplier, w, s);
   read(n, "alpha_lr_multiplier", c.alpha_lr_multiplier, w, s);
   reject_unknown(n, s, w);
+  for (const auto& kv : n) c.given.insert(kv.first.as<std::string>());
   return c;
 }
 
+namespace {
+// Parses "K" of a "first:K" / "last:K" preset.
+int64_t preset_count(const std::string& layers, size_t colon, int64_t num_layers) {
+  const std::string k = layers.substr(colon + 1);
+  int64_t v = 0;
+  size_t used = 0;
+  try {
+    v = std::stoll(k, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  MT_CHECK(used == k.size() && !k.empty(), "ttt.layers: '", layers, "': expected a layer count after ':'");
+  MT_CHECK(v >= 1 && v <= num_layers, "ttt.layers: '", layers, "': the count must be in [1, ", num_layers, "]");
+  return v;
+}
+}  // namespace
+
 std::vector<int64_t> TTTIntegrationConfig::layer_indices(int64_t num_layers) const {
   std::vector<int64_t> out;
-  if (!layers.empty()) {
-    MT_CHECK(!start_layer, "ttt.layers and ttt.start_layer are both set: pick one");
+  MT_CHECK(layers.empty() || !start_layer, "ttt.layers and ttt.start_layer are both set: pick one");
+  if (layers == "all") {
+    for (int64_t l = 0; l < num_layers; ++l) out.push_back(l);
+  } else if (layers == "middle") {
+    for (int64_t l = num_layers / 3; l < (2 * num_layers) / 3; ++l) out.push_back(l);
+    if (out.empty()) out.push_back(num_layers / 2);  // fewer than 3 layers: the centre one
+  } else if (layers.rfind("first:", 0) == 0) {
+    for (int64_t l = 0; l < preset_count(layers, 5, num_layers); ++l) out.push_back(l);
+  } else if (layers.rfind("last:", 0) == 0) {
+    const int64_t k = preset_count(layers, 4, num_layers);
+    for (int64_t l = num_layers - k; l < num_layers; ++l) out.push_back(l);
+  } else if (!layers.empty()) {
     std::stringstream ss(layers);
     std::string tok;
     while (std::getline(ss, tok, ',')) {
@@ -142,6 +173,30 @@ void TTTIntegrationConfig::validate(int64_t num_layers) const {
   MT_CHECK(inplace_target == "embeddings" || inplace_target == "ffn_input", "ttt.inplace_target: '", inplace_target,
            "' (expected embeddings or ffn_input)");
   MT_CHECK(weight_lr_multiplier > 0 && alpha_lr_multiplier > 0, "ttt.*_lr_multiplier must be > 0");
+  MT_CHECK(std::isfinite(inplace_delta_clip_fro_norm) && inplace_delta_clip_fro_norm >= 0,
+           "ttt.inplace_delta_clip_fro_norm must be >= 0 (0: off), got ", inplace_delta_clip_fro_norm);
+  check_all_given_are_read();
+}
+
+void TTTIntegrationConfig::check_all_given_are_read() const {
+  // Who reads each field, by variant (h: hybrid, a: adapter, i: inplace). Fields every variant reads
+  // (enable, variant, layers, persistent_states, attention contexts, weight_lr_multiplier) are absent.
+  static const std::map<std::string, std::string> readers = {
+      {"type", "ha"}, {"mlp_layers", "ha"}, {"num_heads", "h"}, {"mini_batch_size", "ha"}, {"base_lr", "ha"},
+      {"initial_gating_alpha", "h"}, {"alpha_lr_multiplier", "h"}, {"placement", "h"},
+      {"scan_checkpoint_group_size", "ha"}, {"use_gate", "ha"}, {"share_qk", "ha"}, {"conv_kernel", "ha"},
+      {"adapter_rank", "a"}, {"adapter_scale", "a"}, {"adapter_targets", "a"},
+      {"inplace_chunk_size", "i"}, {"inplace_lr", "i"}, {"inplace_conv_kernel", "i"}, {"inplace_lookahead", "i"},
+      {"inplace_target", "i"}, {"inplace_use_proj", "i"}, {"inplace_delta_clip_fro_norm", "i"}};
+  const char v = variant.empty() ? '?' : variant[0];
+  for (const auto& key : given) {
+    auto it = readers.find(key);
+    if (it != readers.end())
+      MT_CHECK(it->second.find(v) != std::string::npos, "ttt.", key, " is set, but the ", variant,
+               " variant never reads it: remove it, or choose a variant that uses it");
+  }
+  if (given.count("conv_kernel")) MT_CHECK(share_qk, "ttt.conv_kernel is set, but only share_qk: true reads it");
+  if (given.count("layer_frequency")) MT_CHECK(start_layer.has_value(), "ttt.layer_frequency is set, but only start_layer reads it");
 }
 
 LoRAConfig LoRAConfig::from_yaml(const YAML::Node& n, const std::string& w) {

@@ -3,6 +3,7 @@
 // moshi-finetune's fields). Every field is read; unknown or mistyped fields are errors naming them.
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -49,14 +50,25 @@ struct TTTIntegrationConfig {
   int64_t inplace_lookahead = 2;
   std::string inplace_target = "embeddings";  // embeddings | ffn_input
   bool inplace_use_proj = true;
+  // Per-chunk clip of the In-Place update lr·vᵀh to this Frobenius norm (0: off). The exploration's
+  // `delta_clip_fro_norm`, which there was parsed and never forwarded (pitfalls.md row 9).
+  double inplace_delta_clip_fro_norm = 0;
   // Optimiser multipliers (used by training).
   double weight_lr_multiplier = 1.0;
   double alpha_lr_multiplier = 1.0;
 
+  // Keys written in the YAML section (from_yaml). validate() refuses any that the chosen variant and
+  // inner model never read (pitfalls.md row 9): a setting that would silently do nothing.
+  std::set<std::string> given;
+
+  // Presets for `layers`: "all", "middle" (the middle third [n/3, 2n/3), at least the centre layer),
+  // "first:K", "last:K", or an
+  // explicit list ("25,26,27"; negative indices count from the end).
   // The chosen layer indices for a transformer of num_layers layers; throws naming the field.
   std::vector<int64_t> layer_indices(int64_t num_layers) const;
   bool is_ttt_layer(int64_t layer, int64_t num_layers) const;
   void validate(int64_t num_layers) const;
+  void check_all_given_are_read() const;
   static TTTIntegrationConfig from_yaml(const YAML::Node& node, const std::string& where = "ttt");
 };
 

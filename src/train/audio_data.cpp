@@ -43,7 +43,10 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
   if (!c.mimi_config.empty()) codec = fnv_str(codec, hex(file_hash(c.mimi_config)));
   codec = fnv_str(codec, c.tokenizer.empty() ? "no-tokenizer" : hex(file_hash(c.tokenizer)));
   codec = fnv_str(codec, str(c.moshi_codebooks, "/", c.user_codebooks, "/", c.text.frame_rate, "/", c.text.pad, "/",
-                             c.text.epad, "/", c.text.in_word_pad, "/", c.text.keep_main_only, "/", c.text.main_speaker));
+                             c.text.epad, "/", c.text.in_word_pad, "/", c.text.keep_main_only, "/", c.text.main_speaker,
+                             "/mono-user:", c.user_stream));
+  MT_CHECK(c.user_stream == "copy" || c.user_stream == "silence", "data.user_stream: '", c.user_stream,
+           "' (expected copy or silence)");
   const fs::path dir = fs::path(c.cache_dir) / hex(codec);
   fs::create_directories(dir / "shards");
 
@@ -52,7 +55,7 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
   if (!c.tokenizer.empty()) tok = std::make_unique<text::Tokenizer>(c.tokenizer);
   nlohmann::json index_lines = nlohmann::json::array();
   std::string index;
-  int64_t encoded = 0, cached = 0;
+  int64_t encoded = 0, cached = 0, audio_only = 0;
   double audio_done = 0, secs_done = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
     const AudioEntry& e = entries[i];
@@ -61,10 +64,14 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
     uint64_t key = fnv(kFnvOffset, &codec, 8);
     const uint64_t ah = file_hash(e.path);
     key = fnv(key, &ah, 8);
-    if (tok) {
-      MT_CHECK(fs::exists(align), e.path, ": no alignments file ", align.string(), " beside it (needed for the text stream)");
+    // No alignments beside the audio: an audio-only entry (text stream all padding).
+    const bool aligned = tok && fs::exists(align);
+    if (tok && !aligned) ++audio_only;
+    if (aligned) {
       const uint64_t jh = file_hash(align.string());
       key = fnv(key, &jh, 8);
+    } else {
+      key = fnv_str(key, "audio-only");
     }
     const std::string shard = "shards/" + hex(key) + ".safetensors";
     if (fs::exists(dir / shard)) {
@@ -82,13 +89,16 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
       }
       auto& m = *codec_model;
       audio::Audio a = audio::read_audio_24k(e.path);
-      MT_CHECK(a.channels() == 2, e.path, ": expected stereo audio (left = Moshi, right = user), got ", a.channels(),
-               " channel(s)");
+      MT_CHECK(a.channels() == 2 || a.channels() == 1, e.path,
+               ": expected stereo audio (left = Moshi, right = user) or mono, got ", a.channels(), " channels");
       at::InferenceMode im;
-      at::Tensor codes = m->encode(a.samples.unsqueeze(1).to(at::Device(c.device))).cpu();  // [2, K, F]
+      at::Tensor samples = a.samples;  // [channels, N]
+      if (a.channels() == 1)
+        samples = at::cat({samples, c.user_stream == "silence" ? at::zeros_like(samples) : samples}, 0);
+      at::Tensor codes = m->encode(samples.unsqueeze(1).to(at::Device(c.device))).cpu();  // [2, K, F]
       const int64_t frames = codes.size(2);
       std::vector<int64_t> text_stream(static_cast<size_t>(frames), c.text.pad);
-      if (tok) {
+      if (aligned) {
         auto words = text::parse_alignments_json(align.string());
         text_stream = text::build_token_stream(
             words, frames, [&](const std::string& w) { return tok->encode_word(w); }, c.text);
@@ -112,6 +122,9 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
   if (!fs::exists(index_path)) io::atomic_write(index_path, index);
   std::fprintf(stderr, "[data] %s: %zu files, %lld encoded now, %lld from the cache (%s)\n", jsonl.c_str(), entries.size(),
                  (long long)encoded, (long long)cached, dir.string().c_str());
+  if (audio_only)
+    std::fprintf(stderr, "[data] %s: %lld of %zu files have no alignments beside them: audio-only, text stream all padding\n",
+                 jsonl.c_str(), (long long)audio_only, entries.size());
   return index_path;
 }
 

@@ -10,6 +10,12 @@
 // the codec (weights and config), the tokenizer and the stream layout, so a second epoch or run reads
 // the shard instead of encoding again, and any change to an input re-encodes that file only.
 //
+// Audio-only long-form data (LibriLight style): an entry with no alignments file beside it is
+// audio-only: its text stream is all padding. Mono audio goes on both audio streams, or on Moshi's
+// stream with silence (the codec's codes of zeros) on the user's (`user_stream: silence`). The number
+// of audio-only entries is reported. With `shuffle: false` the loader reads each file continuously
+// across consecutive training sequences of one batch slot, so persistent TTT state spans the file.
+//
 // Differences from moshi-finetune, on purpose: the text stream is built once over the whole file, so a
 // word whose tokens run past a chunk boundary keeps them (moshi-finetune builds it per chunk and drops
 // them); frames beyond the audio's end do not exist (moshi-finetune pads the last chunk with -1, which
@@ -30,6 +36,7 @@ struct AudioDataConfig {
   int64_t moshi_codebooks = 8;  // the LM's dep_q
   int64_t user_codebooks = 8;   // the LM's n_q - dep_q
   text::InterleaverConfig text;
+  std::string user_stream = "copy";  // mono audio: "copy" (same audio on both streams) | "silence"
   std::string device = "cpu";
   bool quiet = false;
 };

@@ -97,6 +97,9 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
       read(d, w + "data.", "eval_data", c.eval_data, sd);
       read(d, w + "data.", "shuffle", c.shuffle, sd);
       read(d, w + "data.", "token_cache", c.token_cache, sd);
+      read(d, w + "data.", "user_stream", c.user_stream, sd);
+      MT_CHECK(c.user_stream == "copy" || c.user_stream == "silence", w, "data.user_stream: '", c.user_stream,
+               "' (expected copy or silence)");
       reject_unknown(d, sd, w + "data.");
     }
     read(root, w, "duration_sec", c.duration_sec, s);

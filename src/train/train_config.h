@@ -29,6 +29,8 @@ struct TrainConfig {
   bool shuffle = true;
   // ours: where Mimi tokens of audio datasets are cached ("" = $MOSHI_TTT_CACHE or ~/.cache/moshi-ttt, /tokens)
   std::string token_cache;
+  // ours: mono audio-only entries (no alignments): "copy" the audio to the user stream, or "silence"
+  std::string user_stream = "copy";
   double duration_sec = 10;
   double frame_rate = 12.5;
   int64_t batch_size = 1;

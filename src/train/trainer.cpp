@@ -150,6 +150,7 @@ std::string token_index(const TrainConfig& cfg, const std::string& source, const
   a.device = dev.str();
   a.quiet = quiet;
   a.cache_dir = cfg.token_cache;
+  a.user_stream = cfg.user_stream;
   if (a.cache_dir.empty()) a.cache_dir = mt::cache_dir("tokens");
   return prepare_audio_tokens(source, a);
 }
@@ -453,6 +454,16 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
         if (!ls.empty()) ls.detach();  // truncated backprop through time: chunks of a file share values, not graphs
       if (!micro_resets.empty()) apply_resets(*st, micro_resets[mb]);
     }
+    // Without persistent states every sequence starts afresh: a fresh state per micro-batch is the
+    // same computation, and it counts the TTT updates that happened (pitfalls.md row 11).
+    std::vector<lm::LayerTTTState> fresh;
+    if (!st && m.transformer->has_ttt()) {
+      fresh = m.transformer->make_ttt_states(codes.size(0));
+      st = &fresh;
+    }
+    std::vector<int64_t> before;
+    if (st)
+      for (const auto& ls : *st) before.push_back(ls.updates());
     std::vector<lm::LayerProbes> probes;
     const bool pr = want_probes && mb == 0 && m.transformer->has_ttt();
     lm::LMOutput out = m.forward(codes, pr ? &probes : nullptr, st);
@@ -467,6 +478,10 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     for (size_t k = 0; k < lp.per_codebook.size(); ++k) r.per_codebook[k] += lp.per_codebook[k] / static_cast<double>(M);
     r.real_tokens += lp.real_tokens;
     if (pr) r.state_change = mean_over_units(eval::ttt_report(m, probes), &eval::TTTUnitReport::state_change, false);
+    if (st) {
+      r.ttt_updates.resize(st->size(), 0);
+      for (size_t l = 0; l < st->size(); ++l) r.ttt_updates[l] += (*st)[l].updates() - before[l];
+    }
   }
   if (before_clip) before_clip(r);
   r.loss = r.text + r.audio;
@@ -677,6 +692,7 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   const bool tty = isatty(2);
   const auto t_start = std::chrono::steady_clock::now();
   int64_t tokens_total = 0;
+  std::vector<int64_t> run_updates;  // per transformer layer: TTT updates over the run (this rank)
   const int64_t end_step = opt.stop_at_step > 0 ? std::min(opt.stop_at_step, cfg.max_steps) : cfg.max_steps;
   // Data parallel: gradients and the logged losses averaged over the ranks before clipping.
   std::function<void(StepResult&)> reduce;
@@ -716,6 +732,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     StepResult sr = train_step(*r.model, *r.optim, r.sched, step, micro, persistent ? &r.states : nullptr, resets, loss_cfg,
                                cfg.max_norm, r.trainable, log_now, reduce);
     const double loss = sr.loss, text = sr.text, audio = sr.audio, norm = sr.grad_norm, change = sr.state_change;
+    if (run_updates.size() < sr.ttt_updates.size()) run_updates.resize(sr.ttt_updates.size(), 0);
+    for (size_t l = 0; l < sr.ttt_updates.size(); ++l) run_updates[l] += sr.ttt_updates[l];
     const bool finite = sr.applied;
     nlohmann::json gnorms = nlohmann::json::object();
     for (size_t g = 0; g < r.groups.size(); ++g) gnorms[r.groups[g].name] = sr.group_grad_norm[g];
@@ -807,6 +825,37 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       r.say(str("stopped by ", sig == SIGINT ? "SIGINT" : "SIGTERM", " after step ", step + 1, "; continue with --resume"));
       sum.stopped_by_signal = sig;
       break;
+    }
+  }
+  // Pitfalls.md row 11: how many TTT updates each layer made, so a run whose sequences were too short
+  // to update anything says so instead of looking like TTT.
+  if (has_ttt) {
+    const auto& layers = r.model->transformer->layer_ptrs;
+    std::string line;
+    nlohmann::json per = nlohmann::json::object();
+    for (size_t l = 0; l < layers.size(); ++l) {
+      if (!layers[l]->has_ttt()) continue;
+      const int64_t n = l < run_updates.size() ? run_updates[l] : 0;
+      sum.ttt_updates.push_back({static_cast<int64_t>(l), n});
+      per[std::to_string(l)] = n;
+      line += str(line.empty() ? "" : ", ", l, ": ", n);
+    }
+    const std::string unit = cfg.model.ttt.variant == "inplace" ? "chunk" : "mini-batch";
+    r.say(str("TTT updates per layer (", unit, " updates over all sequences of this rank): ", line));
+    for (const auto& [l, n] : sum.ttt_updates)
+      if (n == 0 && sum.steps_done > r.start_step)
+        r.say(str("warning: TTT layer ", l, " made no update in this run: every token used the initial TTT weights"));
+    if (cfg.model.ttt.variant == "inplace" && cfg.model.ttt.inplace_delta_clip_fro_norm > 0)
+      r.say(str("In-Place ΔW clip on: each chunk update scaled to Frobenius norm <= ", cfg.model.ttt.inplace_delta_clip_fro_norm));
+    if (r.leader()) {
+      nlohmann::json j;
+      j["kind"] = "summary";
+      j["step"] = sum.steps_done;
+      j["ttt_updates"] = per;
+      j["ttt_update_unit"] = unit;
+      if (cfg.model.ttt.variant == "inplace") j["inplace_delta_clip_fro_norm"] = cfg.model.ttt.inplace_delta_clip_fro_norm;
+      j["at"] = now_iso();
+      r.metrics << j.dump() << "\n";
     }
   }
   if (r.leader()) {

@@ -32,6 +32,8 @@ struct TrainSummary {
   int64_t skipped_steps = 0;
   int stopped_by_signal = 0;  // SIGINT / SIGTERM: stopped early after writing a checkpoint
   std::string run_dir;
+  // Per TTT layer of the temporal transformer: (layer index, TTT updates over the run, all slots).
+  std::vector<std::pair<int64_t, int64_t>> ttt_updates;
 };
 
 TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt);
@@ -46,6 +48,8 @@ struct StepResult {
   double beta1 = 0;
   int64_t real_tokens = 0;
   double state_change = NAN;                  // mean ‖W − W0‖ of the TTT units (micro-batch 0, with probes)
+  std::vector<int64_t> ttt_updates;           // per transformer layer: TTT updates this step (all slots,
+                                              // all micro-batches); empty without TTT
   bool applied = true;                        // false: non-finite loss or gradient, the step was skipped
 };
 

@@ -117,6 +117,8 @@ void InPlaceConfig::validate() const {
   MT_CHECK(chunk_size > 0, "inplace config: chunk_size must be > 0, got ", chunk_size);
   MT_CHECK(std::isfinite(lr), "inplace config: lr must be finite, got ", lr);
   MT_CHECK(conv_kernel >= 1, "inplace config: conv_kernel must be >= 1, got ", conv_kernel);
+  MT_CHECK(std::isfinite(delta_clip_fro_norm) && delta_clip_fro_norm >= 0,
+           "inplace config: delta_clip_fro_norm must be >= 0 (0: off), got ", delta_clip_fro_norm);
   MT_CHECK(lookahead() >= 0 && lookahead() <= conv_kernel - 1, "inplace config: conv_lookahead must be in [0, ",
            conv_kernel - 1, "] (or -1 for centred), got ", conv_lookahead);
   try {
@@ -155,6 +157,7 @@ InPlaceConfig InPlaceConfig::from_json_file(const std::string& path) {
   get("activation", c.activation, false);
   get("conv_kernel", c.conv_kernel, false);
   get("conv_lookahead", c.conv_lookahead, false);
+  get("delta_clip_fro_norm", c.delta_clip_fro_norm, false);
   try {
     c.validate();
   } catch (const Error& e) {
@@ -297,6 +300,19 @@ at::Tensor InPlaceFFNImpl::targets(const at::Tensor& t_chunks) const {
   return v;
 }
 
+at::Tensor InPlaceFFNImpl::clip_updates(const at::Tensor& v, const at::Tensor& h) const {
+  const double c = cfg.delta_clip_fro_norm;
+  if (c <= 0) return v;
+  const int64_t B = v.size(0), C = cfg.chunk_size, n = v.size(1) / C;
+  // ‖Σ_j v_jᵀ h_j‖²_F = Σ_ij (v_i·v_j)(h_i·h_j): two C×C Gram matrices per chunk, never the D×H update.
+  at::Tensor vc = v.reshape({B, n, C, v.size(2)});
+  at::Tensor hc = h.narrow(1, 0, n * C).reshape({B, n, C, h.size(2)});
+  at::Tensor sq = (at::matmul(vc, vc.transpose(2, 3)) * at::matmul(hc, hc.transpose(2, 3))).sum({2, 3});
+  // Floor before the sqrt: a zero update keeps a finite gradient (its scale is 1 anyway).
+  at::Tensor scale = at::clamp_max(c / sq.clamp_min(1e-24).sqrt(), 1.0);
+  return (vc * scale.view({B, n, 1, 1})).reshape(v.sizes());
+}
+
 at::Tensor InPlaceFFNImpl::ttt_part(const at::Tensor& h, const at::Tensor& v, const at::Tensor& dw0) const {
   const int64_t B = h.size(0), L = h.size(1), C = cfg.chunk_size, D = cfg.dim, H = cfg.hidden;
   const int64_t n = (L + C - 1) / C;
@@ -350,7 +366,8 @@ at::Tensor InPlaceFFNImpl::forward(const at::Tensor& x, const at::Tensor& t) con
   if (n <= 1) return y;  // a single chunk only ever sees W0
   // Only chunks 0..n-2 write an update this sequence reads; they are complete, so t needs no padding.
   at::Tensor v = targets(t.narrow(1, 0, (n - 1) * C).reshape({B * (n - 1), C, D})).reshape({B, (n - 1) * C, D});
-  at::Tensor corr = ttt_part(h.to(acc_dtype()), v * cfg.lr, {});
+  at::Tensor ha = h.to(acc_dtype());
+  at::Tensor corr = ttt_part(ha, clip_updates(v * cfg.lr, ha), {});
   return y + corr.to(y.scalar_type());
 }
 
@@ -400,6 +417,7 @@ at::Tensor InPlaceFFNImpl::step_uniform(const at::Tensor& h, const at::Tensor& t
   at::Tensor tf = p ? at::cat({st.t_buf.narrow(1, 0, p), t}, 1) : t;
   const int64_t L = p + S, full = L / C, tail = L - full * C;
   at::Tensor v = streaming_targets(tf.narrow(1, 0, full * C).reshape({B * full, C, D})).reshape({B, full * C, D}) * cfg.lr;
+  v = clip_updates(v, hf);
   at::Tensor corr = ttt_part(hf, v, st.dw).narrow(1, p, S);
   // Σ over the completed chunks of lr vᵀh is one matmul over their tokens: no per-chunk D×H update.
   at::Tensor upd = at::matmul(v.transpose(1, 2), hf.narrow(1, 0, full * C));
@@ -417,6 +435,7 @@ at::Tensor InPlaceFFNImpl::step_uniform(const at::Tensor& h, const at::Tensor& t
     }
   }
   std::fill(st.pos.begin(), st.pos.end(), tail);
+  st.updates += full * B;
   return corr;
 }
 
@@ -440,13 +459,14 @@ at::Tensor InPlaceFFNImpl::step_segments(const at::Tensor& h, const at::Tensor& 
       at::Tensor idx = at::tensor(done, at::TensorOptions().dtype(at::kLong)).to(h.device());
       at::Tensor hb = all ? st.h_buf : st.h_buf.index_select(0, idx);
       at::Tensor tb = all ? st.t_buf : st.t_buf.index_select(0, idx);
-      at::Tensor upd = at::matmul((streaming_targets(tb) * cfg.lr).transpose(1, 2), hb);
+      at::Tensor upd = at::matmul(clip_updates(streaming_targets(tb) * cfg.lr, hb).transpose(1, 2), hb);
       if (may_write_in_place()) {
         all ? st.dw.add_(upd) : st.dw.index_add_(0, idx, upd);
       } else {
         st.dw = all ? st.dw + upd : st.dw.index_add(0, idx, upd);
       }
       for (int64_t b : done) st.pos[b] = 0;
+      st.updates += static_cast<int64_t>(done.size());
     }
     off += seg;
   }

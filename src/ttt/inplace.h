@@ -52,6 +52,9 @@ struct InPlaceConfig {
   // choice: padding 2 for kernel 5). The rest of the kernel looks back.
   int64_t conv_lookahead = -1;
   std::string activation = "silu";
+  // Each chunk's update lr·Σ vᵀh is scaled down to this Frobenius norm when larger (0: off, the
+  // official behaviour). Applied identically in forward() and step().
+  double delta_clip_fro_norm = 0;
   InPlaceStrategy strategy = InPlaceStrategy::kLinearAttention;
 
   int64_t lookahead() const { return conv_lookahead < 0 ? (conv_kernel - 1) / 2 : conv_lookahead; }
@@ -76,6 +79,8 @@ struct InPlaceState {
   std::vector<int64_t> pos;     // per slot: tokens of the current chunk already buffered (0..C-1)
   at::Tensor w0;                // the module's W0 ([D, H], shares its storage), for w_final()
   int64_t tokens = 0;           // tokens consumed since the state was made (diagnostics)
+  int64_t updates = 0;          // chunk updates applied since the state was made, summed over slots
+                                // (diagnostics; resets do not clear it)
 
   int64_t batch() const { return static_cast<int64_t>(pos.size()); }
   // Every slot back to W0 with an empty chunk.
@@ -142,6 +147,9 @@ struct InPlaceFFNImpl : torch::nn::Module {
   // The TTT part of the output, h_i (ΔW0 + Σ_{j<i} lr v_jᵀ h_j)ᵀ, of a sequence starting at a chunk
   // boundary: h [B, L, H] (acc dtype), v_scaled [B, >= (n-1)·C, D] = lr · targets, dw0 optional.
   at::Tensor ttt_part(const at::Tensor& h, const at::Tensor& v_scaled, const at::Tensor& dw0) const;
+  // lr-scaled targets of whole chunks v [B, n·C, D] with their activations h [B, >= n·C, H]: each
+  // chunk's v scaled so that its update vᵀh has Frobenius norm <= delta_clip_fro_norm.
+  at::Tensor clip_updates(const at::Tensor& v, const at::Tensor& h) const;
   at::Tensor step_uniform(const at::Tensor& h, const at::Tensor& t, InPlaceState& st) const;
   at::Tensor step_segments(const at::Tensor& h, const at::Tensor& t, InPlaceState& st) const;
 };

@@ -453,7 +453,10 @@ at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probe
     }
     if (probes) *probes = all;
   }
-  for (auto& p : st.position) p += L;
+  for (auto& p : st.position) {
+    st.updates += (p % K + L) / K;  // mini-batch boundaries this call crosses
+    p += L;
+  }
   if (before.batch) {
     st.W = before.W, st.G = before.G;
     st.conv_tail = before.conv_tail;

@@ -65,6 +65,8 @@ struct TTTState {
   std::vector<at::Tensor> W;      // per inner layer: weights at the start of the current mini-batch
   std::vector<at::Tensor> G;      // per inner layer: sum_j lr_j * grad_j over the mini-batch so far
   at::Tensor conv_tail;           // [B, C, conv_kernel-1]: last inputs of the shared-QK convs
+  int64_t updates = 0;            // mini-batch updates committed since the state was made, summed
+                                  // over slots (diagnostics; resets do not clear it)
 
   TTTState() = default;
   explicit TTTState(int64_t batch_size);

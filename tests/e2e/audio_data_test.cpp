@@ -145,3 +145,75 @@ TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
   ASSERT_EQ(run(cli() + " train --quiet --config " + d.file("train.yaml") + " --set run_dir=" + d.file("run2"), &out), 0) << out;
   EXPECT_NE(out.find("0 encoded now, 1 from the cache"), std::string::npos) << out;
 }
+
+// Audio-only long-form data (LibriLight style): a mono file with no alignments beside it. The text
+// stream is all padding, the mono audio is on both audio streams (or silence on the user's with
+// data.user_stream: silence), and training reads the file continuously (shuffle off).
+TEST(AudioData, MonoWithoutAlignmentsIsAudioOnlyOnBothStreams) {
+  TempDir d;
+  // 4 s of a gliding tone with a slow amplitude envelope, mono, 16 kHz (resampled by the pipeline).
+  const int64_t rate = 16000, n = 4 * rate;
+  at::Tensor t = at::arange(n, at::kDouble) / static_cast<double>(rate);
+  at::Tensor mono = (0.3 * at::sin(2 * M_PI * (220.0 + 60.0 * t) * t) * (0.6 + 0.4 * at::sin(2 * M_PI * 0.7 * t)))
+                        .to(at::kFloat)
+                        .unsqueeze(0);
+  fs::create_directories(d.file("ds"));
+  mt::audio::write_wav(d.file("ds/long.wav"), mono, rate);
+  std::ofstream(d.file("ds/data.jsonl")) << nlohmann::json{{"path", "long.wav"}, {"duration", 4.0}}.dump() << "\n";
+  std::string tok_line;
+#ifdef MT_E2E_SPM_TRAINER
+  {
+    std::ofstream c(d.file("corpus.txt"));
+    for (int i = 0; i < 300; ++i) c << "a long recording read aloud from a book without any alignments\n";
+  }
+  const auto status = sentencepiece::SentencePieceTrainer::Train(std::unordered_map<std::string, std::string>{
+      {"input", d.file("corpus.txt")}, {"model_prefix", d.file("spm")}, {"vocab_size", "40"},
+      {"hard_vocab_limit", "false"}, {"model_type", "unigram"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
+      {"pad_id", "3"}, {"minloglevel", "2"}, {"num_threads", "1"}});
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  tok_line = "\n  tokenizer_path: " + d.file("spm.model");
+#endif
+  const std::string ref = mt::test::reference_dir() + "/mimi/mimi_small";
+  auto write = [&](const std::string& name, const std::string& user_stream) {
+    std::ofstream f(d.file(name));
+    std::ifstream h(std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml");
+    std::stringstream hs;
+    hs << h.rdbuf();
+    f << hs.str() << "\nmoshi_paths:\n  mimi_path: " << ref << "/model.safetensors\n  mimi_config_path: " << ref
+      << "/config.json" << tok_line << "\nrun_dir: " << d.file("run_" + user_stream) << "\ndata:\n  train_data: "
+      << d.file("ds/data.jsonl") << "\n  token_cache: " << d.file("cache_" + user_stream) << "\n  shuffle: false\n  user_stream: "
+      << user_stream << "\nduration_sec: 1.6\nbatch_size: 1\nmax_steps: 3\nseed: 1\noptim:\n  lr: 0.002\nparam_dtype: float32\n"
+      << "gradient_checkpointing: false\nlog_freq: 1\n";
+  };
+  auto shard_of = [&](const std::string& cache) {
+    for (const auto& e : fs::recursive_directory_iterator(d.file(cache)))
+      if (e.path().extension() == ".safetensors") return mt::io::load_all(e.path().string()).at("codes");
+    return at::Tensor();
+  };
+  std::string out;
+  write("copy.yaml", "copy");
+  ASSERT_EQ(run(cli() + " train --config " + d.file("copy.yaml"), &out), 0) << out;
+#ifdef MT_E2E_SPM_TRAINER
+  EXPECT_NE(out.find("1 of 1 files have no alignments beside them: audio-only"), std::string::npos) << out;
+#endif
+  // Three 20-frame sequences of the one 50-frame file: the state runs on through them.
+  EXPECT_NE(out.find("TTT updates per layer"), std::string::npos) << out;
+  at::Tensor copy = shard_of("cache_copy");
+  ASSERT_TRUE(copy.defined());
+  ASSERT_EQ(copy.size(0), 5);
+  EXPECT_EQ(copy.size(1), 50);
+  EXPECT_TRUE(copy[0].eq(3).all().item<bool>()) << "text stream must be all padding";
+  EXPECT_TRUE(copy.narrow(0, 1, 2).equal(copy.narrow(0, 3, 2))) << "mono audio on both streams";
+
+  write("silence.yaml", "silence");
+  ASSERT_EQ(run(cli() + " train --quiet --config " + d.file("silence.yaml"), &out), 0) << out;
+  at::Tensor sil = shard_of("cache_silence");
+  ASSERT_TRUE(sil.defined());
+  EXPECT_TRUE(sil.narrow(0, 1, 2).equal(copy.narrow(0, 1, 2))) << "Moshi's stream is the audio";
+  EXPECT_FALSE(sil.narrow(0, 3, 2).equal(copy.narrow(0, 3, 2))) << "the user's stream is silence";
+
+  // Bad option value: named.
+  write("bad.yaml", "nobody");
+  EXPECT_NE(run(cli() + " train --quiet --config " + d.file("bad.yaml"), &out), 0);
+  EXPECT_NE(out.find("data.user_stream"), std::string::npos) << out;
+}

@@ -156,3 +156,36 @@ TEST(Cli, ScoreHybridWholeEqualsStreaming) {
   expect_clean_error("score --config " + d.file("bad.yaml") + " --codes " + d.file("codes.safetensors"),
                      "ttt.mini_batch: unknown field");
 }
+
+TEST(Cli, ScoreWithYarnPastTheOriginalContext) {
+  // A model YAML adds YaRN (4x over 16 frames) to the tiny preset: score 80 frames whole and streamed.
+  TempDir d;
+  at::Tensor codes = at::randint(64, {1, 5, 80}, at::kLong);
+  mt::io::save(d.file("codes.safetensors"), std::vector<std::pair<std::string, at::Tensor>>{{"codes", codes}});
+  std::ofstream(d.file("yarn.yaml")) << "preset: tiny\nrope_scaling:\n  type: yarn\n  factor: 4\n"
+                                        "  original_max_position_embeddings: 16\n";
+  std::ofstream(d.file("plain.yaml")) << "preset: tiny\n";
+  std::string out;
+  for (const char* name : {"yarn", "plain"})
+    ASSERT_EQ(run(cli() + " score --threads 1 --config " + d.file(std::string(name) + ".yaml") + " --codes " +
+                      d.file("codes.safetensors") + " --out " + d.file(std::string(name) + ".safetensors"),
+                  &out),
+              0)
+        << out;
+  ASSERT_EQ(run(cli() + " score --threads 1 --streaming --chunk 5 --config " + d.file("yarn.yaml") + " --codes " +
+                    d.file("codes.safetensors") + " --out " + d.file("yarn_s.safetensors"),
+                &out),
+            0)
+      << out;
+  at::Tensor y = mt::io::SafeTensors(d.file("yarn.safetensors")).get("ce");
+  at::Tensor ys = mt::io::SafeTensors(d.file("yarn_s.safetensors")).get("ce");
+  at::Tensor p = mt::io::SafeTensors(d.file("plain.safetensors")).get("ce");
+  at::Tensor m = mt::io::SafeTensors(d.file("yarn.safetensors")).get("mask");
+  EXPECT_TRUE(y.masked_select(m).isfinite().all().item<bool>());
+  EXPECT_LT((y - ys).abs().masked_select(m).max().item<float>(), 1e-4);
+  EXPECT_GT((y - p).abs().masked_select(m).max().item<float>(), 1e-4);
+  // YaRN on a model without RoPE, or a mistyped field, is a clear error.
+  std::ofstream(d.file("bad.yaml")) << "preset: tiny\nrope_scaling:\n  type: yarn\n  factor: 4\n";
+  expect_clean_error("score --config " + d.file("bad.yaml") + " --codes " + d.file("codes.safetensors"),
+                     "original_max_position_embeddings");
+}

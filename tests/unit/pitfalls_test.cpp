@@ -147,6 +147,7 @@ TEST(Pitfalls, Row02_OutputGoesThroughPostNormAndOProjAsTheReference) {
 TEST(Pitfalls, Row03_EveryConfigVariantInitsTrainsAndScores) {
   const std::vector<std::string> variants = {
       "variant: hybrid\ntype: linear\nmini_batch_size: 4", "variant: hybrid\ntype: mlp\nmini_batch_size: 4",
+      "variant: hybrid\ntype: mlp\nmlp_layers: 3\nmini_batch_size: 4",
       "variant: adapter\ntype: linear\nadapter_rank: 4\nmini_batch_size: 4",
       "variant: adapter\ntype: mlp\nadapter_rank: 4\nmini_batch_size: 4",
       "variant: inplace\ninplace_chunk_size: 4"};
