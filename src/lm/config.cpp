@@ -1,6 +1,7 @@
 #include "lm/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -33,6 +34,7 @@ TransformerConfig LMConfig::transformer() const {
   t.norm = norm;
   t.positional_embedding = positional_embedding;
   t.max_period = max_period;
+  t.rope_scaling = rope_scaling;
   t.gating = gating;
   t.layer_scale = layer_scale;
   t.context = context;
@@ -118,6 +120,10 @@ void LMConfig::validate() const {
   MT_CHECK(!bias_proj, "bias_proj=true is not supported");
   check_transformer(transformer(), "transformer");
   if (dep_q > 0) check_transformer(depformer(), "depformer");
+  rope_scaling.validate("rope_scaling");
+  // No silent setting: YaRN only acts on RoPE.
+  MT_CHECK(!rope_scaling.on() || positional_embedding == "rope" || positional_embedding == "sin_rope",
+           "rope_scaling: set, but positional_embedding is '", positional_embedding, "' (no RoPE to scale)");
 }
 
 namespace {
@@ -169,7 +175,7 @@ LMConfig LMConfig::from_json(const json& j, const std::string& src) {
       "depformer_weights_per_step", "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings",
       "depformer_pos_emb", "depformer_norm", "depformer_num_heads", "depformer_num_layers", "depformer_gating",
       "depformer_max_period", "depformer_layer_scale", "existing_text_padding_id", "existing_text_end_padding_id",
-      "kv_repeat", "demux_second_text_stream"};
+      "kv_repeat", "demux_second_text_stream", "rope_scaling"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (known.count(it.key()) || kIgnored.count(it.key())) continue;
     fail(src, ": unknown LM config field '", it.key(), "'");
@@ -190,6 +196,7 @@ LMConfig LMConfig::from_json(const json& j, const std::string& src) {
   get(j, "bias_proj", c.bias_proj, src);
   get(j, "positional_embedding", c.positional_embedding, src);
   get(j, "max_period", c.max_period, src);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) c.rope_scaling = RopeScaling::from_json(j["rope_scaling"], src + ": rope_scaling");
   get(j, "gating", c.gating, src);
   get_opt(j, "layer_scale", c.layer_scale, src);
   get_opt(j, "context", c.context, src);
@@ -246,6 +253,7 @@ json LMConfig::to_json() const {
   j["norm"] = norm;
   j["positional_embedding"] = positional_embedding;
   j["max_period"] = max_period;
+  if (rope_scaling.on()) j["rope_scaling"] = rope_scaling.to_json();
   j["gating"] = gating;
   j["layer_scale"] = layer_scale ? json(*layer_scale) : json(nullptr);
   j["context"] = context ? json(*context) : json(nullptr);
@@ -266,6 +274,53 @@ json LMConfig::to_json() const {
   if (depformer_layer_scale) j["depformer_layer_scale"] = *depformer_layer_scale;
   j["existing_text_padding_id"] = existing_text_padding_id ? json(*existing_text_padding_id) : json(nullptr);
   j["existing_text_end_padding_id"] = existing_text_end_padding_id;
+  return j;
+}
+
+double RopeScaling::mscale() const { return attention_factor.value_or(0.1 * std::log(factor) + 1.0); }
+
+double RopeScaling::scaled_frequency(double theta) const {
+  if (!on()) return theta;
+  const double r = static_cast<double>(original_context) * theta / (2.0 * M_PI);
+  const double g = std::clamp((r - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0);
+  return (1.0 - g) * theta / factor + g * theta;
+}
+
+void RopeScaling::validate(const std::string& w) const {
+  MT_CHECK(type == "none" || type == "yarn", w, ".type: '", type, "' (expected yarn or none)");
+  if (!on()) return;
+  MT_CHECK(std::isfinite(factor) && factor >= 1.0, w, ".factor must be >= 1, got ", factor);
+  MT_CHECK(original_context >= 1, w, ".original_max_position_embeddings must be >= 1, got ", original_context);
+  MT_CHECK(std::isfinite(beta_fast) && std::isfinite(beta_slow) && beta_slow > 0 && beta_fast > beta_slow, w,
+           ".beta_fast must be > beta_slow > 0, got ", beta_fast, " and ", beta_slow);
+  if (attention_factor) MT_CHECK(std::isfinite(*attention_factor) && *attention_factor > 0, w, ".attention_factor must be > 0");
+}
+
+RopeScaling RopeScaling::from_json(const json& j, const std::string& w) {
+  MT_CHECK(j.is_object(), w, ": expected an object");
+  static const std::set<std::string> known = {"type", "rope_type", "factor", "original_max_position_embeddings",
+                                              "beta_fast", "beta_slow", "attention_factor"};
+  for (auto it = j.begin(); it != j.end(); ++it) MT_CHECK(known.count(it.key()), w, ": unknown field '", it.key(), "'");
+  RopeScaling r;
+  try {
+    if (j.contains("type")) r.type = j["type"].get<std::string>();
+    if (j.contains("rope_type")) r.type = j["rope_type"].get<std::string>();
+    if (j.contains("factor")) r.factor = j["factor"].get<double>();
+    if (j.contains("original_max_position_embeddings")) r.original_context = j["original_max_position_embeddings"].get<int64_t>();
+    if (j.contains("beta_fast")) r.beta_fast = j["beta_fast"].get<double>();
+    if (j.contains("beta_slow")) r.beta_slow = j["beta_slow"].get<double>();
+    if (j.contains("attention_factor") && !j["attention_factor"].is_null()) r.attention_factor = j["attention_factor"].get<double>();
+  } catch (const std::exception& e) {
+    fail(w, ": bad field type: ", e.what());
+  }
+  r.validate(w);
+  return r;
+}
+
+json RopeScaling::to_json() const {
+  json j{{"type", type}, {"factor", factor}, {"original_max_position_embeddings", original_context},
+         {"beta_fast", beta_fast}, {"beta_slow", beta_slow}};
+  if (attention_factor) j["attention_factor"] = *attention_factor;
   return j;
 }
 

@@ -10,6 +10,32 @@
 
 namespace mt::lm {
 
+// YaRN RoPE scaling (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large Language
+// Models", NTK-by-parts interpolation with attention temperature), for the temporal transformer: a model
+// trained with `original_context` tokens runs at `factor` times that. A RoPE pair of frequency θ
+// (radians per token) turns r = L θ / 2π times over the original context L; with
+//   γ(r) = 0 for r < β_slow, 1 for r > β_fast, (r − β_slow) / (β_fast − β_slow) between,
+// its frequency becomes θ' = (1 − γ) θ / s + γ θ (slow pairs interpolated, fast ones kept). Queries and
+// keys are both scaled by √(1/t) = attention_factor (default 0.1 ln s + 1), so logits by 1/t.
+struct RopeScaling {
+  std::string type = "none";               // none | yarn
+  double factor = 1.0;                     // s
+  int64_t original_context = 0;            // L (HF: original_max_position_embeddings)
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  std::optional<double> attention_factor;  // √(1/t); default 0.1 ln(s) + 1
+
+  bool on() const { return type == "yarn"; }
+  double mscale() const;
+  double scaled_frequency(double theta) const;  // θ' of a pair of frequency θ
+  // Throws mt::Error naming `where`.<field> for bad values.
+  void validate(const std::string& where) const;
+  // From {"type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+  // "attention_factor"}; unknown or mistyped fields throw naming them.
+  static RopeScaling from_json(const nlohmann::json& j, const std::string& where);
+  nlohmann::json to_json() const;
+};
+
 struct TransformerConfig {
   int64_t d_model = 0;
   int64_t num_heads = 8;
@@ -18,6 +44,7 @@ struct TransformerConfig {
   std::string norm = "layer_norm";       // layer_norm | layer_norm_f32 | rms_norm | rms_norm_f32
   std::string positional_embedding = "sin";  // sin | rope | sin_rope | none
   double max_period = 10000;
+  RopeScaling rope_scaling;
   std::string gating = "none";           // none | silu | gelu | ...
   std::optional<double> layer_scale;
   std::optional<int64_t> context;        // sliding attention window (steps); none = unbounded
@@ -46,6 +73,7 @@ struct LMConfig {
   bool bias_proj = false;
   std::string positional_embedding = "sin";
   double max_period = 10000;
+  RopeScaling rope_scaling;  // temporal transformer only (ours; Kyutai's config has none)
   std::string gating = "none";
   std::optional<double> layer_scale;
   std::optional<int64_t> context;

@@ -68,7 +68,7 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   ModelConfigFile c;
   const fs::path dir = fs::path(path).parent_path();
   auto resolve = [&](const std::string& p) { return fs::path(p).is_absolute() ? p : (dir / p).string(); };
-  static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora"};
+  static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora", "rope_scaling"};
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string k = yaml::key_text(it->first, path + ": ");
     MT_CHECK(known.count(k) || other_fields.count(k), path, ": ", k, ": unknown field");
@@ -103,6 +103,17 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
     c.lm = LMConfig::from_file(config_path);
   } else {
     c.lm = LMConfig::from_json(to_json(root["lm"]), path + ": lm");
+  }
+  // A top-level rope_scaling applies YaRN on top of any model source (e.g. to score a model trained at
+  // 3000 tokens on 12000).
+  if (root["rope_scaling"]) {
+    MT_CHECK(!c.lm.rope_scaling.on() || !root["lm"], path, ": rope_scaling is given twice (top level and lm)");
+    c.lm.rope_scaling = RopeScaling::from_json(to_json(root["rope_scaling"]), path + ": rope_scaling");
+    try {
+      c.lm.validate();
+    } catch (const Error& e) {
+      fail(path, ": ", e.what());
+    }
   }
   c.ttt = TTTIntegrationConfig::from_yaml(root["ttt"]);
   c.lora = LoRAConfig::from_yaml(root["lora"]);

@@ -95,14 +95,24 @@ at::Tensor ScaledEmbeddingImpl::forward(const at::Tensor& ids) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, double max_period) {
+void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, double max_period, const RopeScaling* yarn) {
   const int64_t D = q.size(-1);
   auto fopt = at::TensorOptions().dtype(at::kFloat).device(q.device());
   at::Tensor ds = at::arange(D / 2, fopt);
   at::Tensor freqs = at::exp(ds * static_cast<float>(-std::log(max_period) * 2.0 / static_cast<double>(D)));
+  if (yarn && yarn->on()) {  // per-pair YaRN frequencies, computed in double on the host (D/2 values)
+    std::vector<float> f(static_cast<size_t>(D / 2));
+    for (int64_t i = 0; i < D / 2; ++i)
+      f[i] = static_cast<float>(yarn->scaled_frequency(std::pow(max_period, -2.0 * static_cast<double>(i) / static_cast<double>(D))));
+    freqs = at::tensor(f, at::kFloat).to(q.device());
+  }
   at::Tensor ts = positions.to(at::kFloat).unsqueeze(1).unsqueeze(-1);  // [B, 1, T, 1]
   at::Tensor ang = freqs * ts;                                          // [B, 1, T, D/2]
   at::Tensor rotr = at::cos(ang), roti = at::sin(ang);
+  if (yarn && yarn->on()) {  // attention temperature: q and k both scaled by sqrt(1/t)
+    rotr = rotr * yarn->mscale();
+    roti = roti * yarn->mscale();
+  }
   auto rot = [&](const at::Tensor& x) {
     auto dims = x.sizes().vec();
     dims.back() = D / 2;
@@ -246,7 +256,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& offsets
   at::Tensor steps = at::arange(T, lopt);
   at::Tensor pos_q = cache ? offsets.view({-1, 1}) + steps : steps.view({1, T}).expand({B, T});  // [B, T]
   const bool rope = cfg.positional_embedding == "rope" || cfg.positional_embedding == "sin_rope";
-  if (rope) apply_rope(q, k, pos_q, cfg.max_period);
+  if (rope) apply_rope(q, k, pos_q, cfg.max_period, &cfg.rope_scaling);
 
   at::Tensor keys = k, values = v, pos_k;
   if (cache) {

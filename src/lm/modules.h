@@ -179,7 +179,9 @@ struct StreamingTransformerImpl : torch::nn::Module {
 TORCH_MODULE(StreamingTransformer);
 
 // Interleaved RoPE (pairs 2i, 2i+1), fp32 math; q, k: [B, H, T, D]; positions: [B, T] (long).
-void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, double max_period);
+// yarn: optional YaRN scaling of the frequencies and the attention temperature (config.h).
+void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, double max_period,
+                const RopeScaling* yarn = nullptr);
 // Sinusoidal embedding [B, T, dim] (cos half then sin half) for positions [B, T].
 at::Tensor sin_embedding(const at::Tensor& positions, int64_t dim, double max_period, at::ScalarType dtype);
 at::Tensor activation(const std::string& name, const at::Tensor& x);
