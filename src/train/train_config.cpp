@@ -138,6 +138,13 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
     read(root, w, "threads", c.threads, s);
     read(root, w, "init_seed", c.init_seed, s);
     c.model = lm::ModelConfigFile::from_yaml(root, path, s);
+    // Pitfalls.md row 9: a setting that nothing reads in this run is an error, not a silent no-op.
+    auto unread = [&](const YAML::Node& n, const char* key, bool read_here, const char* why) {
+      MT_CHECK(!n || !n[key] || read_here, w, key, " is set, but ", why, ": no code reads it (remove it)");
+    };
+    for (const char* k : {"eval_freq", "eval_batches"}) unread(root, k, c.do_eval, "do_eval is false");
+    unread(root["data"], "eval_data", c.do_eval, "do_eval is false");
+    for (const char* k : {"ckpt_freq", "num_ckpt_keep", "save_adapters"}) unread(root, k, c.do_ckpt, "do_ckpt is false");
     // Data paths are relative to the config's folder, like the model paths.
     auto resolve = [&](std::string& p) {
       if (!p.empty() && p[0] != '/') {

@@ -59,6 +59,23 @@ at::Tensor synthesize(const TempDir& d, const std::vector<Word>& words, std::vec
   return st;
 }
 
+#ifdef MT_E2E_SPM_TRAINER
+// Trains a SentencePiece model (ids: unk 0, bos 1, eos 2, pad 3) small enough for the tiny LM's 64 text
+// ids on one sentence repeated; returns the model-config line that points at it.
+std::string spm_tokenizer_line(const TempDir& d, const std::string& sentence, int vocab) {
+  {
+    std::ofstream c(d.file("corpus.txt"));
+    for (int i = 0; i < 300; ++i) c << sentence << "\n";
+  }
+  const auto status = sentencepiece::SentencePieceTrainer::Train(std::unordered_map<std::string, std::string>{
+      {"input", d.file("corpus.txt")}, {"model_prefix", d.file("spm")}, {"vocab_size", std::to_string(vocab)},
+      {"hard_vocab_limit", "false"}, {"model_type", "unigram"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
+      {"pad_id", "3"}, {"minloglevel", "2"}, {"num_threads", "1"}});
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  return "\n  tokenizer_path: " + d.file("spm.model");
+}
+#endif
+
 }  // namespace
 
 TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
@@ -84,16 +101,8 @@ TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
   // A SentencePiece model small enough for the tiny LM's 64 text ids.
   std::string tok_line;
 #ifdef MT_E2E_SPM_TRAINER
-  {
-    std::ofstream c(d.file("corpus.txt"));
-    for (int i = 0; i < 300; ++i) c << "hello there moshi speaks again and the user talks back to it\n";
-  }
-  const auto status = sentencepiece::SentencePieceTrainer::Train(std::unordered_map<std::string, std::string>{
-      {"input", d.file("corpus.txt")}, {"model_prefix", d.file("spm")}, {"vocab_size", "48"},
-      {"hard_vocab_limit", "false"}, {"model_type", "unigram"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
-      {"pad_id", "3"}, {"minloglevel", "2"}, {"num_threads", "1"}});
-  ASSERT_TRUE(status.ok()) << status.ToString();
-  tok_line = "\n  tokenizer_path: " + d.file("spm.model");
+  tok_line = spm_tokenizer_line(d, "hello there moshi speaks again and the user talks back to it", 48);
+  ASSERT_FALSE(HasFailure()) << "SentencePiece training failed";
 #endif
   const std::string ref = mt::test::reference_dir() + "/mimi/mimi_small";
   {
@@ -162,16 +171,8 @@ TEST(AudioData, MonoWithoutAlignmentsIsAudioOnlyOnBothStreams) {
   std::ofstream(d.file("ds/data.jsonl")) << nlohmann::json{{"path", "long.wav"}, {"duration", 4.0}}.dump() << "\n";
   std::string tok_line;
 #ifdef MT_E2E_SPM_TRAINER
-  {
-    std::ofstream c(d.file("corpus.txt"));
-    for (int i = 0; i < 300; ++i) c << "a long recording read aloud from a book without any alignments\n";
-  }
-  const auto status = sentencepiece::SentencePieceTrainer::Train(std::unordered_map<std::string, std::string>{
-      {"input", d.file("corpus.txt")}, {"model_prefix", d.file("spm")}, {"vocab_size", "40"},
-      {"hard_vocab_limit", "false"}, {"model_type", "unigram"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
-      {"pad_id", "3"}, {"minloglevel", "2"}, {"num_threads", "1"}});
-  ASSERT_TRUE(status.ok()) << status.ToString();
-  tok_line = "\n  tokenizer_path: " + d.file("spm.model");
+  tok_line = spm_tokenizer_line(d, "a long recording read aloud from a book without any alignments", 40);
+  ASSERT_FALSE(HasFailure()) << "SentencePiece training failed";
 #endif
   const std::string ref = mt::test::reference_dir() + "/mimi/mimi_small";
   auto write = [&](const std::string& name, const std::string& user_stream) {

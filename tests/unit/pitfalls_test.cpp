@@ -21,6 +21,7 @@
 #include "train/train_config.h"
 #include "train/trainer.h"
 #include "ttt/inplace.h"
+#include "lm_test_util.h"
 #include "ttt_test_util.h"
 #include "util/pitfall_switch.h"
 #include "util/runtime.h"
@@ -68,23 +69,9 @@ double state_diff(const ttt::TTTState& a, const ttt::TTTState& b) {
   return d;
 }
 
-lm::LMConfig tiny_lm() {
-  lm::LMConfig c = lm::LMConfig::tiny();
-  c.dim = 32;
-  c.num_heads = 2;
-  c.num_layers = 2;
-  c.context = 40;
-  return c;
-}
-
-lm::TTTIntegrationConfig ttt_yaml(const std::string& y) {
-  return lm::TTTIntegrationConfig::from_yaml(YAML::Load("enable: true\nlayers: \"1\"\n" + y));
-}
-
-at::Tensor random_codes(const lm::LMConfig& c, int64_t B, int64_t T, uint64_t seed) {
-  at::Generator g = at::detail::createCPUGenerator(seed);
-  return at::randint(std::min(c.card, c.text_card), {B, c.num_codebooks(), T}, g, at::kLong);
-}
+using test::random_codes;
+using test::tiny_lm;
+using test::ttt_yaml;
 
 ttt::InPlaceConfig inplace_cfg(int64_t D, int64_t H, int64_t C) {
   ttt::InPlaceConfig c;

@@ -6,9 +6,13 @@
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
+#include <fstream>
+
 #include "lm/lm_model.h"
 #include "test_util.h"
+#include "train/train_config.h"
 #include "ttt/inplace.h"
+#include "lm_test_util.h"
 #include "ttt_test_util.h"
 #include "util/pitfall_switch.h"
 
@@ -35,23 +39,9 @@ at::Tensor rnd(std::vector<int64_t> shape, uint64_t seed) {
   return at::randn(shape, g, at::TensorOptions().dtype(at::kDouble));
 }
 
-lm::LMConfig tiny_lm() {
-  lm::LMConfig c = lm::LMConfig::tiny();
-  c.dim = 32;
-  c.num_heads = 2;
-  c.num_layers = 3;
-  c.context = 40;
-  return c;
-}
-
-lm::TTTIntegrationConfig ttt_yaml(const std::string& y) {
-  return lm::TTTIntegrationConfig::from_yaml(YAML::Load("enable: true\nlayers: \"1\"\n" + y));
-}
-
-at::Tensor random_codes(const lm::LMConfig& c, int64_t B, int64_t T, uint64_t seed) {
-  at::Generator g = at::detail::createCPUGenerator(seed);
-  return at::randint(std::min(c.card, c.text_card), {B, c.num_codebooks(), T}, g, at::kLong);
-}
+lm::LMConfig tiny_lm() { return test::tiny_lm(3); }  // TTT on the middle one of 3 layers
+using test::random_codes;
+using test::ttt_yaml;
 
 // A tiny LM with In-Place TTT whose target conv and projection are random (the official zero init
 // would make every update zero).
@@ -222,4 +212,18 @@ TEST(Pitfalls, Row11_TttUpdatesAreCountedPerLayerAndShortSequencesShowNone) {
   EXPECT_EQ(count("variant: inplace\ninplace_chunk_size: 4", 10), (std::vector<int64_t>{0, 4, 0}));
   // The exploration's setup: sequences shorter than one chunk. No update at all, and the check sees it.
   EXPECT_EQ(count("variant: inplace\ninplace_chunk_size: 16", 10), (std::vector<int64_t>{0, 0, 0}));
+}
+
+// Row 9 for the training fields: settings of a disabled feature are refused by name.
+TEST(Pitfalls, Row09_TrainFieldsOfADisabledFeatureAreErrors) {
+  test::TempDir d;
+  auto load = [&](const std::string& extra) {
+    std::ofstream(d.file("t.yaml")) << "preset: tiny\nrun_dir: r\ndata:\n  train_data: x.jsonl\n" << extra;
+    return train::TrainConfig::load(d.file("t.yaml"));
+  };
+  EXPECT_NO_THROW(load("do_eval: true\neval_freq: 5\n"));
+  test::expect_error([&] { load("eval_freq: 5\n"); }, {"eval_freq", "do_eval is false"});
+  test::expect_error([&] { load("do_ckpt: false\nckpt_freq: 5\n"); }, {"ckpt_freq", "do_ckpt is false"});
+  std::ofstream(d.file("t.yaml")) << "preset: tiny\nrun_dir: r\ndata:\n  train_data: x.jsonl\n  eval_data: y.jsonl\n";
+  test::expect_error([&] { train::TrainConfig::load(d.file("t.yaml")); }, {"eval_data", "do_eval is false"});
 }
