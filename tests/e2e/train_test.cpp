@@ -38,11 +38,15 @@ std::string write_config(TempDir& d, const std::string& name, const std::string&
   return d.file(name);
 }
 
-std::vector<nlohmann::json> metrics(const std::string& run_dir) {
+// The records of one kind (train, eval, summary) of a run's metrics.jsonl.
+std::vector<nlohmann::json> metrics(const std::string& run_dir, const std::string& kind = "train") {
   std::vector<nlohmann::json> out;
   std::ifstream in(run_dir + "/metrics.jsonl");
   for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+    if (!line.empty()) {
+      auto j = nlohmann::json::parse(line);
+      if (j.value("kind", "") == kind) out.push_back(j);
+    }
   return out;
 }
 }  // namespace
@@ -60,6 +64,11 @@ TEST_P(TrainConfigs, TrainsAndItsCheckpointScores) {
   ASSERT_EQ(m.size(), 2u) << out;
   EXPECT_TRUE(m[1]["loss"].is_number());
   EXPECT_TRUE(m[1].contains("ttt_state_change")) << m[1].dump();
+  // Pitfall 11: the run's summary counts the TTT updates of its TTT layer (layer 1), and there were some.
+  auto s = metrics(d.file("t.yaml.run"), "summary");
+  ASSERT_EQ(s.size(), 1u) << out;
+  ASSERT_TRUE(s[0]["ttt_updates"].contains("1")) << s[0].dump();
+  EXPECT_GT(s[0]["ttt_updates"]["1"].get<int64_t>(), 0) << s[0].dump();
   EXPECT_TRUE(fs::exists(d.file("t.yaml.run/loss.png")));
   const std::string ck = d.file("t.yaml.run/checkpoints/checkpoint_000002/consolidated");
   ASSERT_TRUE(fs::exists(ck + "/model.yaml")) << out;

@@ -218,12 +218,14 @@ TEST(Pitfalls, Row11_TttUpdatesAreCountedPerLayerAndShortSequencesShowNone) {
 TEST(Pitfalls, Row09_TrainFieldsOfADisabledFeatureAreErrors) {
   test::TempDir d;
   auto load = [&](const std::string& extra) {
-    std::ofstream(d.file("t.yaml")) << "preset: tiny\nrun_dir: r\ndata:\n  train_data: x.jsonl\n" << extra;
+    std::ofstream(d.file("t.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n" << extra;
     return train::TrainConfig::load(d.file("t.yaml"));
   };
-  EXPECT_NO_THROW(load("do_eval: true\neval_freq: 5\n"));
+  std::ofstream(d.file("ok.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n"
+                                      "  eval_data: y.jsonl\ndo_eval: true\neval_freq: 5\n";
+  EXPECT_NO_THROW(train::TrainConfig::load(d.file("ok.yaml")));
   test::expect_error([&] { load("eval_freq: 5\n"); }, {"eval_freq", "do_eval is false"});
   test::expect_error([&] { load("do_ckpt: false\nckpt_freq: 5\n"); }, {"ckpt_freq", "do_ckpt is false"});
-  std::ofstream(d.file("t.yaml")) << "preset: tiny\nrun_dir: r\ndata:\n  train_data: x.jsonl\n  eval_data: y.jsonl\n";
+  std::ofstream(d.file("t.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n  eval_data: y.jsonl\n";
   test::expect_error([&] { train::TrainConfig::load(d.file("t.yaml")); }, {"eval_data", "do_eval is false"});
 }
