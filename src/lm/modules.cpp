@@ -100,11 +100,12 @@ void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, doubl
   auto fopt = at::TensorOptions().dtype(at::kFloat).device(q.device());
   at::Tensor ds = at::arange(D / 2, fopt);
   at::Tensor freqs = at::exp(ds * static_cast<float>(-std::log(max_period) * 2.0 / static_cast<double>(D)));
-  if (yarn && yarn->on()) {  // per-pair YaRN frequencies, computed in double on the host (D/2 values)
-    std::vector<float> f(static_cast<size_t>(D / 2));
-    for (int64_t i = 0; i < D / 2; ++i)
-      f[i] = static_cast<float>(yarn->scaled_frequency(std::pow(max_period, -2.0 * static_cast<double>(i) / static_cast<double>(D))));
-    freqs = at::tensor(f, at::kFloat).to(q.device());
+  if (yarn && yarn->on()) {
+    // RopeScaling::scaled_frequency on the device (no host loop or upload per step): pair i turns
+    // r = L θ / 2π times over the original context; γ ramps from 0 at β_slow to 1 at β_fast.
+    at::Tensor r = freqs * static_cast<float>(static_cast<double>(yarn->original_context) / (2.0 * M_PI));
+    at::Tensor g = ((r - yarn->beta_slow) / (yarn->beta_fast - yarn->beta_slow)).clamp(0.0, 1.0);
+    freqs = (1.0 - g) * freqs / yarn->factor + g * freqs;
   }
   at::Tensor ts = positions.to(at::kFloat).unsqueeze(1).unsqueeze(-1);  // [B, 1, T, 1]
   at::Tensor ang = freqs * ts;                                          // [B, 1, T, D/2]
