@@ -26,6 +26,7 @@ void register_all(CLI::App& app) {
   add_codec(app);
   add_eval(app);
   add_report(app);
+  add_synth_data(app);
 }
 
 namespace {

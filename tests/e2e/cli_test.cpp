@@ -7,6 +7,8 @@
 
 #include "io/safetensors.h"
 #include "test_util.h"
+#include "train/data.h"
+#include "train/synthetic.h"
 
 using mt::test::cli;
 using mt::test::run;
@@ -188,4 +190,34 @@ TEST(Cli, ScoreWithYarnPastTheOriginalContext) {
   std::ofstream(d.file("bad.yaml")) << "preset: tiny\nrope_scaling:\n  type: yarn\n  factor: 4\n";
   expect_clean_error("score --config " + d.file("bad.yaml") + " --codes " + d.file("codes.safetensors"),
                      "original_max_position_embeddings");
+}
+
+TEST(Cli, SynthDataWritesTheDemosTaskWithItsRecallFrames) {
+  // synth-data's files read back as a token dataset, its recall masks are those the generator's own
+  // rule finds in the codes, the output depends only on the seed, and bad options are clean errors.
+  TempDir d;
+  const std::string args = " --pattern motifs --files 3 --frames 96 --min-gap 20 --seed 5 --masks";
+  std::string out;
+  ASSERT_EQ(run(cli() + " synth-data " + d.file("a") + args, &out), 0) << out;
+  EXPECT_NE(out.find("3 motifs files of 96 frames x 5 streams"), std::string::npos) << out;
+  ASSERT_EQ(run(cli() + " synth-data " + d.file("b") + args, &out), 0) << out;
+  mt::train::SyntheticConfig cfg;
+  cfg.frames = 96;
+  cfg.min_gap = 20;
+  at::Tensor recall = mt::io::SafeTensors(d.file("a/recall.safetensors")).get("recall");
+  ASSERT_EQ(recall.sizes(), (at::IntArrayRef{3, 96}));
+  auto files = mt::train::read_token_index(d.file("a/index.jsonl"));
+  ASSERT_EQ(files.size(), 3u);
+  for (size_t i = 0; i < files.size(); ++i) {
+    at::Tensor codes = mt::io::SafeTensors(files[i].path).get("codes");
+    ASSERT_EQ(codes.sizes(), (at::IntArrayRef{5, 96}));
+    EXPECT_TRUE(codes.ge(0).all().item<bool>() && codes.lt(64).all().item<bool>());
+    EXPECT_TRUE(at::equal(recall[static_cast<int64_t>(i)].to(at::kBool), mt::train::recall_mask(codes, cfg))) << i;
+    const std::string name = std::filesystem::path(files[i].path).filename().string();
+    EXPECT_TRUE(at::equal(codes, mt::io::SafeTensors(d.file("b/" + name)).get("codes"))) << name;
+  }
+  EXPECT_GT(recall.sum().item<int64_t>(), 0);
+  expect_clean_error("synth-data " + d.file("a") + args, "--force");
+  expect_clean_error("synth-data " + d.file("c") + " --pattern spiral", "pattern");
+  expect_clean_error("synth-data " + d.file("c") + " --frames 10 --min-gap 20", "too short");
 }
