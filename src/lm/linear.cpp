@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "util/error.h"
+#include "util/gemv.h"
 
 namespace mt::lm {
 
@@ -41,7 +42,7 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) const {
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x, ttt::TTTState* st, ttt::TTTProbes* probes) const {
-  at::Tensor y = at::linear(x, weight);
+  at::Tensor y = util::linear_nobias(x, weight);  // batch-1 steps: a bandwidth-bound gemv (util/gemv.h)
   if (lora_A) y = y + lora_B->forward(lora_A->forward(x)) * lora_scaling;
   if (ttt_adapter) {
     MT_CHECK(st, "a linear layer with a TTT adapter was run without the adapter's state");
@@ -98,8 +99,8 @@ void TTTAdapterImpl::init(uint64_t seed) const {
 }
 
 at::Tensor TTTAdapterImpl::forward(const at::Tensor& x, ttt::TTTState& st, ttt::TTTProbes* probes) const {
-  at::Tensor z = at::linear(x, down->weight);
-  return at::linear(layer->forward(z, st, probes), up->weight) * scale;
+  at::Tensor z = util::linear_nobias(x, down->weight);
+  return util::linear_nobias(layer->forward(z, st, probes), up->weight) * scale;
 }
 
 int64_t adapter_parameters(int64_t in, int64_t out, const ttt::TTTConfig& inner) {

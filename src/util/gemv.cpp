@@ -1,0 +1,90 @@
+#include "util/gemv.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define MT_GEMV_X86 1
+#endif
+
+namespace mt::util {
+
+namespace {
+
+#ifdef MT_GEMV_X86
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Rows [r0, r1) of y = W x; W row-major with row stride `ld`. One row at a time with four
+// accumulators: a single sequential stream per thread, which the hardware prefetcher follows best
+// (4 rows interleaved measured slower here).
+__attribute__((target("avx2,fma"))) void gemv_rows(const float* W, int64_t ld, const float* x, int64_t in, float* y,
+                                                   int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* w = W + r * ld;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= in; i += 32) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= in; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < in; ++i) s += w[i] * x[i];
+    y[r] = s;
+  }
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+}  // namespace
+
+bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w) {
+#ifdef MT_GEMV_X86
+  if (!cpu_has_avx2_fma()) return false;
+  if (!x.defined() || !w.defined() || x.dim() < 1 || w.dim() != 2) return false;
+  if (!x.device().is_cpu() || !w.device().is_cpu()) return false;
+  if (x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat) return false;
+  if (x.size(-1) != w.size(1) || x.numel() != w.size(1) || w.size(1) == 0 || w.size(0) == 0) return false;
+  if (!w.is_contiguous() || !x.is_contiguous()) return false;
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return false;
+  return true;
+#else
+  (void)x;
+  (void)w;
+  return false;
+#endif
+}
+
+at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w) {
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  at::Tensor y = at::empty(shape, x.options());
+#ifdef MT_GEMV_X86
+  const int64_t out = w.size(0), in = w.size(1);
+  const float* W = w.const_data_ptr<float>();
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  // A thread's share should be worth a wake-up: at least ~64 KiB of weights.
+  const int64_t grain = std::max<int64_t>(16, (int64_t{16} << 10) / in);
+  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) { gemv_rows(W, in, xp, in, yp, r0, r1); });
+#endif
+  return y;
+}
+
+at::Tensor linear_nobias(const at::Tensor& x, const at::Tensor& w) {
+  return fast_gemv_applies(x, w) ? fast_gemv(x, w) : at::linear(x, w);
+}
+
+}  // namespace mt::util
