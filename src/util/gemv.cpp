@@ -42,6 +42,31 @@ __attribute__((target("avx2,fma"))) void gemv_rows(const float* W, int64_t ld, c
   }
 }
 
+// Rows [r0, r1) of Y = X W^T for M = 2..4 input rows: each weight row is read once and dotted with
+// every input row (two accumulators per input row).
+template <int M>
+__attribute__((target("avx2,fma"))) void gemm_rows(const float* W, int64_t ld, const float* x, int64_t in, float* y,
+                                                   int64_t out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* w = W + r * ld;
+    __m256 a[M][2];
+    for (int m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= in; i += 16) {
+      const __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
+      for (int m = 0; m < M; ++m) {
+        a[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + i), a[m][0]);
+        a[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * in + i + 8), a[m][1]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      float s = hsum(_mm256_add_ps(a[m][0], a[m][1]));
+      for (int64_t j = i; j < in; ++j) s += w[j] * x[m * in + j];
+      y[m * out + r] = s;
+    }
+  }
+}
+
 bool cpu_has_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
@@ -56,7 +81,8 @@ bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w) {
   if (!x.defined() || !w.defined() || x.dim() < 1 || w.dim() != 2) return false;
   if (!x.device().is_cpu() || !w.device().is_cpu()) return false;
   if (x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat) return false;
-  if (x.size(-1) != w.size(1) || x.numel() != w.size(1) || w.size(1) == 0 || w.size(0) == 0) return false;
+  if (x.size(-1) != w.size(1) || w.size(1) == 0 || w.size(0) == 0) return false;
+  if (x.numel() / w.size(1) < 1 || x.numel() / w.size(1) > kMaxGemvRows) return false;
   if (!w.is_contiguous() || !x.is_contiguous()) return false;
   if (c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return false;
   return true;
@@ -78,7 +104,15 @@ at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w) {
   float* yp = y.mutable_data_ptr<float>();
   // A thread's share should be worth a wake-up: at least ~64 KiB of weights.
   const int64_t grain = std::max<int64_t>(16, (int64_t{16} << 10) / in);
-  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) { gemv_rows(W, in, xp, in, yp, r0, r1); });
+  const int64_t rows = x.numel() / in;
+  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) {
+    switch (rows) {
+      case 1: gemv_rows(W, in, xp, in, yp, r0, r1); break;
+      case 2: gemm_rows<2>(W, in, xp, in, yp, out, r0, r1); break;
+      case 3: gemm_rows<3>(W, in, xp, in, yp, out, r0, r1); break;
+      default: gemm_rows<4>(W, in, xp, in, yp, out, r0, r1); break;
+    }
+  });
 #endif
   return y;
 }
