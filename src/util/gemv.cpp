@@ -20,35 +20,14 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Rows [r0, r1) of y = W x; W row-major with row stride `ld`. One row at a time with four
-// accumulators: a single sequential stream per thread, which the hardware prefetcher follows best
-// (4 rows interleaved measured slower here).
-__attribute__((target("avx2,fma"))) void gemv_rows(const float* W, int64_t ld, const float* x, int64_t in, float* y,
+// Rows [r0, r1) of Y = X W^T for M = 1..4 input rows, W [out, in] row-major: each weight
+// row is read once, in one sequential stream per thread (which the hardware prefetcher follows), and
+// dotted with every input row (two accumulators per input row: enough to outrun memory).
+template <int M>
+__attribute__((target("avx2,fma"))) void gemm_rows(const float* W, const float* x, int64_t in, float* y, int64_t out,
                                                    int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const float* w = W + r * ld;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= in; i += 32) {
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    for (; i + 8 <= in; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < in; ++i) s += w[i] * x[i];
-    y[r] = s;
-  }
-}
-
-// Rows [r0, r1) of Y = X W^T for M = 2..4 input rows: each weight row is read once and dotted with
-// every input row (two accumulators per input row).
-template <int M>
-__attribute__((target("avx2,fma"))) void gemm_rows(const float* W, int64_t ld, const float* x, int64_t in, float* y,
-                                                   int64_t out, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* w = W + r * ld;
+    const float* w = W + r * in;
     __m256 a[M][2];
     for (int m = 0; m < M; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
     int64_t i = 0;
@@ -94,10 +73,12 @@ bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w) {
 }
 
 at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w) {
+#ifndef MT_GEMV_X86
+  return at::linear(x, w);  // fast_gemv_applies is false here; stay correct if called anyway
+#else
   auto shape = x.sizes().vec();
   shape.back() = w.size(0);
   at::Tensor y = at::empty(shape, x.options());
-#ifdef MT_GEMV_X86
   const int64_t out = w.size(0), in = w.size(1);
   const float* W = w.const_data_ptr<float>();
   const float* xp = x.const_data_ptr<float>();
@@ -107,14 +88,14 @@ at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w) {
   const int64_t rows = x.numel() / in;
   at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) {
     switch (rows) {
-      case 1: gemv_rows(W, in, xp, in, yp, r0, r1); break;
-      case 2: gemm_rows<2>(W, in, xp, in, yp, out, r0, r1); break;
-      case 3: gemm_rows<3>(W, in, xp, in, yp, out, r0, r1); break;
-      default: gemm_rows<4>(W, in, xp, in, yp, out, r0, r1); break;
+      case 1: gemm_rows<1>(W, xp, in, yp, out, r0, r1); break;
+      case 2: gemm_rows<2>(W, xp, in, yp, out, r0, r1); break;
+      case 3: gemm_rows<3>(W, xp, in, yp, out, r0, r1); break;
+      default: gemm_rows<4>(W, xp, in, yp, out, r0, r1); break;
     }
   });
-#endif
   return y;
+#endif
 }
 
 at::Tensor linear_nobias(const at::Tensor& x, const at::Tensor& w) {
