@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <map>
 
+#include "lm/attention_step.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
 #include "bench_main.h"
@@ -125,12 +126,22 @@ void BM_LMStreamingStep(benchmark::State& state) {
   if (g_read_gbps > 0) state.counters["floor_read_ms"] = bytes / (g_read_gbps * 1e9) * 1e3;
 }
 
+// The base model's step with the fused one-query attention and one-pass RMSNorm switched off (the
+// general tensor path), for the paired comparison.
+void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
+  mt::lm::set_fused_step_enabled(false);
+  BM_LMStreamingStep(state);
+  mt::lm::set_fused_step_enabled(true);
+  state.SetLabel("base, general path");
+}
+
 }  // namespace
 
 BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_LMForward)->ArgsProduct({{256}, {0, 1, 2, 3, 4}})->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LMStreamingStepGeneralPath)->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 int main(int argc, char** argv) {
   at::set_num_threads(mt::bench::bench_threads());

@@ -270,6 +270,7 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
   }
   const double rss_loaded = rss_mb();
   double rss_warm = NAN;  // after the first tenth of the first file (allocations of the first chunks done)
+  double rss_streamed = NAN;  // after the last chunk of the first file, before its losses are aggregated
   const int64_t w = o.window > 0 ? o.window : (T_max >= 16000 ? 1000 : std::max<int64_t>(1, T_max / 32));
   const int64_t bins = (T_max + w - 1) / w;
   std::vector<int64_t> positions = o.positions;
@@ -332,6 +333,7 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
       const int64_t warm_at = std::max<int64_t>(o.chunk, codes.size(2) / 10);
       auto after = [&](int64_t end, const std::vector<lm::LayerProbes>& probes) {
         if (i == 0 && &v == &variants.front() && end >= warm_at && end - o.chunk < warm_at) rss_warm = rss_mb();
+        if (i == 0 && &v == &variants.front() && end == codes.size(2)) rss_streamed = rss_mb();
         if (probe_this) {
           const int64_t start = (end - 1) / o.chunk * o.chunk;  // chunks start at multiples of --chunk
           for (size_t l = 0; l < probes.size(); ++l) {
@@ -442,7 +444,10 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     vj.push_back(j);
   }
   summary["variants"] = vj;
-  summary["rss_mb"] = {{"after_loading", num(rss_loaded)}, {"after_warmup", num(rss_warm)}, {"end", num(rss_mb())}};
+  summary["rss_mb"] = {{"after_loading", num(rss_loaded)},
+                       {"after_warmup", num(rss_warm)},
+                       {"after_streaming", num(rss_streamed)},
+                       {"end", num(rss_mb())}};
 
   // curve.csv: one row per bin, columns per variant and loss kind.
   {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "lm/attention_step.h"
 #include "util/error.h"
 #include "util/pitfall_switch.h"
 
@@ -31,6 +32,25 @@ at::Tensor NormImpl::forward(const at::Tensor& x) const {
   if (kind == "layer_norm_f32")
     return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat), bias.to(at::kFloat), eps).to(x.scalar_type());
   // RMSNorm: y = x * alpha * rsqrt(eps + mean(x^2)); rms_norm_f32 computes in float32.
+  const int64_t D = x.size(-1);
+  if (fused_step_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && alpha.scalar_type() == at::kFloat &&
+      x.is_contiguous() && alpha.is_contiguous() && D > 0 && x.numel() <= 4 * D &&
+      !(at::GradMode::is_enabled() && (x.requires_grad() || alpha.requires_grad()))) {
+    // A streaming step's few rows: one pass instead of seven tensor ops.
+    at::Tensor y = at::empty_like(x);
+    const float* xp = x.const_data_ptr<float>();
+    const float* ap = alpha.const_data_ptr<float>();
+    float* yp = y.mutable_data_ptr<float>();
+    for (int64_t r = 0; r < x.numel() / D; ++r) {
+      const float* xr = xp + r * D;
+      float* yr = yp + r * D;
+      double ss = 0;
+      for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+      const float inv = 1.f / std::sqrt(static_cast<float>(ss / static_cast<double>(D)) + static_cast<float>(eps));
+      for (int64_t i = 0; i < D; ++i) yr[i] = xr[i] * (ap[i] * inv);
+    }
+    return y;
+  }
   at::Tensor xf = kind == "rms_norm_f32" ? x.to(at::kFloat) : x;
   at::Tensor var = (xf * xf).mean(-1, /*keepdim=*/true) + eps;
   return (xf * (alpha.to(var.scalar_type()) * at::rsqrt(var))).to(x.scalar_type());
@@ -252,12 +272,17 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& offsets
     if (list->size() == 1) return apply_linear(*list->ptr(0)->as<LinearImpl>(), in, tst, probes);
     return per_step(in, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return list->ptr(s)->as<LinearImpl>()->forward(xi); });
   };
-  at::Tensor qkv = proj(in_projs, x).view({B, T, 3, H, Dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, Dh]
+  const at::Tensor qkv_flat = proj(in_projs, x);  // [B, T, 3 * H * Dh]
+  const bool rope = cfg.positional_embedding == "rope" || cfg.positional_embedding == "sin_rope";
+  if (T == 1 && cfg.causal && fused_attention_step_applies(qkv_flat, cache)) {
+    const FusedStepGeometry g{H, Dh, rope, cfg.max_period, &cfg.rope_scaling, cfg.context};
+    return proj(out_projs, fused_attention_step(qkv_flat, offsets, offset_cpu, *cache, g));
+  }
+  at::Tensor qkv = qkv_flat.view({B, T, 3, H, Dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, Dh]
   at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   auto lopt = at::TensorOptions().dtype(at::kLong).device(x.device());
   at::Tensor steps = at::arange(T, lopt);
   at::Tensor pos_q = cache ? offsets.view({-1, 1}) + steps : steps.view({1, T}).expand({B, T});  // [B, T]
-  const bool rope = cfg.positional_embedding == "rope" || cfg.positional_embedding == "sin_rope";
   if (rope) apply_rope(q, k, pos_q, cfg.max_period, &cfg.rope_scaling);
 
   at::Tensor keys = k, values = v, pos_k;

@@ -36,8 +36,14 @@ TEST(LongStream, OneHourOfGenerationAndScoringKeepsMemoryFlat) {
       << out;
   std::ifstream sj(d.file("run/eval/long_context/summary.json"));
   const auto l = nlohmann::json::parse(sj);
-  // From a tenth of the file to the end (the per-position losses, 4 x 45,000 doubles, are the output).
-  const double a = l["rss_mb"]["after_warmup"].get<double>(), b = l["rss_mb"]["end"].get<double>();
-  EXPECT_LT(b - a, 6.0) << "RSS " << a << " -> " << b << " MB scoring one hour";
+  // While streaming, from a tenth of the file to its last chunk: the loss buffer is allocated up front,
+  // so nothing may grow (measured +0.0 to +0.1 MB); a tensor kept per 32-frame chunk (1,400 chunks)
+  // would add several MB.
+  const double a = l["rss_mb"]["after_warmup"].get<double>(), streamed = l["rss_mb"]["after_streaming"].get<double>();
+  EXPECT_LT(streamed - a, 3.0) << "RSS " << a << " -> " << streamed << " MB streaming one hour";
+  // To the end of the run: the per-position losses (4 x 45,000 doubles) and their aggregation in
+  // [5, 45,000] double tensors, whose freed blocks the allocator keeps (measured +6 to +7 MB).
+  const double b = l["rss_mb"]["end"].get<double>();
+  EXPECT_LT(b - a, 20.0) << "RSS " << a << " -> " << b << " MB scoring one hour";
   EXPECT_EQ(l["frames"]["max"].get<int64_t>(), 45000);
 }
