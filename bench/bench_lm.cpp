@@ -15,6 +15,7 @@
 #include <map>
 
 #include "lm/attention_step.h"
+#include "util/fused.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
 #include "bench_main.h"
@@ -129,9 +130,9 @@ void BM_LMStreamingStep(benchmark::State& state) {
 // The base model's step with the fused one-query attention and one-pass RMSNorm switched off (the
 // general tensor path), for the paired comparison.
 void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
-  mt::lm::set_fused_step_enabled(false);
+  mt::util::set_fused_kernels_enabled(false);
   BM_LMStreamingStep(state);
-  mt::lm::set_fused_step_enabled(true);
+  mt::util::set_fused_kernels_enabled(true);
   state.SetLabel("base, general path");
 }
 

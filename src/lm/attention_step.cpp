@@ -3,29 +3,24 @@
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "util/error.h"
+#include "util/fused.h"
 #include "util/gemv.h"
 
 namespace mt::lm {
 
 namespace {
-std::atomic<bool> g_fused_enabled{true};
-
 bool cpu_float_contiguous(const at::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
 }
 }  // namespace
 
-void set_fused_step_enabled(bool on) { g_fused_enabled.store(on); }
-bool fused_step_enabled() { return g_fused_enabled.load(); }
-
 bool fused_attention_step_applies(const at::Tensor& qkv, const KVCache* cache) {
-  if (!fused_step_enabled() || !cache) return false;
+  if (!util::fused_kernels_enabled() || !cache) return false;
   if (!cpu_float_contiguous(qkv) || qkv.dim() != 3 || qkv.size(1) != 1) return false;
   if (!cpu_float_contiguous(cache->k) || !cpu_float_contiguous(cache->v)) return false;
   if (c10::GradMode::is_enabled() && (qkv.requires_grad() || cache->k.requires_grad() || cache->v.requires_grad()))

@@ -26,7 +26,7 @@ struct FusedStepGeometry {
 };
 
 // True when fused_attention_step can take this call: one query step, CPU, float32 qkv and cache,
-// contiguous, no autograd graph wanted, and the fused path not switched off (set_fused_step_enabled).
+// contiguous, no autograd graph wanted, and the fused kernels not switched off (util/fused.h).
 bool fused_attention_step_applies(const at::Tensor& qkv, const KVCache* cache);
 
 // qkv: [B, 1, 3 * H * Dh] (the in-projection's output, q | k | v, heads inside each); offsets [B] (each
@@ -34,9 +34,5 @@ bool fused_attention_step_applies(const at::Tensor& qkv, const KVCache* cache);
 // into the cache and returns the attention output [B, 1, H * Dh] (heads concatenated, before out_proj).
 at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets, int64_t offset_cpu, KVCache& cache,
                                 const FusedStepGeometry& g);
-
-// Process-wide switch (default on) so tests can run the general path on the same inputs.
-void set_fused_step_enabled(bool on);
-bool fused_step_enabled();
 
 }  // namespace mt::lm

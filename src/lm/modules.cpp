@@ -9,6 +9,7 @@
 
 #include "lm/attention_step.h"
 #include "util/error.h"
+#include "util/fused.h"
 #include "util/pitfall_switch.h"
 
 namespace mt::lm {
@@ -33,7 +34,7 @@ at::Tensor NormImpl::forward(const at::Tensor& x) const {
     return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat), bias.to(at::kFloat), eps).to(x.scalar_type());
   // RMSNorm: y = x * alpha * rsqrt(eps + mean(x^2)); rms_norm_f32 computes in float32.
   const int64_t D = x.size(-1);
-  if (fused_step_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && alpha.scalar_type() == at::kFloat &&
+  if (util::fused_kernels_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && alpha.scalar_type() == at::kFloat &&
       x.is_contiguous() && alpha.is_contiguous() && D > 0 && x.numel() <= 4 * D &&
       !(at::GradMode::is_enabled() && (x.requires_grad() || alpha.requires_grad()))) {
     // A streaming step's few rows: one pass instead of seven tensor ops.

@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <mutex>
 
+#include "ttt/ttt_linear_kernel.h"
 #include "util/error.h"
+#include "util/fused.h"
 #include "util/pitfall_switch.h"
 
 namespace mt::ttt::detail {
@@ -260,10 +262,52 @@ Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor
   return st;
 }
 
+// The TTT-Linear scan through the hand-fused per-stream kernel (ttt_linear_kernel.h): float32 on a CPU
+// with AVX2 + FMA, no probes, the causal mini-batch mask. Other cases take the tensor ops below.
+bool fused_linear_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
+  if (sp.layers != 1 || probes || !util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
+  if (pitfall::on(1)) return false;  // tests only: the bidirectional mini-batch of pitfalls.md row 1
+  // Any layout will do: the kernel reads contiguous copies (no copy where already contiguous).
+  for (const at::Tensor* t : {&in.XQa, &in.XKa, &in.XV, &in.lr, &in.tok, &in.lnw, &in.lnb, &in.W[0], &in.G[0]})
+    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
+  return true;
+}
+
+void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, std::vector<at::Tensor>* saved) {
+  const int64_t N = in.XV.size(0), L = in.XV.size(1), f = in.XV.size(2), fa = f + 1;
+  MT_CHECK(in.XQa.size(-1) == fa && in.W[0].size(1) == fa && in.W[0].size(2) == f && in.lnw.numel() == N * f,
+           "ttt scan: inconsistent TTT-Linear shapes (f = ", f, ")");
+  const auto segs = make_segments(L, sp.K, sp.s0);
+  const auto groups = make_groups(segs.size(), sp.group_size);
+  o.W[0].copy_(in.W[0]);
+  if (sp.s0 > 0) o.G[0].copy_(in.G[0]);  // else the zeros alloc_outputs made
+  const at::Tensor XQa = in.XQa.contiguous(), XKa = in.XKa.contiguous(), XV = in.XV.contiguous(),
+                   LR = in.lr.contiguous(), TOK = in.tok.contiguous(), LNW = in.lnw.contiguous(), LNB = in.lnb.contiguous();
+  const float *xqa = XQa.const_data_ptr<float>(), *xka = XKa.const_data_ptr<float>();
+  const float *xv = XV.const_data_ptr<float>(), *lr = LR.const_data_ptr<float>();
+  const float *tok = TOK.const_data_ptr<float>(), *lnw = LNW.const_data_ptr<float>(), *lnb = LNB.const_data_ptr<float>();
+  float *out = o.out.mutable_data_ptr<float>(), *W = o.W[0].mutable_data_ptr<float>(), *G = o.G[0].mutable_data_ptr<float>();
+  float* sv = saved ? (*saved)[0].mutable_data_ptr<float>() : nullptr;
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> scratch(static_cast<size_t>(linear_segment_scratch(sp.K, f)));
+    for (int64_t n = b; n < e; ++n) {
+      const LinearStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f,
+                            lnb + n * f,      out + n * L * f,  W + n * fa * f, G + n * fa * f};
+      bool live = sp.s0 > 0;
+      for (size_t gi = 0; gi < groups.size(); ++gi) {
+        if (sv) std::copy(st.W, st.W + fa * f, sv + (static_cast<int64_t>(gi) * N + n) * fa * f);
+        for (size_t si = groups[gi].first; si < groups[gi].second; ++si)
+          live = linear_segment(st, f, segs[si].t0, segs[si].m, segs[si].commit, live, sp.eps, scratch.data());
+      }
+    }
+  });
+}
+
 // Forward over all groups without autograd. Writes outputs, final state, and (when `saved` is given)
 // the state of every layer at every group start (saved[l]: [groups, N, ...]).
 void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
                      std::vector<at::Tensor>* saved) {
+  if (fused_linear_applies(sp, in, probes)) return forward_fused_linear(sp, in, o, saved);
   const int64_t N = in.XV.size(0), L = in.XV.size(1);
   const size_t nl = in.W.size();
   auto segs = make_segments(L, sp.K, sp.s0);

@@ -1,7 +1,11 @@
 #include "util/gemv.h"
 
+#include <atomic>
+
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
+
+#include "util/fused.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -46,10 +50,6 @@ __attribute__((target("avx2,fma"))) void gemm_rows(const float* W, const float* 
   }
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
 
 __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -73,6 +73,22 @@ __attribute__((target("avx2,fma"))) void axpy_avx2(float alpha, const float* x, 
 #endif
 
 }  // namespace
+
+namespace {
+std::atomic<bool> g_fused{true};
+}  // namespace
+
+void set_fused_kernels_enabled(bool on) { g_fused.store(on); }
+bool fused_kernels_enabled() { return g_fused.load(); }
+
+bool cpu_has_avx2_fma() {
+#ifdef MT_GEMV_X86
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
 
 bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w) {
 #ifdef MT_GEMV_X86

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "lm/attention_step.h"
+#include "util/fused.h"
 #include "lm/lm_model.h"
 #include "lm/modules.h"
 #include "test_util.h"
@@ -14,8 +15,8 @@ using namespace mt;
 namespace {
 
 struct FusedOff {  // runs a scope on the general path
-  FusedOff() { lm::set_fused_step_enabled(false); }
-  ~FusedOff() { lm::set_fused_step_enabled(true); }
+  FusedOff() { util::set_fused_kernels_enabled(false); }
+  ~FusedOff() { util::set_fused_kernels_enabled(true); }
 };
 
 lm::TransformerConfig attn_config(const std::string& pos, std::optional<int64_t> context) {
