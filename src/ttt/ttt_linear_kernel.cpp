@@ -116,14 +116,46 @@ MT_TTT_TARGET inline float ln_row(const float* __restrict z, int64_t f, double e
 
 }  // namespace
 
+namespace {
+
+// Pre-LN output z of the augmented row x of token t0 + i at its dual-form weights, with token factor t:
+//   z = x W - t (x G + sum_j lr_j (x . xk_j) gz_j), over the segment's keys j <= i (j < i when strict).
+MT_TTT_TARGET void dual_row(const LinearStream& s, int64_t f, int64_t t0, int64_t i, const float* x, float t, bool strict,
+                            bool g_live, const float* gz, float* coef, float* tmp, float* z) {
+  const int64_t fa = f + 1;
+  row_times(x, 1, fa, s.W, f, z, false);
+  if (g_live) {
+    row_times(x, 1, fa, s.G, f, tmp, false);
+    axpy(-t, tmp, z, f);
+  }
+  const int64_t n = strict ? i : i + 1;
+  for (int64_t j = 0; j < n; ++j) coef[j] = -t * s.lr[t0 + j] * dot(x, s.xka + (t0 + j) * fa, fa);
+  if (n > 0) row_times(coef, 1, n, gz, f, z, true);
+}
+
+// 1/2 ||LN(z) - (xv - xk)||^2 of key row t (the probes' inner loss).
+MT_TTT_TARGET float inner_loss(const LinearStream& s, int64_t f, int64_t t, const float* z, double eps, float* xhat) {
+  const float* xk = s.xka + t * (f + 1);
+  const float* xv = s.xv + t * f;
+  ln_row(z, f, eps, xhat);
+  float l = 0.f;
+  for (int64_t j = 0; j < f; ++j) {
+    const float d = s.lnw[j] * xhat[j] + s.lnb[j] - (xv[j] - xk[j]);
+    l += d * d;
+  }
+  return 0.5f * l;
+}
+
+}  // namespace
+
 MT_TTT_TARGET bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, int64_t m, bool commit, bool g_live,
                                   double eps, float* scratch) {
   const int64_t fa = f + 1;
   float* gz = scratch;          // [m, f]: inner-loss gradient w.r.t. the pre-LN output, per key row
-  float* zq = gz + m * f;       // [m, f]: the query rows' pre-LN output
+  float* zq = gz + m * f;       // [m, f]: a row's pre-LN output
   float* tmp = zq + m * f;      // [m, f+1]
-  float* att = tmp + m * fa;    // [m, m]
-  float* xhat = att + m * m;    // [f]
+  float* coef = tmp + m * fa;   // [m] (m * m reserved)
+  float* xhat = coef + m * m;   // [f]
   float* gxh = xhat + f;        // [f]
   float* row = gxh + f;         // [f]
   const float D = static_cast<float>(f);
@@ -140,27 +172,28 @@ MT_TTT_TARGET bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, 
     for (int64_t j = 0; j < f; ++j) g[j] = (gxh[j] * D - s1 - xhat[j] * s2) * inv;
   }
 
-  // 2. Query rows at their per-row weights: zq_i = xq_i W - tok_i (xq_i G + sum_{j<=i} lr_j (xq_i . xk_j) gz_j).
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xq = s.xqa + (t0 + i) * fa;
-    float* z = zq + i * f;
-    row_times(xq, 1, fa, s.W, f, z, false);
-    const float ti = s.tok[t0 + i];
-    if (g_live) {
-      row_times(xq, 1, fa, s.G, f, tmp + i * f, false);
-      axpy(-ti, tmp + i * f, z, f);
-    }
-    float* a = att + i * m;
-    for (int64_t j = 0; j <= i; ++j) a[j] = -ti * s.lr[t0 + j] * dot(xq, s.xka + (t0 + j) * fa, fa);
-    row_times(a, 1, i + 1, gz, f, z, true);
-  }
-
-  // 3. Output: xq + LN(zq).
+  // 2. Output rows: xq + LN(z) at the query's per-row weights.
   for (int64_t i = 0; i < m; ++i) {
     const float* xq = s.xqa + (t0 + i) * fa;
     float* o = s.out + (t0 + i) * f;
-    ln_row(zq + i * f, f, eps, xhat);
+    dual_row(s, f, t0, i, xq, s.tok[t0 + i], false, g_live, gz, coef, tmp, zq);
+    ln_row(zq, f, eps, xhat);
     for (int64_t j = 0; j < f; ++j) o[j] = xq[j] + s.lnw[j] * xhat[j] + s.lnb[j];
+  }
+
+  // 3. Probes (spec 1.13): the inner loss of each key row at the learned initial weights (l0), at the
+  // state before its own update (lprev: the previous token factor, strictly earlier keys) and after it.
+  if (s.l0) {
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t t = t0 + i;
+      const float* xk = s.xka + t * fa;
+      dual_row(s, f, t0, i, xk, s.tok[t], false, g_live, gz, coef, tmp, zq);
+      s.lafter[t] = inner_loss(s, f, t, zq, eps, xhat);
+      dual_row(s, f, t0, i, xk, s.tokprev[t], true, g_live, gz, coef, tmp, zq);
+      s.lprev[t] = inner_loss(s, f, t, zq, eps, xhat);
+      row_times(xk, 1, fa, s.W0, f, zq, false);
+      s.l0[t] = inner_loss(s, f, t, zq, eps, xhat);
+    }
   }
 
   // 4. Gradient sum G += sum_j lr_j xk_j^T gz_j; at the mini-batch's end W -= tok_last G, G restarts.

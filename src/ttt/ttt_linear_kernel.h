@@ -4,7 +4,7 @@
 // call), with the LN-fused L2 gradient in closed form. It computes what detail::scan's general path
 // computes with ~30 tensor ops per segment and head, without their dispatch (f = 64, a mini-batch of
 // 16: each op is a few microseconds of bookkeeping around a few hundred nanoseconds of arithmetic).
-// Forward only: the autograd path keeps the tensor ops.
+// Forward only (with the inner-loss probes): the autograd path keeps the tensor ops.
 #include <cstdint>
 
 namespace mt::ttt::detail {
@@ -20,6 +20,13 @@ struct LinearStream {
   float* out;        // [L, f]: XQ + LN(f_res(XQ))
   float* W;          // [f+1, f] state (bias as the last row), advanced in place
   float* G;          // [f+1, f] gradient sum of the current mini-batch
+  // Inner-loss probes (all null when not wanted): the previous token factor per token, the learned
+  // initial weights, and the per-token losses written.
+  const float* tokprev = nullptr;  // [L]
+  const float* W0 = nullptr;       // [f+1, f]
+  float* l0 = nullptr;             // [L]
+  float* lprev = nullptr;          // [L]
+  float* lafter = nullptr;         // [L]
 };
 
 // Tokens [t0, t0+m) of one mini-batch. g_live: G holds this mini-batch's sum so far (else it is zero

@@ -263,9 +263,13 @@ Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor
 }
 
 // The TTT-Linear scan through the hand-fused per-stream kernel (ttt_linear_kernel.h): float32 on a CPU
-// with AVX2 + FMA, no probes, the causal mini-batch mask. Other cases take the tensor ops below.
+// with AVX2 + FMA, the causal mini-batch mask. Other cases take the tensor ops below. Probes or not, the
+// outputs come from the same kernel code (asking for probes changes no output bit).
 bool fused_linear_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
-  if (sp.layers != 1 || probes || !util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
+  if (sp.layers != 1 || !util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
+  if (probes)
+    for (const at::Tensor* t : {&probes->tokprev, &probes->W0.at(0), &probes->l0, &probes->lprev, &probes->lafter})
+      if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
   if (pitfall::on(1)) return false;  // tests only: the bidirectional mini-batch of pitfalls.md row 1
   // Any layout will do: the kernel reads contiguous copies (no copy where already contiguous).
   for (const at::Tensor* t : {&in.XQa, &in.XKa, &in.XV, &in.lr, &in.tok, &in.lnw, &in.lnb, &in.W[0], &in.G[0]})
@@ -273,7 +277,8 @@ bool fused_linear_applies(const ScanSpec& sp, const ScanInputs& in, const ScanPr
   return true;
 }
 
-void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, std::vector<at::Tensor>* saved) {
+void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
+                          std::vector<at::Tensor>* saved) {
   const int64_t N = in.XV.size(0), L = in.XV.size(1), f = in.XV.size(2), fa = f + 1;
   MT_CHECK(in.XQa.size(-1) == fa && in.W[0].size(1) == fa && in.W[0].size(2) == f && in.lnw.numel() == N * f,
            "ttt scan: inconsistent TTT-Linear shapes (f = ", f, ")");
@@ -288,11 +293,26 @@ void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs&
   const float *tok = TOK.const_data_ptr<float>(), *lnw = LNW.const_data_ptr<float>(), *lnb = LNB.const_data_ptr<float>();
   float *out = o.out.mutable_data_ptr<float>(), *W = o.W[0].mutable_data_ptr<float>(), *G = o.G[0].mutable_data_ptr<float>();
   float* sv = saved ? (*saved)[0].mutable_data_ptr<float>() : nullptr;
+  at::Tensor tokprev, W0, l0, lprev, lafter;  // probes: contiguous inputs, outputs written back below
+  if (probes) {
+    tokprev = probes->tokprev.contiguous();
+    W0 = probes->W0[0].contiguous();
+    l0 = at::empty({N, L}, o.out.options());
+    lprev = at::empty({N, L}, o.out.options());
+    lafter = at::empty({N, L}, o.out.options());
+  }
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
     std::vector<float> scratch(static_cast<size_t>(linear_segment_scratch(sp.K, f)));
     for (int64_t n = b; n < e; ++n) {
-      const LinearStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f,
-                            lnb + n * f,      out + n * L * f,  W + n * fa * f, G + n * fa * f};
+      LinearStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f,
+                      lnb + n * f,      out + n * L * f,  W + n * fa * f, G + n * fa * f};
+      if (probes) {
+        st.tokprev = tokprev.const_data_ptr<float>();
+        st.W0 = W0.const_data_ptr<float>() + n * fa * f;
+        st.l0 = l0.mutable_data_ptr<float>() + n * L;
+        st.lprev = lprev.mutable_data_ptr<float>() + n * L;
+        st.lafter = lafter.mutable_data_ptr<float>() + n * L;
+      }
       bool live = sp.s0 > 0;
       for (size_t gi = 0; gi < groups.size(); ++gi) {
         if (sv) std::copy(st.W, st.W + fa * f, sv + (static_cast<int64_t>(gi) * N + n) * fa * f);
@@ -301,13 +321,18 @@ void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs&
       }
     }
   });
+  if (probes) {
+    probes->l0.copy_(l0);
+    probes->lprev.copy_(lprev);
+    probes->lafter.copy_(lafter);
+  }
 }
 
 // Forward over all groups without autograd. Writes outputs, final state, and (when `saved` is given)
 // the state of every layer at every group start (saved[l]: [groups, N, ...]).
 void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
                      std::vector<at::Tensor>* saved) {
-  if (fused_linear_applies(sp, in, probes)) return forward_fused_linear(sp, in, o, saved);
+  if (fused_linear_applies(sp, in, probes)) return forward_fused_linear(sp, in, o, probes, saved);
   const int64_t N = in.XV.size(0), L = in.XV.size(1);
   const size_t nl = in.W.size();
   auto segs = make_segments(L, sp.K, sp.s0);

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <tuple>
+
 #include "test_util.h"
 #include "ttt/ttt_layer.h"
 #include "unit/ttt_test_util.h"
@@ -105,22 +107,50 @@ TEST(TttFused, CheckpointedGradientsEqualTheTensorPath) {
   for (size_t i = 0; i < gf.size(); ++i) EXPECT_LT(rel(gf[i], gg[i]), 1e-4) << "gradient " << i;
 }
 
-TEST(TttFused, ProbesFloat64AndMlpKeepTheTensorPath) {
-  // The kernel serves float32 TTT-Linear without probes; everything else must give the tensor path's
-  // result exactly (the switch must then change nothing).
-  auto same = [](const TTTLayer& layer, const at::Tensor& x, bool probes) {
+TEST(TttFused, ProbesEqualTheTensorPathAndChangeNoOutputBit) {
+  if (!mt::util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused kernel needs AVX2 + FMA";
+  const auto layer = mt::test::perturbed_layer(mt::test::small_config("linear", 80, 2, 8), 4, at::kFloat);
+  const at::Tensor x = at::randn({2, 37, 80}, at::detail::createCPUGenerator(6));
+  at::NoGradGuard ng;
+  for (int64_t chunk : {37, 5, 1}) {
+    SCOPED_TRACE(mt::str("chunk ", chunk));
+    TTTState a(2), b(2), c(2);
+    std::vector<at::Tensor> yp, yn, yg, l0, lp, la, g0, gp, ga;
+    for (int64_t t = 0; t < 37; t += chunk) {
+      const at::Tensor xc = x.narrow(1, t, std::min(chunk, 37 - t));
+      TTTProbes pf, pg;
+      yp.push_back(layer.forward(xc, a, &pf));
+      yn.push_back(layer.forward(xc, b));
+      {
+        TensorPath tp;
+        yg.push_back(layer.forward(xc, c, &pg));
+      }
+      l0.push_back(pf.l0), lp.push_back(pf.lprev), la.push_back(pf.lafter);
+      g0.push_back(pg.l0), gp.push_back(pg.lprev), ga.push_back(pg.lafter);
+    }
+    EXPECT_TRUE(at::equal(at::cat(yp, 1), at::cat(yn, 1))) << "probes must not change the outputs";
+    EXPECT_LT(rel(at::cat(yp, 1), at::cat(yg, 1)), 2e-5);
+    for (auto [f, g, name] : {std::tuple{&l0, &g0, "l0"}, std::tuple{&lp, &gp, "lprev"}, std::tuple{&la, &ga, "lafter"}}) {
+      const at::Tensor pf = at::cat(*f, 2), pg = at::cat(*g, 2);
+      EXPECT_TRUE(pf.isfinite().all().item<bool>()) << name;
+      EXPECT_LT(rel(pf, pg), 2e-5) << name;
+    }
+  }
+}
+
+TEST(TttFused, Float64AndMlpKeepTheTensorPath) {
+  // The kernel serves float32 TTT-Linear only; elsewhere the switch must change nothing.
+  auto same = [](const TTTLayer& layer, const at::Tensor& x) {
     at::NoGradGuard ng;
     TTTState a(1), b(1);
-    TTTProbes pa, pb;
-    const at::Tensor ya = layer.forward(x, a, probes ? &pa : nullptr);
+    const at::Tensor ya = layer.forward(x, a);
     TensorPath tp;
-    return at::equal(ya, layer.forward(x, b, probes ? &pb : nullptr));
+    return at::equal(ya, layer.forward(x, b));
   };
   const at::Tensor x32 = at::randn({1, 20, 16}, at::detail::createCPUGenerator(3));
-  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kDouble), x32.to(at::kDouble), false));
-  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("mlp"), 1, at::kFloat), x32, false));
-  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kFloat), x32, true));
+  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kDouble), x32.to(at::kDouble)));
+  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("mlp"), 1, at::kFloat), x32));
   if (mt::util::cpu_has_avx2_fma())
-    EXPECT_FALSE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kFloat), x32, false))
+    EXPECT_FALSE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kFloat), x32))
         << "float32 TTT-Linear should take the fused kernel (a different summation order)";
 }
