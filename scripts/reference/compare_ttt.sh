@@ -21,11 +21,15 @@ for r in $(seq "$rounds"); do
   python3 - "$r" <<'PYEOF'
 import json, re, sys
 r = sys.argv[1]
-best = {}
+# Aggregates of 5 repetitions: the fastest run has the min time and the max rate.
+best, fastest_rate = {}, {}
 for b in json.load(open(f"build/reference/ttt_ours_{r}.json"))["benchmarks"]:
+    parts = b["run_name"].split("/")
+    key = parts[1] if parts[0] == "BM_TTT" else parts[0]
     if b.get("aggregate_name") == "min":
-        parts = b["run_name"].split("/")
-        best[parts[1] if parts[0] == "BM_TTT" else parts[0]] = b
+        best[key] = b
+    if b.get("aggregate_name") == "max":
+        fastest_rate[key] = b["GFLOP/s"]
 ref, ref_peak = {}, None
 for line in open(f"build/reference/ttt_ref_{r}.txt"):
     m = re.match(r"reference ttt-(\w+) (fwd\+bwd|fwd):\s+\d+ tok/s\s+([\d.]+) ms", line)
@@ -34,11 +38,11 @@ for line in open(f"build/reference/ttt_ref_{r}.txt"):
     m = re.match(r"sgemm 2048\^2: ([\d.]+) GFLOP/s", line)
     if m:
         ref_peak = float(m[1])
-peak = best["BM_Sgemm2048"]["GFLOP/s"]
-print(f"sgemm 2048: ours {peak:.0f} GFLOP/s, reference process {ref_peak:.0f} GFLOP/s")
+# The machine's rate: the better of the two processes' sgemm measurements (it varies between runs).
+peak = max(fastest_rate["BM_Sgemm2048"], ref_peak or 0)
+print(f"sgemm 2048: ours {fastest_rate['BM_Sgemm2048']:.0f} GFLOP/s, reference process {ref_peak:.0f} GFLOP/s")
 for k in ("linear_fwd", "linear_fwdbwd", "mlp_fwd", "mlp_fwdbwd"):
-    o = best[k]
-    ms, gf = o["real_time"], o["GFLOP/s"]
+    ms, gf = best[k]["real_time"], fastest_rate[k]
     floor_ms = ms * gf / peak  # the useful FLOPs at the sgemm rate
     print(f"{k:14s} ours {ms:7.1f} ms ({gf:5.1f} GFLOP/s), reference {ref[k]:7.1f} ms -> {ref[k] / ms:.2f}x; "
           f"ceiling at sgemm peak {floor_ms:6.1f} ms = {ref[k] / floor_ms:.2f}x")
