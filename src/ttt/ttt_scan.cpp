@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "ttt/ttt_linear_kernel.h"
+#include "ttt/ttt_mlp_kernel.h"
 #include "util/error.h"
 #include "util/fused.h"
 #include "util/pitfall_switch.h"
@@ -262,62 +263,92 @@ Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor
   return st;
 }
 
-// The TTT-Linear scan through the hand-fused per-stream kernel (ttt_linear_kernel.h): float32 on a CPU
-// with AVX2 + FMA, the causal mini-batch mask. Other cases take the tensor ops below. Probes or not, the
-// outputs come from the same kernel code (asking for probes changes no output bit).
-bool fused_linear_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
-  if (sp.layers != 1 || !util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
-  if (probes)
-    for (const at::Tensor* t : {&probes->tokprev, &probes->W0.at(0), &probes->l0, &probes->lprev, &probes->lafter})
-      if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
-  if (pitfall::on(1)) return false;  // tests only: the bidirectional mini-batch of pitfalls.md row 1
-  // Any layout will do: the kernel reads contiguous copies (no copy where already contiguous).
-  for (const at::Tensor* t : {&in.XQa, &in.XKa, &in.XV, &in.lr, &in.tok, &in.lnw, &in.lnb, &in.W[0], &in.G[0]})
-    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
+// The scan through the hand-fused per-stream kernels (ttt_linear_kernel.h for TTT-Linear,
+// ttt_mlp_kernel.h for TTT-MLP): float32 on a CPU with AVX2 + FMA, the causal mini-batch mask. Other
+// cases take the tensor ops below. Probes or not, the outputs come from the same kernel code (asking
+// for probes changes no output bit).
+bool fused_scan_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
+  if (!util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
+  if (pitfall::on(1)) return false;                     // tests only: pitfalls.md row 1's bidirectional mask
+  if (sp.layers > 1 && pitfall::on(4)) return false;  // tests only: row 4's double update
+  auto cpu_f32 = [](const at::Tensor& t) { return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat; };
+  // Any layout will do: the kernels read contiguous copies (no copy where already contiguous).
+  for (const at::Tensor* t : {&in.XQa, &in.XKa, &in.XV, &in.lr, &in.tok, &in.lnw, &in.lnb})
+    if (!cpu_f32(*t)) return false;
+  for (size_t l = 0; l < in.W.size(); ++l)
+    if (!cpu_f32(in.W[l]) || !cpu_f32(in.G[l])) return false;
+  if (probes) {
+    for (const at::Tensor* t : {&probes->tokprev, &probes->l0, &probes->lprev, &probes->lafter})
+      if (!cpu_f32(*t)) return false;
+    if (probes->W0.size() != in.W.size()) return false;
+    for (const auto& w : probes->W0)
+      if (!cpu_f32(w)) return false;
+  }
   return true;
 }
 
-void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
-                          std::vector<at::Tensor>* saved) {
+void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
+                   std::vector<at::Tensor>* saved) {
   const int64_t N = in.XV.size(0), L = in.XV.size(1), f = in.XV.size(2), fa = f + 1;
-  MT_CHECK(in.XQa.size(-1) == fa && in.W[0].size(1) == fa && in.W[0].size(2) == f && in.lnw.numel() == N * f,
-           "ttt scan: inconsistent TTT-Linear shapes (f = ", f, ")");
+  const size_t nl = in.W.size();
+  std::vector<int64_t> d{f};  // widths d_0 = f, ..., d_n = f
+  for (size_t l = 0; l < nl; ++l) {
+    MT_CHECK(in.W[l].dim() == 3 && in.W[l].size(0) == N && in.W[l].size(1) == d.back() + 1,
+             "ttt scan: inner layer ", l, " weight of shape ", shape_str(in.W[l].sizes().vec()), " after width ", d.back());
+    d.push_back(in.W[l].size(2));
+  }
+  MT_CHECK(in.XQa.size(-1) == fa && d.back() == f && in.lnw.numel() == N * f, "ttt scan: inconsistent shapes (f = ", f, ")");
   const auto segs = make_segments(L, sp.K, sp.s0);
   const auto groups = make_groups(segs.size(), sp.group_size);
-  o.W[0].copy_(in.W[0]);
-  if (sp.s0 > 0) o.G[0].copy_(in.G[0]);  // else the zeros alloc_outputs made
+  for (size_t l = 0; l < nl; ++l) {
+    o.W[l].copy_(in.W[l]);
+    if (sp.s0 > 0) o.G[l].copy_(in.G[l]);  // else the zeros alloc_outputs made
+  }
   const at::Tensor XQa = in.XQa.contiguous(), XKa = in.XKa.contiguous(), XV = in.XV.contiguous(),
                    LR = in.lr.contiguous(), TOK = in.tok.contiguous(), LNW = in.lnw.contiguous(), LNB = in.lnb.contiguous();
   const float *xqa = XQa.const_data_ptr<float>(), *xka = XKa.const_data_ptr<float>();
   const float *xv = XV.const_data_ptr<float>(), *lr = LR.const_data_ptr<float>();
   const float *tok = TOK.const_data_ptr<float>(), *lnw = LNW.const_data_ptr<float>(), *lnb = LNB.const_data_ptr<float>();
-  float *out = o.out.mutable_data_ptr<float>(), *W = o.W[0].mutable_data_ptr<float>(), *G = o.G[0].mutable_data_ptr<float>();
-  float* sv = saved ? (*saved)[0].mutable_data_ptr<float>() : nullptr;
-  at::Tensor tokprev, W0, l0, lprev, lafter;  // probes: contiguous inputs, outputs written back below
+  float* out = o.out.mutable_data_ptr<float>();
+  at::Tensor tokprev, l0, lprev, lafter;  // probes: contiguous inputs, outputs written back below
+  std::vector<at::Tensor> W0(nl);
   if (probes) {
     tokprev = probes->tokprev.contiguous();
-    W0 = probes->W0[0].contiguous();
+    for (size_t l = 0; l < nl; ++l) W0[l] = probes->W0[l].contiguous();
     l0 = at::empty({N, L}, o.out.options());
     lprev = at::empty({N, L}, o.out.options());
     lafter = at::empty({N, L}, o.out.options());
   }
+  auto layer_size = [&](size_t l) { return (d[l] + 1) * d[l + 1]; };
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> scratch(static_cast<size_t>(linear_segment_scratch(sp.K, f)));
+    std::vector<float> scratch(static_cast<size_t>(nl == 1 ? linear_segment_scratch(sp.K, f) : mlp_segment_scratch(sp.K, d)));
     for (int64_t n = b; n < e; ++n) {
-      LinearStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f,
-                      lnb + n * f,      out + n * L * f,  W + n * fa * f, G + n * fa * f};
+      MlpStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f, lnb + n * f,
+                   out + n * L * f, {}, {}};
+      for (size_t l = 0; l < nl; ++l) {
+        st.W.push_back(o.W[l].mutable_data_ptr<float>() + n * layer_size(l));
+        st.G.push_back(o.G[l].mutable_data_ptr<float>() + n * layer_size(l));
+      }
       if (probes) {
         st.tokprev = tokprev.const_data_ptr<float>();
-        st.W0 = W0.const_data_ptr<float>() + n * fa * f;
+        for (size_t l = 0; l < nl; ++l) st.W0.push_back(W0[l].const_data_ptr<float>() + n * layer_size(l));
         st.l0 = l0.mutable_data_ptr<float>() + n * L;
         st.lprev = lprev.mutable_data_ptr<float>() + n * L;
         st.lafter = lafter.mutable_data_ptr<float>() + n * L;
       }
+      LinearStream ls{st.xqa, st.xka, st.xv, st.lr, st.tok, st.lnw, st.lnb, st.out, st.W[0], st.G[0],
+                      st.tokprev, probes ? st.W0[0] : nullptr, st.l0, st.lprev, st.lafter};
       bool live = sp.s0 > 0;
       for (size_t gi = 0; gi < groups.size(); ++gi) {
-        if (sv) std::copy(st.W, st.W + fa * f, sv + (static_cast<int64_t>(gi) * N + n) * fa * f);
-        for (size_t si = groups[gi].first; si < groups[gi].second; ++si)
-          live = linear_segment(st, f, segs[si].t0, segs[si].m, segs[si].commit, live, sp.eps, scratch.data());
+        if (saved)
+          for (size_t l = 0; l < nl; ++l)
+            std::copy(st.W[l], st.W[l] + layer_size(l),
+                      (*saved)[l].mutable_data_ptr<float>() + (static_cast<int64_t>(gi) * N + n) * layer_size(l));
+        for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
+          const auto& sg = segs[si];
+          live = nl == 1 ? linear_segment(ls, f, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data())
+                         : mlp_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
+        }
       }
     }
   });
@@ -332,7 +363,7 @@ void forward_fused_linear(const ScanSpec& sp, const ScanInputs& in, ScanOutputs&
 // the state of every layer at every group start (saved[l]: [groups, N, ...]).
 void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
                      std::vector<at::Tensor>* saved) {
-  if (fused_linear_applies(sp, in, probes)) return forward_fused_linear(sp, in, o, probes, saved);
+  if (fused_scan_applies(sp, in, probes)) return forward_fused(sp, in, o, probes, saved);
   const int64_t N = in.XV.size(0), L = in.XV.size(1);
   const size_t nl = in.W.size();
   auto segs = make_segments(L, sp.K, sp.s0);

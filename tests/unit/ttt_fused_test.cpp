@@ -1,5 +1,5 @@
-// The hand-fused TTT-Linear scan (src/ttt/ttt_linear_kernel.*) against the tensor-op scan on the same
-// float32 inputs: whole sequences with remainders, streamed chunks that start inside a mini-batch (live
+// The hand-fused TTT scans (src/ttt/ttt_linear_kernel.*, ttt_mlp_kernel.*) against the tensor-op scan
+// on the same float32 inputs, for TTT-Linear and TTT-MLP of 2 and 3 inner layers: whole sequences with remainders, streamed chunks that start inside a mini-batch (live
 // gradient sums), head widths that exercise every vector block and tail, checkpoint groups under
 // autograd (the fused forward fills the saved states the backward starts from), and the cases that
 // must keep the tensor path.
@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "test_util.h"
+#include "ttt/kernel_ops.h"
 #include "ttt/ttt_layer.h"
 #include "unit/ttt_test_util.h"
 #include "util/error.h"
@@ -38,12 +39,15 @@ at::Tensor stream(const TTTLayer& layer, const at::Tensor& x, int64_t chunk, TTT
 
 }  // namespace
 
-TEST(TttFused, LinearScanEqualsTheTensorPath) {
+class TttFusedTypes : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TttFusedTypes, ScanEqualsTheTensorPath) {
   if (!mt::util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused kernel needs AVX2 + FMA";
-  // Head widths 4 (scalar tail only), 40 (a 32-block and an 8-block), 64 (two 32-blocks, as 768 / 12).
+  // Head widths 4 (scalar tails only), 40 (a 32-block and an 8-block), 64 (two 32-blocks, as 768 / 12);
+  // TTT-MLP's hidden widths are 4x those.
   for (int64_t f : {4, 40, 64}) {
     for (bool gate : {false, true}) {
-      auto cfg = mt::test::small_config("linear", 2 * f, 2, 16);
+      auto cfg = mt::test::small_config(GetParam(), 2 * f, 2, 16);
       cfg.use_gate = gate;
       cfg.share_qk = gate;
       const auto layer = mt::test::perturbed_layer(cfg, 11 + f, at::kFloat);
@@ -79,9 +83,9 @@ TEST(TttFused, LinearScanEqualsTheTensorPath) {
   }
 }
 
-TEST(TttFused, CheckpointedGradientsEqualTheTensorPath) {
+TEST_P(TttFusedTypes, CheckpointedGradientsEqualTheTensorPath) {
   if (!mt::util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused kernel needs AVX2 + FMA";
-  auto cfg = mt::test::small_config("linear", 80, 2, 8);
+  auto cfg = mt::test::small_config(GetParam(), 80, 2, 8);
   cfg.scan_checkpoint_group_size = 3;  // 7 mini-batches of 8 in 50 tokens: groups of 3, 3 and 1
   const auto layer = mt::test::perturbed_layer(cfg, 5, at::kFloat);
   const at::Tensor x = at::randn({2, 50, 80}, at::detail::createCPUGenerator(9));
@@ -107,9 +111,9 @@ TEST(TttFused, CheckpointedGradientsEqualTheTensorPath) {
   for (size_t i = 0; i < gf.size(); ++i) EXPECT_LT(rel(gf[i], gg[i]), 1e-4) << "gradient " << i;
 }
 
-TEST(TttFused, ProbesEqualTheTensorPathAndChangeNoOutputBit) {
+TEST_P(TttFusedTypes, ProbesEqualTheTensorPathAndChangeNoOutputBit) {
   if (!mt::util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused kernel needs AVX2 + FMA";
-  const auto layer = mt::test::perturbed_layer(mt::test::small_config("linear", 80, 2, 8), 4, at::kFloat);
+  const auto layer = mt::test::perturbed_layer(mt::test::small_config(GetParam(), 80, 2, 8), 4, at::kFloat);
   const at::Tensor x = at::randn({2, 37, 80}, at::detail::createCPUGenerator(6));
   at::NoGradGuard ng;
   for (int64_t chunk : {37, 5, 1}) {
@@ -138,8 +142,12 @@ TEST(TttFused, ProbesEqualTheTensorPathAndChangeNoOutputBit) {
   }
 }
 
-TEST(TttFused, Float64AndMlpKeepTheTensorPath) {
-  // The kernel serves float32 TTT-Linear only; elsewhere the switch must change nothing.
+INSTANTIATE_TEST_SUITE_P(TttFused, TttFusedTypes, ::testing::Values("linear", "mlp", "mlp3"),
+                         [](const auto& i) { return i.param; });
+
+TEST(TttFused, Float64KeepsTheTensorPath) {
+  // The kernels serve float32; in float64 the switch must change nothing, in float32 it must change the
+  // summation order (so the tests above compare two different computations).
   auto same = [](const TTTLayer& layer, const at::Tensor& x) {
     at::NoGradGuard ng;
     TTTState a(1), b(1);
@@ -148,9 +156,33 @@ TEST(TttFused, Float64AndMlpKeepTheTensorPath) {
     return at::equal(ya, layer.forward(x, b));
   };
   const at::Tensor x32 = at::randn({1, 20, 16}, at::detail::createCPUGenerator(3));
-  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kDouble), x32.to(at::kDouble)));
-  EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config("mlp"), 1, at::kFloat), x32));
-  if (mt::util::cpu_has_avx2_fma())
-    EXPECT_FALSE(same(mt::test::perturbed_layer(mt::test::small_config("linear"), 1, at::kFloat), x32))
-        << "float32 TTT-Linear should take the fused kernel (a different summation order)";
+  for (const char* type : {"linear", "mlp"}) {
+    EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config(type), 1, at::kDouble), x32.to(at::kDouble))) << type;
+    if (mt::util::cpu_has_avx2_fma())
+      EXPECT_FALSE(same(mt::test::perturbed_layer(mt::test::small_config(type), 1, at::kFloat), x32)) << type;
+  }
+}
+
+TEST(TttFused, GeluAndItsDerivativeMatchATenEverywhere) {
+  // The kernels' vector tanh (a polynomial exp): against at::gelu(tanh) and the reference's derivative
+  // formula in float64, over the range where both saturate, with NaN and infinities passing through.
+  at::Tensor x = at::cat({at::linspace(-30, 30, 20001), at::tensor({0.f, -0.f, 1e-7f, -1e-7f, 1e-30f})});
+  const int64_t n = x.numel();
+  at::Tensor a = at::empty_like(x), da = at::empty_like(x);
+  mt::ttt::detail::kernel::gelu_row(x.const_data_ptr<float>(), n, a.mutable_data_ptr<float>(), da.mutable_data_ptr<float>());
+  const at::Tensor xd = x.to(at::kDouble);
+  const at::Tensor t = at::tanh(xd * (xd.square() * 0.044715 + 1.0) * 0.79788456);
+  const at::Tensor dref = xd * 0.5 * (1.0 - t.square()) * (xd.square() * 0.1070322243 + 0.79788456) + (t + 1.0) * 0.5;
+  EXPECT_LT(max_abs_diff(a.to(at::kDouble), at::gelu(xd, "tanh")), 3e-6);  // 30 x float32 eps at |x| = 30
+  EXPECT_LT((a.to(at::kDouble) - at::gelu(xd, "tanh")).abs().div(xd.abs().clamp_min(1)).max().item<double>(), 2e-7);
+  // The derivative in float32: x (1 - t^2) (0.107 x^2 + 0.8) rounds at ~1e-6 near |x| = 4 on any float32 path.
+  EXPECT_LT(max_abs_diff(da.to(at::kDouble), dref), 3e-6);
+  at::Tensor odd = at::tensor({NAN, INFINITY, -INFINITY, 1.f, 2.f, 3.f, 4.f, 5.f});
+  at::Tensor oa = at::empty_like(odd), od = at::empty_like(odd);
+  mt::ttt::detail::kernel::gelu_row(odd.const_data_ptr<float>(), 8, oa.mutable_data_ptr<float>(), od.mutable_data_ptr<float>());
+  const at::Tensor ref = at::gelu(odd, "tanh");  // NaN, inf, NaN (-inf * 0), as ATen has them
+  EXPECT_TRUE(std::isnan(oa[0].item<float>()));
+  EXPECT_EQ(oa[1].item<float>(), INFINITY);
+  EXPECT_EQ(std::isnan(oa[2].item<float>()), std::isnan(ref[2].item<float>()));
+  EXPECT_LT(max_abs_diff(oa.narrow(0, 3, 5), ref.narrow(0, 3, 5)), 1e-6);
 }

@@ -1,0 +1,174 @@
+#pragma once
+// Vector helpers of the fused TTT kernels (ttt_linear_kernel.cpp, ttt_mlp_kernel.cpp): row-times-matrix
+// with the outputs held in registers, dot products and sums in several lanes, LayerNorm of one row,
+// and the tanh-approximate GELU with its derivative. Internal to src/ttt.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+// AVX2 + FMA on x86 (callers check util::cpu_has_avx2_fma()); plain loops elsewhere.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define MT_TTT_X86 1
+#define MT_TTT_TARGET __attribute__((target("avx2,fma")))
+#else
+#define MT_TTT_TARGET
+#endif
+
+namespace mt::ttt::detail::kernel {
+
+#ifdef MT_TTT_X86
+// z[0:f] (+)= sum_k x[k * xs] W[k, 0:f] for k < kin: 32 outputs at a time stay in four registers while
+// the k rows stream past.
+MT_TTT_TARGET inline void row_times(const float* __restrict x, int64_t xs, int64_t kin, const float* __restrict W,
+                                    int64_t f, float* __restrict z, bool accumulate) {
+  int64_t j0 = 0;
+  for (; j0 + 32 <= f; j0 += 32) {
+    __m256 a0 = accumulate ? _mm256_loadu_ps(z + j0) : _mm256_setzero_ps();
+    __m256 a1 = accumulate ? _mm256_loadu_ps(z + j0 + 8) : _mm256_setzero_ps();
+    __m256 a2 = accumulate ? _mm256_loadu_ps(z + j0 + 16) : _mm256_setzero_ps();
+    __m256 a3 = accumulate ? _mm256_loadu_ps(z + j0 + 24) : _mm256_setzero_ps();
+    for (int64_t k = 0; k < kin; ++k) {
+      const __m256 c = _mm256_set1_ps(x[k * xs]);
+      const float* w = W + k * f + j0;
+      a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w), a0);
+      a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w + 8), a1);
+      a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w + 16), a2);
+      a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w + 24), a3);
+    }
+    _mm256_storeu_ps(z + j0, a0);
+    _mm256_storeu_ps(z + j0 + 8, a1);
+    _mm256_storeu_ps(z + j0 + 16, a2);
+    _mm256_storeu_ps(z + j0 + 24, a3);
+  }
+  for (; j0 + 8 <= f; j0 += 8) {
+    __m256 a0 = accumulate ? _mm256_loadu_ps(z + j0) : _mm256_setzero_ps();
+    for (int64_t k = 0; k < kin; ++k) a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k * xs]), _mm256_loadu_ps(W + k * f + j0), a0);
+    _mm256_storeu_ps(z + j0, a0);
+  }
+  for (int64_t j = j0; j < f; ++j) {
+    float acc = accumulate ? z[j] : 0.f;
+    for (int64_t k = 0; k < kin; ++k) acc += x[k * xs] * W[k * f + j];
+    z[j] = acc;
+  }
+}
+
+MT_TTT_TARGET inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+MT_TTT_TARGET inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+MT_TTT_TARGET inline float sum(const float* __restrict a, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) s0 = _mm256_add_ps(_mm256_loadu_ps(a + i), s0);
+  float s = hsum(s0);
+  for (; i < n; ++i) s += a[i];
+  return s;
+}
+#else
+inline void row_times(const float* x, int64_t xs, int64_t kin, const float* W, int64_t f, float* z, bool accumulate) {
+  for (int64_t j = 0; j < f; ++j) {
+    float acc = accumulate ? z[j] : 0.f;
+    for (int64_t k = 0; k < kin; ++k) acc += x[k * xs] * W[k * f + j];
+    z[j] = acc;
+  }
+}
+inline float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+inline float sum(const float* a, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += a[i];
+  return s;
+}
+#endif
+
+// y[0:n] += a * x[0:n]
+MT_TTT_TARGET inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// LayerNorm of one row (biased variance, eps inside the sqrt): xhat into `xhat`, returns the std.
+MT_TTT_TARGET inline float ln_row(const float* __restrict z, int64_t f, double eps, float* __restrict xhat) {
+  const float mu = sum(z, f) / static_cast<float>(f);
+  for (int64_t j = 0; j < f; ++j) xhat[j] = z[j] - mu;
+  const float sd = std::sqrt(dot(xhat, xhat, f) / static_cast<float>(f) + static_cast<float>(eps));
+  const float inv = 1.f / sd;
+  for (int64_t j = 0; j < f; ++j) xhat[j] *= inv;
+  return sd;
+}
+
+
+#ifdef MT_TTT_X86
+// exp(x) for x <= 0 (Cephes' single-precision polynomial after x = n ln2 + r; ~1 ulp): tanh needs
+// exp(-2|u|) only.
+MT_TTT_TARGET inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);  // max(c, NaN) is NaN: NaN passes through
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|); NaN stays NaN.
+MT_TTT_TARGET inline __m256 tanh8(__m256 u) {
+  const __m256 sign = _mm256_and_ps(u, _mm256_set1_ps(-0.f));
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), u);
+  const __m256 e = exp_nonpositive(_mm256_mul_ps(a, _mm256_set1_ps(-2.f)));
+  const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_set1_ps(1.f), e), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  const __m256 r = _mm256_or_ps(t, sign);
+  return _mm256_blendv_ps(r, u, _mm256_cmp_ps(u, u, _CMP_UNORD_Q));
+}
+#endif
+
+// a = gelu_tanh(z) and, when da is given, da = its derivative (the reference's gelu_bwd constants).
+MT_TTT_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* __restrict a, float* __restrict da) {
+  int64_t i = 0;
+#ifdef MT_TTT_X86
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), c0 = _mm256_set1_ps(0.79788456f),
+               c1 = _mm256_set1_ps(0.044715f), c2 = _mm256_set1_ps(0.1070322243f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(z + i), x2 = _mm256_mul_ps(x, x);
+    const __m256 t = tanh8(_mm256_mul_ps(_mm256_mul_ps(x, _mm256_fmadd_ps(x2, c1, one)), c0));
+    _mm256_storeu_ps(a + i, _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t)));
+    if (da) {
+      const __m256 inner = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, half), _mm256_fnmadd_ps(t, t, one)),
+                                         _mm256_fmadd_ps(x2, c2, c0));
+      _mm256_storeu_ps(da + i, _mm256_fmadd_ps(_mm256_add_ps(t, one), half, inner));
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    const float x = z[i], x2 = x * x, t = std::tanh(x * (1.f + 0.044715f * x2) * 0.79788456f);
+    a[i] = 0.5f * x * (1.f + t);
+    if (da) da[i] = x * 0.5f * (1.f - t * t) * (x2 * 0.1070322243f + 0.79788456f) + (t + 1.f) * 0.5f;
+  }
+}
+
+}  // namespace mt::ttt::detail::kernel
