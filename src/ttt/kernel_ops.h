@@ -116,6 +116,20 @@ MT_TTT_TARGET inline float ln_row(const float* __restrict z, int64_t f, double e
 }
 
 
+// The probes' inner loss of key row t: 1/2 ||LN(z) - (xv_t - xk_t)||^2 (xka rows of f + 1).
+MT_TTT_TARGET inline float inner_loss(const float* xka, const float* xv, const float* lnw, const float* lnb, int64_t f,
+                                      int64_t t, const float* z, double eps, float* xhat) {
+  const float* xk = xka + t * (f + 1);
+  const float* x = xv + t * f;
+  ln_row(z, f, eps, xhat);
+  float l = 0.f;
+  for (int64_t j = 0; j < f; ++j) {
+    const float e = lnw[j] * xhat[j] + lnb[j] - (x[j] - xk[j]);
+    l += e * e;
+  }
+  return 0.5f * l;
+}
+
 #ifdef MT_TTT_X86
 // exp(x) for x <= 0 (Cephes' single-precision polynomial after x = n ln2 + r; ~1 ulp): tanh needs
 // exp(-2|u|) only.

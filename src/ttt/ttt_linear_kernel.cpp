@@ -13,12 +13,12 @@ namespace {
 
 // Pre-LN output z of the augmented row x of token t0 + i at its dual-form weights, with token factor t:
 //   z = x W - t (x G + sum_j lr_j (x . xk_j) gz_j), over the segment's keys j <= i (j < i when strict).
-MT_TTT_TARGET void dual_row(const LinearStream& s, int64_t f, int64_t t0, int64_t i, const float* x, float t, bool strict,
+MT_TTT_TARGET void dual_row(const ScanStream& s, int64_t f, int64_t t0, int64_t i, const float* x, float t, bool strict,
                             bool g_live, const float* gz, float* coef, float* tmp, float* z) {
   const int64_t fa = f + 1;
-  row_times(x, 1, fa, s.W, f, z, false);
+  row_times(x, 1, fa, s.W[0], f, z, false);
   if (g_live) {
-    row_times(x, 1, fa, s.G, f, tmp, false);
+    row_times(x, 1, fa, s.G[0], f, tmp, false);
     axpy(-t, tmp, z, f);
   }
   const int64_t n = strict ? i : i + 1;
@@ -26,22 +26,9 @@ MT_TTT_TARGET void dual_row(const LinearStream& s, int64_t f, int64_t t0, int64_
   if (n > 0) row_times(coef, 1, n, gz, f, z, true);
 }
 
-// 1/2 ||LN(z) - (xv - xk)||^2 of key row t (the probes' inner loss).
-MT_TTT_TARGET float inner_loss(const LinearStream& s, int64_t f, int64_t t, const float* z, double eps, float* xhat) {
-  const float* xk = s.xka + t * (f + 1);
-  const float* xv = s.xv + t * f;
-  ln_row(z, f, eps, xhat);
-  float l = 0.f;
-  for (int64_t j = 0; j < f; ++j) {
-    const float d = s.lnw[j] * xhat[j] + s.lnb[j] - (xv[j] - xk[j]);
-    l += d * d;
-  }
-  return 0.5f * l;
-}
-
 }  // namespace
 
-MT_TTT_TARGET bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, int64_t m, bool commit, bool g_live,
+MT_TTT_TARGET bool linear_segment(const ScanStream& s, int64_t f, int64_t t0, int64_t m, bool commit, bool g_live,
                                   double eps, float* scratch) {
   const int64_t fa = f + 1;
   float* gz = scratch;          // [m, f]: inner-loss gradient w.r.t. the pre-LN output, per key row
@@ -58,7 +45,7 @@ MT_TTT_TARGET bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, 
     const float* xk = s.xka + (t0 + i) * fa;
     const float* xv = s.xv + (t0 + i) * f;
     float* g = gz + i * f;
-    row_times(xk, 1, fa, s.W, f, row, false);
+    row_times(xk, 1, fa, s.W[0], f, row, false);
     const float sd = ln_row(row, f, eps, xhat);
     for (int64_t j = 0; j < f; ++j) gxh[j] = (s.lnw[j] * xhat[j] + s.lnb[j] - (xv[j] - xk[j])) * s.lnw[j];
     const float s1 = sum(gxh, f), s2 = dot(gxh, xhat, f), inv = 1.f / (sd * D);
@@ -81,11 +68,11 @@ MT_TTT_TARGET bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, 
       const int64_t t = t0 + i;
       const float* xk = s.xka + t * fa;
       dual_row(s, f, t0, i, xk, s.tok[t], false, g_live, gz, coef, tmp, zq);
-      s.lafter[t] = inner_loss(s, f, t, zq, eps, xhat);
+      s.lafter[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, zq, eps, xhat);
       dual_row(s, f, t0, i, xk, s.tokprev[t], true, g_live, gz, coef, tmp, zq);
-      s.lprev[t] = inner_loss(s, f, t, zq, eps, xhat);
-      row_times(xk, 1, fa, s.W0, f, zq, false);
-      s.l0[t] = inner_loss(s, f, t, zq, eps, xhat);
+      s.lprev[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, zq, eps, xhat);
+      row_times(xk, 1, fa, s.W0[0], f, zq, false);
+      s.l0[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, zq, eps, xhat);
     }
   }
 
@@ -94,10 +81,10 @@ MT_TTT_TARGET bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, 
   float* lk = tmp;  // [m, f+1]
   for (int64_t j = 0; j < m; ++j)
     for (int64_t k = 0; k < fa; ++k) lk[j * fa + k] = s.lr[t0 + j] * s.xka[(t0 + j) * fa + k];
-  for (int64_t k = 0; k < fa; ++k) row_times(lk + k, fa, m, gz, f, s.G + k * f, g_live);
+  for (int64_t k = 0; k < fa; ++k) row_times(lk + k, fa, m, gz, f, s.G[0] + k * f, g_live);
   if (!commit) return true;
-  axpy(-s.tok[t0 + m - 1], s.G, s.W, fa * f);
-  std::fill(s.G, s.G + fa * f, 0.f);
+  axpy(-s.tok[t0 + m - 1], s.G[0], s.W[0], fa * f);
+  std::fill(s.G[0], s.G[0] + fa * f, 0.f);
   return false;
 }
 

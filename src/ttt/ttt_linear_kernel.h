@@ -6,10 +6,13 @@
 // 16: each op is a few microseconds of bookkeeping around a few hundred nanoseconds of arithmetic).
 // Forward only (with the inner-loss probes): the autograd path keeps the tensor ops.
 #include <cstdint>
+#include <vector>
 
 namespace mt::ttt::detail {
 
-struct LinearStream {
+// One stream's view of a scan call (both kernels): inputs, outputs and the inner state, per inner layer
+// l of widths d_l -> d_{l+1} (TTT-Linear: one layer f -> f).
+struct ScanStream {
   const float* xqa;  // [L, f+1] queries with a column of ones
   const float* xka;  // [L, f+1] keys with a column of ones
   const float* xv;   // [L, f]
@@ -18,21 +21,21 @@ struct LinearStream {
   const float* lnw;  // [f] inner LayerNorm
   const float* lnb;  // [f]
   float* out;        // [L, f]: XQ + LN(f_res(XQ))
-  float* W;          // [f+1, f] state (bias as the last row), advanced in place
-  float* G;          // [f+1, f] gradient sum of the current mini-batch
-  // Inner-loss probes (all null when not wanted): the previous token factor per token, the learned
-  // initial weights, and the per-token losses written.
+  std::vector<float*> W, G;  // per layer [d_l + 1, d_{l+1}] state (bias as the last row) and gradient sum,
+                             // advanced in place
+  // Inner-loss probes (null / empty when not wanted): the previous token factor per token, the learned
+  // initial weights per layer, and the per-token losses written.
   const float* tokprev = nullptr;  // [L]
-  const float* W0 = nullptr;       // [f+1, f]
-  float* l0 = nullptr;             // [L]
-  float* lprev = nullptr;          // [L]
-  float* lafter = nullptr;         // [L]
+  std::vector<const float*> W0;
+  float* l0 = nullptr;      // [L]
+  float* lprev = nullptr;   // [L]
+  float* lafter = nullptr;  // [L]
 };
 
 // Tokens [t0, t0+m) of one mini-batch. g_live: G holds this mini-batch's sum so far (else it is zero
 // and overwritten). commit: the segment ends the mini-batch (W takes the update, G restarts at zero).
 // scratch: at least linear_segment_scratch(m, f) floats. Returns whether G is live afterwards.
-bool linear_segment(const LinearStream& s, int64_t f, int64_t t0, int64_t m, bool commit, bool g_live, double eps,
+bool linear_segment(const ScanStream& s, int64_t f, int64_t t0, int64_t m, bool commit, bool g_live, double eps,
                     float* scratch);
 
 inline int64_t linear_segment_scratch(int64_t K, int64_t f) { return 3 * K * (f + 1) + K * K + 3 * f; }

@@ -46,13 +46,13 @@ int64_t layout(const std::vector<int64_t>& d, int64_t m, float* base, Scratch* s
 }
 
 // Keys' row j of layer l's augmented input.
-const float* key_row(const MlpStream& s, const Scratch& b, const std::vector<int64_t>& d, size_t l, int64_t t0, int64_t j) {
+const float* key_row(const ScanStream& s, const Scratch& b, const std::vector<int64_t>& d, size_t l, int64_t t0, int64_t j) {
   return l == 0 ? s.xka + (t0 + j) * (d[0] + 1) : b.X[l] + j * (d[l] + 1);
 }
 
 // The inner model at the dual-form per-row weights for the augmented row x0 of token t0 + i with token
 // factor t (keys j <= i, or j < i when strict): the last layer's pre-LN output in b.z.
-MT_TTT_TARGET void dual_rows(const MlpStream& s, const Scratch& b, const std::vector<int64_t>& d, int64_t t0, int64_t i,
+MT_TTT_TARGET void dual_rows(const ScanStream& s, const Scratch& b, const std::vector<int64_t>& d, int64_t t0, int64_t i,
                              const float* x0, float t, bool strict, bool g_live) {
   const size_t n = d.size() - 1;
   const int64_t keys = strict ? i : i + 1;
@@ -74,24 +74,11 @@ MT_TTT_TARGET void dual_rows(const MlpStream& s, const Scratch& b, const std::ve
   }
 }
 
-// 1/2 ||LN(z) - (xv - xk)||^2 of key row t.
-MT_TTT_TARGET float inner_loss(const MlpStream& s, int64_t f, int64_t t, const float* z, double eps, float* xhat) {
-  const float* xk = s.xka + t * (f + 1);
-  const float* xv = s.xv + t * f;
-  ln_row(z, f, eps, xhat);
-  float l = 0.f;
-  for (int64_t j = 0; j < f; ++j) {
-    const float e = s.lnw[j] * xhat[j] + s.lnb[j] - (xv[j] - xk[j]);
-    l += e * e;
-  }
-  return 0.5f * l;
-}
-
 }  // namespace
 
 int64_t mlp_segment_scratch(int64_t K, const std::vector<int64_t>& d) { return layout(d, K, nullptr, nullptr); }
 
-MT_TTT_TARGET bool mlp_segment(const MlpStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
+MT_TTT_TARGET bool mlp_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
                                bool g_live, double eps, float* scratch) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
@@ -144,9 +131,9 @@ MT_TTT_TARGET bool mlp_segment(const MlpStream& s, const std::vector<int64_t>& d
       const int64_t t = t0 + i;
       const float* xk = s.xka + t * fa;
       dual_rows(s, b, d, t0, i, xk, s.tok[t], false, g_live);
-      s.lafter[t] = inner_loss(s, f, t, b.z, eps, b.xhat);
+      s.lafter[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, b.z, eps, b.xhat);
       dual_rows(s, b, d, t0, i, xk, s.tokprev[t], true, g_live);
-      s.lprev[t] = inner_loss(s, f, t, b.z, eps, b.xhat);
+      s.lprev[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, b.z, eps, b.xhat);
       const float* inp = xk;
       for (size_t l = 0; l < n; ++l) {
         row_times(inp, 1, d[l] + 1, s.W0[l], d[l + 1], b.z, false);
@@ -156,7 +143,7 @@ MT_TTT_TARGET bool mlp_segment(const MlpStream& s, const std::vector<int64_t>& d
           inp = b.a;
         }
       }
-      s.l0[t] = inner_loss(s, f, t, b.z, eps, b.xhat);
+      s.l0[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, b.z, eps, b.xhat);
     }
   }
 

@@ -7,28 +7,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "ttt/ttt_linear_kernel.h"  // ScanStream
+
 namespace mt::ttt::detail {
 
-struct MlpStream {
-  const float* xqa;  // [L, f+1] queries with a column of ones
-  const float* xka;  // [L, f+1] keys with a column of ones
-  const float* xv;   // [L, f]
-  const float* lr;   // [L]
-  const float* tok;  // [L]
-  const float* lnw;  // [f]
-  const float* lnb;  // [f]
-  float* out;        // [L, f]
-  std::vector<float*> W, G;  // per inner layer l: [d_l + 1, d_{l+1}] (bias as the last row)
-  // Probes (null / empty when not wanted).
-  const float* tokprev = nullptr;
-  std::vector<const float*> W0;
-  float* l0 = nullptr;
-  float* lprev = nullptr;
-  float* lafter = nullptr;
-};
 
 // d: the widths d_0 = f, hidden widths, d_n = f. Same contract as linear_segment.
-bool mlp_segment(const MlpStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit, bool g_live,
+bool mlp_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit, bool g_live,
                  double eps, float* scratch);
 int64_t mlp_segment_scratch(int64_t K, const std::vector<int64_t>& d);
 

@@ -323,7 +323,7 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
     std::vector<float> scratch(static_cast<size_t>(nl == 1 ? linear_segment_scratch(sp.K, f) : mlp_segment_scratch(sp.K, d)));
     for (int64_t n = b; n < e; ++n) {
-      MlpStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f, lnb + n * f,
+      ScanStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f, lnb + n * f,
                    out + n * L * f, {}, {}};
       for (size_t l = 0; l < nl; ++l) {
         st.W.push_back(o.W[l].mutable_data_ptr<float>() + n * layer_size(l));
@@ -336,8 +336,6 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
         st.lprev = lprev.mutable_data_ptr<float>() + n * L;
         st.lafter = lafter.mutable_data_ptr<float>() + n * L;
       }
-      LinearStream ls{st.xqa, st.xka, st.xv, st.lr, st.tok, st.lnw, st.lnb, st.out, st.W[0], st.G[0],
-                      st.tokprev, probes ? st.W0[0] : nullptr, st.l0, st.lprev, st.lafter};
       bool live = sp.s0 > 0;
       for (size_t gi = 0; gi < groups.size(); ++gi) {
         if (saved)
@@ -346,7 +344,7 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
                       (*saved)[l].mutable_data_ptr<float>() + (static_cast<int64_t>(gi) * N + n) * layer_size(l));
         for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
           const auto& sg = segs[si];
-          live = nl == 1 ? linear_segment(ls, f, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data())
+          live = nl == 1 ? linear_segment(st, f, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data())
                          : mlp_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
         }
       }
