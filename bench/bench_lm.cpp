@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <map>
 
-#include "lm/attention_step.h"
 #include "util/fused.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
@@ -135,9 +134,10 @@ void BM_LMStreamingStep(benchmark::State& state) {
 // The base model's step with the fused one-query attention and one-pass RMSNorm switched off (the
 // general tensor path), for the paired comparison.
 void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
-  mt::util::set_fused_kernels_enabled(false);
-  BM_LMStreamingStep(state);
-  mt::util::set_fused_kernels_enabled(true);
+  {
+    mt::util::FusedKernelsOff general;
+    BM_LMStreamingStep(state);
+  }
   state.SetLabel("base, general path");
 }
 

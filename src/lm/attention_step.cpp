@@ -9,7 +9,7 @@
 
 #include "util/error.h"
 #include "util/fused.h"
-#include "util/gemv.h"
+#include "util/simd.h"
 
 namespace mt::lm {
 
@@ -20,7 +20,7 @@ bool cpu_float_contiguous(const at::Tensor& t) {
 }  // namespace
 
 bool fused_attention_step_applies(const at::Tensor& qkv, const KVCache* cache) {
-  if (!util::fused_kernels_enabled() || !cache) return false;
+  if (!util::fused_kernels_enabled() || !util::cpu_has_avx2_fma() || !cache) return false;
   if (!cpu_float_contiguous(qkv) || qkv.dim() != 3 || qkv.size(1) != 1) return false;
   if (!cpu_float_contiguous(cache->k) || !cpu_float_contiguous(cache->v)) return false;
   if (c10::GradMode::is_enabled() && (qkv.requires_grad() || cache->k.requires_grad() || cache->v.requires_grad()))
@@ -102,15 +102,14 @@ at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets
       std::copy(vs, vs + Dh, vring + slot * Dh);
 
       // Absolute position of each slot (-1: never written), as the ring's bookkeeping in forward.
-      const int64_t last_slot = pos_q % cap;
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < used; ++j) {
-        const int64_t delta = j - last_slot;
+        const int64_t delta = j - slot;
         int64_t pos_k = delta <= 0 ? pos_q + delta : pos_q + delta - cap;
         if (j >= pos_q + 1) pos_k = -1;
         const int64_t d = pos_q - pos_k;
         const bool allowed = pos_k >= 0 && d >= 0 && d < ctx;
-        sc[j] = allowed ? util::dot_f32(q.data(), kring + j * Dh, Dh) * scale : -std::numeric_limits<float>::infinity();
+        sc[j] = allowed ? util::simd::dot(q.data(), kring + j * Dh, Dh) * scale : -std::numeric_limits<float>::infinity();
         mx = std::max(mx, sc[j]);
       }
       // The current slot is always allowed, so mx is finite.
@@ -123,7 +122,7 @@ at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets
       std::fill(o, o + Dh, 0.f);
       const float inv = 1.f / sum;
       for (int64_t j = 0; j < used; ++j)
-        if (sc[j] != 0.f) util::axpy_f32(sc[j] * inv, vring + j * Dh, o, Dh);
+        if (sc[j] != 0.f) util::simd::axpy(sc[j] * inv, vring + j * Dh, o, Dh);
     }
   });
   return out;

@@ -25,8 +25,8 @@ struct FusedStepGeometry {
   std::optional<int64_t> context;     // sliding window (steps); none = every cached slot
 };
 
-// True when fused_attention_step can take this call: one query step, CPU, float32 qkv and cache,
-// contiguous, no autograd graph wanted, and the fused kernels not switched off (util/fused.h).
+// True when fused_attention_step can take this call: one query step, CPU with AVX2 + FMA, float32 qkv
+// and cache, contiguous, no autograd graph wanted, and the fused kernels not switched off (util/fused.h).
 bool fused_attention_step_applies(const at::Tensor& qkv, const KVCache* cache);
 
 // qkv: [B, 1, 3 * H * Dh] (the in-projection's output, q | k | v, heads inside each); offsets [B] (each

@@ -8,8 +8,7 @@
 #include <algorithm>
 #include <mutex>
 
-#include "ttt/ttt_linear_kernel.h"
-#include "ttt/ttt_mlp_kernel.h"
+#include "ttt/ttt_scan_kernel.h"
 #include "util/error.h"
 #include "util/fused.h"
 #include "util/pitfall_switch.h"
@@ -263,9 +262,8 @@ Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor
   return st;
 }
 
-// The scan through the hand-fused per-stream kernels (ttt_linear_kernel.h for TTT-Linear,
-// ttt_mlp_kernel.h for TTT-MLP): float32 on a CPU with AVX2 + FMA, the causal mini-batch mask. Other
-// cases take the tensor ops below. Probes or not, the outputs come from the same kernel code (asking
+// The scan through the hand-fused per-stream kernel (ttt_scan_kernel.h, TTT-Linear and TTT-MLP):
+// float32 on a CPU with AVX2 + FMA, the causal mini-batch mask. Other cases take the tensor ops below. Probes or not, the outputs come from the same kernel code (asking
 // for probes changes no output bit).
 bool fused_scan_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
   if (!util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
@@ -321,7 +319,7 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
   }
   auto layer_size = [&](size_t l) { return (d[l] + 1) * d[l + 1]; };
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> scratch(static_cast<size_t>(nl == 1 ? linear_segment_scratch(sp.K, f) : mlp_segment_scratch(sp.K, d)));
+    std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
     for (int64_t n = b; n < e; ++n) {
       ScanStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f, lnb + n * f,
                    out + n * L * f, {}, {}};
@@ -344,8 +342,7 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
                       (*saved)[l].mutable_data_ptr<float>() + (static_cast<int64_t>(gi) * N + n) * layer_size(l));
         for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
           const auto& sg = segs[si];
-          live = nl == 1 ? linear_segment(st, f, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data())
-                         : mlp_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
+          live = scan_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
         }
       }
     }

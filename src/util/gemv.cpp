@@ -1,35 +1,22 @@
 #include "util/gemv.h"
 
-#include <atomic>
-
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
 #include "util/fused.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define MT_GEMV_X86 1
-#endif
+#include "util/simd.h"
 
 namespace mt::util {
 
 namespace {
 
-#ifdef MT_GEMV_X86
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
+#ifdef MT_SIMD_X86
 // Rows [r0, r1) of Y = X W^T for M = 1..4 input rows, W [out, in] row-major: each weight
 // row is read once, in one sequential stream per thread (which the hardware prefetcher follows), and
 // dotted with every input row (two accumulators per input row: enough to outrun memory).
 template <int M>
-__attribute__((target("avx2,fma"))) void gemm_rows(const float* W, const float* x, int64_t in, float* y, int64_t out,
-                                                   int64_t r0, int64_t r1) {
+MT_SIMD_TARGET void gemm_rows(const float* W, const float* x, int64_t in, float* y, int64_t out,
+                              int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* w = W + r * in;
     __m256 a[M][2];
@@ -43,55 +30,18 @@ __attribute__((target("avx2,fma"))) void gemm_rows(const float* W, const float* 
       }
     }
     for (int m = 0; m < M; ++m) {
-      float s = hsum(_mm256_add_ps(a[m][0], a[m][1]));
+      float s = simd::hsum(_mm256_add_ps(a[m][0], a[m][1]));
       for (int64_t j = i; j < in; ++j) s += w[j] * x[m * in + j];
       y[m * out + r] = s;
     }
   }
 }
-
-
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-__attribute__((target("avx2,fma"))) void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
-  const __m256 al = _mm256_set1_ps(alpha);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(al, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += alpha * x[i];
-}
 #endif
 
 }  // namespace
-
-namespace {
-std::atomic<bool> g_fused{true};
-}  // namespace
-
-void set_fused_kernels_enabled(bool on) { g_fused.store(on); }
-bool fused_kernels_enabled() { return g_fused.load(); }
-
-bool cpu_has_avx2_fma() {
-#ifdef MT_GEMV_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w) {
-#ifdef MT_GEMV_X86
+#ifdef MT_SIMD_X86
   if (!cpu_has_avx2_fma()) return false;
   if (!x.defined() || !w.defined() || x.dim() < 1 || w.dim() != 2) return false;
   if (!x.device().is_cpu() || !w.device().is_cpu()) return false;
@@ -109,7 +59,7 @@ bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w) {
 }
 
 at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w) {
-#ifndef MT_GEMV_X86
+#ifndef MT_SIMD_X86
   return at::linear(x, w);  // fast_gemv_applies is false here; stay correct if called anyway
 #else
   auto shape = x.sizes().vec();
@@ -136,22 +86,6 @@ at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w) {
 
 at::Tensor linear_nobias(const at::Tensor& x, const at::Tensor& w) {
   return fast_gemv_applies(x, w) ? fast_gemv(x, w) : at::linear(x, w);
-}
-
-float dot_f32(const float* a, const float* b, int64_t n) {
-#ifdef MT_GEMV_X86
-  if (cpu_has_avx2_fma()) return dot_avx2(a, b, n);
-#endif
-  float s = 0.f;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-void axpy_f32(float alpha, const float* x, float* y, int64_t n) {
-#ifdef MT_GEMV_X86
-  if (cpu_has_avx2_fma()) return axpy_avx2(alpha, x, y, n);
-#endif
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
 }  // namespace mt::util

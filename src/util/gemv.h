@@ -24,9 +24,4 @@ at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w);
 // at::linear(x, w) (no bias), through fast_gemv where it applies.
 at::Tensor linear_nobias(const at::Tensor& x, const at::Tensor& w);
 
-// Short-vector kernels of the fused attention step (AVX2 + FMA where the CPU has them, plain loops
-// otherwise): the dot product of a and b, and y += alpha * x, over n floats.
-float dot_f32(const float* a, const float* b, int64_t n);
-void axpy_f32(float alpha, const float* x, float* y, int64_t n);
-
 }  // namespace mt::util

@@ -14,10 +14,7 @@ using namespace mt;
 
 namespace {
 
-struct FusedOff {  // runs a scope on the general path
-  FusedOff() { util::set_fused_kernels_enabled(false); }
-  ~FusedOff() { util::set_fused_kernels_enabled(true); }
-};
+using FusedOff = util::FusedKernelsOff;  // runs a scope on the general path
 
 lm::TransformerConfig attn_config(const std::string& pos, std::optional<int64_t> context) {
   lm::TransformerConfig c;
@@ -87,6 +84,7 @@ double fused_vs_general(const lm::TransformerConfig& c, int64_t cap, int64_t ste
 }  // namespace
 
 TEST(FusedStep, AttentionEqualsTheGeneralPathForEveryPositionalKind) {
+  if (!util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused attention step needs AVX2 + FMA";
   // Float32 arithmetic in a different order (a dot product per slot vs a matmul): a few ulps of O(1).
   const double tol = 2e-5;
   for (const char* pos : {"rope", "sin_rope", "none", "sin"}) {
@@ -100,6 +98,7 @@ TEST(FusedStep, AttentionEqualsTheGeneralPathForEveryPositionalKind) {
 }
 
 TEST(FusedStep, AttentionWithYarnAndLargePositionsEqualsTheGeneralPath) {
+  if (!util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused attention step needs AVX2 + FMA";
   lm::TransformerConfig c = attn_config("rope", 6);
   c.rope_scaling.type = "yarn";
   c.rope_scaling.factor = 4.0;
@@ -129,6 +128,7 @@ TEST(FusedStep, RmsNormEqualsTheGeneralPath) {
 }
 
 TEST(FusedStep, TrainingAndOtherDtypesKeepTheGeneralPath) {
+  if (!util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused attention step needs AVX2 + FMA";
   lm::TransformerConfig c = attn_config("rope", 4);
   lm::KVCache k = make_cache(1, c, 4);
   const at::Tensor qkv = at::randn({1, 1, 3 * c.d_model});

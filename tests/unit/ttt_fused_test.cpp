@@ -1,4 +1,4 @@
-// The hand-fused TTT scans (src/ttt/ttt_linear_kernel.*, ttt_mlp_kernel.*) against the tensor-op scan
+// The hand-fused TTT scan (src/ttt/ttt_scan_kernel.*) against the tensor-op scan
 // on the same float32 inputs, for TTT-Linear and TTT-MLP of 2 and 3 inner layers: whole sequences with remainders, streamed chunks that start inside a mini-batch (live
 // gradient sums), head widths that exercise every vector block and tail, checkpoint groups under
 // autograd (the fused forward fills the saved states the backward starts from), and the cases that
@@ -10,21 +10,18 @@
 #include <tuple>
 
 #include "test_util.h"
-#include "ttt/kernel_ops.h"
 #include "ttt/ttt_layer.h"
 #include "unit/ttt_test_util.h"
 #include "util/error.h"
 #include "util/fused.h"
+#include "util/simd.h"
 
 using mt::test::max_abs_diff;
 using namespace mt::ttt;
 
 namespace {
 
-struct TensorPath {  // runs a scope on the tensor-op scan
-  TensorPath() { mt::util::set_fused_kernels_enabled(false); }
-  ~TensorPath() { mt::util::set_fused_kernels_enabled(true); }
-};
+using TensorPath = mt::util::FusedKernelsOff;  // runs a scope on the tensor-op scan
 
 // Relative difference: float32 arithmetic in another order, scaled by the larger magnitude.
 double rel(const at::Tensor& a, const at::Tensor& b) {
@@ -169,7 +166,7 @@ TEST(TttFused, GeluAndItsDerivativeMatchATenEverywhere) {
   at::Tensor x = at::cat({at::linspace(-30, 30, 20001), at::tensor({0.f, -0.f, 1e-7f, -1e-7f, 1e-30f})});
   const int64_t n = x.numel();
   at::Tensor a = at::empty_like(x), da = at::empty_like(x);
-  mt::ttt::detail::kernel::gelu_row(x.const_data_ptr<float>(), n, a.mutable_data_ptr<float>(), da.mutable_data_ptr<float>());
+  mt::util::simd::gelu_row(x.const_data_ptr<float>(), n, a.mutable_data_ptr<float>(), da.mutable_data_ptr<float>());
   const at::Tensor xd = x.to(at::kDouble);
   const at::Tensor t = at::tanh(xd * (xd.square() * 0.044715 + 1.0) * 0.79788456);
   const at::Tensor dref = xd * 0.5 * (1.0 - t.square()) * (xd.square() * 0.1070322243 + 0.79788456) + (t + 1.0) * 0.5;
@@ -179,7 +176,7 @@ TEST(TttFused, GeluAndItsDerivativeMatchATenEverywhere) {
   EXPECT_LT(max_abs_diff(da.to(at::kDouble), dref), 3e-6);
   at::Tensor odd = at::tensor({NAN, INFINITY, -INFINITY, 1.f, 2.f, 3.f, 4.f, 5.f});
   at::Tensor oa = at::empty_like(odd), od = at::empty_like(odd);
-  mt::ttt::detail::kernel::gelu_row(odd.const_data_ptr<float>(), 8, oa.mutable_data_ptr<float>(), od.mutable_data_ptr<float>());
+  mt::util::simd::gelu_row(odd.const_data_ptr<float>(), 8, oa.mutable_data_ptr<float>(), od.mutable_data_ptr<float>());
   const at::Tensor ref = at::gelu(odd, "tanh");  // NaN, inf, NaN (-inf * 0), as ATen has them
   EXPECT_TRUE(std::isnan(oa[0].item<float>()));
   EXPECT_EQ(oa[1].item<float>(), INFINITY);

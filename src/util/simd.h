@@ -1,26 +1,26 @@
 #pragma once
-// Vector helpers of the fused TTT kernels (ttt_linear_kernel.cpp, ttt_mlp_kernel.cpp): row-times-matrix
-// with the outputs held in registers, dot products and sums in several lanes, LayerNorm of one row,
-// and the tanh-approximate GELU with its derivative. Internal to src/ttt.
+// Vector helpers of the hand-fused CPU kernels (the gemv, the one-query attention step, the TTT scan):
+// row-times-matrix with the outputs held in registers, dot products, sums and axpy, LayerNorm of one
+// row, the tanh-approximate GELU with its derivative. AVX2 + FMA on x86, where callers first check
+// util::cpu_has_avx2_fma(); plain loops elsewhere.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
-// AVX2 + FMA on x86 (callers check util::cpu_has_avx2_fma()); plain loops elsewhere.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
-#define MT_TTT_X86 1
-#define MT_TTT_TARGET __attribute__((target("avx2,fma")))
+#define MT_SIMD_X86 1
+#define MT_SIMD_TARGET __attribute__((target("avx2,fma")))
 #else
-#define MT_TTT_TARGET
+#define MT_SIMD_TARGET
 #endif
 
-namespace mt::ttt::detail::kernel {
+namespace mt::util::simd {
 
-#ifdef MT_TTT_X86
+#ifdef MT_SIMD_X86
 // z[0:f] (+)= sum_k x[k * xs] W[k, 0:f] for k < kin: 32 outputs at a time stay in four registers while
 // the k rows stream past.
-MT_TTT_TARGET inline void row_times(const float* __restrict x, int64_t xs, int64_t kin, const float* __restrict W,
+MT_SIMD_TARGET inline void row_times(const float* __restrict x, int64_t xs, int64_t kin, const float* __restrict W,
                                     int64_t f, float* __restrict z, bool accumulate) {
   int64_t j0 = 0;
   for (; j0 + 32 <= f; j0 += 32) {
@@ -53,14 +53,14 @@ MT_TTT_TARGET inline void row_times(const float* __restrict x, int64_t xs, int64
   }
 }
 
-MT_TTT_TARGET inline float hsum(__m256 v) {
+MT_SIMD_TARGET inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-MT_TTT_TARGET inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+MT_SIMD_TARGET inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -72,7 +72,7 @@ MT_TTT_TARGET inline float dot(const float* __restrict a, const float* __restric
   return s;
 }
 
-MT_TTT_TARGET inline float sum(const float* __restrict a, int64_t n) {
+MT_SIMD_TARGET inline float sum(const float* __restrict a, int64_t n) {
   __m256 s0 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) s0 = _mm256_add_ps(_mm256_loadu_ps(a + i), s0);
@@ -101,12 +101,12 @@ inline float sum(const float* a, int64_t n) {
 #endif
 
 // y[0:n] += a * x[0:n]
-MT_TTT_TARGET inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t n) {
+MT_SIMD_TARGET inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
 // LayerNorm of one row (biased variance, eps inside the sqrt): xhat into `xhat`, returns the std.
-MT_TTT_TARGET inline float ln_row(const float* __restrict z, int64_t f, double eps, float* __restrict xhat) {
+MT_SIMD_TARGET inline float ln_row(const float* __restrict z, int64_t f, double eps, float* __restrict xhat) {
   const float mu = sum(z, f) / static_cast<float>(f);
   for (int64_t j = 0; j < f; ++j) xhat[j] = z[j] - mu;
   const float sd = std::sqrt(dot(xhat, xhat, f) / static_cast<float>(f) + static_cast<float>(eps));
@@ -117,7 +117,7 @@ MT_TTT_TARGET inline float ln_row(const float* __restrict z, int64_t f, double e
 
 
 // The probes' inner loss of key row t: 1/2 ||LN(z) - (xv_t - xk_t)||^2 (xka rows of f + 1).
-MT_TTT_TARGET inline float inner_loss(const float* xka, const float* xv, const float* lnw, const float* lnb, int64_t f,
+MT_SIMD_TARGET inline float inner_loss(const float* xka, const float* xv, const float* lnw, const float* lnb, int64_t f,
                                       int64_t t, const float* z, double eps, float* xhat) {
   const float* xk = xka + t * (f + 1);
   const float* x = xv + t * f;
@@ -130,10 +130,10 @@ MT_TTT_TARGET inline float inner_loss(const float* xka, const float* xv, const f
   return 0.5f * l;
 }
 
-#ifdef MT_TTT_X86
+#ifdef MT_SIMD_X86
 // exp(x) for x <= 0 (Cephes' single-precision polynomial after x = n ln2 + r; ~1 ulp): tanh needs
 // exp(-2|u|) only.
-MT_TTT_TARGET inline __m256 exp_nonpositive(__m256 x) {
+MT_SIMD_TARGET inline __m256 exp_nonpositive(__m256 x) {
   x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);  // max(c, NaN) is NaN: NaN passes through
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -151,7 +151,7 @@ MT_TTT_TARGET inline __m256 exp_nonpositive(__m256 x) {
 }
 
 // tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|); NaN stays NaN.
-MT_TTT_TARGET inline __m256 tanh8(__m256 u) {
+MT_SIMD_TARGET inline __m256 tanh8(__m256 u) {
   const __m256 sign = _mm256_and_ps(u, _mm256_set1_ps(-0.f));
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), u);
   const __m256 e = exp_nonpositive(_mm256_mul_ps(a, _mm256_set1_ps(-2.f)));
@@ -162,9 +162,9 @@ MT_TTT_TARGET inline __m256 tanh8(__m256 u) {
 #endif
 
 // a = gelu_tanh(z) and, when da is given, da = its derivative (the reference's gelu_bwd constants).
-MT_TTT_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* __restrict a, float* __restrict da) {
+MT_SIMD_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* __restrict a, float* __restrict da) {
   int64_t i = 0;
-#ifdef MT_TTT_X86
+#ifdef MT_SIMD_X86
   const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), c0 = _mm256_set1_ps(0.79788456f),
                c1 = _mm256_set1_ps(0.044715f), c2 = _mm256_set1_ps(0.1070322243f);
   for (; i + 8 <= n; i += 8) {
@@ -185,4 +185,4 @@ MT_TTT_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* 
   }
 }
 
-}  // namespace mt::ttt::detail::kernel
+}  // namespace mt::util::simd

@@ -1,13 +1,13 @@
-#include "ttt/ttt_mlp_kernel.h"
+#include "ttt/ttt_scan_kernel.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "ttt/kernel_ops.h"
+#include "util/simd.h"
 
 namespace mt::ttt::detail {
 
-using namespace kernel;
+using namespace util::simd;
 
 namespace {
 
@@ -52,7 +52,7 @@ const float* key_row(const ScanStream& s, const Scratch& b, const std::vector<in
 
 // The inner model at the dual-form per-row weights for the augmented row x0 of token t0 + i with token
 // factor t (keys j <= i, or j < i when strict): the last layer's pre-LN output in b.z.
-MT_TTT_TARGET void dual_rows(const ScanStream& s, const Scratch& b, const std::vector<int64_t>& d, int64_t t0, int64_t i,
+MT_SIMD_TARGET void dual_rows(const ScanStream& s, const Scratch& b, const std::vector<int64_t>& d, int64_t t0, int64_t i,
                              const float* x0, float t, bool strict, bool g_live) {
   const size_t n = d.size() - 1;
   const int64_t keys = strict ? i : i + 1;
@@ -76,10 +76,10 @@ MT_TTT_TARGET void dual_rows(const ScanStream& s, const Scratch& b, const std::v
 
 }  // namespace
 
-int64_t mlp_segment_scratch(int64_t K, const std::vector<int64_t>& d) { return layout(d, K, nullptr, nullptr); }
+int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d) { return layout(d, K, nullptr, nullptr); }
 
-MT_TTT_TARGET bool mlp_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
-                               bool g_live, double eps, float* scratch) {
+MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
+                                bool g_live, double eps, float* scratch) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
   Scratch b;

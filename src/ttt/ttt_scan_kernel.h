@@ -1,0 +1,45 @@
+#pragma once
+// The TTT inner loop for one stream (one batch element and head) on the CPU, as plain loops over its
+// inner state: the dual form of spec 1.5 for one segment (the tokens of one mini-batch inside a call),
+// for TTT-Linear (one inner layer) and TTT-MLP (n >= 2 layers, tanh-GELU between them), every layer's
+// gradient taken at the mini-batch start weights (spec 1.12), the LN-fused L2 gradient in closed form.
+// It computes what detail::scan's tensor path computes with ~30 (Linear) to ~100 (MLP) small ops per
+// segment and head, without their dispatch (f = 64, a mini-batch of 16: each op is a few microseconds
+// of bookkeeping around a few hundred nanoseconds of arithmetic). Forward only (with the inner-loss
+// probes): the autograd path keeps the tensor ops.
+#include <cstdint>
+#include <vector>
+
+namespace mt::ttt::detail {
+
+// One stream's view of a scan call : inputs, outputs and the inner state, per inner layer
+// l of widths d_l -> d_{l+1} (TTT-Linear: one layer f -> f; TTT-MLP: f -> 4f -> ... -> f).
+struct ScanStream {
+  const float* xqa;  // [L, f+1] queries with a column of ones
+  const float* xka;  // [L, f+1] keys with a column of ones
+  const float* xv;   // [L, f]
+  const float* lr;   // [L] per-token inner learning rate
+  const float* tok;  // [L] token factor (shared by all streams)
+  const float* lnw;  // [f] inner LayerNorm
+  const float* lnb;  // [f]
+  float* out;        // [L, f]: XQ + LN(f_res(XQ))
+  std::vector<float*> W, G;  // per layer [d_l + 1, d_{l+1}] state (bias as the last row) and gradient sum,
+                             // advanced in place
+  // Inner-loss probes (null / empty when not wanted): the previous token factor per token, the learned
+  // initial weights per layer, and the per-token losses written.
+  const float* tokprev = nullptr;  // [L]
+  std::vector<const float*> W0;
+  float* l0 = nullptr;      // [L]
+  float* lprev = nullptr;   // [L]
+  float* lafter = nullptr;  // [L]
+};
+
+// Tokens [t0, t0+m) of one mini-batch; d: the widths d_0 = f, hidden widths, d_n = f. g_live: G holds
+// this mini-batch's sums so far (else they are zero and overwritten). commit: the segment ends the
+// mini-batch (W takes the update, G restarts at zero). scratch: scan_segment_scratch(m, d) floats.
+// Returns whether G is live afterwards.
+bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit, bool g_live,
+                  double eps, float* scratch);
+int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d);
+
+}  // namespace mt::ttt::detail
