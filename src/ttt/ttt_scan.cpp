@@ -321,8 +321,15 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
     std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
     for (int64_t n = b; n < e; ++n) {
-      ScanStream st{xqa + n * L * fa, xka + n * L * fa, xv + n * L * f, lr + n * L, tok, lnw + n * f, lnb + n * f,
-                   out + n * L * f, {}, {}};
+      ScanStream st;
+      st.xqa = xqa + n * L * fa;
+      st.xka = xka + n * L * fa;
+      st.xv = xv + n * L * f;
+      st.lr = lr + n * L;
+      st.tok = tok;
+      st.lnw = lnw + n * f;
+      st.lnb = lnb + n * f;
+      st.out = out + n * L * f;
       for (size_t l = 0; l < nl; ++l) {
         st.W.push_back(o.W[l].mutable_data_ptr<float>() + n * layer_size(l));
         st.G.push_back(o.G[l].mutable_data_ptr<float>() + n * layer_size(l));
@@ -436,6 +443,135 @@ ScanInputs unpack(const variable_list& v, int64_t layers) {
   return in;
 }
 
+// The backward through the hand-written per-stream kernel (scan_segment_backward), for the cases
+// fused_scan_applies accepts. Per stream and checkpoint group, from the last: the group's start state
+// is restored from `sW`, advanced segment by segment (states kept), then the segments are
+// differentiated in reverse, carrying the gradient w.r.t. the state.
+// Returns the gradients in the order of the autograd function's inputs.
+variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std::vector<at::Tensor>& sW,
+                             const at::Tensor& g_out, const std::vector<at::Tensor>& g_Wend,
+                             const std::vector<at::Tensor>& g_Gend) {
+  const int64_t N = in.XV.size(0), L = in.XV.size(1), f = in.XV.size(2), fa = f + 1;
+  const size_t nl = in.W.size();
+  std::vector<int64_t> d{f};
+  for (size_t l = 0; l < nl; ++l) d.push_back(in.W[l].size(2));
+  auto layer_size = [&](size_t l) { return (d[l] + 1) * d[l + 1]; };
+  const auto segs = make_segments(L, sp.K, sp.s0);
+  const auto groups = make_groups(segs.size(), sp.group_size);
+  size_t max_group = 0;
+  for (const auto& [b, e] : groups) max_group = std::max(max_group, e - b);
+  int64_t state_size = 0;
+  for (size_t l = 0; l < nl; ++l) state_size += layer_size(l);
+
+  const at::Tensor cXQa = in.XQa.contiguous(), cXKa = in.XKa.contiguous(), cXV = in.XV.contiguous(),
+                   cLR = in.lr.contiguous(), cTOK = in.tok.contiguous(), cLNW = in.lnw.contiguous(), cLNB = in.lnb.contiguous();
+  const at::Tensor GO = g_out.contiguous();
+  std::vector<at::Tensor> SW(nl), G0(nl);
+  for (size_t l = 0; l < nl; ++l) SW[l] = sW[l].contiguous(), G0[l] = in.G[l].contiguous();
+  auto gXQa = at::zeros_like(cXQa), gXKa = at::zeros_like(cXKa), gXV = at::zeros_like(cXV), glr = at::zeros_like(cLR);
+  auto gtok = at::zeros({N, L}, cXV.options()), glnw = at::zeros({N, f}, cXV.options()), glnb = at::zeros({N, f}, cXV.options());
+  std::vector<at::Tensor> gW(nl), gG(nl);
+  for (size_t l = 0; l < nl; ++l) {  // running gradients w.r.t. the state, from the end state's
+    gW[l] = g_Wend[l].to(at::kFloat).contiguous().clone();
+    gG[l] = g_Gend[l].to(at::kFloat).contiguous().clone();
+  }
+
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
+    // Start states of the current group's segments (W per layer; G of a live first segment).
+    std::vector<float> states(static_cast<size_t>(state_size) * max_group), live_g(static_cast<size_t>(state_size));
+    for (int64_t n = b; n < e; ++n) {
+      ScanStream st;
+      st.xqa = cXQa.const_data_ptr<float>() + n * L * fa;
+      st.xka = cXKa.const_data_ptr<float>() + n * L * fa;
+      st.xv = cXV.const_data_ptr<float>() + n * L * f;
+      st.lr = cLR.const_data_ptr<float>() + n * L;
+      st.tok = cTOK.const_data_ptr<float>();
+      st.lnw = cLNW.const_data_ptr<float>() + n * f;
+      st.lnb = cLNB.const_data_ptr<float>() + n * f;
+      st.out = nullptr;
+      ScanStreamGrads gr{GO.const_data_ptr<float>() + n * L * f, gXQa.mutable_data_ptr<float>() + n * L * fa,
+                         gXKa.mutable_data_ptr<float>() + n * L * fa, gXV.mutable_data_ptr<float>() + n * L * f,
+                         glr.mutable_data_ptr<float>() + n * L, gtok.mutable_data_ptr<float>() + n * L,
+                         glnw.mutable_data_ptr<float>() + n * f, glnb.mutable_data_ptr<float>() + n * f, {}, {}};
+      for (size_t l = 0; l < nl; ++l) {
+        gr.dW.push_back(gW[l].mutable_data_ptr<float>() + n * layer_size(l));
+        gr.dG.push_back(gG[l].mutable_data_ptr<float>() + n * layer_size(l));
+      }
+      std::vector<float*> segW(nl), segG(nl);
+      for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
+        const auto [sb, se] = groups[gi];
+        // Restore the group's start state into the first slot, then advance it through the group.
+        bool live = gi == 0 && sp.s0 > 0;
+        std::vector<bool> seg_live(se - sb);
+        int64_t off = 0;
+        for (size_t l = 0; l < nl; ++l) {
+          const float* src = SW[l].const_data_ptr<float>() + (gi * N + n) * layer_size(l);
+          std::copy(src, src + layer_size(l), states.data() + off);
+          if (live) {
+            const float* g0 = G0[l].const_data_ptr<float>() + n * layer_size(l);
+            std::copy(g0, g0 + layer_size(l), live_g.data() + off);
+          } else {
+            std::fill(live_g.data() + off, live_g.data() + off + layer_size(l), 0.f);
+          }
+          off += layer_size(l);
+        }
+        for (size_t si = sb; si < se; ++si) {
+          float* cur = states.data() + (si - sb) * state_size;
+          seg_live[si - sb] = live;
+          if (si + 1 == se) break;
+          float* next = cur + state_size;
+          std::copy(cur, cur + state_size, next);
+          int64_t o = 0;
+          for (size_t l = 0; l < nl; ++l) {
+            segW[l] = next + o;
+            segG[l] = live_g.data() + o;  // only a live first segment reads it; zeros otherwise
+            o += layer_size(l);
+          }
+          st.W = segW;
+          st.G = segG;
+          const auto& sg = segs[si];
+          // Only the call's first segment can start live, and it commits unless it is the last:
+          // afterwards the sums are zero again, as live_g must be for the next segment.
+          live = scan_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
+        }
+        for (size_t si = se; si-- > sb;) {
+          float* cur = states.data() + (si - sb) * state_size;
+          int64_t o = 0;
+          for (size_t l = 0; l < nl; ++l) {
+            segW[l] = cur + o;
+            segG[l] = live_g.data() + o;
+            o += layer_size(l);
+          }
+          if (si == sb && gi == 0 && sp.s0 > 0)  // live_g was advanced (zeroed) by the forward above
+            for (size_t l = 0; l < nl; ++l) {
+              const float* g0 = G0[l].const_data_ptr<float>() + n * layer_size(l);
+              std::copy(g0, g0 + layer_size(l), segG[l]);
+            }
+          st.W = segW;
+          st.G = segG;
+          const auto& sg = segs[si];
+          scan_segment_backward(st, gr, d, sg.t0, sg.m, sg.commit, seg_live[si - sb], sp.eps, scratch.data());
+        }
+      }
+    }
+  });
+
+  variable_list res(NFIXED + 2 * nl);
+  res[XQa] = gXQa;
+  res[XKa] = gXKa;
+  res[XV] = gXV;
+  res[LR] = glr;
+  res[TOK] = gtok.sum(0);
+  res[LNW] = glnw.view(in.lnw.sizes());
+  res[LNB] = glnb.view(in.lnb.sizes());
+  for (size_t l = 0; l < nl; ++l) {
+    res[w_at(l)] = gW[l];
+    res[g_at(l)] = gG[l];
+  }
+  return res;
+}
+
 struct ScanFunction : public torch::autograd::Function<ScanFunction> {
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, ScanSpec sp, ScanProbes* probes) {
     variable_list v(inputs.begin(), inputs.end());
@@ -475,6 +611,12 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
       g_Gend[l] = gz(grads[2 + 2 * l], in.W[l]);
       gW[l] = at::zeros_like(in.W[l]);
       gG[l] = at::zeros_like(in.W[l]);
+    }
+    if (fused_scan_applies(sp, in, nullptr)) {
+      auto res = backward_fused(sp, in, sW, g_out, g_Wend, g_Gend);
+      res.push_back(at::Tensor());  // spec
+      res.push_back(at::Tensor());  // probes
+      return res;
     }
 
     auto gXQa = at::zeros_like(in.XQa), gXKa = at::zeros_like(in.XKa), gXV = at::zeros_like(in.XV);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "util/simd.h"
 
@@ -11,156 +12,369 @@ using namespace util::simd;
 
 namespace {
 
-struct Scratch {
-  std::vector<float*> X;   // l = 1..n-1: [m, d_l + 1] the keys' augmented inputs of layer l (X[0]: the keys)
-  std::vector<float*> DA;  // l = 0..n-2: [m, d_{l+1}] GELU' at the keys' pre-activations
-  std::vector<float*> GZ;  // l = 0..n-1: [m, d_{l+1}] inner-loss gradient w.r.t. layer l's output
-  float *lk, *a, *z, *tmp, *coef, *xhat, *gxh;
+// Everything one segment of one stream computes, as [m, width] row-major blocks, per inner layer l of
+// input width din = d_l + 1 (augmented with a one) and output width dout = d_{l+1}:
+//   keys:    X[l] the augmented inputs (X[0]: the keys themselves), Zk[l] = X[l] W[l], GELU' / GELU'' at
+//            Zk (hidden layers), GZ[l] the inner-loss gradient w.r.t. Zk[l] at the mini-batch start
+//            weights and H[l] its value before the GELU' factor;
+//   queries: Inp[l] the augmented inputs (Inp[0]: the queries), P[l] = Inp[l] X[l]^T (masked),
+//            IG[l] = Inp[l] G[l] (live sums), Zq[l] the pre-activations at the dual-form per-row weights
+//            W[l] - t_i (G[l] + sum_{j<=i} lr_j X[l]_j^T GZ[l]_j), GELU' at Zq (hidden layers);
+//   LayerNorm parts of the keys' last layer (the inner loss) and of the queries' (the output).
+// The backward's gradient blocks come after.
+struct Seg {
+  std::vector<float*> X, Zk, DA, DDA, H, GZ, Inp, P, IG, Zq, DAq, S;
+  std::vector<float*> dGZ, dX, dZk, dS;
+  float *khat, *ksd, *gxh, *ks2, *qhat, *qsd;
+  float *T1, *dZ, *dZn, *dInp, *Q, *Mq, *EP, *tdz, *U, *V, *coef, *row, *row2;
 };
 
-int64_t layout(const std::vector<int64_t>& d, int64_t m, float* base, Scratch* s) {
+// Lays the blocks out in `base` (nullptr: only counts). Returns the float count.
+int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s) {
   const size_t n = d.size() - 1;
-  const int64_t dmax = *std::max_element(d.begin(), d.end());
+  const int64_t dmax = *std::max_element(d.begin(), d.end()), w = dmax + 1;
   int64_t off = 0;
   auto take = [&](int64_t count) {
     float* p = base ? base + off : nullptr;
-    off += count;
+    off += (count + 15) / 16 * 16;  // 64-byte steps
     return p;
   };
-  if (s) s->X.assign(n, nullptr), s->DA.assign(n, nullptr), s->GZ.assign(n, nullptr);
+  Seg tmp;
+  Seg& g = s ? *s : tmp;
+  for (auto* v : {&g.X, &g.Zk, &g.DA, &g.DDA, &g.H, &g.GZ, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.S, &g.dGZ, &g.dX,
+                  &g.dZk, &g.dS})
+    v->assign(n, nullptr);
   for (size_t l = 0; l < n; ++l) {
-    float* x = l > 0 ? take(m * (d[l] + 1)) : nullptr;
-    float* da = l + 1 < n ? take(m * d[l + 1]) : nullptr;
-    float* gz = take(m * d[l + 1]);
-    if (s) s->X[l] = x, s->DA[l] = da, s->GZ[l] = gz;
+    const int64_t din = d[l] + 1, dout = d[l + 1];
+    if (l > 0) g.X[l] = take(m * din), g.Inp[l] = take(m * din), g.dX[l] = take(m * din);
+    g.Zk[l] = take(m * dout), g.GZ[l] = take(m * dout), g.Zq[l] = take(m * dout), g.IG[l] = take(m * dout);
+    g.dGZ[l] = take(m * dout), g.dZk[l] = take(m * dout);
+    if (l + 1 < n) g.DA[l] = take(m * dout), g.DDA[l] = take(m * dout), g.H[l] = take(m * dout), g.DAq[l] = take(m * dout);
+    g.P[l] = take(m * m);
+    g.S[l] = take(din * dout), g.dS[l] = take(din * dout);
   }
-  float* lk = take(m * (dmax + 1));
-  float* a = take(dmax + 1);
-  float* z = take(dmax);
-  float* tmp = take(dmax);
-  float* coef = take(m);
-  float* xhat = take(dmax);
-  float* gxh = take(dmax);
-  if (s) s->lk = lk, s->a = a, s->z = z, s->tmp = tmp, s->coef = coef, s->xhat = xhat, s->gxh = gxh;
+  const int64_t f = d[0];
+  g.khat = take(m * f), g.ksd = take(m), g.gxh = take(m * f), g.ks2 = take(m), g.qhat = take(m * f), g.qsd = take(m);
+  g.T1 = take(w * dmax), g.dZ = take(m * w), g.dZn = take(m * w), g.dInp = take(m * w), g.tdz = take(m * w);
+  g.U = take(m * w), g.V = take(m * w);
+  g.Q = take(m * m), g.Mq = take(m * m), g.EP = take(m * m), g.coef = take(m * m);
+  g.row = take(w), g.row2 = take(w);
   return off;
 }
 
-// Keys' row j of layer l's augmented input.
-const float* key_row(const ScanStream& s, const Scratch& b, const std::vector<int64_t>& d, size_t l, int64_t t0, int64_t j) {
-  return l == 0 ? s.xka + (t0 + j) * (d[0] + 1) : b.X[l] + j * (d[l] + 1);
+// Keys' augmented inputs of layer l (X[0]: the stream's keys from token t0).
+const float* keys(const ScanStream& s, const Seg& g, const std::vector<int64_t>& d, size_t l, int64_t t0) {
+  return l == 0 ? s.xka + t0 * (d[0] + 1) : g.X[l];
 }
 
-// The inner model at the dual-form per-row weights for the augmented row x0 of token t0 + i with token
-// factor t (keys j <= i, or j < i when strict): the last layer's pre-LN output in b.z.
-MT_SIMD_TARGET void dual_rows(const ScanStream& s, const Scratch& b, const std::vector<int64_t>& d, int64_t t0, int64_t i,
-                             const float* x0, float t, bool strict, bool g_live) {
+// 1. The keys through the inner model at the mini-batch start weights, and the inner-loss gradient
+// w.r.t. each layer's pre-activation (LN-fused L2 in closed form, then back through the layers).
+MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, double eps,
+                             bool second, Seg& g) {
   const size_t n = d.size() - 1;
-  const int64_t keys = strict ? i : i + 1;
-  const float* inp = x0;
+  const int64_t f = d[0], fa = f + 1;
+  const float D = static_cast<float>(f);
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
-    row_times(inp, 1, din, s.W[l], dout, b.z, false);
-    if (g_live) {
-      row_times(inp, 1, din, s.G[l], dout, b.tmp, false);
-      axpy(-t, b.tmp, b.z, dout);
-    }
-    for (int64_t j = 0; j < keys; ++j) b.coef[j] = -t * s.lr[t0 + j] * dot(inp, key_row(s, b, d, l, t0, j), din);
-    if (keys > 0) row_times(b.coef, 1, keys, b.GZ[l], dout, b.z, true);
-    if (l + 1 < n) {
-      gelu_row(b.z, dout, b.a, nullptr);
-      b.a[dout] = 1.f;
-      inp = b.a;
-    }
+    gemm(m, dout, din, keys(s, g, d, l, t0), din, 1, s.W[l], dout, g.Zk[l], dout, 1.f, false);
+    if (l + 1 < n)
+      for (int64_t i = 0; i < m; ++i) {
+        float* x = g.X[l + 1] + i * (dout + 1);
+        gelu_row(g.Zk[l] + i * dout, dout, x, g.DA[l] + i * dout, second ? g.DDA[l] + i * dout : nullptr);
+        x[dout] = 1.f;
+      }
   }
+  for (int64_t i = 0; i < m; ++i) {
+    const float* z = g.Zk[n - 1] + i * f;
+    const float* xk = s.xka + (t0 + i) * fa;
+    const float* xv = s.xv + (t0 + i) * f;
+    float* xh = g.khat + i * f;
+    float* gx = g.gxh + i * f;
+    float* gz = g.GZ[n - 1] + i * f;
+    const float sd = ln_row(z, f, eps, xh);
+    for (int64_t j = 0; j < f; ++j) gx[j] = (s.lnw[j] * xh[j] + s.lnb[j] - (xv[j] - xk[j])) * s.lnw[j];
+    const float s1 = sum(gx, f), s2 = dot(gx, xh, f), inv = 1.f / (sd * D);
+    for (int64_t j = 0; j < f; ++j) gz[j] = (gx[j] * D - s1 - xh[j] * s2) * inv;
+    g.ksd[i] = sd;
+    g.ks2[i] = s2;
+  }
+  for (size_t l = n - 1; l-- > 0;) {  // gz_l = (gz_{l+1} W_{l+1}[:d]^T) * GELU'(zk_l)
+    const int64_t dh = d[l + 1], dn = d[l + 2];
+    transpose(s.W[l + 1], dh, dn, dn, g.T1);
+    gemm(m, dh, dn, g.GZ[l + 1], dn, 1, g.T1, dh, g.H[l], dh, 1.f, false);
+    for (int64_t k = 0; k < m * dh; ++k) g.GZ[l][k] = g.H[l][k] * g.DA[l][k];
+  }
+}
+
+// 2. Rows x0 (augmented, row stride f + 1) through the inner model at the dual-form per-row weights of
+// token factors t (keys j <= i, or j < i when strict): pre-activations in Zq, the last layer's in
+// Zq[n-1]. P, IG and DAq are kept for the backward.
+MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, const float* x0,
+                              const float* t, bool strict, bool g_live, Seg& g) {
+  const size_t n = d.size() - 1;
+  const float* lr = s.lr + t0;
+  for (size_t l = 0; l < n; ++l) {
+    const int64_t din = d[l] + 1, dout = d[l + 1];
+    const float* inp = l == 0 ? x0 : g.Inp[l];
+    const float* X = keys(s, g, d, l, t0);
+    gemm(m, dout, din, inp, din, 1, s.W[l], dout, g.Zq[l], dout, 1.f, false);
+    if (g_live) {
+      gemm(m, dout, din, inp, din, 1, s.G[l], dout, g.IG[l], dout, 1.f, false);
+      for (int64_t i = 0; i < m; ++i) axpy(-t[i], g.IG[l] + i * dout, g.Zq[l] + i * dout, dout);
+    }
+    float* P = g.P[l];
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t keys_i = strict ? i : i + 1;
+      for (int64_t j = 0; j < m; ++j) {
+        const float p = j < keys_i ? dot(inp + i * din, X + j * din, din) : 0.f;
+        P[i * m + j] = p;
+        g.coef[i * m + j] = -t[i] * lr[j] * p;
+      }
+    }
+    gemm(m, dout, m, g.coef, m, 1, g.GZ[l], dout, g.Zq[l], dout, 1.f, true);
+    if (l + 1 < n)
+      for (int64_t i = 0; i < m; ++i) {
+        float* a = g.Inp[l + 1] + i * (dout + 1);
+        gelu_row(g.Zq[l] + i * dout, dout, a, g.DAq[l] + i * dout);
+        a[dout] = 1.f;
+      }
+  }
+}
+
+// 3. Gradient sums S_l = G_l (when live) + sum_j lr_j X_l,j^T GZ_l,j into S[l] (may be s.G[l]).
+MT_SIMD_TARGET void grad_sums(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool g_live,
+                             Seg& g, const std::vector<float*>& S) {
+  const size_t n = d.size() - 1;
+  for (size_t l = 0; l < n; ++l) {
+    const int64_t din = d[l] + 1, dout = d[l + 1];
+    const float* X = keys(s, g, d, l, t0);
+    float* LX = g.U;  // [m, din] rows scaled by their learning rate
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t k = 0; k < din; ++k) LX[j * din + k] = s.lr[t0 + j] * X[j * din + k];
+    if (S[l] != s.G[l] && g_live) std::memcpy(S[l], s.G[l], sizeof(float) * din * dout);
+    gemm(din, dout, m, LX, 1, din, g.GZ[l], dout, S[l], dout, 1.f, g_live);
+  }
+}
+
+// The probes' inner loss of key rows t0.. from the last layer's pre-activations z (rows of f).
+MT_SIMD_TARGET void losses(const ScanStream& s, int64_t f, int64_t t0, int64_t m, const float* z, double eps, float* xhat,
+                          float* dst) {
+  for (int64_t i = 0; i < m; ++i) dst[t0 + i] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t0 + i, z + i * f, eps, xhat);
 }
 
 }  // namespace
 
-int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d) { return layout(d, K, nullptr, nullptr); }
+int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d) { return plan(d, K, nullptr, nullptr); }
 
 MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
                                 bool g_live, double eps, float* scratch) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
-  Scratch b;
-  layout(d, m, scratch, &b);
-  const float D = static_cast<float>(f);
-
-  // 1. The keys through the inner model at the mini-batch start weights: each layer's input, GELU'.
-  for (int64_t i = 0; i < m; ++i) {
-    for (size_t l = 0; l < n; ++l) {
-      const int64_t dout = d[l + 1];
-      float* zrow = l + 1 < n ? b.z : b.GZ[n - 1] + i * dout;
-      row_times(key_row(s, b, d, l, t0, i), 1, d[l] + 1, s.W[l], dout, zrow, false);
-      if (l + 1 < n) {
-        float* x = b.X[l + 1] + i * (dout + 1);
-        gelu_row(zrow, dout, x, b.DA[l] + i * dout);
-        x[dout] = 1.f;
-      }
+  Seg g;
+  plan(d, m, scratch, &g);
+  keys_pass(s, d, t0, m, eps, false, g);
+  if (s.out) {
+    query_pass(s, d, t0, m, s.xqa + t0 * fa, s.tok + t0, false, g_live, g);
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xq = s.xqa + (t0 + i) * fa;
+      float* o = s.out + (t0 + i) * f;
+      float* xh = g.row;
+      ln_row(g.Zq[n - 1] + i * f, f, eps, xh);
+      for (int64_t j = 0; j < f; ++j) o[j] = xq[j] + s.lnw[j] * xh[j] + s.lnb[j];
     }
-    // 2. Gradient of 1/2 ||LN(z) - (xv - xk)||^2 w.r.t. the last pre-LN output (in place).
-    float* g = b.GZ[n - 1] + i * f;
+  }
+  if (s.l0) {  // after the outputs, from the same state: probes change no output bit
+    query_pass(s, d, t0, m, s.xka + t0 * fa, s.tok + t0, false, g_live, g);
+    losses(s, f, t0, m, g.Zq[n - 1], eps, g.row, s.lafter);
+    query_pass(s, d, t0, m, s.xka + t0 * fa, s.tokprev + t0, true, g_live, g);
+    losses(s, f, t0, m, g.Zq[n - 1], eps, g.row, s.lprev);
+    for (size_t l = 0; l < n; ++l) {  // the learned initial weights
+      const int64_t din = d[l] + 1, dout = d[l + 1];
+      gemm(m, dout, din, l == 0 ? s.xka + t0 * fa : g.Inp[l], din, 1, s.W0[l], dout, g.Zq[l], dout, 1.f, false);
+      if (l + 1 < n)
+        for (int64_t i = 0; i < m; ++i) {
+          float* a = g.Inp[l + 1] + i * (dout + 1);
+          gelu_row(g.Zq[l] + i * dout, dout, a, nullptr);
+          a[dout] = 1.f;
+        }
+    }
+    losses(s, f, t0, m, g.Zq[n - 1], eps, g.row, s.l0);
+  }
+  grad_sums(s, d, t0, m, g_live, g, s.G);
+  if (commit)
+    for (size_t l = 0; l < n; ++l) {
+      const int64_t sz = (d[l] + 1) * d[l + 1];
+      axpy(-s.tok[t0 + m - 1], s.G[l], s.W[l], sz);
+      std::fill(s.G[l], s.G[l] + sz, 0.f);
+    }
+  return !commit;
+}
+
+MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamGrads& gr, const std::vector<int64_t>& d,
+                                         int64_t t0, int64_t m, bool commit, bool g_live, double eps, float* scratch) {
+  const size_t n = d.size() - 1;
+  const int64_t f = d[0], fa = f + 1;
+  const float D = static_cast<float>(f);
+  const float* lr = s.lr + t0;
+  const float* t = s.tok + t0;
+  Seg g;
+  plan(d, m, scratch, &g);
+  const float* xq = s.xqa + t0 * fa;
+  keys_pass(s, d, t0, m, eps, true, g);
+  query_pass(s, d, t0, m, xq, t, false, g_live, g);
+  auto dXp = [&](size_t l) { return l == 0 ? gr.dxka + t0 * fa : g.dX[l]; };
+  for (size_t l = 1; l < n; ++l) std::fill(g.dX[l], g.dX[l] + m * (d[l] + 1), 0.f);
+
+  // 1. The state update. dS: the gradient w.r.t. the segment's gradient sums S_l.
+  if (commit) grad_sums(s, d, t0, m, g_live, g, g.S);
+  for (size_t l = 0; l < n; ++l) {
+    const int64_t din = d[l] + 1, dout = d[l + 1], sz = din * dout;
+    float* dS = g.dS[l];
+    if (commit) {  // W' = W - t_last S; the sums restart at zero (a constant)
+      const float tl = t[m - 1];
+      for (int64_t k = 0; k < sz; ++k) dS[k] = -tl * gr.dW[l][k];
+      gr.dtok[t0 + m - 1] -= dot(g.S[l], gr.dW[l], sz);
+    } else {  // W' = W, G' = S
+      std::memcpy(dS, gr.dG[l], sizeof(float) * sz);
+    }
+    // S = G + sum_j lr_j x_j^T gz_j
+    const float* X = keys(s, g, d, l, t0);
+    float* dX = dXp(l);
+    transpose(dS, din, dout, dout, g.T1);                                  // [dout, din]
+    gemm(m, din, dout, g.GZ[l], dout, 1, g.T1, din, g.U, din, 1.f, false);  // U_j = dS gz_j
+    for (int64_t j = 0; j < m; ++j) {
+      gr.dlr[t0 + j] += dot(X + j * din, g.U + j * din, din);
+      axpy(lr[j], g.U + j * din, dX + j * din, din);
+    }
+    gemm(m, dout, din, X, din, 1, dS, dout, g.dGZ[l], dout, 1.f, false);  // x_j^T dS
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t k = 0; k < dout; ++k) g.dGZ[l][j * dout + k] *= lr[j];
+    if (g_live)
+      std::memcpy(gr.dG[l], dS, sizeof(float) * sz);
+    else
+      std::fill(gr.dG[l], gr.dG[l] + sz, 0.f);
+  }
+
+  // 2. The output: xq + LN(zq) (the queries' first f columns pass the gradient straight through).
+  {
+    const float* zl = g.Zq[n - 1];
+    for (int64_t i = 0; i < m; ++i) {
+      const float* go = gr.dout + (t0 + i) * f;
+      float* xh = g.qhat + i * f;
+      const float sd = ln_row(zl + i * f, f, eps, xh);
+      axpy(1.f, go, gr.dxqa + (t0 + i) * fa, f);
+      float* gw = g.row;
+      for (int64_t j = 0; j < f; ++j) {
+        gr.dlnw[j] += go[j] * xh[j];
+        gr.dlnb[j] += go[j];
+        gw[j] = go[j] * s.lnw[j];
+      }
+      const float m1 = sum(gw, f) / D, m2 = dot(gw, xh, f) / D, inv = 1.f / sd;
+      float* dz = g.dZ + i * f;
+      for (int64_t j = 0; j < f; ++j) dz[j] = (gw[j] - m1 - xh[j] * m2) * inv;
+    }
+  }
+
+  // 3. Back through the queries' layers: z_i = inp_i W - t_i inp_i G - sum_{j<=i} t_i lr_j (inp_i . x_j) gz_j.
+  float *dZ = g.dZ, *dZn = g.dZn;
+  for (size_t l = n; l-- > 0;) {
+    const int64_t din = d[l] + 1, dout = d[l + 1];
+    const float* inp = l == 0 ? xq : g.Inp[l];
+    const float* X = keys(s, g, d, l, t0);
+    const float* P = g.P[l];
+    const float* GZ = g.GZ[l];
+    for (int64_t i = 0; i < m; ++i) {
+      float dt = 0.f;
+      for (int64_t j = 0; j < m; ++j) {
+        const bool on = j <= i;
+        const float q = on ? dot(dZ + i * dout, GZ + j * dout, dout) : 0.f;
+        g.Mq[i * m + j] = t[i] * lr[j] * q;
+        g.EP[i * m + j] = t[i] * lr[j] * P[i * m + j];
+        dt -= lr[j] * P[i * m + j] * q;
+        gr.dlr[t0 + j] -= t[i] * P[i * m + j] * q;
+      }
+      if (g_live) dt -= dot(g.IG[l] + i * dout, dZ + i * dout, dout);
+      gr.dtok[t0 + i] += dt;
+    }
+    // dInp = dZ W^T - t (dZ G^T) - Mq X
+    transpose(s.W[l], din, dout, dout, g.T1);
+    gemm(m, din, dout, dZ, dout, 1, g.T1, din, g.dInp, din, 1.f, false);
+    if (g_live) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t k = 0; k < dout; ++k) g.tdz[i * dout + k] = t[i] * dZ[i * dout + k];
+      transpose(s.G[l], din, dout, dout, g.T1);
+      gemm(m, din, dout, g.tdz, dout, 1, g.T1, din, g.dInp, din, -1.f, true);
+      gemm(din, dout, m, inp, 1, din, g.tdz, dout, gr.dG[l], dout, -1.f, true);
+    }
+    gemm(m, din, m, g.Mq, m, 1, X, din, g.dInp, din, -1.f, true);
+    gemm(din, dout, m, inp, 1, din, dZ, dout, gr.dW[l], dout, 1.f, true);   // dW += inp^T dZ
+    gemm(m, din, m, g.Mq, 1, m, inp, din, dXp(l), din, -1.f, true);        // dX -= Mq^T inp
+    gemm(m, dout, m, g.EP, 1, m, dZ, dout, g.dGZ[l], dout, -1.f, true);    // dGZ -= (E P)^T dZ
+    if (l > 0) {
+      const int64_t dp = d[l];
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t k = 0; k < dp; ++k) dZn[i * dp + k] = g.dInp[i * din + k] * g.DAq[l - 1][i * dp + k];
+      std::swap(dZ, dZn);
+    } else {
+      for (int64_t i = 0; i < m; ++i) axpy(1.f, g.dInp + i * din, gr.dxqa + (t0 + i) * fa, din);
+    }
+  }
+
+  // 4. Back through the inner-loss gradients: gz_l = h_l * GELU'(zk_l), h_l = gz_{l+1} W_{l+1}[:d]^T.
+  for (size_t l = 0; l + 1 < n; ++l) {
+    const int64_t dh = d[l + 1], dn = d[l + 2];
+    float* dH = g.dInp;  // [m, dh]
+    for (int64_t k = 0; k < m * dh; ++k) {
+      dH[k] = g.dGZ[l][k] * g.DA[l][k];
+      g.dZk[l][k] = g.dGZ[l][k] * g.H[l][k] * g.DDA[l][k];
+    }
+    gemm(m, dn, dh, dH, dh, 1, s.W[l + 1], dn, g.dGZ[l + 1], dn, 1.f, true);
+    gemm(dh, dn, m, dH, 1, dh, g.GZ[l + 1], dn, gr.dW[l + 1], dn, 1.f, true);
+  }
+  // The LN-fused L2 gradient gz = (D gxh - sum gxh - xhat (gxh . xhat)) / (sd D), gxh = (w xhat + b - target) w.
+  for (int64_t i = 0; i < m; ++i) {
+    const float* dg = g.dGZ[n - 1] + i * f;
+    const float* gz = g.GZ[n - 1] + i * f;
+    const float* xh = g.khat + i * f;
+    const float* gx = g.gxh + i * f;
     const float* xk = s.xka + (t0 + i) * fa;
     const float* xv = s.xv + (t0 + i) * f;
-    const float sd = ln_row(g, f, eps, b.xhat);
-    for (int64_t j = 0; j < f; ++j) b.gxh[j] = (s.lnw[j] * b.xhat[j] + s.lnb[j] - (xv[j] - xk[j])) * s.lnw[j];
-    const float s1 = sum(b.gxh, f), s2 = dot(b.gxh, b.xhat, f), inv = 1.f / (sd * D);
-    for (int64_t j = 0; j < f; ++j) g[j] = (b.gxh[j] * D - s1 - b.xhat[j] * s2) * inv;
-    // 3. Back through the layers: gz_l = (gz_{l+1} W_{l+1}[:d]^T) * GELU'(z_l).
-    for (size_t l = n - 1; l-- > 0;) {
-      const int64_t dh = d[l + 1], dn = d[l + 2];
-      const float* gn = b.GZ[l + 1] + i * dn;
-      float* gl = b.GZ[l] + i * dh;
-      const float* da = b.DA[l] + i * dh;
-      for (int64_t a = 0; a < dh; ++a) gl[a] = dot(gn, s.W[l + 1] + a * dn, dn) * da[a];
+    const float sd = g.ksd[i], s2 = g.ks2[i];
+    float* u = g.row;
+    float* dxh = g.row2;
+    const float c = 1.f / (sd * D);
+    for (int64_t j = 0; j < f; ++j) u[j] = dg[j] * c;
+    const float su = sum(u, f), ux = dot(u, xh, f), dsd = -dot(dg, gz, f) / sd;
+    float* dxv = gr.dxv + (t0 + i) * f;
+    float* dxk = gr.dxka + (t0 + i) * fa;
+    for (int64_t j = 0; j < f; ++j) {
+      const float w = s.lnw[j];
+      const float dgxh = D * u[j] - su - xh[j] * ux;
+      dxh[j] = -u[j] * s2 - gx[j] * ux + dgxh * w * w;
+      gr.dlnw[j] += dgxh * (2.f * w * xh[j] + s.lnb[j] - (xv[j] - xk[j]));
+      gr.dlnb[j] += dgxh * w;
+      const float dtarget = -dgxh * w;
+      dxv[j] += dtarget;
+      dxk[j] -= dtarget;
     }
+    const float m1 = sum(dxh, f) / D, m2 = dot(dxh, xh, f) / D, inv = 1.f / sd;
+    float* dz = g.dZk[n - 1] + i * f;
+    for (int64_t j = 0; j < f; ++j) dz[j] = (dxh[j] - m1 - xh[j] * m2) * inv + dsd * xh[j] / D;
   }
-
-  // 4. Output rows: xq + LN(z) at the query's per-row weights.
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xq = s.xqa + (t0 + i) * fa;
-    float* o = s.out + (t0 + i) * f;
-    dual_rows(s, b, d, t0, i, xq, s.tok[t0 + i], false, g_live);
-    ln_row(b.z, f, eps, b.xhat);
-    for (int64_t j = 0; j < f; ++j) o[j] = xq[j] + s.lnw[j] * b.xhat[j] + s.lnb[j];
-  }
-
-  // 5. Probes: the inner loss of each key row at the learned initial weights, before and after its update.
-  if (s.l0) {
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t t = t0 + i;
-      const float* xk = s.xka + t * fa;
-      dual_rows(s, b, d, t0, i, xk, s.tok[t], false, g_live);
-      s.lafter[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, b.z, eps, b.xhat);
-      dual_rows(s, b, d, t0, i, xk, s.tokprev[t], true, g_live);
-      s.lprev[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, b.z, eps, b.xhat);
-      const float* inp = xk;
-      for (size_t l = 0; l < n; ++l) {
-        row_times(inp, 1, d[l] + 1, s.W0[l], d[l + 1], b.z, false);
-        if (l + 1 < n) {
-          gelu_row(b.z, d[l + 1], b.a, nullptr);
-          b.a[d[l + 1]] = 1.f;
-          inp = b.a;
-        }
-      }
-      s.l0[t] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t, b.z, eps, b.xhat);
-    }
-  }
-
-  // 6. Gradient sums per layer: G_l += sum_j lr_j X_l,j^T gz_l,j; at the mini-batch's end W_l -= tok_last G_l.
-  for (size_t l = 0; l < n; ++l) {
+  // Back through the keys' layers: zk_l = X_l W_l.
+  for (size_t l = n; l-- > 0;) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
-    for (int64_t j = 0; j < m; ++j) {
-      const float* x = key_row(s, b, d, l, t0, j);
-      for (int64_t k = 0; k < din; ++k) b.lk[j * din + k] = s.lr[t0 + j] * x[k];
-    }
-    for (int64_t k = 0; k < din; ++k) row_times(b.lk + k, din, m, b.GZ[l], dout, s.G[l] + k * dout, g_live);
-    if (commit) {
-      axpy(-s.tok[t0 + m - 1], s.G[l], s.W[l], din * dout);
-      std::fill(s.G[l], s.G[l] + din * dout, 0.f);
+    const float* X = keys(s, g, d, l, t0);
+    gemm(din, dout, m, X, 1, din, g.dZk[l], dout, gr.dW[l], dout, 1.f, true);
+    transpose(s.W[l], din, dout, dout, g.T1);
+    float* dX = dXp(l);
+    gemm(m, din, dout, g.dZk[l], dout, 1, g.T1, din, dX, din, 1.f, true);
+    if (l > 0) {
+      const int64_t dp = d[l];
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t k = 0; k < dp; ++k) g.dZk[l - 1][i * dp + k] += dX[i * din + k] * g.DA[l - 1][i * dp + k];
     }
   }
-  return !commit;
 }
 
 }  // namespace mt::ttt::detail

@@ -1,12 +1,13 @@
 #pragma once
-// The TTT inner loop for one stream (one batch element and head) on the CPU, as plain loops over its
-// inner state: the dual form of spec 1.5 for one segment (the tokens of one mini-batch inside a call),
-// for TTT-Linear (one inner layer) and TTT-MLP (n >= 2 layers, tanh-GELU between them), every layer's
-// gradient taken at the mini-batch start weights (spec 1.12), the LN-fused L2 gradient in closed form.
-// It computes what detail::scan's tensor path computes with ~30 (Linear) to ~100 (MLP) small ops per
-// segment and head, without their dispatch (f = 64, a mini-batch of 16: each op is a few microseconds
-// of bookkeeping around a few hundred nanoseconds of arithmetic). Forward only (with the inner-loss
-// probes): the autograd path keeps the tensor ops.
+// The TTT inner loop for one stream (one batch element and head) on the CPU, as small matrix products
+// over its inner state: the dual form of spec 1.5 for one segment (the tokens of one mini-batch inside
+// a call), for TTT-Linear (one inner layer) and TTT-MLP (n >= 2 layers, tanh-GELU between them), every
+// layer's gradient taken at the mini-batch start weights (spec 1.12), the LN-fused L2 gradient in
+// closed form; and its hand-written backward. It computes what detail::scan's tensor path computes
+// with ~30 (Linear) to ~100 (MLP) small ops per segment and head, without their dispatch (f = 64, a
+// mini-batch of 16: each op is a few microseconds of bookkeeping around a few hundred nanoseconds of
+// arithmetic), and replaces the autograd recomputation of the backward (~3x the forward's ops, each
+// with its graph node).
 #include <cstdint>
 #include <vector>
 
@@ -15,14 +16,14 @@ namespace mt::ttt::detail {
 // One stream's view of a scan call : inputs, outputs and the inner state, per inner layer
 // l of widths d_l -> d_{l+1} (TTT-Linear: one layer f -> f; TTT-MLP: f -> 4f -> ... -> f).
 struct ScanStream {
-  const float* xqa;  // [L, f+1] queries with a column of ones
-  const float* xka;  // [L, f+1] keys with a column of ones
-  const float* xv;   // [L, f]
-  const float* lr;   // [L] per-token inner learning rate
-  const float* tok;  // [L] token factor (shared by all streams)
-  const float* lnw;  // [f] inner LayerNorm
-  const float* lnb;  // [f]
-  float* out;        // [L, f]: XQ + LN(f_res(XQ))
+  const float* xqa = nullptr;  // [L, f+1] queries with a column of ones
+  const float* xka = nullptr;  // [L, f+1] keys with a column of ones
+  const float* xv = nullptr;   // [L, f]
+  const float* lr = nullptr;   // [L] per-token inner learning rate
+  const float* tok = nullptr;  // [L] token factor (shared by all streams)
+  const float* lnw = nullptr;  // [f] inner LayerNorm
+  const float* lnb = nullptr;  // [f]
+  float* out = nullptr;  // [L, f]: XQ + LN(f_res(XQ)); nullptr: advance the state only
   std::vector<float*> W, G;  // per layer [d_l + 1, d_{l+1}] state (bias as the last row) and gradient sum,
                              // advanced in place
   // Inner-loss probes (null / empty when not wanted): the previous token factor per token, the learned
@@ -41,5 +42,26 @@ struct ScanStream {
 bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit, bool g_live,
                   double eps, float* scratch);
 int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d);
+
+// Gradients of one stream, written by scan_segment_backward (the caller zeroes them once per call,
+// except dW and dG).
+struct ScanStreamGrads {
+  const float* dout;  // [L, f] gradient of the outputs
+  float* dxqa;        // [L, f+1] (accumulated)
+  float* dxka;        // [L, f+1] (accumulated)
+  float* dxv;         // [L, f]   (accumulated)
+  float* dlr;         // [L]      (accumulated)
+  float* dtok;        // [L]      this stream's share (accumulated)
+  float* dlnw;        // [f]      (accumulated)
+  float* dlnb;        // [f]      (accumulated)
+  // Per layer: on entry the gradient w.r.t. the state (W, G) after the segment, on return w.r.t. the
+  // state before it (dG: zero unless g_live, the sums being a zero constant then).
+  std::vector<float*> dW, dG;
+};
+
+// Backward of scan_segment for the same arguments: s holds the state before the segment (s.W, s.G are
+// read, not advanced; s.out and the probes are not used). Recomputes the segment's forward in scratch.
+void scan_segment_backward(const ScanStream& s, const ScanStreamGrads& g, const std::vector<int64_t>& d, int64_t t0,
+                           int64_t m, bool commit, bool g_live, double eps, float* scratch);
 
 }  // namespace mt::ttt::detail

@@ -100,6 +100,87 @@ inline float sum(const float* a, int64_t n) {
 }
 #endif
 
+#ifdef MT_SIMD_X86
+namespace detail {
+// R rows (R <= 4) of gemm below: 16 columns at a time in 2R registers while the K rows of B stream past.
+template <int R>
+MT_SIMD_TARGET inline void gemm_rows(int64_t N, int64_t K, const float* __restrict A, int64_t ars, int64_t acs,
+                                    const float* __restrict B, int64_t ldb, float* __restrict C, int64_t ldc, float alpha,
+                                    bool accumulate) {
+  const __m256 al = _mm256_set1_ps(alpha);
+  int64_t j0 = 0;
+  for (; j0 + 16 <= N; j0 += 16) {
+    __m256 c0[R], c1[R];
+    for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(B + k * ldb + j0), b1 = _mm256_loadu_ps(B + k * ldb + j0 + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 a = _mm256_set1_ps(A[r * ars + k * acs]);
+        c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+        c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* c = C + r * ldc + j0;
+      _mm256_storeu_ps(c, accumulate ? _mm256_fmadd_ps(al, c0[r], _mm256_loadu_ps(c)) : _mm256_mul_ps(al, c0[r]));
+      _mm256_storeu_ps(c + 8, accumulate ? _mm256_fmadd_ps(al, c1[r], _mm256_loadu_ps(c + 8)) : _mm256_mul_ps(al, c1[r]));
+    }
+  }
+  for (; j0 + 8 <= N; j0 += 8) {
+    __m256 c0[R];
+    for (int r = 0; r < R; ++r) c0[r] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(B + k * ldb + j0);
+      for (int r = 0; r < R; ++r) c0[r] = _mm256_fmadd_ps(_mm256_set1_ps(A[r * ars + k * acs]), b0, c0[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+      float* c = C + r * ldc + j0;
+      _mm256_storeu_ps(c, accumulate ? _mm256_fmadd_ps(al, c0[r], _mm256_loadu_ps(c)) : _mm256_mul_ps(al, c0[r]));
+    }
+  }
+  for (; j0 < N; ++j0) {
+    for (int r = 0; r < R; ++r) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < K; ++k) acc += A[r * ars + k * acs] * B[k * ldb + j0];
+      float* c = C + r * ldc + j0;
+      *c = accumulate ? *c + alpha * acc : alpha * acc;
+    }
+  }
+}
+}  // namespace detail
+
+// C[M, N] = alpha A B (+ C when accumulating), for the small matrices of the TTT kernels. A's element
+// (i, k) is A[i * ars + k * acs] (a transposed operand: ars = 1, acs = its row length); B and C are
+// row-major with leading dimensions ldb and ldc.
+MT_SIMD_TARGET inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
+                               int64_t ldb, float* C, int64_t ldc, float alpha, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) detail::gemm_rows<4>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate);
+  switch (M - i) {
+    case 3: detail::gemm_rows<3>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate); break;
+    case 2: detail::gemm_rows<2>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate); break;
+    case 1: detail::gemm_rows<1>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate); break;
+    default: break;
+  }
+}
+#else
+inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
+                 float* C, int64_t ldc, float alpha, bool accumulate) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < K; ++k) acc += A[i * ars + k * acs] * B[k * ldb + j];
+      C[i * ldc + j] = accumulate ? C[i * ldc + j] + alpha * acc : alpha * acc;
+    }
+}
+#endif
+
+// dst[c, r] = src[r, c] for a [rows, cols] block of src with leading dimension lds (dst: [cols, rows]).
+inline void transpose(const float* __restrict src, int64_t rows, int64_t cols, int64_t lds, float* __restrict dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * lds + c];
+}
+
 // y[0:n] += a * x[0:n]
 MT_SIMD_TARGET inline void axpy(float a, const float* __restrict x, float* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
@@ -162,11 +243,13 @@ MT_SIMD_TARGET inline __m256 tanh8(__m256 u) {
 #endif
 
 // a = gelu_tanh(z) and, when da is given, da = its derivative (the reference's gelu_bwd constants).
-MT_SIMD_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* __restrict a, float* __restrict da) {
+// dda (optional): the derivative of that derivative formula (what autograd takes through it).
+MT_SIMD_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* __restrict a, float* __restrict da,
+                                   float* __restrict dda = nullptr) {
   int64_t i = 0;
 #ifdef MT_SIMD_X86
   const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), c0 = _mm256_set1_ps(0.79788456f),
-               c1 = _mm256_set1_ps(0.044715f), c2 = _mm256_set1_ps(0.1070322243f);
+               c1 = _mm256_set1_ps(0.044715f), c2 = _mm256_set1_ps(0.1070322243f), c3 = _mm256_set1_ps(3.f * 0.044715f);
   for (; i + 8 <= n; i += 8) {
     const __m256 x = _mm256_loadu_ps(z + i), x2 = _mm256_mul_ps(x, x);
     const __m256 t = tanh8(_mm256_mul_ps(_mm256_mul_ps(x, _mm256_fmadd_ps(x2, c1, one)), c0));
@@ -176,12 +259,24 @@ MT_SIMD_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float*
                                          _mm256_fmadd_ps(x2, c2, c0));
       _mm256_storeu_ps(da + i, _mm256_fmadd_ps(_mm256_add_ps(t, one), half, inner));
     }
+    if (dda) {
+      // (1 - t^2) (kp/2 + up/2 + c2 x^2 - x t up kp), kp = c2 x^2 + c0, up = c0 (1 + 3 c1 x^2)
+      const __m256 kp = _mm256_fmadd_ps(x2, c2, c0), up = _mm256_mul_ps(c0, _mm256_fmadd_ps(x2, c3, one));
+      __m256 v = _mm256_mul_ps(half, _mm256_add_ps(kp, up));
+      v = _mm256_fmadd_ps(c2, x2, v);
+      v = _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_mul_ps(x, t), up), kp, v);
+      _mm256_storeu_ps(dda + i, _mm256_mul_ps(_mm256_fnmadd_ps(t, t, one), v));
+    }
   }
 #endif
   for (; i < n; ++i) {
     const float x = z[i], x2 = x * x, t = std::tanh(x * (1.f + 0.044715f * x2) * 0.79788456f);
     a[i] = 0.5f * x * (1.f + t);
     if (da) da[i] = x * 0.5f * (1.f - t * t) * (x2 * 0.1070322243f + 0.79788456f) + (t + 1.f) * 0.5f;
+    if (dda) {
+      const float kp = x2 * 0.1070322243f + 0.79788456f, up = 0.79788456f * (1.f + 3.f * 0.044715f * x2);
+      dda[i] = (1.f - t * t) * (0.5f * (kp + up) + 0.1070322243f * x2 - x * t * up * kp);
+    }
   }
 }
 

@@ -7,10 +7,13 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <cmath>
+#include <cstdio>
 #include <tuple>
 
 #include "test_util.h"
 #include "ttt/ttt_layer.h"
+#include "ttt/ttt_scan.h"
 #include "unit/ttt_test_util.h"
 #include "util/error.h"
 #include "util/fused.h"
@@ -137,6 +140,85 @@ TEST_P(TttFusedTypes, ProbesEqualTheTensorPathAndChangeNoOutputBit) {
       EXPECT_LT(rel(pf, pg), 2e-5) << name;
     }
   }
+}
+
+// The hand-written backward of the scan (scan_segment_backward) against autograd through the tensor
+// path, at the scan's own interface: random inputs in float32, random gradients on the outputs and on
+// the state the call leaves, calls that start inside a mini-batch with live sums, checkpoint groups of
+// 1, 2 and all, remainders, head widths with vector tails.
+TEST_P(TttFusedTypes, HandWrittenBackwardEqualsAutogradThroughTheTensorPath) {
+  if (!mt::util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused kernel needs AVX2 + FMA";
+  const std::string type = GetParam();
+  const int64_t layers = type == "linear" ? 1 : (type == "mlp" ? 2 : 3);
+  using mt::ttt::detail::ScanInputs;
+  using mt::ttt::detail::ScanSpec;
+  double worst = 0;
+  for (int64_t f : {4, 40, 64}) {
+    for (auto [L, K, s0] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 0}, {5, 8, 3}, {16, 16, 0}, {21, 8, 0},
+                            {40, 16, 5}, {3, 8, 2}}) {
+      for (int64_t group : {0, 1, 2}) {
+        SCOPED_TRACE(mt::str("f=", f, " L=", L, " K=", K, " s0=", s0, " group=", group));
+        at::Generator g = at::detail::createCPUGenerator(f * 1000 + L * 10 + group);
+        const int64_t N = 3;
+        auto ones = [&](const at::Tensor& t) { return at::cat({t, at::ones({N, L, 1})}, -1); };
+        ScanInputs in;
+        in.XQa = ones(at::randn({N, L, f}, g));
+        in.XKa = ones(at::randn({N, L, f}, g));
+        in.XV = at::randn({N, L, f}, g);
+        in.lr = at::rand({N, L}, g) * 0.3 + 0.05;
+        in.tok = 1.0 / (at::arange(s0, s0 + L).remainder(K).to(at::kFloat) + 1.0) + at::rand({L}, g) * 0.1;
+        in.lnw = 1.0 + 0.3 * at::randn({N, 1, f}, g);
+        in.lnb = 0.3 * at::randn({N, 1, f}, g);
+        for (int64_t l = 0; l < layers; ++l) {
+          const int64_t din = l == 0 ? f : 4 * f, dout = l + 1 == layers ? f : 4 * f;
+          in.W.push_back(at::randn({N, din + 1, dout}, g) / std::sqrt(static_cast<double>(din)));
+          in.G.push_back(s0 > 0 ? at::randn({N, din + 1, dout}, g) * 0.05 : at::zeros({N, din + 1, dout}));
+        }
+        ScanSpec sp;
+        sp.layers = layers;
+        sp.K = K;
+        sp.s0 = s0;
+        sp.group_size = group;
+        std::vector<at::Tensor> gys{at::randn({N, L, f}, g)};
+        for (int64_t l = 0; l < layers; ++l) {
+          gys.push_back(at::randn(in.W[l].sizes(), g));
+          gys.push_back(at::randn(in.W[l].sizes(), g));
+        }
+        auto grads = [&]() {
+          ScanInputs v = in;
+          std::vector<at::Tensor> wrt{v.XQa, v.XKa, v.XV, v.lr, v.tok, v.lnw, v.lnb};
+          for (int64_t l = 0; l < layers; ++l) wrt.insert(wrt.end(), {v.W[l], v.G[l]});
+          for (auto& t : wrt) t = t.clone().requires_grad_(true);
+          v.XQa = wrt[0], v.XKa = wrt[1], v.XV = wrt[2], v.lr = wrt[3], v.tok = wrt[4], v.lnw = wrt[5], v.lnb = wrt[6];
+          for (int64_t l = 0; l < layers; ++l) v.W[l] = wrt[7 + 2 * l], v.G[l] = wrt[8 + 2 * l];
+          auto o = mt::ttt::detail::scan(sp, v);
+          std::vector<at::Tensor> ys{o.out};
+          for (int64_t l = 0; l < layers; ++l) ys.insert(ys.end(), {o.W[l], o.G[l]});
+          return torch::autograd::grad(ys, wrt, gys, false, false, true);
+        };
+        const auto gf = grads();
+        std::vector<at::Tensor> gt;
+        {
+          TensorPath tp;
+          gt = grads();
+        }
+        const char* names[] = {"XQa", "XKa", "XV", "lr", "tok", "lnw", "lnb"};
+        for (size_t i = 0; i < gf.size(); ++i) {
+          const std::string name = i < 7 ? names[i] : mt::str(i % 2 ? "W" : "G", (i - 7) / 2);
+          if (!gt[i].defined()) {  // unused by autograd: the fused gradient must be zero
+            ASSERT_TRUE(!gf[i].defined() || gf[i].abs().max().item<double>() == 0) << name;
+            continue;
+          }
+          ASSERT_TRUE(gf[i].defined()) << name;
+          ASSERT_TRUE(gf[i].isfinite().all().item<bool>()) << name;
+          const double r = rel(gf[i], gt[i]);
+          worst = std::max(worst, r);
+          EXPECT_LT(r, 2e-4) << name;
+        }
+      }
+    }
+  }
+  std::printf("worst relative gradient difference, %s: %.2e\n", type.c_str(), worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(TttFused, TttFusedTypes, ::testing::Values("linear", "mlp", "mlp3"),
