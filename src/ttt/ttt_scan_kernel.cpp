@@ -23,7 +23,7 @@ namespace {
 //   LayerNorm parts of the keys' last layer (the inner loss) and of the queries' (the output).
 // The backward's gradient blocks come after.
 struct Seg {
-  std::vector<float*> X, Zk, DA, DDA, H, GZ, Inp, P, IG, Zq, DAq, S;
+  std::vector<float*> X, Zk, DA, DDA, H, GZ, Inp, P, IG, Zq, DAq, S, WT;
   std::vector<float*> dGZ, dX, dZk, dS;
   float *khat, *ksd, *gxh, *ks2, *qhat, *qsd;
   float *T1, *dZ, *dZn, *dInp, *Q, *Mq, *EP, *tdz, *U, *V, *coef, *row, *row2;
@@ -41,8 +41,8 @@ int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s) {
   };
   Seg tmp;
   Seg& g = s ? *s : tmp;
-  for (auto* v : {&g.X, &g.Zk, &g.DA, &g.DDA, &g.H, &g.GZ, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.S, &g.dGZ, &g.dX,
-                  &g.dZk, &g.dS})
+  for (auto* v : {&g.X, &g.Zk, &g.DA, &g.DDA, &g.H, &g.GZ, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.S, &g.WT, &g.dGZ,
+                  &g.dX, &g.dZk, &g.dS})
     v->assign(n, nullptr);
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
@@ -51,7 +51,7 @@ int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s) {
     g.dGZ[l] = take(m * dout), g.dZk[l] = take(m * dout);
     if (l + 1 < n) g.DA[l] = take(m * dout), g.DDA[l] = take(m * dout), g.H[l] = take(m * dout), g.DAq[l] = take(m * dout);
     g.P[l] = take(m * m);
-    g.S[l] = take(din * dout), g.dS[l] = take(din * dout);
+    g.S[l] = take(din * dout), g.dS[l] = take(din * dout), g.WT[l] = take(din * dout);
   }
   const int64_t f = d[0];
   g.khat = take(m * f), g.ksd = take(m), g.gxh = take(m * f), g.ks2 = take(m), g.qhat = take(m * f), g.qsd = take(m);
@@ -100,8 +100,8 @@ MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d
   }
   for (size_t l = n - 1; l-- > 0;) {  // gz_l = (gz_{l+1} W_{l+1}[:d]^T) * GELU'(zk_l)
     const int64_t dh = d[l + 1], dn = d[l + 2];
-    transpose(s.W[l + 1], dh, dn, dn, g.T1);
-    gemm(m, dh, dn, g.GZ[l + 1], dn, 1, g.T1, dh, g.H[l], dh, 1.f, false);
+    transpose(s.W[l + 1], dh + 1, dn, dn, g.WT[l + 1]);  // [dn, dh + 1], kept for the backward
+    gemm(m, dh, dn, g.GZ[l + 1], dn, 1, g.WT[l + 1], dh + 1, g.H[l], dh, 1.f, false);
     for (int64_t k = 0; k < m * dh; ++k) g.GZ[l][k] = g.H[l][k] * g.DA[l][k];
   }
 }
@@ -220,7 +220,8 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
   Seg g;
   plan(d, m, scratch, &g);
   const float* xq = s.xqa + t0 * fa;
-  keys_pass(s, d, t0, m, eps, true, g);
+  keys_pass(s, d, t0, m, eps, true, g);  // W^T of layers >= 1 in g.WT
+  transpose(s.W[0], d[0] + 1, d[1], d[1], g.WT[0]);
   query_pass(s, d, t0, m, xq, t, false, g_live, g);
   auto dXp = [&](size_t l) { return l == 0 ? gr.dxka + t0 * fa : g.dX[l]; };
   for (size_t l = 1; l < n; ++l) std::fill(g.dX[l], g.dX[l] + m * (d[l] + 1), 0.f);
@@ -297,8 +298,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
       gr.dtok[t0 + i] += dt;
     }
     // dInp = dZ W^T - t (dZ G^T) - Mq X
-    transpose(s.W[l], din, dout, dout, g.T1);
-    gemm(m, din, dout, dZ, dout, 1, g.T1, din, g.dInp, din, 1.f, false);
+    gemm(m, din, dout, dZ, dout, 1, g.WT[l], din, g.dInp, din, 1.f, false);
     if (g_live) {
       for (int64_t i = 0; i < m; ++i)
         for (int64_t k = 0; k < dout; ++k) g.tdz[i * dout + k] = t[i] * dZ[i * dout + k];
@@ -366,9 +366,8 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
     const int64_t din = d[l] + 1, dout = d[l + 1];
     const float* X = keys(s, g, d, l, t0);
     gemm(din, dout, m, X, 1, din, g.dZk[l], dout, gr.dW[l], dout, 1.f, true);
-    transpose(s.W[l], din, dout, dout, g.T1);
     float* dX = dXp(l);
-    gemm(m, din, dout, g.dZk[l], dout, 1, g.T1, din, dX, din, 1.f, true);
+    gemm(m, din, dout, g.dZk[l], dout, 1, g.WT[l], din, dX, din, 1.f, true);
     if (l > 0) {
       const int64_t dp = d[l];
       for (int64_t i = 0; i < m; ++i)
