@@ -23,10 +23,11 @@ namespace {
 //   LayerNorm parts of the keys' last layer (the inner loss) and of the queries' (the output).
 // The backward's gradient blocks come after.
 struct Seg {
-  std::vector<float*> X, Zk, DA, DDA, H, GZ, Inp, P, IG, Zq, DAq, S, WT;
-  std::vector<float*> dGZ, dX, dZk, dS;
+  std::vector<float*> X, Zk, DA, DDA, H, GZ, Inp, P, IG, Zq, DAq;
+  std::vector<float*> dGZ, dX, dZk;
   float *khat, *ksd, *gxh, *ks2, *qhat, *qsd;
-  float *T1, *dZ, *dZn, *dInp, *Q, *Mq, *EP, *tdz, *U, *V, *coef, *row, *row2;
+  float *t1, *t2, *t3;  // times_wt's
+  float *dZ, *dZn, *dInp, *Q, *Mq, *EP, *tdz, *U, *coef, *row, *row2;
 };
 
 // Lays the blocks out in `base` (nullptr: only counts). Returns the float count.
@@ -41,8 +42,7 @@ int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s) {
   };
   Seg tmp;
   Seg& g = s ? *s : tmp;
-  for (auto* v : {&g.X, &g.Zk, &g.DA, &g.DDA, &g.H, &g.GZ, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.S, &g.WT, &g.dGZ,
-                  &g.dX, &g.dZk, &g.dS})
+  for (auto* v : {&g.X, &g.Zk, &g.DA, &g.DDA, &g.H, &g.GZ, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.dGZ, &g.dX, &g.dZk})
     v->assign(n, nullptr);
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
@@ -51,15 +51,32 @@ int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s) {
     g.dGZ[l] = take(m * dout), g.dZk[l] = take(m * dout);
     if (l + 1 < n) g.DA[l] = take(m * dout), g.DDA[l] = take(m * dout), g.H[l] = take(m * dout), g.DAq[l] = take(m * dout);
     g.P[l] = take(m * m);
-    g.S[l] = take(din * dout), g.dS[l] = take(din * dout), g.WT[l] = take(din * dout);
   }
   const int64_t f = d[0];
   g.khat = take(m * f), g.ksd = take(m), g.gxh = take(m * f), g.ks2 = take(m), g.qhat = take(m * f), g.qsd = take(m);
-  g.T1 = take(w * dmax), g.dZ = take(m * w), g.dZn = take(m * w), g.dInp = take(m * w), g.tdz = take(m * w);
-  g.U = take(m * w), g.V = take(m * w);
+  g.t1 = take(m * w), g.t2 = take(m * w), g.t3 = take(m * w);
+  g.dZ = take(m * w), g.dZn = take(m * w), g.dInp = take(m * w), g.tdz = take(m * w), g.U = take(m * w);
   g.Q = take(m * m), g.Mq = take(m * m), g.EP = take(m * m), g.coef = take(m * m);
   g.row = take(w), g.row2 = take(w);
   return off;
+}
+
+// out[m, r] = alpha Z W[:r]^T (+ out when accumulating), Z: [m, k] (leading dimension ldz), W: rows of k
+// (ldw), out: [m, r] (ldo). Computed as (W Z^T)^T: W streams once through gemm against the m columns of
+// Z^T, and only the small [m, k] and [r, m] blocks are transposed, never W.
+MT_SIMD_TARGET void times_wt(int64_t m, int64_t r, int64_t k, const float* Z, int64_t ldz, const float* W, int64_t ldw,
+                            float* out, int64_t ldo, float alpha, bool accumulate, Seg& g) {
+  transpose(Z, m, k, ldz, g.t1);                        // [k, m]
+  gemm(r, m, k, W, ldw, 1, g.t1, m, g.t2, m, 1.f, false);  // [r, m]
+  transpose(g.t2, r, m, m, g.t3);                       // [m, r]
+  for (int64_t i = 0; i < m; ++i) {
+    float* o = out + i * ldo;
+    const float* v = g.t3 + i * r;
+    if (accumulate)
+      axpy(alpha, v, o, r);
+    else
+      for (int64_t j = 0; j < r; ++j) o[j] = alpha * v[j];
+  }
 }
 
 // Keys' augmented inputs of layer l (X[0]: the stream's keys from token t0).
@@ -100,8 +117,7 @@ MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d
   }
   for (size_t l = n - 1; l-- > 0;) {  // gz_l = (gz_{l+1} W_{l+1}[:d]^T) * GELU'(zk_l)
     const int64_t dh = d[l + 1], dn = d[l + 2];
-    transpose(s.W[l + 1], dh + 1, dn, dn, g.WT[l + 1]);  // [dn, dh + 1], kept for the backward
-    gemm(m, dh, dn, g.GZ[l + 1], dn, 1, g.WT[l + 1], dh + 1, g.H[l], dh, 1.f, false);
+    times_wt(m, dh, dn, g.GZ[l + 1], dn, s.W[l + 1], dn, g.H[l], dh, 1.f, false, g);
     for (int64_t k = 0; k < m * dh; ++k) g.GZ[l][k] = g.H[l][k] * g.DA[l][k];
   }
 }
@@ -141,9 +157,9 @@ MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& 
   }
 }
 
-// 3. Gradient sums S_l = G_l (when live) + sum_j lr_j X_l,j^T GZ_l,j into S[l] (may be s.G[l]).
+// 3. The gradient sums, in place: G_l = G_l (when live, else 0) + sum_j lr_j X_l,j^T GZ_l,j.
 MT_SIMD_TARGET void grad_sums(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool g_live,
-                             Seg& g, const std::vector<float*>& S) {
+                             Seg& g) {
   const size_t n = d.size() - 1;
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
@@ -151,8 +167,7 @@ MT_SIMD_TARGET void grad_sums(const ScanStream& s, const std::vector<int64_t>& d
     float* LX = g.U;  // [m, din] rows scaled by their learning rate
     for (int64_t j = 0; j < m; ++j)
       for (int64_t k = 0; k < din; ++k) LX[j * din + k] = s.lr[t0 + j] * X[j * din + k];
-    if (S[l] != s.G[l] && g_live) std::memcpy(S[l], s.G[l], sizeof(float) * din * dout);
-    gemm(din, dout, m, LX, 1, din, g.GZ[l], dout, S[l], dout, 1.f, g_live);
+    gemm(din, dout, m, LX, 1, din, g.GZ[l], dout, s.G[l], dout, 1.f, g_live);
   }
 }
 
@@ -200,7 +215,7 @@ MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>
     }
     losses(s, f, t0, m, g.Zq[n - 1], eps, g.row, s.l0);
   }
-  grad_sums(s, d, t0, m, g_live, g, s.G);
+  grad_sums(s, d, t0, m, g_live, g);
   if (commit)
     for (size_t l = 0; l < n; ++l) {
       const int64_t sz = (d[l] + 1) * d[l + 1];
@@ -220,40 +235,40 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
   Seg g;
   plan(d, m, scratch, &g);
   const float* xq = s.xqa + t0 * fa;
-  keys_pass(s, d, t0, m, eps, true, g);  // W^T of layers >= 1 in g.WT
-  transpose(s.W[0], d[0] + 1, d[1], d[1], g.WT[0]);
+  keys_pass(s, d, t0, m, eps, true, g);
   query_pass(s, d, t0, m, xq, t, false, g_live, g);
   auto dXp = [&](size_t l) { return l == 0 ? gr.dxka + t0 * fa : g.dX[l]; };
   for (size_t l = 1; l < n; ++l) std::fill(g.dX[l], g.dX[l] + m * (d[l] + 1), 0.f);
 
-  // 1. The state update. dS: the gradient w.r.t. the segment's gradient sums S_l.
-  if (commit) grad_sums(s, d, t0, m, g_live, g, g.S);
+  // 1. The state update, with S_l = G_l (live) + sum_j lr_j x_j^T gz_j the segment's gradient sums:
+  // commit: W' = W - t_last S (the sums restart at a constant zero); else G' = S. So dS = c R with
+  // R = dW' (c = -t_last) or dG' (c = 1).
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1], sz = din * dout;
-    float* dS = g.dS[l];
-    if (commit) {  // W' = W - t_last S; the sums restart at zero (a constant)
-      const float tl = t[m - 1];
-      for (int64_t k = 0; k < sz; ++k) dS[k] = -tl * gr.dW[l][k];
-      gr.dtok[t0 + m - 1] -= dot(g.S[l], gr.dW[l], sz);
-    } else {  // W' = W, G' = S
-      std::memcpy(dS, gr.dG[l], sizeof(float) * sz);
-    }
-    // S = G + sum_j lr_j x_j^T gz_j
+    const float* R = commit ? gr.dW[l] : gr.dG[l];
+    const float c = commit ? -t[m - 1] : 1.f;
     const float* X = keys(s, g, d, l, t0);
     float* dX = dXp(l);
-    transpose(dS, din, dout, dout, g.T1);                                  // [dout, din]
-    gemm(m, din, dout, g.GZ[l], dout, 1, g.T1, din, g.U, din, 1.f, false);  // U_j = dS gz_j
+    times_wt(m, din, dout, g.GZ[l], dout, R, dout, g.U, din, 1.f, false, g);  // U_j = R gz_j
+    float dtl = 0.f;  // d/dt_last of W' (commit): -<S, R>
     for (int64_t j = 0; j < m; ++j) {
-      gr.dlr[t0 + j] += dot(X + j * din, g.U + j * din, din);
-      axpy(lr[j], g.U + j * din, dX + j * din, din);
+      const float q = dot(X + j * din, g.U + j * din, din);  // x_j^T R gz_j
+      gr.dlr[t0 + j] += c * q;
+      dtl -= lr[j] * q;
+      axpy(c * lr[j], g.U + j * din, dX + j * din, din);
     }
-    gemm(m, dout, din, X, din, 1, dS, dout, g.dGZ[l], dout, 1.f, false);  // x_j^T dS
+    gemm(m, dout, din, X, din, 1, R, dout, g.dGZ[l], dout, c, false);  // c x_j^T R, then times lr_j
     for (int64_t j = 0; j < m; ++j)
       for (int64_t k = 0; k < dout; ++k) g.dGZ[l][j * dout + k] *= lr[j];
-    if (g_live)
-      std::memcpy(gr.dG[l], dS, sizeof(float) * sz);
-    else
+    if (commit) {
+      if (g_live) dtl -= dot(s.G[l], R, sz);
+      gr.dtok[t0 + m - 1] += dtl;
+    }
+    // The sums before the segment: dS when they were live (a constant zero otherwise).
+    if (!g_live)
       std::fill(gr.dG[l], gr.dG[l] + sz, 0.f);
+    else if (commit)
+      for (int64_t k = 0; k < sz; ++k) gr.dG[l][k] = c * gr.dW[l][k];
   }
 
   // 2. The output: xq + LN(zq) (the queries' first f columns pass the gradient straight through).
@@ -298,12 +313,11 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
       gr.dtok[t0 + i] += dt;
     }
     // dInp = dZ W^T - t (dZ G^T) - Mq X
-    gemm(m, din, dout, dZ, dout, 1, g.WT[l], din, g.dInp, din, 1.f, false);
+    times_wt(m, din, dout, dZ, dout, s.W[l], dout, g.dInp, din, 1.f, false, g);
     if (g_live) {
       for (int64_t i = 0; i < m; ++i)
         for (int64_t k = 0; k < dout; ++k) g.tdz[i * dout + k] = t[i] * dZ[i * dout + k];
-      transpose(s.G[l], din, dout, dout, g.T1);
-      gemm(m, din, dout, g.tdz, dout, 1, g.T1, din, g.dInp, din, -1.f, true);
+      times_wt(m, din, dout, g.tdz, dout, s.G[l], dout, g.dInp, din, -1.f, true, g);
       gemm(din, dout, m, inp, 1, din, g.tdz, dout, gr.dG[l], dout, -1.f, true);
     }
     gemm(m, din, m, g.Mq, m, 1, X, din, g.dInp, din, -1.f, true);
@@ -367,7 +381,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
     const float* X = keys(s, g, d, l, t0);
     gemm(din, dout, m, X, 1, din, g.dZk[l], dout, gr.dW[l], dout, 1.f, true);
     float* dX = dXp(l);
-    gemm(m, din, dout, g.dZk[l], dout, 1, g.WT[l], din, dX, din, 1.f, true);
+    times_wt(m, din, dout, g.dZk[l], dout, s.W[l], dout, dX, din, 1.f, true, g);
     if (l > 0) {
       const int64_t dp = d[l];
       for (int64_t i = 0; i < m; ++i)
