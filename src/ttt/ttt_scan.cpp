@@ -480,6 +480,9 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
     std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
     // Start states of the current group's segments (W per layer; G of a live first segment).
     std::vector<float> states(static_cast<size_t>(state_size) * max_group), live_g(static_cast<size_t>(state_size));
+    // The keys' blocks of every advanced segment, which its backward then skips recomputing.
+    const int64_t keys_size = scan_keys_scratch(sp.K, d);
+    std::vector<float> keys(static_cast<size_t>(keys_size) * max_group);
     for (int64_t n = b; n < e; ++n) {
       ScanStream st;
       st.xqa = cXQa.const_data_ptr<float>() + n * L * fa;
@@ -533,7 +536,8 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
           const auto& sg = segs[si];
           // Only the call's first segment can start live, and it commits unless it is the last:
           // afterwards the sums are zero again, as live_g must be for the next segment.
-          live = scan_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
+          live = scan_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data(),
+                              keys.data() + (si - sb) * keys_size);
         }
         for (size_t si = se; si-- > sb;) {
           float* cur = states.data() + (si - sb) * state_size;
@@ -551,7 +555,8 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
           st.W = segW;
           st.G = segG;
           const auto& sg = segs[si];
-          scan_segment_backward(st, gr, d, sg.t0, sg.m, sg.commit, seg_live[si - sb], sp.eps, scratch.data());
+          scan_segment_backward(st, gr, d, sg.t0, sg.m, sg.commit, seg_live[si - sb], sp.eps, scratch.data(),
+                                si + 1 < se ? keys.data() + (si - sb) * keys_size : nullptr);
         }
       }
     }

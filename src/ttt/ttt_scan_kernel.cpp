@@ -30,30 +30,53 @@ struct Seg {
   float *dZ, *dZn, *dInp, *Q, *Mq, *EP, *tdz, *U, *coef, *row, *row2;
 };
 
-// Lays the blocks out in `base` (nullptr: only counts). Returns the float count.
-int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s) {
+// Lays the keys' blocks (what the backward can take over from a state-advancing forward) out in `base`
+// (nullptr: only counts). Returns the float count.
+int64_t plan_keys(const std::vector<int64_t>& d, int64_t m, float* base, Seg& g) {
   const size_t n = d.size() - 1;
-  const int64_t dmax = *std::max_element(d.begin(), d.end()), w = dmax + 1;
   int64_t off = 0;
   auto take = [&](int64_t count) {
     float* p = base ? base + off : nullptr;
     off += (count + 15) / 16 * 16;  // 64-byte steps
     return p;
   };
-  Seg tmp;
-  Seg& g = s ? *s : tmp;
-  for (auto* v : {&g.X, &g.Zk, &g.DA, &g.DDA, &g.H, &g.GZ, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.dGZ, &g.dX, &g.dZk})
-    v->assign(n, nullptr);
+  for (auto* v : {&g.X, &g.DA, &g.DDA, &g.H, &g.GZ}) v->assign(n, nullptr);
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
-    if (l > 0) g.X[l] = take(m * din), g.Inp[l] = take(m * din), g.dX[l] = take(m * din);
-    g.Zk[l] = take(m * dout), g.GZ[l] = take(m * dout), g.Zq[l] = take(m * dout), g.IG[l] = take(m * dout);
+    if (l > 0) g.X[l] = take(m * din);
+    g.GZ[l] = take(m * dout);
+    if (l + 1 < n) g.DA[l] = take(m * dout), g.DDA[l] = take(m * dout), g.H[l] = take(m * dout);
+  }
+  const int64_t f = d[0];
+  g.khat = take(m * f), g.ksd = take(m), g.gxh = take(m * f), g.ks2 = take(m);
+  return off;
+}
+
+// Lays all blocks out in `base` (nullptr: only counts), the keys' in `keys` when given. Returns the
+// float count of `base`.
+int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s, float* keys = nullptr) {
+  const size_t n = d.size() - 1;
+  const int64_t dmax = *std::max_element(d.begin(), d.end()), w = dmax + 1;
+  Seg tmp;
+  Seg& g = s ? *s : tmp;
+  int64_t off = plan_keys(d, m, base, g);
+  if (keys) plan_keys(d, m, keys, g);
+  auto take = [&](int64_t count) {
+    float* p = base ? base + off : nullptr;
+    off += (count + 15) / 16 * 16;
+    return p;
+  };
+  for (auto* v : {&g.Zk, &g.Inp, &g.P, &g.IG, &g.Zq, &g.DAq, &g.dGZ, &g.dX, &g.dZk}) v->assign(n, nullptr);
+  for (size_t l = 0; l < n; ++l) {
+    const int64_t din = d[l] + 1, dout = d[l + 1];
+    if (l > 0) g.Inp[l] = take(m * din), g.dX[l] = take(m * din);
+    g.Zk[l] = take(m * dout), g.Zq[l] = take(m * dout), g.IG[l] = take(m * dout);
     g.dGZ[l] = take(m * dout), g.dZk[l] = take(m * dout);
-    if (l + 1 < n) g.DA[l] = take(m * dout), g.DDA[l] = take(m * dout), g.H[l] = take(m * dout), g.DAq[l] = take(m * dout);
+    if (l + 1 < n) g.DAq[l] = take(m * dout);
     g.P[l] = take(m * m);
   }
   const int64_t f = d[0];
-  g.khat = take(m * f), g.ksd = take(m), g.gxh = take(m * f), g.ks2 = take(m), g.qhat = take(m * f), g.qsd = take(m);
+  g.qhat = take(m * f), g.qsd = take(m);
   g.t1 = take(m * w), g.t2 = take(m * w), g.t3 = take(m * w);
   g.dZ = take(m * w), g.dZn = take(m * w), g.dInp = take(m * w), g.tdz = take(m * w), g.U = take(m * w);
   g.Q = take(m * m), g.Mq = take(m * m), g.EP = take(m * m), g.coef = take(m * m);
@@ -80,7 +103,7 @@ MT_SIMD_TARGET void times_wt(int64_t m, int64_t r, int64_t k, const float* Z, in
 }
 
 // Keys' augmented inputs of layer l (X[0]: the stream's keys from token t0).
-const float* keys(const ScanStream& s, const Seg& g, const std::vector<int64_t>& d, size_t l, int64_t t0) {
+const float* key_rows(const ScanStream& s, const Seg& g, const std::vector<int64_t>& d, size_t l, int64_t t0) {
   return l == 0 ? s.xka + t0 * (d[0] + 1) : g.X[l];
 }
 
@@ -93,7 +116,7 @@ MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d
   const float D = static_cast<float>(f);
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
-    gemm(m, dout, din, keys(s, g, d, l, t0), din, 1, s.W[l], dout, g.Zk[l], dout, 1.f, false);
+    gemm(m, dout, din, key_rows(s, g, d, l, t0), din, 1, s.W[l], dout, g.Zk[l], dout, 1.f, false);
     if (l + 1 < n)
       for (int64_t i = 0; i < m; ++i) {
         float* x = g.X[l + 1] + i * (dout + 1);
@@ -132,7 +155,7 @@ MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& 
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
     const float* inp = l == 0 ? x0 : g.Inp[l];
-    const float* X = keys(s, g, d, l, t0);
+    const float* X = key_rows(s, g, d, l, t0);
     gemm(m, dout, din, inp, din, 1, s.W[l], dout, g.Zq[l], dout, 1.f, false);
     if (g_live) {
       gemm(m, dout, din, inp, din, 1, s.G[l], dout, g.IG[l], dout, 1.f, false);
@@ -163,7 +186,7 @@ MT_SIMD_TARGET void grad_sums(const ScanStream& s, const std::vector<int64_t>& d
   const size_t n = d.size() - 1;
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
-    const float* X = keys(s, g, d, l, t0);
+    const float* X = key_rows(s, g, d, l, t0);
     float* LX = g.U;  // [m, din] rows scaled by their learning rate
     for (int64_t j = 0; j < m; ++j)
       for (int64_t k = 0; k < din; ++k) LX[j * din + k] = s.lr[t0 + j] * X[j * din + k];
@@ -181,13 +204,18 @@ MT_SIMD_TARGET void losses(const ScanStream& s, int64_t f, int64_t t0, int64_t m
 
 int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d) { return plan(d, K, nullptr, nullptr); }
 
+int64_t scan_keys_scratch(int64_t K, const std::vector<int64_t>& d) {
+  Seg g;
+  return plan_keys(d, K, nullptr, g);
+}
+
 MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
-                                bool g_live, double eps, float* scratch) {
+                                bool g_live, double eps, float* scratch, float* keys) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
   Seg g;
-  plan(d, m, scratch, &g);
-  keys_pass(s, d, t0, m, eps, false, g);
+  plan(d, m, scratch, &g, keys);
+  keys_pass(s, d, t0, m, eps, keys != nullptr, g);
   if (s.out) {
     query_pass(s, d, t0, m, s.xqa + t0 * fa, s.tok + t0, false, g_live, g);
     for (int64_t i = 0; i < m; ++i) {
@@ -226,16 +254,17 @@ MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>
 }
 
 MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamGrads& gr, const std::vector<int64_t>& d,
-                                         int64_t t0, int64_t m, bool commit, bool g_live, double eps, float* scratch) {
+                                         int64_t t0, int64_t m, bool commit, bool g_live, double eps, float* scratch,
+                                         float* keys) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
   const float D = static_cast<float>(f);
   const float* lr = s.lr + t0;
   const float* t = s.tok + t0;
   Seg g;
-  plan(d, m, scratch, &g);
+  plan(d, m, scratch, &g, keys);
   const float* xq = s.xqa + t0 * fa;
-  keys_pass(s, d, t0, m, eps, true, g);
+  if (!keys) keys_pass(s, d, t0, m, eps, true, g);
   query_pass(s, d, t0, m, xq, t, false, g_live, g);
   auto dXp = [&](size_t l) { return l == 0 ? gr.dxka + t0 * fa : g.dX[l]; };
   for (size_t l = 1; l < n; ++l) std::fill(g.dX[l], g.dX[l] + m * (d[l] + 1), 0.f);
@@ -247,7 +276,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
     const int64_t din = d[l] + 1, dout = d[l + 1], sz = din * dout;
     const float* R = commit ? gr.dW[l] : gr.dG[l];
     const float c = commit ? -t[m - 1] : 1.f;
-    const float* X = keys(s, g, d, l, t0);
+    const float* X = key_rows(s, g, d, l, t0);
     float* dX = dXp(l);
     times_wt(m, din, dout, g.GZ[l], dout, R, dout, g.U, din, 1.f, false, g);  // U_j = R gz_j
     float dtl = 0.f;  // d/dt_last of W' (commit): -<S, R>
@@ -296,7 +325,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
   for (size_t l = n; l-- > 0;) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
     const float* inp = l == 0 ? xq : g.Inp[l];
-    const float* X = keys(s, g, d, l, t0);
+    const float* X = key_rows(s, g, d, l, t0);
     const float* P = g.P[l];
     const float* GZ = g.GZ[l];
     for (int64_t i = 0; i < m; ++i) {
@@ -378,7 +407,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
   // Back through the keys' layers: zk_l = X_l W_l.
   for (size_t l = n; l-- > 0;) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
-    const float* X = keys(s, g, d, l, t0);
+    const float* X = key_rows(s, g, d, l, t0);
     gemm(din, dout, m, X, 1, din, g.dZk[l], dout, gr.dW[l], dout, 1.f, true);
     float* dX = dXp(l);
     times_wt(m, din, dout, g.dZk[l], dout, s.W[l], dout, dX, din, 1.f, true, g);

@@ -39,9 +39,12 @@ struct ScanStream {
 // this mini-batch's sums so far (else they are zero and overwritten). commit: the segment ends the
 // mini-batch (W takes the update, G restarts at zero). scratch: scan_segment_scratch(m, d) floats.
 // Returns whether G is live afterwards.
+// keys (optional, scan_keys_scratch(m, d) floats): where the keys' blocks of the segment go, with what the
+// backward needs of them, so that scan_segment_backward of the same segment and state can skip them.
 bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit, bool g_live,
-                  double eps, float* scratch);
+                  double eps, float* scratch, float* keys = nullptr);
 int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d);
+int64_t scan_keys_scratch(int64_t K, const std::vector<int64_t>& d);
 
 // Gradients of one stream, written by scan_segment_backward (the caller zeroes them once per call,
 // except dW and dG).
@@ -60,8 +63,9 @@ struct ScanStreamGrads {
 };
 
 // Backward of scan_segment for the same arguments: s holds the state before the segment (s.W, s.G are
-// read, not advanced; s.out and the probes are not used). Recomputes the segment's forward in scratch.
+// read, not advanced; s.out and the probes are not used). Recomputes the segment's forward in scratch,
+// except the keys' blocks when `keys` holds them (from scan_segment of the same segment and state).
 void scan_segment_backward(const ScanStream& s, const ScanStreamGrads& g, const std::vector<int64_t>& d, int64_t t0,
-                           int64_t m, bool commit, bool g_live, double eps, float* scratch);
+                           int64_t m, bool commit, bool g_live, double eps, float* scratch, float* keys = nullptr);
 
 }  // namespace mt::ttt::detail
