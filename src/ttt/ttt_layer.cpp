@@ -241,7 +241,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& pos, double theta) {
     const int64_t B = x.size(0), L = x.size(1), nh = x.size(2), P = f / 2;
     const float *xp = x.const_data_ptr<float>(), *cp = c.const_data_ptr<float>(), *sp = s.const_data_ptr<float>();
     float* op = out.mutable_data_ptr<float>();
-    at::parallel_for(0, B * L, 64, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, B * L, std::max<int64_t>(64, (int64_t{1} << 16) / (nh * f)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float* ct = cp + (r % L) * P;
         const float* st = sp + (r % L) * P;

@@ -227,27 +227,12 @@ at::Tensor mask_for(const Masks& mk, const Segment& sg, bool strict) {
   return M.narrow(0, sg.s, sg.m).narrow(1, sg.s, sg.m);
 }
 
-// Chunk ranges [c0, c0+n) of the N streams.
-std::vector<std::pair<int64_t, int64_t>> chunk_ranges(int64_t N, int64_t chunks) {
-  std::vector<std::pair<int64_t, int64_t>> r;
-  for (int64_t c = 0; c < chunks; ++c) {
-    int64_t b = N * c / chunks, e = N * (c + 1) / chunks;
-    if (e > b) r.push_back({b, e - b});
-  }
-  return r;
-}
-
-// Runs fn(chunk index, c0, n) for every chunk, always inside an OpenMP team when libtorch has more than
-// one thread: libtorch decides whether an op may fork by omp_in_parallel() alone, and tiny ops such
-// as bmm and tril on [K, f] slices do fork outside a team (milliseconds each on a loaded machine).
-// With fewer chunks than two, the team gets an idle second member so that the work still runs in it.
+// Runs fn(chunk index, c0, n) for every chunk, in order on the calling thread: the tensor ops inside
+// parallelise themselves (an OpenMP team around them would make each of them serial, and would need the
+// caller's thread-local autograd and inference modes in every worker).
 template <class F>
-void for_each_chunk(const std::vector<std::pair<int64_t, int64_t>>& ranges, bool cpu, F&& fn) {
-  const int64_t nc = static_cast<int64_t>(ranges.size());
-  const int64_t tasks = (cpu && at::get_num_threads() > 1) ? std::max<int64_t>(nc, 2) : nc;
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < std::min(e, nc); ++c) fn(c, ranges[c].first, ranges[c].second);
-  });
+void for_each_chunk(const std::vector<std::pair<int64_t, int64_t>>& ranges, bool /*cpu*/, F&& fn) {
+  for (size_t c = 0; c < ranges.size(); ++c) fn(static_cast<int64_t>(c), ranges[c].first, ranges[c].second);
 }
 
 Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, int64_t c0, int64_t n,
@@ -260,6 +245,16 @@ Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor
     if (live_acc) st.G[l] = G[l].narrow(0, c0, n);
   }
   return st;
+}
+
+// Streams per thread of the fused kernels: enough that a thread's share outweighs waking it (tens of
+// microseconds; far more when processes share the cores and the team waits for a descheduled thread):
+// small scans (the tests', a tiny model's) run on the calling thread.
+int64_t streams_per_thread(int64_t L, const std::vector<int64_t>& d) {
+  int64_t state = 0;
+  for (size_t l = 0; l + 1 < d.size(); ++l) state += (d[l] + 1) * d[l + 1];
+  const int64_t per_stream = std::max<int64_t>(1, L * state);  // ~ multiply-adds / 8 of one stream
+  return std::max<int64_t>(1, (int64_t{1} << 22) / per_stream);
 }
 
 // The scan through the hand-fused per-stream kernel (ttt_scan_kernel.h, TTT-Linear and TTT-MLP):
@@ -318,7 +313,7 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
     lafter = at::empty({N, L}, o.out.options());
   }
   auto layer_size = [&](size_t l) { return (d[l] + 1) * d[l + 1]; };
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N, streams_per_thread(L, d), [&](int64_t b, int64_t e) {
     std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
     for (int64_t n = b; n < e; ++n) {
       ScanStream st;
@@ -371,7 +366,7 @@ void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, S
   auto segs = make_segments(L, sp.K, sp.s0);
   auto groups = make_groups(segs.size(), sp.group_size);
   auto masks = make_masks(sp.K, in.XV.options());
-  auto ranges = chunk_ranges(N, num_chunks(N, in.XV));
+  const std::vector<std::pair<int64_t, int64_t>> ranges{{0, N}};  // all streams batched in each op
   for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t, int64_t c0, int64_t n) {
     at::NoGradGuard ng;
     Inner st = chunk_state(in.W, in.G, c0, n, sp.s0 > 0);
@@ -476,7 +471,7 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
     gG[l] = g_Gend[l].to(at::kFloat).contiguous().clone();
   }
 
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N, streams_per_thread(L, d), [&](int64_t b, int64_t e) {
     std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
     // Start states of the current group's segments (W per layer; G of a live first segment).
     std::vector<float> states(static_cast<size_t>(state_size) * max_group), live_g(static_cast<size_t>(state_size));
@@ -606,7 +601,7 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
     auto segs = make_segments(L, sp.K, sp.s0);
     auto groups = make_groups(segs.size(), sp.group_size);
     auto masks = make_masks(sp.K, in.XV.options());
-    auto ranges = chunk_ranges(N, num_chunks(N, in.XV));
+    const std::vector<std::pair<int64_t, int64_t>> ranges{{0, N}};  // all streams batched in each op
 
     auto gz = [](const at::Tensor& g, const at::Tensor& like) { return g.defined() ? g : at::zeros_like(like); };
     auto g_out = gz(grads[0], in.XV);
@@ -750,15 +745,6 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
 };
 
 }  // namespace
-
-int64_t num_chunks(int64_t N, const at::Tensor& like) {
-  if (!like.device().is_cpu()) return 1;  // one stream of kernels; the device parallelises
-  // A thread fork/join costs tens of microseconds (milliseconds on a loaded machine): split only when
-  // each chunk has enough work (like.numel() = N * L * f elements of XV).
-  const int64_t min_elems_per_chunk = 1 << 15;
-  const int64_t by_work = std::max<int64_t>(1, like.numel() / min_elems_per_chunk);
-  return std::max<int64_t>(1, std::min({N, static_cast<int64_t>(at::get_num_threads()), by_work}));
-}
 
 ScanOutputs scan(const ScanSpec& sp, const ScanInputs& in, ScanProbes* probes) {
   MT_CHECK(in.XV.dim() == 3 && in.XV.size(1) >= 1, "ttt scan: XV must be [N, L>=1, f], got ",

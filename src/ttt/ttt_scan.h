@@ -2,14 +2,14 @@
 // The inner loop of TTT (spec 1.4-1.6, 1.12-1.13): a scan over mini-batches of the dual form, for
 // N = batch x heads independent streams, with its own backward.
 //
-// Why a custom autograd function: the inner loop is a long chain of tiny ops (K x f matrices). Run
-// op by op over all heads, every op pays libtorch's dispatch plus an intra-op thread fork/join, which
-// on a loaded 2-core machine costs milliseconds per op. Here the N streams are split into one chunk
-// per thread inside a single at::parallel_for, so each thread runs its whole scan with serial ops.
-// The backward recomputes the forward group by group (gradient checkpointing: only the inner state at
-// group boundaries is kept) and differentiates each group with autograd inside the same per-thread
-// chunks. The per-token inner gradient is written in closed form (LN-fused L2 backward, tanh-GELU
-// derivative) as in the reference, so first-order autograd over it gives exact outer gradients.
+// Two paths compute it. On a CPU in float32 with AVX2 (the common case), the hand-written per-stream
+// kernels of ttt_scan_kernel.h run the forward and the backward, the N streams split across threads by
+// one at::parallel_for. Elsewhere (float64, CUDA, the pitfall switches of the tests), tensor ops over
+// all N streams at once; there the backward recomputes the forward group by group and differentiates
+// it with autograd. Both keep only the inner state at checkpoint-group boundaries (gradient
+// checkpointing). The per-token inner gradient is written in closed form (LN-fused L2 backward,
+// tanh-GELU derivative) as in the reference, so first-order autograd over it gives exact outer
+// gradients, and the kernels' backward differentiates the same closed form by hand.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -51,8 +51,5 @@ struct ScanProbes {
 
 // Runs the scan; differentiable (custom backward) when grad mode is on and an input requires grad.
 ScanOutputs scan(const ScanSpec& spec, const ScanInputs& in, ScanProbes* probes = nullptr);
-
-// Number of chunks the N streams are split into (threads on CPU, 1 on CUDA).
-int64_t num_chunks(int64_t N, const at::Tensor& like);
 
 }  // namespace mt::ttt::detail

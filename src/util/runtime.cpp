@@ -11,7 +11,10 @@
 #include <cstdio>
 #include <unistd.h>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include "util/error.h"
 
@@ -43,11 +46,22 @@ void set_threads(int n) {
   if (n > 0) at::set_num_threads(n);
 }
 
+int parallel_team_size() {
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  return static_cast<int>(ids.size());
+}
+
 std::string build_info() {
   std::ostringstream os;
   os << "moshi-ttt 0.1.0 (git " << MOSHI_TTT_GIT << ")\n";
   os << "libtorch " << TORCH_VERSION << "\n";
-  os << "threads " << at::get_num_threads() << " (intra-op), " << at::get_num_interop_threads() << " (inter-op)\n";
+  os << "threads " << at::get_num_threads() << " (intra-op), " << at::get_num_interop_threads() << " (inter-op), "
+     << parallel_team_size() << " in our kernels\n";
   os << "CUDA " << (cuda_available() ? "available" : "not available") << "\n";
   os << "BLAS/backends:\n" << at::show_config();
   return os.str();

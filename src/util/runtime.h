@@ -19,5 +19,8 @@ double rss_mb();
 std::string cache_dir(const std::string& sub);
 // Applies a thread count (<= 0 leaves libtorch's default).
 void set_threads(int n);
+// How many threads an at::parallel_for in this library's own code actually uses (1 when it was built
+// without OpenMP, whatever the thread setting).
+int parallel_team_size();
 
 }  // namespace mt
