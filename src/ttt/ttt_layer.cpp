@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -223,44 +224,99 @@ namespace {
 at::ScalarType inner_dtype(at::ScalarType param) { return param == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Interleaved-pair RoPE (dims 2i, 2i+1 rotate together with frequency theta^(-2i/f)), positions mod K
-// (spec 1.3). x: [B, L, nh, f]; pos: [L] int64.
-at::Tensor rope(const at::Tensor& x, const at::Tensor& pos, double theta) {
-  const int64_t f = x.size(-1);
-  auto fopt = at::TensorOptions().dtype(at::kFloat).device(x.device());
-  // As the reference: inv_freq and angles in float32, cos/sin cast to the activations' dtype.
+// (spec 1.3): cos and sin of every position's angles, [L, f/2] each, in float32 as the reference
+// computes them.
+std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& pos, int64_t f, double theta, const at::Device& dev) {
+  auto fopt = at::TensorOptions().dtype(at::kFloat).device(dev);
   auto inv = 1.0 / at::pow(theta, at::arange(0, f, 2, fopt.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(f));
   auto ang = pos.to(at::kFloat).unsqueeze(1) * inv.unsqueeze(0);  // [L, f/2]
-  auto cs = ang.cos().to(x.scalar_type()).view({1, -1, 1, f / 2});
-  auto sn = ang.sin().to(x.scalar_type()).view({1, -1, 1, f / 2});
-  if (util::fused_kernels_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
-      !(at::GradMode::is_enabled() && x.requires_grad())) {
-    // Forward only, float32: the same products in one pass over x [B, L, nh, f] (the tensor form below
-    // costs a stack and six elementwise ops over the whole activation).
-    const at::Tensor c = cs.contiguous(), s = sn.contiguous();
-    at::Tensor out = at::empty_like(x);
-    const int64_t B = x.size(0), L = x.size(1), nh = x.size(2), P = f / 2;
-    const float *xp = x.const_data_ptr<float>(), *cp = c.const_data_ptr<float>(), *sp = s.const_data_ptr<float>();
+  return {ang.cos(), ang.sin()};
+}
+
+// x: [B, L, nh, f]; the rotated heads as tensor ops (any dtype and device; cos/sin cast to x's dtype as
+// the reference does).
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t f = x.size(-1);
+  auto cs = cos.to(x.scalar_type()).view({1, -1, 1, f / 2});
+  auto sn = sin.to(x.scalar_type()).view({1, -1, 1, f / 2});
+  auto xp = x.unflatten(-1, {f / 2, 2});
+  auto x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
+  return at::stack({x0 * cs - x1 * sn, x1 * cs + x0 * sn}, -1).flatten(-2);
+}
+
+// RoPE, the split into per-head streams and the column of ones of the inner model's bias, in one pass
+// each way, for float32 on the CPU: x [B, L, nh * f] -> [B * nh, L, f + 1]. The tensor form costs a
+// stack, six elementwise ops, a permuted copy and a concatenation, and as many again backward.
+struct RopeHeadsFunction : public torch::autograd::Function<RopeHeadsFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin, int64_t nh) {
+    const at::Tensor xc = x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
+    const int64_t B = x.size(0), L = x.size(1), f = x.size(2) / nh, P = f / 2;
+    at::Tensor out = at::empty({B * nh, L, f + 1}, x.options());
+    const float *xp = xc.const_data_ptr<float>(), *cp = c.const_data_ptr<float>(), *sp = s.const_data_ptr<float>();
     float* op = out.mutable_data_ptr<float>();
     at::parallel_for(0, B * L, std::max<int64_t>(64, (int64_t{1} << 16) / (nh * f)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const float* ct = cp + (r % L) * P;
-        const float* st = sp + (r % L) * P;
+        const int64_t b = r / L, t = r % L;
+        const float* ct = cp + t * P;
+        const float* st = sp + t * P;
         for (int64_t h = 0; h < nh; ++h) {
           const float* xi = xp + (r * nh + h) * f;
-          float* o = op + (r * nh + h) * f;
+          float* o = op + ((b * nh + h) * L + t) * (f + 1);
           for (int64_t i = 0; i < P; ++i) {
             const float x0 = xi[2 * i], x1 = xi[2 * i + 1];
             o[2 * i] = x0 * ct[i] - x1 * st[i];
             o[2 * i + 1] = x1 * ct[i] + x0 * st[i];
           }
+          o[f] = 1.f;
         }
       }
     });
+    ctx->save_for_backward({c, s});
+    ctx->saved_data["nh"] = nh;
+    ctx->saved_data["B"] = B;
     return out;
   }
-  auto xp = x.unflatten(-1, {f / 2, 2});
-  auto x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
-  return at::stack({x0 * cs - x1 * sn, x1 * cs + x0 * sn}, -1).flatten(-2);
+
+  // The rotation is orthogonal: the gradient turns back by the same angle; the ones take none.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t nh = ctx->saved_data["nh"].toInt(), B = ctx->saved_data["B"].toInt();
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t L = g.size(1), f = g.size(2) - 1, P = f / 2;
+    at::Tensor gx = at::empty({B, L, nh * f}, g.options());
+    const float *gp = g.const_data_ptr<float>(), *cp = saved[0].const_data_ptr<float>(), *sp = saved[1].const_data_ptr<float>();
+    float* op = gx.mutable_data_ptr<float>();
+    at::parallel_for(0, B * L, std::max<int64_t>(64, (int64_t{1} << 16) / (nh * f)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / L, t = r % L;
+        const float* ct = cp + t * P;
+        const float* st = sp + t * P;
+        for (int64_t h = 0; h < nh; ++h) {
+          const float* gi = gp + ((b * nh + h) * L + t) * (f + 1);
+          float* o = op + (r * nh + h) * f;
+          for (int64_t i = 0; i < P; ++i) {
+            const float g0 = gi[2 * i], g1 = gi[2 * i + 1];
+            o[2 * i] = g0 * ct[i] + g1 * st[i];
+            o[2 * i + 1] = g1 * ct[i] - g0 * st[i];
+          }
+        }
+      }
+    });
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// x [B, L, nh * f] -> RoPE'd per-head streams with a column of ones, [B * nh, L, f + 1], in the inner
+// dtype `idt`.
+at::Tensor rope_heads(const at::Tensor& x, const at::Tensor& pos, double theta, int64_t nh, at::ScalarType idt) {
+  const int64_t B = x.size(0), L = x.size(1), f = x.size(2) / nh;
+  auto [cos, sin] = rope_tables(pos, f, theta, x.device());
+  if (util::fused_kernels_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && idt == at::kFloat)
+    return RopeHeadsFunction::apply(x, cos, sin, nh);
+  auto r = rope(x.reshape({B, L, nh, f}), cos, sin).permute({0, 2, 1, 3}).reshape({B * nh, L, f}).to(idt);
+  return at::cat({r, at::ones({B * nh, L, 1}, r.options())}, -1);
 }
 
 // Depthwise causal conv: xin [B, C, k-1+L] holds the previous k-1 inputs then the chunk; returns
@@ -336,14 +392,11 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     XK = at::linear(x, param("k_proj.weight"));
   }
   auto idx = (at::arange(L, at::TensorOptions().dtype(at::kLong).device(x.device())) + pos0).remainder(K);
-  XQ = rope(XQ.view({B, L, nh, f}), idx, c.rope_theta);
-  XK = rope(XK.view({B, L, nh, f}), idx, c.rope_theta);
   auto heads = [&](const at::Tensor& t) { return t.view({B, L, nh, f}).permute({0, 2, 1, 3}).reshape({N, L, f}).to(idt); };
-  auto ones = [&](const at::Tensor& t) { return at::cat({t, at::ones({N, L, 1}, t.options())}, -1); };
 
   detail::ScanInputs in;
-  in.XQa = ones(heads(XQ));
-  in.XKa = ones(heads(XK));
+  in.XQa = rope_heads(XQ, idx, c.rope_theta, nh, idt);
+  in.XKa = rope_heads(XK, idx, c.rope_theta, nh, idt);
   in.XV = heads(XV);
   // Learnable inner lr (spec 1.5): base_lr * sigmoid(x . w_h + b_h) / head_dim, per token and head.
   auto lr = at::sigmoid(at::linear(x, param("learnable_ttt_lr_weight").view({nh, C}), param("learnable_ttt_lr_bias").view({nh})));
