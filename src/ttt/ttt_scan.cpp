@@ -463,8 +463,9 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
   const at::Tensor GO = g_out.contiguous();
   std::vector<at::Tensor> SW(nl), G0(nl);
   for (size_t l = 0; l < nl; ++l) SW[l] = sW[l].contiguous(), G0[l] = in.G[l].contiguous();
-  auto gXQa = at::zeros_like(cXQa), gXKa = at::zeros_like(cXKa), gXV = at::zeros_like(cXV), glr = at::zeros_like(cLR);
-  auto gtok = at::zeros({N, L}, cXV.options()), glnw = at::zeros({N, f}, cXV.options()), glnb = at::zeros({N, f}, cXV.options());
+  // Per-token gradients: every segment zeroes its own rows before accumulating (no memset of the whole).
+  auto gXQa = at::empty_like(cXQa), gXKa = at::empty_like(cXKa), gXV = at::empty_like(cXV), glr = at::empty_like(cLR);
+  auto gtok = at::empty({N, L}, cXV.options()), glnw = at::zeros({N, f}, cXV.options()), glnb = at::zeros({N, f}, cXV.options());
   std::vector<at::Tensor> gW(nl), gG(nl);
   for (size_t l = 0; l < nl; ++l) {  // running gradients w.r.t. the state, from the end state's
     gW[l] = g_Wend[l].to(at::kFloat).contiguous().clone();

@@ -266,6 +266,11 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
   const float* xq = s.xqa + t0 * fa;
   if (!keys) keys_pass(s, d, t0, m, eps, true, g);
   query_pass(s, d, t0, m, xq, t, false, g_live, g);
+  std::fill(gr.dxqa + t0 * fa, gr.dxqa + (t0 + m) * fa, 0.f);  // this segment's rows, first touched here
+  std::fill(gr.dxka + t0 * fa, gr.dxka + (t0 + m) * fa, 0.f);
+  std::fill(gr.dxv + t0 * f, gr.dxv + (t0 + m) * f, 0.f);
+  std::fill(gr.dlr + t0, gr.dlr + t0 + m, 0.f);
+  std::fill(gr.dtok + t0, gr.dtok + t0 + m, 0.f);
   auto dXp = [&](size_t l) { return l == 0 ? gr.dxka + t0 * fa : g.dX[l]; };
   for (size_t l = 1; l < n; ++l) std::fill(g.dX[l], g.dX[l] + m * (d[l] + 1), 0.f);
 

@@ -46,15 +46,16 @@ bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0
 int64_t scan_segment_scratch(int64_t K, const std::vector<int64_t>& d);
 int64_t scan_keys_scratch(int64_t K, const std::vector<int64_t>& d);
 
-// Gradients of one stream, written by scan_segment_backward (the caller zeroes them once per call,
-// except dW and dG).
+// Gradients of one stream, written by scan_segment_backward: the per-token rows of a segment are
+// written by its backward alone (no initial values needed); dlnw and dlnb accumulate over segments (the
+// caller zeroes them once per call).
 struct ScanStreamGrads {
   const float* dout;  // [L, f] gradient of the outputs
-  float* dxqa;        // [L, f+1] (accumulated)
-  float* dxka;        // [L, f+1] (accumulated)
-  float* dxv;         // [L, f]   (accumulated)
-  float* dlr;         // [L]      (accumulated)
-  float* dtok;        // [L]      this stream's share (accumulated)
+  float* dxqa;        // [L, f+1]
+  float* dxka;        // [L, f+1]
+  float* dxv;         // [L, f]
+  float* dlr;         // [L]
+  float* dtok;        // [L]      this stream's share
   float* dlnw;        // [f]      (accumulated)
   float* dlnb;        // [f]      (accumulated)
   // Per layer: on entry the gradient w.r.t. the state (W, G) after the segment, on return w.r.t. the
