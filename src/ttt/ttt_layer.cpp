@@ -247,63 +247,57 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 // RoPE, the split into per-head streams and the column of ones of the inner model's bias, in one pass
 // each way, for float32 on the CPU: x [B, L, nh * f] -> [B * nh, L, f + 1]. The tensor form costs a
 // stack, six elementwise ops, a permuted copy and a concatenation, and as many again backward.
+//
+// Rotates every head's pairs by +angle from token-major x [B, L, nh, f] into head-major rows of f + 1
+// with the one (to_heads), or by -angle from head-major rows back to token-major (the gradient: the
+// rotation is orthogonal, and the ones take none).
+void rotate_heads(const float* src, float* dst, const float* cp, const float* sp, int64_t B, int64_t L, int64_t nh,
+                  int64_t f, bool to_heads) {
+  const int64_t P = f / 2;
+  const float sg = to_heads ? 1.f : -1.f;
+  at::parallel_for(0, B * L, std::max<int64_t>(64, (int64_t{1} << 16) / (nh * f)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / L, t = r % L;
+      const float* ct = cp + t * P;
+      const float* st = sp + t * P;
+      for (int64_t h = 0; h < nh; ++h) {
+        const int64_t tok_major = (r * nh + h) * f, head_major = ((b * nh + h) * L + t) * (f + 1);
+        const float* x = src + (to_heads ? tok_major : head_major);
+        float* o = dst + (to_heads ? head_major : tok_major);
+        for (int64_t i = 0; i < P; ++i) {
+          const float x0 = x[2 * i], x1 = x[2 * i + 1], s = sg * st[i];
+          o[2 * i] = x0 * ct[i] - x1 * s;
+          o[2 * i + 1] = x1 * ct[i] + x0 * s;
+        }
+        if (to_heads) o[f] = 1.f;
+      }
+    }
+  });
+}
+
 struct RopeHeadsFunction : public torch::autograd::Function<RopeHeadsFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin, int64_t nh) {
     const at::Tensor xc = x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
-    const int64_t B = x.size(0), L = x.size(1), f = x.size(2) / nh, P = f / 2;
+    const int64_t B = x.size(0), L = x.size(1), f = x.size(2) / nh;
     at::Tensor out = at::empty({B * nh, L, f + 1}, x.options());
-    const float *xp = xc.const_data_ptr<float>(), *cp = c.const_data_ptr<float>(), *sp = s.const_data_ptr<float>();
-    float* op = out.mutable_data_ptr<float>();
-    at::parallel_for(0, B * L, std::max<int64_t>(64, (int64_t{1} << 16) / (nh * f)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / L, t = r % L;
-        const float* ct = cp + t * P;
-        const float* st = sp + t * P;
-        for (int64_t h = 0; h < nh; ++h) {
-          const float* xi = xp + (r * nh + h) * f;
-          float* o = op + ((b * nh + h) * L + t) * (f + 1);
-          for (int64_t i = 0; i < P; ++i) {
-            const float x0 = xi[2 * i], x1 = xi[2 * i + 1];
-            o[2 * i] = x0 * ct[i] - x1 * st[i];
-            o[2 * i + 1] = x1 * ct[i] + x0 * st[i];
-          }
-          o[f] = 1.f;
-        }
-      }
-    });
+    rotate_heads(xc.const_data_ptr<float>(), out.mutable_data_ptr<float>(), c.const_data_ptr<float>(),
+                 s.const_data_ptr<float>(), B, L, nh, f, true);
     ctx->save_for_backward({c, s});
     ctx->saved_data["nh"] = nh;
     ctx->saved_data["B"] = B;
     return out;
   }
 
-  // The rotation is orthogonal: the gradient turns back by the same angle; the ones take none.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const int64_t nh = ctx->saved_data["nh"].toInt(), B = ctx->saved_data["B"].toInt();
     const at::Tensor g = grads[0].contiguous();
-    const int64_t L = g.size(1), f = g.size(2) - 1, P = f / 2;
+    const int64_t L = g.size(1), f = g.size(2) - 1;
     at::Tensor gx = at::empty({B, L, nh * f}, g.options());
-    const float *gp = g.const_data_ptr<float>(), *cp = saved[0].const_data_ptr<float>(), *sp = saved[1].const_data_ptr<float>();
-    float* op = gx.mutable_data_ptr<float>();
-    at::parallel_for(0, B * L, std::max<int64_t>(64, (int64_t{1} << 16) / (nh * f)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / L, t = r % L;
-        const float* ct = cp + t * P;
-        const float* st = sp + t * P;
-        for (int64_t h = 0; h < nh; ++h) {
-          const float* gi = gp + ((b * nh + h) * L + t) * (f + 1);
-          float* o = op + (r * nh + h) * f;
-          for (int64_t i = 0; i < P; ++i) {
-            const float g0 = gi[2 * i], g1 = gi[2 * i + 1];
-            o[2 * i] = g0 * ct[i] + g1 * st[i];
-            o[2 * i + 1] = g1 * ct[i] - g0 * st[i];
-          }
-        }
-      }
-    });
+    rotate_heads(g.const_data_ptr<float>(), gx.mutable_data_ptr<float>(), saved[0].const_data_ptr<float>(),
+                 saved[1].const_data_ptr<float>(), B, L, nh, f, false);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

@@ -429,6 +429,16 @@ enum In { XQa, XKa, XV, LR, TOK, LNW, LNB, NFIXED };
 constexpr size_t w_at(size_t l) { return NFIXED + 2 * l; }
 constexpr size_t g_at(size_t l) { return NFIXED + 2 * l + 1; }
 
+// Gradients in the autograd function's input order: the fixed inputs (in In order), then W[0], G[0], ...
+variable_list pack_grads(variable_list fixed, const std::vector<at::Tensor>& gW, const std::vector<at::Tensor>& gG) {
+  fixed.resize(NFIXED + 2 * gW.size());
+  for (size_t l = 0; l < gW.size(); ++l) {
+    fixed[w_at(l)] = gW[l];
+    fixed[g_at(l)] = gG[l];
+  }
+  return fixed;
+}
+
 ScanInputs unpack(const variable_list& v, int64_t layers) {
   ScanInputs in{v[XQa], v[XKa], v[XV], v[LR], v[TOK], v[LNW], v[LNB], {}, {}};
   for (int64_t l = 0; l < layers; ++l) {
@@ -558,19 +568,7 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
     }
   });
 
-  variable_list res(NFIXED + 2 * nl);
-  res[XQa] = gXQa;
-  res[XKa] = gXKa;
-  res[XV] = gXV;
-  res[LR] = glr;
-  res[TOK] = gtok.sum(0);
-  res[LNW] = glnw.view(in.lnw.sizes());
-  res[LNB] = glnb.view(in.lnb.sizes());
-  for (size_t l = 0; l < nl; ++l) {
-    res[w_at(l)] = gW[l];
-    res[g_at(l)] = gG[l];
-  }
-  return res;
+  return pack_grads({gXQa, gXKa, gXV, glr, gtok.sum(0), glnw.view(in.lnw.sizes()), glnb.view(in.lnb.sizes())}, gW, gG);
 }
 
 struct ScanFunction : public torch::autograd::Function<ScanFunction> {
@@ -727,18 +725,7 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
       for (size_t l = 0; l < nl; ++l) cs(gW[l]).copy_(cW[l]);
     });
 
-    variable_list res(NFIXED + 2 * nl);
-    res[XQa] = gXQa;
-    res[XKa] = gXKa;
-    res[XV] = gXV;
-    res[LR] = glr;
-    res[TOK] = gtok_parts.sum(0);
-    res[LNW] = glnw;
-    res[LNB] = glnb;
-    for (size_t l = 0; l < nl; ++l) {
-      res[w_at(l)] = gW[l];
-      res[g_at(l)] = gG[l];
-    }
+    auto res = pack_grads({gXQa, gXKa, gXV, glr, gtok_parts.sum(0), glnw, glnb}, gW, gG);
     res.push_back(at::Tensor());  // spec
     res.push_back(at::Tensor());  // probes
     return res;
