@@ -285,22 +285,27 @@ struct RopeHeadsFunction : public torch::autograd::Function<RopeHeadsFunction> {
                  s.const_data_ptr<float>(), B, L, nh, f, true);
     ctx->save_for_backward({c, s});
     ctx->saved_data["nh"] = nh;
-    ctx->saved_data["B"] = B;
     return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const int64_t nh = ctx->saved_data["nh"].toInt(), B = ctx->saved_data["B"].toInt();
+    const int64_t nh = ctx->saved_data["nh"].toInt();
     const at::Tensor g = grads[0].contiguous();
-    const int64_t L = g.size(1), f = g.size(2) - 1;
+    const int64_t B = g.size(0) / nh, L = g.size(1), f = g.size(2) - 1;
     at::Tensor gx = at::empty({B, L, nh * f}, g.options());
     rotate_heads(g.const_data_ptr<float>(), gx.mutable_data_ptr<float>(), saved[0].const_data_ptr<float>(),
                  saved[1].const_data_ptr<float>(), B, L, nh, f, false);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+
+// [B, L, nh, f] (any layout of [B, L, nh * f]) -> per-head streams [B * nh, L, f] in dtype `idt`.
+at::Tensor to_heads(const at::Tensor& t, int64_t nh, at::ScalarType idt) {
+  const int64_t B = t.size(0), L = t.size(1), f = t.numel() / (B * L * nh);
+  return t.reshape({B, L, nh, f}).permute({0, 2, 1, 3}).reshape({B * nh, L, f}).to(idt);
+}
 
 // x [B, L, nh * f] -> RoPE'd per-head streams with a column of ones, [B * nh, L, f + 1], in the inner
 // dtype `idt`.
@@ -309,7 +314,7 @@ at::Tensor rope_heads(const at::Tensor& x, const at::Tensor& pos, double theta, 
   auto [cos, sin] = rope_tables(pos, f, theta, x.device());
   if (util::fused_kernels_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && idt == at::kFloat)
     return RopeHeadsFunction::apply(x, cos, sin, nh);
-  auto r = rope(x.reshape({B, L, nh, f}), cos, sin).permute({0, 2, 1, 3}).reshape({B * nh, L, f}).to(idt);
+  auto r = to_heads(rope(x.reshape({B, L, nh, f}), cos, sin), nh, idt);
   return at::cat({r, at::ones({B * nh, L, 1}, r.options())}, -1);
 }
 
@@ -386,12 +391,10 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     XK = at::linear(x, param("k_proj.weight"));
   }
   auto idx = (at::arange(L, at::TensorOptions().dtype(at::kLong).device(x.device())) + pos0).remainder(K);
-  auto heads = [&](const at::Tensor& t) { return t.view({B, L, nh, f}).permute({0, 2, 1, 3}).reshape({N, L, f}).to(idt); };
-
   detail::ScanInputs in;
   in.XQa = rope_heads(XQ, idx, c.rope_theta, nh, idt);
   in.XKa = rope_heads(XK, idx, c.rope_theta, nh, idt);
-  in.XV = heads(XV);
+  in.XV = to_heads(XV, nh, idt);
   // Learnable inner lr (spec 1.5): base_lr * sigmoid(x . w_h + b_h) / head_dim, per token and head.
   auto lr = at::sigmoid(at::linear(x, param("learnable_ttt_lr_weight").view({nh, C}), param("learnable_ttt_lr_bias").view({nh})));
   in.lr = (lr * (c.ttt_base_lr / static_cast<double>(f))).permute({0, 2, 1}).reshape({N, L}).to(idt);

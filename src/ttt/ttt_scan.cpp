@@ -6,7 +6,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
-#include <mutex>
 
 #include "ttt/ttt_scan_kernel.h"
 #include "util/error.h"
@@ -216,10 +215,10 @@ Masks make_masks(int64_t K, const at::TensorOptions& opt) {
   return {at::tril(ones), at::tril(ones, -1)};
 }
 
-SegIn seg_in(const ScanInputs& in, int64_t c0, int64_t n, int64_t t0, int64_t m) {
-  auto sl = [&](const at::Tensor& t) { return t.narrow(0, c0, n).narrow(1, t0, m); };
+SegIn seg_in(const ScanInputs& in, int64_t t0, int64_t m) {
+  auto sl = [&](const at::Tensor& t) { return t.narrow(1, t0, m); };
   return {sl(in.XQa), sl(in.XKa), sl(in.XV), sl(in.lr), in.tok.narrow(0, t0, m),
-          in.lnw.narrow(0, c0, n), in.lnb.narrow(0, c0, n)};
+          in.lnw, in.lnb};
 }
 
 at::Tensor mask_for(const Masks& mk, const Segment& sg, bool strict) {
@@ -227,23 +226,12 @@ at::Tensor mask_for(const Masks& mk, const Segment& sg, bool strict) {
   return M.narrow(0, sg.s, sg.m).narrow(1, sg.s, sg.m);
 }
 
-// Runs fn(chunk index, c0, n) for every chunk, in order on the calling thread: the tensor ops inside
-// parallelise themselves (an OpenMP team around them would make each of them serial, and would need the
-// caller's thread-local autograd and inference modes in every worker).
-template <class F>
-void for_each_chunk(const std::vector<std::pair<int64_t, int64_t>>& ranges, bool /*cpu*/, F&& fn) {
-  for (size_t c = 0; c < ranges.size(); ++c) fn(static_cast<int64_t>(c), ranges[c].first, ranges[c].second);
-}
-
-Inner chunk_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, int64_t c0, int64_t n,
-                  bool live_acc) {
+// The state the tensor path starts from: all N streams (the gradient sums only when live).
+Inner start_state(const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, bool live_acc) {
   Inner st;
-  st.W.resize(W.size());
+  st.W = W;
   st.G.resize(W.size());
-  for (size_t l = 0; l < W.size(); ++l) {
-    st.W[l] = W[l].narrow(0, c0, n);
-    if (live_acc) st.G[l] = G[l].narrow(0, c0, n);
-  }
+  if (live_acc) st.G = G;
   return st;
 }
 
@@ -280,29 +268,59 @@ bool fused_scan_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProb
   return true;
 }
 
+// The scan's inputs as the fused kernels read them: contiguous float32 (no copy where already so), the
+// inner widths d_0 = f, hidden widths, d_n = f, and one stream's view.
+struct FusedInputs {
+  int64_t N, L, f;
+  std::vector<int64_t> d;
+  at::Tensor xqa, xka, xv, lr, tok, lnw, lnb;
+
+  explicit FusedInputs(const ScanInputs& in)
+      : N(in.XV.size(0)), L(in.XV.size(1)), f(in.XV.size(2)), d{f}, xqa(in.XQa.contiguous()),
+        xka(in.XKa.contiguous()), xv(in.XV.contiguous()), lr(in.lr.contiguous()), tok(in.tok.contiguous()),
+        lnw(in.lnw.contiguous()), lnb(in.lnb.contiguous()) {
+    for (size_t l = 0; l < in.W.size(); ++l) {
+      MT_CHECK(in.W[l].dim() == 3 && in.W[l].size(0) == N && in.W[l].size(1) == d.back() + 1, "ttt scan: inner layer ",
+               l, " weight of shape ", shape_str(in.W[l].sizes().vec()), " after width ", d.back());
+      d.push_back(in.W[l].size(2));
+    }
+    MT_CHECK(in.XQa.size(-1) == f + 1 && d.back() == f && in.lnw.numel() == N * f,
+             "ttt scan: inconsistent shapes (f = ", f, ")");
+  }
+  size_t layers() const { return d.size() - 1; }
+  int64_t layer_size(size_t l) const { return (d[l] + 1) * d[l + 1]; }
+  int64_t state_size() const {
+    int64_t s = 0;
+    for (size_t l = 0; l < layers(); ++l) s += layer_size(l);
+    return s;
+  }
+  // Stream n's inputs (no output, no state yet).
+  ScanStream stream(int64_t n) const {
+    ScanStream st;
+    st.xqa = xqa.const_data_ptr<float>() + n * L * (f + 1);
+    st.xka = xka.const_data_ptr<float>() + n * L * (f + 1);
+    st.xv = xv.const_data_ptr<float>() + n * L * f;
+    st.lr = lr.const_data_ptr<float>() + n * L;
+    st.tok = tok.const_data_ptr<float>();
+    st.lnw = lnw.const_data_ptr<float>() + n * f;
+    st.lnb = lnb.const_data_ptr<float>() + n * f;
+    return st;
+  }
+  // Stream n's block of a per-layer [N, ...] tensor.
+  float* block(const at::Tensor& t, size_t l, int64_t n) const { return t.mutable_data_ptr<float>() + n * layer_size(l); }
+};
+
 void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
                    std::vector<at::Tensor>* saved) {
-  const int64_t N = in.XV.size(0), L = in.XV.size(1), f = in.XV.size(2), fa = f + 1;
-  const size_t nl = in.W.size();
-  std::vector<int64_t> d{f};  // widths d_0 = f, ..., d_n = f
-  for (size_t l = 0; l < nl; ++l) {
-    MT_CHECK(in.W[l].dim() == 3 && in.W[l].size(0) == N && in.W[l].size(1) == d.back() + 1,
-             "ttt scan: inner layer ", l, " weight of shape ", shape_str(in.W[l].sizes().vec()), " after width ", d.back());
-    d.push_back(in.W[l].size(2));
-  }
-  MT_CHECK(in.XQa.size(-1) == fa && d.back() == f && in.lnw.numel() == N * f, "ttt scan: inconsistent shapes (f = ", f, ")");
+  const FusedInputs fi(in);
+  const int64_t N = fi.N, L = fi.L, f = fi.f;
+  const size_t nl = fi.layers();
   const auto segs = make_segments(L, sp.K, sp.s0);
   const auto groups = make_groups(segs.size(), sp.group_size);
   for (size_t l = 0; l < nl; ++l) {
     o.W[l].copy_(in.W[l]);
     if (sp.s0 > 0) o.G[l].copy_(in.G[l]);  // else the zeros alloc_outputs made
   }
-  const at::Tensor XQa = in.XQa.contiguous(), XKa = in.XKa.contiguous(), XV = in.XV.contiguous(),
-                   LR = in.lr.contiguous(), TOK = in.tok.contiguous(), LNW = in.lnw.contiguous(), LNB = in.lnb.contiguous();
-  const float *xqa = XQa.const_data_ptr<float>(), *xka = XKa.const_data_ptr<float>();
-  const float *xv = XV.const_data_ptr<float>(), *lr = LR.const_data_ptr<float>();
-  const float *tok = TOK.const_data_ptr<float>(), *lnw = LNW.const_data_ptr<float>(), *lnb = LNB.const_data_ptr<float>();
-  float* out = o.out.mutable_data_ptr<float>();
   at::Tensor tokprev, l0, lprev, lafter;  // probes: contiguous inputs, outputs written back below
   std::vector<at::Tensor> W0(nl);
   if (probes) {
@@ -312,26 +330,18 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
     lprev = at::empty({N, L}, o.out.options());
     lafter = at::empty({N, L}, o.out.options());
   }
-  auto layer_size = [&](size_t l) { return (d[l] + 1) * d[l + 1]; };
-  at::parallel_for(0, N, streams_per_thread(L, d), [&](int64_t b, int64_t e) {
-    std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
+  at::parallel_for(0, N, streams_per_thread(L, fi.d), [&](int64_t b, int64_t e) {
+    std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, fi.d)));
     for (int64_t n = b; n < e; ++n) {
-      ScanStream st;
-      st.xqa = xqa + n * L * fa;
-      st.xka = xka + n * L * fa;
-      st.xv = xv + n * L * f;
-      st.lr = lr + n * L;
-      st.tok = tok;
-      st.lnw = lnw + n * f;
-      st.lnb = lnb + n * f;
-      st.out = out + n * L * f;
+      ScanStream st = fi.stream(n);
+      st.out = o.out.mutable_data_ptr<float>() + n * L * f;
       for (size_t l = 0; l < nl; ++l) {
-        st.W.push_back(o.W[l].mutable_data_ptr<float>() + n * layer_size(l));
-        st.G.push_back(o.G[l].mutable_data_ptr<float>() + n * layer_size(l));
+        st.W.push_back(fi.block(o.W[l], l, n));
+        st.G.push_back(fi.block(o.G[l], l, n));
       }
       if (probes) {
         st.tokprev = tokprev.const_data_ptr<float>();
-        for (size_t l = 0; l < nl; ++l) st.W0.push_back(W0[l].const_data_ptr<float>() + n * layer_size(l));
+        for (size_t l = 0; l < nl; ++l) st.W0.push_back(fi.block(W0[l], l, n));
         st.l0 = l0.mutable_data_ptr<float>() + n * L;
         st.lprev = lprev.mutable_data_ptr<float>() + n * L;
         st.lafter = lafter.mutable_data_ptr<float>() + n * L;
@@ -340,11 +350,10 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
       for (size_t gi = 0; gi < groups.size(); ++gi) {
         if (saved)
           for (size_t l = 0; l < nl; ++l)
-            std::copy(st.W[l], st.W[l] + layer_size(l),
-                      (*saved)[l].mutable_data_ptr<float>() + (static_cast<int64_t>(gi) * N + n) * layer_size(l));
+            std::copy(st.W[l], st.W[l] + fi.layer_size(l), fi.block((*saved)[l], l, static_cast<int64_t>(gi) * N + n));
         for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
           const auto& sg = segs[si];
-          live = scan_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
+          live = scan_segment(st, fi.d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data());
         }
       }
     }
@@ -361,40 +370,33 @@ void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, Sca
 void forward_no_grad(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
                      std::vector<at::Tensor>* saved) {
   if (fused_scan_applies(sp, in, probes)) return forward_fused(sp, in, o, probes, saved);
-  const int64_t N = in.XV.size(0), L = in.XV.size(1);
+  const int64_t L = in.XV.size(1);
   const size_t nl = in.W.size();
   auto segs = make_segments(L, sp.K, sp.s0);
   auto groups = make_groups(segs.size(), sp.group_size);
   auto masks = make_masks(sp.K, in.XV.options());
-  const std::vector<std::pair<int64_t, int64_t>> ranges{{0, N}};  // all streams batched in each op
-  for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t, int64_t c0, int64_t n) {
-    at::NoGradGuard ng;
-    Inner st = chunk_state(in.W, in.G, c0, n, sp.s0 > 0);
-    ProbeSlices ps, *pps = nullptr;
-    if (probes) {
-      ps.tokprev = probes->tokprev;
-      for (const auto& w : probes->W0) ps.W0.push_back(w.narrow(0, c0, n));
-      ps.l0 = probes->l0.narrow(0, c0, n);
-      ps.lprev = probes->lprev.narrow(0, c0, n);
-      ps.lafter = probes->lafter.narrow(0, c0, n);
-      pps = &ps;
+  // All N streams batched in each op, on the calling thread (the ops parallelise themselves).
+  at::NoGradGuard ng;
+  Inner st = start_state(in.W, in.G, sp.s0 > 0);
+  ProbeSlices ps, *pps = nullptr;
+  if (probes) {
+    ps = {probes->tokprev, probes->W0, probes->l0, probes->lprev, probes->lafter};
+    pps = &ps;
+  }
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    if (saved)
+      for (size_t l = 0; l < nl; ++l) (*saved)[l].select(0, gi).copy_(st.W[l]);
+    for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
+      const auto& sg = segs[si];
+      auto y = segment_step(sg, st, seg_in(in, sg.t0, sg.m), sp.eps, mask_for(masks, sg, false),
+                            mask_for(masks, sg, true), pps);
+      o.out.narrow(1, sg.t0, sg.m).copy_(y);
     }
-    auto out = o.out.narrow(0, c0, n);
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
-      if (saved)
-        for (size_t l = 0; l < nl; ++l) (*saved)[l].select(0, gi).narrow(0, c0, n).copy_(st.W[l]);
-      for (size_t si = groups[gi].first; si < groups[gi].second; ++si) {
-        const auto& sg = segs[si];
-        auto y = segment_step(sg, st, seg_in(in, c0, n, sg.t0, sg.m), sp.eps, mask_for(masks, sg, false),
-                              mask_for(masks, sg, true), pps);
-        out.narrow(1, sg.t0, sg.m).copy_(y);
-      }
-    }
-    for (size_t l = 0; l < nl; ++l) {
-      o.W[l].narrow(0, c0, n).copy_(st.W[l]);
-      if (st.G[l].defined()) o.G[l].narrow(0, c0, n).copy_(st.G[l]);
-    }
-  });
+  }
+  for (size_t l = 0; l < nl; ++l) {
+    o.W[l].copy_(st.W[l]);
+    if (st.G[l].defined()) o.G[l].copy_(st.G[l]);
+  }
 }
 
 ScanOutputs alloc_outputs(const ScanInputs& in) {
@@ -456,112 +458,83 @@ ScanInputs unpack(const variable_list& v, int64_t layers) {
 variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std::vector<at::Tensor>& sW,
                              const at::Tensor& g_out, const std::vector<at::Tensor>& g_Wend,
                              const std::vector<at::Tensor>& g_Gend) {
-  const int64_t N = in.XV.size(0), L = in.XV.size(1), f = in.XV.size(2), fa = f + 1;
-  const size_t nl = in.W.size();
-  std::vector<int64_t> d{f};
-  for (size_t l = 0; l < nl; ++l) d.push_back(in.W[l].size(2));
-  auto layer_size = [&](size_t l) { return (d[l] + 1) * d[l + 1]; };
+  const FusedInputs fi(in);
+  const int64_t N = fi.N, L = fi.L, f = fi.f, fa = f + 1, state_size = fi.state_size();
+  const size_t nl = fi.layers();
   const auto segs = make_segments(L, sp.K, sp.s0);
   const auto groups = make_groups(segs.size(), sp.group_size);
   size_t max_group = 0;
   for (const auto& [b, e] : groups) max_group = std::max(max_group, e - b);
-  int64_t state_size = 0;
-  for (size_t l = 0; l < nl; ++l) state_size += layer_size(l);
 
-  const at::Tensor cXQa = in.XQa.contiguous(), cXKa = in.XKa.contiguous(), cXV = in.XV.contiguous(),
-                   cLR = in.lr.contiguous(), cTOK = in.tok.contiguous(), cLNW = in.lnw.contiguous(), cLNB = in.lnb.contiguous();
   const at::Tensor GO = g_out.contiguous();
   std::vector<at::Tensor> SW(nl), G0(nl);
   for (size_t l = 0; l < nl; ++l) SW[l] = sW[l].contiguous(), G0[l] = in.G[l].contiguous();
   // Per-token gradients: every segment zeroes its own rows before accumulating (no memset of the whole).
-  auto gXQa = at::empty_like(cXQa), gXKa = at::empty_like(cXKa), gXV = at::empty_like(cXV), glr = at::empty_like(cLR);
-  auto gtok = at::empty({N, L}, cXV.options()), glnw = at::zeros({N, f}, cXV.options()), glnb = at::zeros({N, f}, cXV.options());
+  auto gXQa = at::empty_like(fi.xqa), gXKa = at::empty_like(fi.xka), gXV = at::empty_like(fi.xv), glr = at::empty_like(fi.lr);
+  auto gtok = at::empty({N, L}, fi.xv.options()), glnw = at::zeros({N, f}, fi.xv.options()), glnb = at::zeros({N, f}, fi.xv.options());
   std::vector<at::Tensor> gW(nl), gG(nl);
   for (size_t l = 0; l < nl; ++l) {  // running gradients w.r.t. the state, from the end state's
-    gW[l] = g_Wend[l].to(at::kFloat).contiguous().clone();
-    gG[l] = g_Gend[l].to(at::kFloat).contiguous().clone();
+    gW[l] = g_Wend[l].clone(at::MemoryFormat::Contiguous);
+    gG[l] = g_Gend[l].clone(at::MemoryFormat::Contiguous);
   }
 
-  at::parallel_for(0, N, streams_per_thread(L, d), [&](int64_t b, int64_t e) {
-    std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, d)));
-    // Start states of the current group's segments (W per layer; G of a live first segment).
-    std::vector<float> states(static_cast<size_t>(state_size) * max_group), live_g(static_cast<size_t>(state_size));
-    // The keys' blocks of every advanced segment, which its backward then skips recomputing.
-    const int64_t keys_size = scan_keys_scratch(sp.K, d);
+  at::parallel_for(0, N, streams_per_thread(L, fi.d), [&](int64_t b, int64_t e) {
+    std::vector<float> scratch(static_cast<size_t>(scan_segment_scratch(sp.K, fi.d)));
+    // Start states of the current group's segments, W per layer, and the keys' blocks of every advanced
+    // segment (its backward skips recomputing them).
+    std::vector<float> states(static_cast<size_t>(state_size) * max_group);
+    const int64_t keys_size = scan_keys_scratch(sp.K, fi.d);
     std::vector<float> keys(static_cast<size_t>(keys_size) * max_group);
+    // The gradient sums: the call's first segment starts from G0 when s0 > 0 (live); every later
+    // segment from zero, which the kernels then neither read nor need (g_live false): adv_g is only
+    // the advancing forward's scratch for them.
+    std::vector<float> g0(static_cast<size_t>(state_size)), adv_g(static_cast<size_t>(state_size));
+    std::vector<float*> segW(nl), segG(nl);
+    auto point = [&](std::vector<float*>& ptrs, float* base) {
+      int64_t o = 0;
+      for (size_t l = 0; l < nl; ++l) ptrs[l] = base + o, o += fi.layer_size(l);
+    };
     for (int64_t n = b; n < e; ++n) {
-      ScanStream st;
-      st.xqa = cXQa.const_data_ptr<float>() + n * L * fa;
-      st.xka = cXKa.const_data_ptr<float>() + n * L * fa;
-      st.xv = cXV.const_data_ptr<float>() + n * L * f;
-      st.lr = cLR.const_data_ptr<float>() + n * L;
-      st.tok = cTOK.const_data_ptr<float>();
-      st.lnw = cLNW.const_data_ptr<float>() + n * f;
-      st.lnb = cLNB.const_data_ptr<float>() + n * f;
-      st.out = nullptr;
+      ScanStream st = fi.stream(n);
       ScanStreamGrads gr{GO.const_data_ptr<float>() + n * L * f, gXQa.mutable_data_ptr<float>() + n * L * fa,
                          gXKa.mutable_data_ptr<float>() + n * L * fa, gXV.mutable_data_ptr<float>() + n * L * f,
                          glr.mutable_data_ptr<float>() + n * L, gtok.mutable_data_ptr<float>() + n * L,
                          glnw.mutable_data_ptr<float>() + n * f, glnb.mutable_data_ptr<float>() + n * f, {}, {}};
       for (size_t l = 0; l < nl; ++l) {
-        gr.dW.push_back(gW[l].mutable_data_ptr<float>() + n * layer_size(l));
-        gr.dG.push_back(gG[l].mutable_data_ptr<float>() + n * layer_size(l));
+        gr.dW.push_back(fi.block(gW[l], l, n));
+        gr.dG.push_back(fi.block(gG[l], l, n));
       }
-      std::vector<float*> segW(nl), segG(nl);
+      if (sp.s0 > 0) {
+        point(segG, g0.data());
+        for (size_t l = 0; l < nl; ++l) std::copy(fi.block(G0[l], l, n), fi.block(G0[l], l, n) + fi.layer_size(l), segG[l]);
+      }
       for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
         const auto [sb, se] = groups[gi];
-        // Restore the group's start state into the first slot, then advance it through the group.
-        bool live = gi == 0 && sp.s0 > 0;
-        std::vector<bool> seg_live(se - sb);
-        int64_t off = 0;
-        for (size_t l = 0; l < nl; ++l) {
-          const float* src = SW[l].const_data_ptr<float>() + (gi * N + n) * layer_size(l);
-          std::copy(src, src + layer_size(l), states.data() + off);
-          if (live) {
-            const float* g0 = G0[l].const_data_ptr<float>() + n * layer_size(l);
-            std::copy(g0, g0 + layer_size(l), live_g.data() + off);
-          } else {
-            std::fill(live_g.data() + off, live_g.data() + off + layer_size(l), 0.f);
-          }
-          off += layer_size(l);
-        }
-        for (size_t si = sb; si < se; ++si) {
-          float* cur = states.data() + (si - sb) * state_size;
-          seg_live[si - sb] = live;
-          if (si + 1 == se) break;
-          float* next = cur + state_size;
-          std::copy(cur, cur + state_size, next);
-          int64_t o = 0;
-          for (size_t l = 0; l < nl; ++l) {
-            segW[l] = next + o;
-            segG[l] = live_g.data() + o;  // only a live first segment reads it; zeros otherwise
-            o += layer_size(l);
-          }
+        auto live = [&](size_t si) { return si == 0 && sp.s0 > 0; };  // only the call's first segment
+        point(segW, states.data());
+        for (size_t l = 0; l < nl; ++l)
+          std::copy(fi.block(SW[l], l, gi * N + n), fi.block(SW[l], l, gi * N + n) + fi.layer_size(l), segW[l]);
+        if (live(sb)) std::copy(g0.begin(), g0.end(), adv_g.begin());
+        // Advance through the group, keeping each segment's start state.
+        for (size_t si = sb; si + 1 < se; ++si) {
+          float* next = states.data() + (si + 1 - sb) * state_size;
+          std::copy(next - state_size, next, next);
+          point(segW, next);
+          point(segG, adv_g.data());
           st.W = segW;
           st.G = segG;
           const auto& sg = segs[si];
-          // Only the call's first segment can start live, and it commits unless it is the last:
-          // afterwards the sums are zero again, as live_g must be for the next segment.
-          live = scan_segment(st, d, sg.t0, sg.m, sg.commit, live, sp.eps, scratch.data(),
-                              keys.data() + (si - sb) * keys_size);
+          scan_segment(st, fi.d, sg.t0, sg.m, sg.commit, live(si), sp.eps, scratch.data(),
+                       keys.data() + (si - sb) * keys_size);
         }
+        // Then differentiate the segments in reverse.
         for (size_t si = se; si-- > sb;) {
-          float* cur = states.data() + (si - sb) * state_size;
-          int64_t o = 0;
-          for (size_t l = 0; l < nl; ++l) {
-            segW[l] = cur + o;
-            segG[l] = live_g.data() + o;
-            o += layer_size(l);
-          }
-          if (si == sb && gi == 0 && sp.s0 > 0)  // live_g was advanced (zeroed) by the forward above
-            for (size_t l = 0; l < nl; ++l) {
-              const float* g0 = G0[l].const_data_ptr<float>() + n * layer_size(l);
-              std::copy(g0, g0 + layer_size(l), segG[l]);
-            }
+          point(segW, states.data() + (si - sb) * state_size);
+          point(segG, live(si) ? g0.data() : adv_g.data());
           st.W = segW;
           st.G = segG;
           const auto& sg = segs[si];
-          scan_segment_backward(st, gr, d, sg.t0, sg.m, sg.commit, seg_live[si - sb], sp.eps, scratch.data(),
+          scan_segment_backward(st, gr, fi.d, sg.t0, sg.m, sg.commit, live(si), sp.eps, scratch.data(),
                                 si + 1 < se ? keys.data() + (si - sb) * keys_size : nullptr);
         }
       }
@@ -569,6 +542,126 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
   });
 
   return pack_grads({gXQa, gXKa, gXV, glr, gtok.sum(0), glnw.view(in.lnw.sizes()), glnb.view(in.lnb.sizes())}, gW, gG);
+}
+
+// The backward on the tensor path: per checkpoint group, from the last, the forward is recomputed with
+// tensor ops over all N streams and differentiated with autograd.
+variable_list backward_tensor(const ScanSpec& sp, const ScanInputs& in, const std::vector<at::Tensor>& sW,
+                              const at::Tensor& g_out, const std::vector<at::Tensor>& g_Wend,
+                              const std::vector<at::Tensor>& g_Gend) {
+  const size_t nl = in.W.size();
+  const int64_t L = in.XV.size(1);
+  auto segs = make_segments(L, sp.K, sp.s0);
+  auto groups = make_groups(segs.size(), sp.group_size);
+  auto masks = make_masks(sp.K, in.XV.options());
+  std::vector<at::Tensor> gW(nl), gG(nl);
+  for (size_t l = 0; l < nl; ++l) {
+    gW[l] = at::zeros_like(in.W[l]);
+    gG[l] = at::zeros_like(in.W[l]);
+  }
+  auto gXQa = at::zeros_like(in.XQa), gXKa = at::zeros_like(in.XKa), gXV = at::zeros_like(in.XV);
+  auto glr = at::zeros_like(in.lr), glnw = at::zeros_like(in.lnw), glnb = at::zeros_like(in.lnb);
+  auto gtok = at::zeros({L}, in.tok.options());
+  at::AutoGradMode enable(true);
+  // Gradient w.r.t. the state at the end of the current group (starts with the outputs' grads).
+  std::vector<at::Tensor> cW(nl);
+  for (size_t l = 0; l < nl; ++l) cW[l] = g_Wend[l];
+  for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
+    const auto [sb, se] = groups[gi];
+    const bool first = gi == 0, last = gi + 1 == static_cast<int64_t>(groups.size());
+    const bool live_acc = first && sp.s0 > 0;
+    auto leaf = [](const at::Tensor& t) { return t.detach().requires_grad_(true); };
+    // Leaves per segment, not slices of one group-wide leaf: autograd's slice backward would
+    // materialise a zero-filled group-sized gradient for every segment (quadratic in L).
+    struct SegLeaves {
+      at::Tensor xqa, xka, xv, lr, tok;
+    };
+    std::vector<SegLeaves> sl_;
+    for (size_t si = sb; si < se; ++si) {
+      const auto& sg = segs[si];
+      auto sl = [&](const at::Tensor& t) { return leaf(t.narrow(1, sg.t0, sg.m)); };
+      sl_.push_back({sl(in.XQa), sl(in.XKa), sl(in.XV), sl(in.lr), leaf(in.tok.narrow(0, sg.t0, sg.m))});
+    }
+    auto lnw = leaf(in.lnw), lnb = leaf(in.lnb);
+    Inner st0;
+    st0.W.resize(nl);
+    st0.G.resize(nl);
+    for (size_t l = 0; l < nl; ++l) {
+      st0.W[l] = leaf(sW[l].select(0, gi));
+      if (live_acc) st0.G[l] = leaf(in.G[l]);
+    }
+    Inner st = st0;
+    std::vector<at::Tensor> outs;
+    for (size_t si = sb; si < se; ++si) {
+      const auto& sg = segs[si];
+      const auto& lv = sl_[si - sb];
+      SegIn s{lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok, lnw, lnb};
+      outs.push_back(segment_step(sg, st, s, sp.eps, mask_for(masks, sg, false), mask_for(masks, sg, true), nullptr));
+    }
+    variable_list ys, gys;
+    for (size_t si = sb; si < se; ++si) {
+      ys.push_back(outs[si - sb]);
+      gys.push_back(g_out.narrow(1, segs[si].t0, segs[si].m));
+    }
+    // A state output that is the untouched input leaf passes its gradient straight through.
+    std::vector<at::Tensor> passW(nl), passG(nl);
+    auto add_out = [&](const at::Tensor& y, const at::Tensor& leaf_in, const at::Tensor& g, at::Tensor& pass) {
+      if (!y.defined() || !g.defined()) return;
+      if (leaf_in.defined() && y.is_same(leaf_in)) {
+        pass = g;
+        return;
+      }
+      ys.push_back(y);
+      gys.push_back(g);
+    };
+    for (size_t l = 0; l < nl; ++l) add_out(st.W[l], st0.W[l], cW[l], passW[l]);
+    if (last)  // only the call's last segment can leave a live gradient sum
+      for (size_t l = 0; l < nl; ++l) add_out(st.G[l], st0.G[l], g_Gend[l], passG[l]);
+    variable_list xs{lnw, lnb};
+    for (size_t l = 0; l < nl; ++l) xs.push_back(st0.W[l]);
+    if (live_acc)
+      for (size_t l = 0; l < nl; ++l) xs.push_back(st0.G[l]);
+    const size_t n_fixed = xs.size();
+    for (const auto& lv : sl_) xs.insert(xs.end(), {lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok});
+    auto gx = torch::autograd::grad(ys, xs, gys, /*retain_graph=*/false, /*create_graph=*/false,
+                                    /*allow_unused=*/true);
+    for (size_t si = sb; si < se; ++si) {
+      const auto& sg = segs[si];
+      const size_t b = n_fixed + 5 * (si - sb);
+      auto put = [&](const at::Tensor& dst, const at::Tensor& g) {
+        if (g.defined()) dst.narrow(1, sg.t0, sg.m).copy_(g);
+      };
+      put(gXQa, gx[b]);
+      put(gXKa, gx[b + 1]);
+      put(gXV, gx[b + 2]);
+      put(glr, gx[b + 3]);
+      if (gx[b + 4].defined()) gtok.narrow(0, sg.t0, sg.m).add_(gx[b + 4]);
+    }
+    if (gx[0].defined()) glnw.add_(gx[0]);
+    if (gx[1].defined()) glnb.add_(gx[1]);
+    auto sum2 = [](const at::Tensor& a, const at::Tensor& b) {
+      if (!a.defined()) return b;
+      if (!b.defined()) return a;
+      return a + b;
+    };
+    size_t k = 2;
+    for (size_t l = 0; l < nl; ++l) cW[l] = sum2(gx[k++], passW[l]);
+    if (live_acc) {
+      for (size_t l = 0; l < nl; ++l) {
+        auto g = sum2(gx[k++], passG[l]);
+        if (g.defined()) gG[l].copy_(g);
+      }
+    } else if (first) {
+      // s0 == 0: the input gradient sums are zero by contract and unused; a pass-through from a
+      // single uncommitted segment is still their gradient.
+      for (size_t l = 0; l < nl; ++l)
+        if (passG[l].defined()) gG[l].copy_(passG[l]);
+    }
+    for (size_t l = 0; l < nl; ++l)
+      if (!cW[l].defined()) cW[l] = at::zeros_like(st0.W[l]);
+  }
+  for (size_t l = 0; l < nl; ++l) gW[l].copy_(cW[l]);
+  return pack_grads({gXQa, gXKa, gXV, glr, gtok, glnw, glnb}, gW, gG);
 }
 
 struct ScanFunction : public torch::autograd::Function<ScanFunction> {
@@ -596,141 +689,21 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
     auto in = unpack(saved, sp.layers);
     std::vector<at::Tensor> sW(nl);
     for (size_t l = 0; l < nl; ++l) sW[l] = ctx->saved_data["sW" + std::to_string(l)].toTensor();
-    const int64_t N = in.XV.size(0), L = in.XV.size(1);
-    auto segs = make_segments(L, sp.K, sp.s0);
-    auto groups = make_groups(segs.size(), sp.group_size);
-    auto masks = make_masks(sp.K, in.XV.options());
-    const std::vector<std::pair<int64_t, int64_t>> ranges{{0, N}};  // all streams batched in each op
-
     auto gz = [](const at::Tensor& g, const at::Tensor& like) { return g.defined() ? g : at::zeros_like(like); };
     auto g_out = gz(grads[0], in.XV);
-    std::vector<at::Tensor> g_Wend(nl), g_Gend(nl), gW(nl), gG(nl);
+    std::vector<at::Tensor> g_Wend(nl), g_Gend(nl);
     for (size_t l = 0; l < nl; ++l) {
       g_Wend[l] = gz(grads[1 + 2 * l], in.W[l]);
       g_Gend[l] = gz(grads[2 + 2 * l], in.W[l]);
-      gW[l] = at::zeros_like(in.W[l]);
-      gG[l] = at::zeros_like(in.W[l]);
     }
-    if (fused_scan_applies(sp, in, nullptr)) {
-      auto res = backward_fused(sp, in, sW, g_out, g_Wend, g_Gend);
-      res.push_back(at::Tensor());  // spec
-      res.push_back(at::Tensor());  // probes
-      return res;
-    }
-
-    auto gXQa = at::zeros_like(in.XQa), gXKa = at::zeros_like(in.XKa), gXV = at::zeros_like(in.XV);
-    auto glr = at::zeros_like(in.lr), glnw = at::zeros_like(in.lnw), glnb = at::zeros_like(in.lnb);
-    auto gtok_parts = at::zeros({static_cast<int64_t>(ranges.size()), L}, in.tok.options());
-
-    for_each_chunk(ranges, in.XV.device().is_cpu(), [&](int64_t ci, int64_t c0, int64_t n) {
-      at::AutoGradMode enable(true);
-      auto cs = [&](const at::Tensor& t) { return t.narrow(0, c0, n); };
-      // Gradient w.r.t. the state at the end of the current group (starts with the outputs' grads).
-      std::vector<at::Tensor> cW(nl);
-      for (size_t l = 0; l < nl; ++l) cW[l] = cs(g_Wend[l]);
-      for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
-        const auto [sb, se] = groups[gi];
-        const bool first = gi == 0, last = gi + 1 == static_cast<int64_t>(groups.size());
-        const bool live_acc = first && sp.s0 > 0;
-        auto leaf = [](const at::Tensor& t) { return t.detach().requires_grad_(true); };
-        // Leaves per segment, not slices of one group-wide leaf: autograd's slice backward would
-        // materialise a zero-filled group-sized gradient for every segment (quadratic in L).
-        struct SegLeaves {
-          at::Tensor xqa, xka, xv, lr, tok;
-        };
-        std::vector<SegLeaves> sl_;
-        for (size_t si = sb; si < se; ++si) {
-          const auto& sg = segs[si];
-          auto sl = [&](const at::Tensor& t) { return leaf(t.narrow(0, c0, n).narrow(1, sg.t0, sg.m)); };
-          sl_.push_back({sl(in.XQa), sl(in.XKa), sl(in.XV), sl(in.lr), leaf(in.tok.narrow(0, sg.t0, sg.m))});
-        }
-        auto lnw = leaf(cs(in.lnw)), lnb = leaf(cs(in.lnb));
-        Inner st0;
-        st0.W.resize(nl);
-        st0.G.resize(nl);
-        for (size_t l = 0; l < nl; ++l) {
-          st0.W[l] = leaf(cs(sW[l].select(0, gi)));
-          if (live_acc) st0.G[l] = leaf(cs(in.G[l]));
-        }
-        Inner st = st0;
-        std::vector<at::Tensor> outs;
-        for (size_t si = sb; si < se; ++si) {
-          const auto& sg = segs[si];
-          const auto& lv = sl_[si - sb];
-          SegIn s{lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok, lnw, lnb};
-          outs.push_back(segment_step(sg, st, s, sp.eps, mask_for(masks, sg, false), mask_for(masks, sg, true), nullptr));
-        }
-        variable_list ys, gys;
-        for (size_t si = sb; si < se; ++si) {
-          ys.push_back(outs[si - sb]);
-          gys.push_back(cs(g_out).narrow(1, segs[si].t0, segs[si].m));
-        }
-        // A state output that is the untouched input leaf passes its gradient straight through.
-        std::vector<at::Tensor> passW(nl), passG(nl);
-        auto add_out = [&](const at::Tensor& y, const at::Tensor& leaf_in, const at::Tensor& g, at::Tensor& pass) {
-          if (!y.defined() || !g.defined()) return;
-          if (leaf_in.defined() && y.is_same(leaf_in)) {
-            pass = g;
-            return;
-          }
-          ys.push_back(y);
-          gys.push_back(g);
-        };
-        for (size_t l = 0; l < nl; ++l) add_out(st.W[l], st0.W[l], cW[l], passW[l]);
-        if (last)  // only the call's last segment can leave a live gradient sum
-          for (size_t l = 0; l < nl; ++l) add_out(st.G[l], st0.G[l], cs(g_Gend[l]), passG[l]);
-        variable_list xs{lnw, lnb};
-        for (size_t l = 0; l < nl; ++l) xs.push_back(st0.W[l]);
-        if (live_acc)
-          for (size_t l = 0; l < nl; ++l) xs.push_back(st0.G[l]);
-        const size_t n_fixed = xs.size();
-        for (const auto& lv : sl_) xs.insert(xs.end(), {lv.xqa, lv.xka, lv.xv, lv.lr, lv.tok});
-        auto gx = torch::autograd::grad(ys, xs, gys, /*retain_graph=*/false, /*create_graph=*/false,
-                                        /*allow_unused=*/true);
-        for (size_t si = sb; si < se; ++si) {
-          const auto& sg = segs[si];
-          const size_t b = n_fixed + 5 * (si - sb);
-          auto put = [&](const at::Tensor& dst, const at::Tensor& g) {
-            if (g.defined()) dst.narrow(0, c0, n).narrow(1, sg.t0, sg.m).copy_(g);
-          };
-          put(gXQa, gx[b]);
-          put(gXKa, gx[b + 1]);
-          put(gXV, gx[b + 2]);
-          put(glr, gx[b + 3]);
-          if (gx[b + 4].defined()) gtok_parts.select(0, ci).narrow(0, sg.t0, sg.m).add_(gx[b + 4]);
-        }
-        if (gx[0].defined()) cs(glnw).add_(gx[0]);
-        if (gx[1].defined()) cs(glnb).add_(gx[1]);
-        auto sum2 = [](const at::Tensor& a, const at::Tensor& b) {
-          if (!a.defined()) return b;
-          if (!b.defined()) return a;
-          return a + b;
-        };
-        size_t k = 2;
-        for (size_t l = 0; l < nl; ++l) cW[l] = sum2(gx[k++], passW[l]);
-        if (live_acc) {
-          for (size_t l = 0; l < nl; ++l) {
-            auto g = sum2(gx[k++], passG[l]);
-            if (g.defined()) cs(gG[l]).copy_(g);
-          }
-        } else if (first) {
-          // s0 == 0: the input gradient sums are zero by contract and unused; a pass-through from a
-          // single uncommitted segment is still their gradient.
-          for (size_t l = 0; l < nl; ++l)
-            if (passG[l].defined()) cs(gG[l]).copy_(passG[l]);
-        }
-        for (size_t l = 0; l < nl; ++l)
-          if (!cW[l].defined()) cW[l] = at::zeros_like(st0.W[l]);
-      }
-      for (size_t l = 0; l < nl; ++l) cs(gW[l]).copy_(cW[l]);
-    });
-
-    auto res = pack_grads({gXQa, gXKa, gXV, glr, gtok_parts.sum(0), glnw, glnb}, gW, gG);
+    variable_list res = fused_scan_applies(sp, in, nullptr) ? backward_fused(sp, in, sW, g_out, g_Wend, g_Gend)
+                                                            : backward_tensor(sp, in, sW, g_out, g_Wend, g_Gend);
     res.push_back(at::Tensor());  // spec
     res.push_back(at::Tensor());  // probes
     return res;
   }
 };
+
 
 }  // namespace
 

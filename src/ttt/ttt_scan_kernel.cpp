@@ -25,9 +25,9 @@ namespace {
 struct Seg {
   std::vector<float*> X, Zk, DA, DDA, H, GZ, Inp, P, IG, Zq, DAq;
   std::vector<float*> dGZ, dX, dZk;
-  float *khat, *ksd, *gxh, *ks2, *qhat, *qsd;
+  float *khat, *ksd, *gxh, *ks2;
   float *t1, *t2, *t3;  // times_wt's
-  float *dZ, *dZn, *dInp, *Q, *Mq, *EP, *tdz, *U, *coef, *row, *row2;
+  float *dZ, *dZn, *dInp, *Mq, *EP, *tdz, *U, *coef, *row, *row2;
 };
 
 // Lays the keys' blocks (what the backward can take over from a state-advancing forward) out in `base`
@@ -75,11 +75,9 @@ int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s, floa
     if (l + 1 < n) g.DAq[l] = take(m * dout);
     g.P[l] = take(m * m);
   }
-  const int64_t f = d[0];
-  g.qhat = take(m * f), g.qsd = take(m);
   g.t1 = take(m * w), g.t2 = take(m * w), g.t3 = take(m * w);
   g.dZ = take(m * w), g.dZn = take(m * w), g.dInp = take(m * w), g.tdz = take(m * w), g.U = take(m * w);
-  g.Q = take(m * m), g.Mq = take(m * m), g.EP = take(m * m), g.coef = take(m * m);
+  g.Mq = take(m * m), g.EP = take(m * m), g.coef = take(m * m);
   g.row = take(w), g.row2 = take(w);
   return off;
 }
@@ -102,6 +100,15 @@ MT_SIMD_TARGET void times_wt(int64_t m, int64_t r, int64_t k, const float* Z, in
   }
 }
 
+// Rows of a hidden layer's next input: GELU(z) with the one of the bias appended (rows of dout + 1),
+// and, where asked, GELU' and GELU'' at z.
+MT_SIMD_TARGET void gelu_augmented(const float* z, int64_t m, int64_t dout, float* a, float* da, float* dda) {
+  for (int64_t i = 0; i < m; ++i) {
+    gelu_row(z + i * dout, dout, a + i * (dout + 1), da ? da + i * dout : nullptr, dda ? dda + i * dout : nullptr);
+    a[i * (dout + 1) + dout] = 1.f;
+  }
+}
+
 // Keys' augmented inputs of layer l (X[0]: the stream's keys from token t0).
 const float* key_rows(const ScanStream& s, const Seg& g, const std::vector<int64_t>& d, size_t l, int64_t t0) {
   return l == 0 ? s.xka + t0 * (d[0] + 1) : g.X[l];
@@ -117,12 +124,7 @@ MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
     gemm(m, dout, din, key_rows(s, g, d, l, t0), din, 1, s.W[l], dout, g.Zk[l], dout, 1.f, false);
-    if (l + 1 < n)
-      for (int64_t i = 0; i < m; ++i) {
-        float* x = g.X[l + 1] + i * (dout + 1);
-        gelu_row(g.Zk[l] + i * dout, dout, x, g.DA[l] + i * dout, second ? g.DDA[l] + i * dout : nullptr);
-        x[dout] = 1.f;
-      }
+    if (l + 1 < n) gelu_augmented(g.Zk[l], m, dout, g.X[l + 1], g.DA[l], second ? g.DDA[l] : nullptr);
   }
   for (int64_t i = 0; i < m; ++i) {
     const float* z = g.Zk[n - 1] + i * f;
@@ -171,12 +173,7 @@ MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& 
       }
     }
     gemm(m, dout, m, g.coef, m, 1, g.GZ[l], dout, g.Zq[l], dout, 1.f, true);
-    if (l + 1 < n)
-      for (int64_t i = 0; i < m; ++i) {
-        float* a = g.Inp[l + 1] + i * (dout + 1);
-        gelu_row(g.Zq[l] + i * dout, dout, a, g.DAq[l] + i * dout);
-        a[dout] = 1.f;
-      }
+    if (l + 1 < n) gelu_augmented(g.Zq[l], m, dout, g.Inp[l + 1], g.DAq[l], nullptr);
   }
 }
 
@@ -213,7 +210,7 @@ MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>
                                 bool g_live, double eps, float* scratch, float* keys) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
-  Seg g;
+  thread_local Seg g;  // its vectors keep their storage: no allocation per segment
   plan(d, m, scratch, &g, keys);
   keys_pass(s, d, t0, m, eps, keys != nullptr, g);
   if (s.out) {
@@ -234,12 +231,7 @@ MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>
     for (size_t l = 0; l < n; ++l) {  // the learned initial weights
       const int64_t din = d[l] + 1, dout = d[l + 1];
       gemm(m, dout, din, l == 0 ? s.xka + t0 * fa : g.Inp[l], din, 1, s.W0[l], dout, g.Zq[l], dout, 1.f, false);
-      if (l + 1 < n)
-        for (int64_t i = 0; i < m; ++i) {
-          float* a = g.Inp[l + 1] + i * (dout + 1);
-          gelu_row(g.Zq[l] + i * dout, dout, a, nullptr);
-          a[dout] = 1.f;
-        }
+      if (l + 1 < n) gelu_augmented(g.Zq[l], m, dout, g.Inp[l + 1], nullptr, nullptr);
     }
     losses(s, f, t0, m, g.Zq[n - 1], eps, g.row, s.l0);
   }
@@ -261,7 +253,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
   const float D = static_cast<float>(f);
   const float* lr = s.lr + t0;
   const float* t = s.tok + t0;
-  Seg g;
+  thread_local Seg g;  // its vectors keep their storage: no allocation per segment
   plan(d, m, scratch, &g, keys);
   const float* xq = s.xqa + t0 * fa;
   if (!keys) keys_pass(s, d, t0, m, eps, true, g);
@@ -310,7 +302,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
     const float* zl = g.Zq[n - 1];
     for (int64_t i = 0; i < m; ++i) {
       const float* go = gr.dout + (t0 + i) * f;
-      float* xh = g.qhat + i * f;
+      float* xh = g.row2;
       const float sd = ln_row(zl + i * f, f, eps, xh);
       axpy(1.f, go, gr.dxqa + (t0 + i) * fa, f);
       float* gw = g.row;

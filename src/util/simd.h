@@ -1,7 +1,7 @@
 #pragma once
 // Vector helpers of the hand-fused CPU kernels (the gemv, the one-query attention step, the TTT scan):
-// row-times-matrix with the outputs held in registers, dot products, sums and axpy, LayerNorm of one
-// row, the tanh-approximate GELU with its derivative. AVX2 + FMA on x86, where callers first check
+// dot products, sums and axpy, small register-blocked matrix products and transposes, LayerNorm of one
+// row, the tanh-approximate GELU with its derivatives. AVX2 + FMA on x86, where callers first check
 // util::cpu_has_avx2_fma(); plain loops elsewhere.
 #include <algorithm>
 #include <cmath>
@@ -18,41 +18,6 @@
 namespace mt::util::simd {
 
 #ifdef MT_SIMD_X86
-// z[0:f] (+)= sum_k x[k * xs] W[k, 0:f] for k < kin: 32 outputs at a time stay in four registers while
-// the k rows stream past.
-MT_SIMD_TARGET inline void row_times(const float* __restrict x, int64_t xs, int64_t kin, const float* __restrict W,
-                                    int64_t f, float* __restrict z, bool accumulate) {
-  int64_t j0 = 0;
-  for (; j0 + 32 <= f; j0 += 32) {
-    __m256 a0 = accumulate ? _mm256_loadu_ps(z + j0) : _mm256_setzero_ps();
-    __m256 a1 = accumulate ? _mm256_loadu_ps(z + j0 + 8) : _mm256_setzero_ps();
-    __m256 a2 = accumulate ? _mm256_loadu_ps(z + j0 + 16) : _mm256_setzero_ps();
-    __m256 a3 = accumulate ? _mm256_loadu_ps(z + j0 + 24) : _mm256_setzero_ps();
-    for (int64_t k = 0; k < kin; ++k) {
-      const __m256 c = _mm256_set1_ps(x[k * xs]);
-      const float* w = W + k * f + j0;
-      a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w), a0);
-      a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w + 8), a1);
-      a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w + 16), a2);
-      a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(w + 24), a3);
-    }
-    _mm256_storeu_ps(z + j0, a0);
-    _mm256_storeu_ps(z + j0 + 8, a1);
-    _mm256_storeu_ps(z + j0 + 16, a2);
-    _mm256_storeu_ps(z + j0 + 24, a3);
-  }
-  for (; j0 + 8 <= f; j0 += 8) {
-    __m256 a0 = accumulate ? _mm256_loadu_ps(z + j0) : _mm256_setzero_ps();
-    for (int64_t k = 0; k < kin; ++k) a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[k * xs]), _mm256_loadu_ps(W + k * f + j0), a0);
-    _mm256_storeu_ps(z + j0, a0);
-  }
-  for (int64_t j = j0; j < f; ++j) {
-    float acc = accumulate ? z[j] : 0.f;
-    for (int64_t k = 0; k < kin; ++k) acc += x[k * xs] * W[k * f + j];
-    z[j] = acc;
-  }
-}
-
 MT_SIMD_TARGET inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -81,13 +46,6 @@ MT_SIMD_TARGET inline float sum(const float* __restrict a, int64_t n) {
   return s;
 }
 #else
-inline void row_times(const float* x, int64_t xs, int64_t kin, const float* W, int64_t f, float* z, bool accumulate) {
-  for (int64_t j = 0; j < f; ++j) {
-    float acc = accumulate ? z[j] : 0.f;
-    for (int64_t k = 0; k < kin; ++k) acc += x[k * xs] * W[k * f + j];
-    z[j] = acc;
-  }
-}
 inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0.f;
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];

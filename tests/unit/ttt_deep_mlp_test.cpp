@@ -30,26 +30,6 @@ constexpr double kEps = 1e-6;
 constexpr double kTol = 1e-9;
 
 // Random scan inputs in float64 for N streams of L tokens, head width f, inner widths f->4f->..->f.
-ScanInputs random_inputs(int64_t N, int64_t L, int64_t f, int64_t layers, int64_t K, uint64_t seed) {
-  at::Generator g = at::detail::createCPUGenerator(seed);
-  auto o = at::TensorOptions().dtype(at::kDouble);
-  auto ones = [&](const at::Tensor& t) { return at::cat({t, at::ones({N, L, 1}, o)}, -1); };
-  ScanInputs in;
-  in.XQa = ones(at::randn({N, L, f}, g, o));
-  in.XKa = ones(at::randn({N, L, f}, g, o));
-  in.XV = at::randn({N, L, f}, g, o);
-  in.lr = at::rand({N, L}, g, o) * 0.3 + 0.05;  // sizeable: every layer's update matters
-  auto idx = at::arange(L, o.dtype(at::kLong)).remainder(K);
-  in.tok = (1.0 / (idx.to(at::kDouble) + 1.0)) + at::rand({L}, g, o) * 0.1;
-  in.lnw = 1.0 + 0.3 * at::randn({N, 1, f}, g, o);
-  in.lnb = 0.3 * at::randn({N, 1, f}, g, o);
-  for (int64_t l = 0; l < layers; ++l) {
-    const int64_t din = l == 0 ? f : 4 * f, dout = l + 1 == layers ? f : 4 * f;
-    in.W.push_back(at::randn({N, din + 1, dout}, g, o) / std::sqrt(static_cast<double>(din)));
-    in.G.push_back(at::zeros({N, din + 1, dout}, o));
-  }
-  return in;
-}
 
 at::Tensor inner_model(const at::Tensor& xa, const std::vector<at::Tensor>& W) {
   at::Tensor z;
@@ -132,7 +112,7 @@ class DeepMlp : public ::testing::TestWithParam<int64_t> {};
 TEST_P(DeepMlp, DualFormEqualsTokenByTokenPrimalForm) {
   const int64_t layers = GetParam(), K = 4;
   // 10 tokens: two full mini-batches and a remainder; a call starting mid-mini-batch with live sums.
-  auto in = random_inputs(3, 10, 4, layers, K, 500 + layers);
+  auto in = test::random_scan_inputs(3, 10, 4, layers, K, 500 + layers);
   EXPECT_LT(dual_vs_primal(in, K, 0), kTol);
 
   // Second call: tokens 0..2 first, then the rest from offset 3 with the pending sums.
@@ -193,7 +173,7 @@ TEST(DeepMlp, ParametersAndStateHaveOneEntryPerInnerLayer) {
 // with the update applied twice in the layers after the first, the same comparison fails.
 TEST(Pitfalls, Row04_DeepMlpAppliesEachUpdateOnceDualEqualsPrimal) {
   for (int64_t layers : {2, 3, 5}) {
-    auto in = random_inputs(2, 9, 4, layers, 4, 700 + layers);
+    auto in = test::random_scan_inputs(2, 9, 4, layers, 4, 700 + layers);
     EXPECT_LT(dual_vs_primal(in, 4, 0), kTol) << layers << " layers";
     pitfall::Reintroduce broken(4);
     EXPECT_GT(dual_vs_primal(in, 4, 0), 1e-3) << layers << " layers: the check must catch a twice-applied update";

@@ -158,22 +158,9 @@ TEST_P(TttFusedTypes, HandWrittenBackwardEqualsAutogradThroughTheTensorPath) {
                             {40, 16, 5}, {3, 8, 2}}) {
       for (int64_t group : {0, 1, 2}) {
         SCOPED_TRACE(mt::str("f=", f, " L=", L, " K=", K, " s0=", s0, " group=", group));
-        at::Generator g = at::detail::createCPUGenerator(f * 1000 + L * 10 + group);
+        at::Generator g = at::detail::createCPUGenerator(f * 1000 + L * 10 + group + 7);  // the gradients' draws
         const int64_t N = 3;
-        auto ones = [&](const at::Tensor& t) { return at::cat({t, at::ones({N, L, 1})}, -1); };
-        ScanInputs in;
-        in.XQa = ones(at::randn({N, L, f}, g));
-        in.XKa = ones(at::randn({N, L, f}, g));
-        in.XV = at::randn({N, L, f}, g);
-        in.lr = at::rand({N, L}, g) * 0.3 + 0.05;
-        in.tok = 1.0 / (at::arange(s0, s0 + L).remainder(K).to(at::kFloat) + 1.0) + at::rand({L}, g) * 0.1;
-        in.lnw = 1.0 + 0.3 * at::randn({N, 1, f}, g);
-        in.lnb = 0.3 * at::randn({N, 1, f}, g);
-        for (int64_t l = 0; l < layers; ++l) {
-          const int64_t din = l == 0 ? f : 4 * f, dout = l + 1 == layers ? f : 4 * f;
-          in.W.push_back(at::randn({N, din + 1, dout}, g) / std::sqrt(static_cast<double>(din)));
-          in.G.push_back(s0 > 0 ? at::randn({N, din + 1, dout}, g) * 0.05 : at::zeros({N, din + 1, dout}));
-        }
+        const ScanInputs in = mt::test::random_scan_inputs(N, L, f, layers, K, f * 1000 + L * 10 + group, s0, at::kFloat);
         ScanSpec sp;
         sp.layers = layers;
         sp.K = K;

@@ -4,11 +4,13 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cmath>
 #include <map>
 #include <string>
 
 #include "ttt/inplace.h"
 #include "ttt/ttt_layer.h"
+#include "ttt/ttt_scan.h"
 
 namespace mt::test {
 
@@ -37,6 +39,31 @@ inline ttt::TTTLayer perturbed_layer(const ttt::TTTConfig& c, uint64_t seed, at:
     p[n] = v.to(dt);
   }
   return ttt::TTTLayer(c, p);
+}
+
+// Random inputs of the TTT scan for N streams of L tokens, head width f, an inner model of `layers`
+// layers (hidden widths 4f), mini-batch K, the call starting at in-mini-batch index s0 (s0 > 0: live
+// gradient sums, random and small); sizeable learning rates, so that every layer's update matters.
+inline ttt::detail::ScanInputs random_scan_inputs(int64_t N, int64_t L, int64_t f, int64_t layers, int64_t K,
+                                                  uint64_t seed, int64_t s0 = 0, at::ScalarType dt = at::kDouble) {
+  at::Generator g = at::detail::createCPUGenerator(seed);
+  auto o = at::TensorOptions().dtype(dt);
+  auto ones = [&](const at::Tensor& t) { return at::cat({t, at::ones({N, L, 1}, o)}, -1); };
+  ttt::detail::ScanInputs in;
+  in.XQa = ones(at::randn({N, L, f}, g, o));
+  in.XKa = ones(at::randn({N, L, f}, g, o));
+  in.XV = at::randn({N, L, f}, g, o);
+  in.lr = at::rand({N, L}, g, o) * 0.3 + 0.05;
+  auto idx = at::arange(s0, s0 + L, o.dtype(at::kLong)).remainder(K);
+  in.tok = (1.0 / (idx.to(dt) + 1.0)) + at::rand({L}, g, o) * 0.1;
+  in.lnw = 1.0 + 0.3 * at::randn({N, 1, f}, g, o);
+  in.lnb = 0.3 * at::randn({N, 1, f}, g, o);
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t din = l == 0 ? f : 4 * f, dout = l + 1 == layers ? f : 4 * f;
+    in.W.push_back(at::randn({N, din + 1, dout}, g, o) / std::sqrt(static_cast<double>(din)));
+    in.G.push_back(s0 > 0 ? at::randn({N, din + 1, dout}, g, o) * 0.05 : at::zeros({N, din + 1, dout}, o));
+  }
+  return in;
 }
 
 // Random In-Place weights (the conv too: the official zero init would hide mistakes), in float64.
