@@ -2,7 +2,7 @@
 #include <cstdio>
 #include <iostream>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "tools/commands.h"
 #include "util/error.h"
 #include "util/runtime.h"

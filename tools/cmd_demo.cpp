@@ -3,7 +3,7 @@
 // the held-out loss differs where only memory beyond the attention window can help. See
 // src/train/demo.h. Streaming generation with a tiny model is `moshi-ttt generate`.
 #include "tools/commands.h"
-#include "train/demo.h"
+#include "app/demo.h"
 
 namespace mt::cli {
 

@@ -2,7 +2,7 @@
 // metrics and the evaluation results written into it.
 #include <cstdio>
 
-#include "eval/report.h"
+#include "report/report.h"
 #include "tools/commands.h"
 
 namespace mt::cli {

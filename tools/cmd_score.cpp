@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "eval/position_loss.h"
-#include "eval/ttt_diagnostics.h"
+#include "lm/ttt_probes.h"
 #include "io/codes_file.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"

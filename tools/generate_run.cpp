@@ -16,7 +16,7 @@
 #include "text/tokenizer.h"
 #include "util/error.h"
 #include "util/runtime.h"
-#include "util/plot.h"
+#include "report/plot.h"
 
 namespace fs = std::filesystem;
 

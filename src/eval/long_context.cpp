@@ -15,9 +15,9 @@
 #include "eval/zr_score.h"
 #include "io/codes_file.h"
 #include "io/safetensors.h"
-#include "train/prng.h"
+#include "util/prng.h"
 #include "util/error.h"
-#include "util/plot.h"
+#include "report/plot.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;

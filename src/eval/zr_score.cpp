@@ -18,7 +18,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "train/prng.h"
+#include "util/prng.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "lm/config.h"
-#include "lm/modules.h"
+#include "nn/transformer.h"
 
 namespace mt::io {
 class SafeTensors;

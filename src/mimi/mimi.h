@@ -13,7 +13,7 @@
 #include <string>
 
 #include "lm/config.h"
-#include "lm/modules.h"
+#include "nn/transformer.h"
 #include "mimi/conv.h"
 #include "mimi/quantizer.h"
 #include "mimi/seanet.h"

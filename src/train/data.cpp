@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "io/safetensors.h"
-#include "train/prng.h"
+#include "util/prng.h"
 #include "util/error.h"
 
 namespace mt::train {

@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <unordered_map>
 
-#include "train/prng.h"
+#include "util/prng.h"
 #include "util/error.h"
 
 namespace mt::train {

@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
-#include "eval/ttt_diagnostics.h"
+#include "lm/ttt_probes.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "train/audio_data.h"
@@ -25,7 +25,7 @@
 #include "util/error.h"
 #include "util/pitfall_switch.h"
 #include "util/peak_memory.h"
-#include "util/plot.h"
+#include "report/plot.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;

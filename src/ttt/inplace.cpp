@@ -11,7 +11,7 @@
 #include <fstream>
 
 #include "io/safetensors.h"
-#include "lm/modules.h"
+#include "nn/transformer.h"
 #include "util/error.h"
 #include "util/pitfall_switch.h"
 

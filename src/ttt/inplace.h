@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "lm/linear.h"
+#include "nn/linear.h"
 
 namespace mt::ttt {
 

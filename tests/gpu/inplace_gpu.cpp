@@ -4,7 +4,7 @@
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "test_util.h"
 #include "ttt/inplace.h"
 #include "util/runtime.h"

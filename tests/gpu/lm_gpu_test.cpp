@@ -3,7 +3,7 @@
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
 #include "test_util.h"

@@ -4,10 +4,10 @@
 // and other dtypes on the general path.
 #include <gtest/gtest.h>
 
-#include "lm/attention_step.h"
+#include "nn/attention_step.h"
 #include "util/fused.h"
 #include "lm/lm_model.h"
-#include "lm/modules.h"
+#include "nn/transformer.h"
 #include "test_util.h"
 
 using namespace mt;

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 #include "ttt/inplace.h"

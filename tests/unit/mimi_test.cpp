@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mimi/mimi.h"
-#include "mimi/mimi_reference.h"
+#include "reference/mimi_case.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 #include "util/error.h"

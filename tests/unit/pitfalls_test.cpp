@@ -13,7 +13,7 @@
 #include <regex>
 #include <set>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "lm/lm_model.h"
 #include "test_util.h"
 #include "train/data.h"

@@ -1,4 +1,4 @@
-#include "util/plot.h"
+#include "report/plot.h"
 
 #include <gtest/gtest.h>
 #include <png.h>

@@ -10,7 +10,7 @@
 
 #include "lm/config.h"
 #include "lm/lm_model.h"
-#include "lm/modules.h"
+#include "nn/transformer.h"
 #include "test_util.h"
 
 using namespace mt;

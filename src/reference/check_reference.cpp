@@ -1,4 +1,4 @@
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 
 #include <algorithm>
 #include <filesystem>

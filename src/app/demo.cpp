@@ -1,4 +1,4 @@
-#include "train/demo.h"
+#include "app/demo.h"
 
 #include <ATen/ATen.h>
 
@@ -12,14 +12,14 @@
 
 #include "eval/position_loss.h"
 #include "eval/long_context.h"
-#include "eval/report.h"
+#include "report/report.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "train/data.h"
 #include "train/synthetic.h"
 #include "train/trainer.h"
 #include "util/error.h"
-#include "util/plot.h"
+#include "report/plot.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;

@@ -7,10 +7,10 @@
 #include <filesystem>
 #include <set>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "ttt/inplace.h"
-#include "ttt/inplace_reference.h"
+#include "reference/inplace_case.h"
 #include "util/error.h"
 #include "util/runtime.h"
 

@@ -1,4 +1,4 @@
-#include "lm/modules.h"
+#include "nn/transformer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "lm/attention_step.h"
+#include "nn/attention_step.h"
 #include "util/error.h"
 #include "util/fused.h"
 #include "util/pitfall_switch.h"

@@ -1,9 +1,9 @@
-#include "eval/check_reference.h"
-#include "lm/lm_reference.h"
-#include "mimi/mimi_reference.h"
-#include "ttt/inplace_reference.h"
-#include "train/train_reference.h"
-#include "ttt/ttt_reference.h"
+#include "reference/check_reference.h"
+#include "reference/lm_case.h"
+#include "reference/mimi_case.h"
+#include "reference/inplace_case.h"
+#include "reference/train_case.h"
+#include "reference/ttt_case.h"
 
 namespace mt::eval {
 

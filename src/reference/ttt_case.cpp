@@ -1,4 +1,4 @@
-#include "ttt/ttt_reference.h"
+#include "reference/ttt_case.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "ttt/ttt_layer.h"
 #include "util/error.h"

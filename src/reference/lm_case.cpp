@@ -1,12 +1,12 @@
 // check-reference for lm cases: Kyutai's LMModel forward (logits, masks, per-codebook cross-entropy)
 // and, when gen.safetensors is present, greedy LMGen tokens.
-#include "lm/lm_reference.h"
+#include "reference/lm_case.h"
 
 #include <ATen/ATen.h>
 
 #include <filesystem>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"

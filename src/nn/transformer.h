@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "lm/config.h"
-#include "lm/linear.h"
+#include "nn/linear.h"
 #include "lm/ttt_config.h"
 #include "ttt/inplace.h"
 #include "ttt/ttt_layer.h"

@@ -1,4 +1,4 @@
-#include "lm/attention_step.h"
+#include "nn/attention_step.h"
 
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>

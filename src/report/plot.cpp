@@ -1,5 +1,5 @@
 // Charts drawn pixel by pixel into an RGB buffer, then written with libpng. See plot.h.
-#include "util/plot.h"
+#include "report/plot.h"
 
 #include <fcntl.h>
 #include <png.h>

@@ -1,4 +1,4 @@
-#include "lm/linear.h"
+#include "nn/linear.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>

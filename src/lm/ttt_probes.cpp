@@ -1,4 +1,4 @@
-#include "eval/ttt_diagnostics.h"
+#include "lm/ttt_probes.h"
 
 #include <ATen/ATen.h>
 

@@ -13,7 +13,7 @@
 #include <optional>
 
 #include "lm/config.h"
-#include "lm/modules.h"
+#include "nn/transformer.h"
 
 namespace mt::lm {
 

@@ -1,7 +1,7 @@
 // check-reference for train cases: a few optimizer steps of moshi-finetune on a small LM, every
 // parameter trained, float32. Per step: text and audio loss of each micro-batch, the lr used, the total
 // gradient norm before clipping; the first step's gradients; every parameter after the last step.
-#include "train/train_reference.h"
+#include "reference/train_case.h"
 
 #include <ATen/ATen.h>
 
@@ -9,7 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
 #include "train/trainer.h"

@@ -1,6 +1,6 @@
 // check-reference for mimi cases (shared/reference/README.md, mimi/): Kyutai's MimiModel encode (latent
 // and codes), decode of the reference codes, and streaming encode fed one 1920-sample frame at a time.
-#include "mimi/mimi_reference.h"
+#include "reference/mimi_case.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "eval/check_reference.h"
+#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "mimi/mimi.h"
 #include "util/error.h"

@@ -1,4 +1,4 @@
-#include "eval/report.h"
+#include "report/report.h"
 
 #include <nlohmann/json.hpp>
 
@@ -12,7 +12,7 @@
 
 #include "io/safetensors.h"
 #include "util/error.h"
-#include "util/plot.h"
+#include "report/plot.h"
 
 namespace fs = std::filesystem;
 
