@@ -17,9 +17,9 @@
 
 #include <cstdlib>
 
+#include "bench_main.h"
 #include "ttt/inplace.h"
 #include "util/peak_memory.h"
-#include "bench_main.h"
 
 using mt::bench::bench_device;
 using mt::bench::sync;
@@ -29,8 +29,6 @@ using namespace mt::ttt;
 namespace {
 
 constexpr int64_t kDim = 1024, kHidden = 2816, kChunk = 256, kSeq = 2048;
-
-
 
 InPlaceFFN make(InPlaceStrategy s) {
   InPlaceConfig c;
@@ -94,7 +92,8 @@ void BM_InPlaceForward(benchmark::State& state) {
     peak = std::max(peak, pm.peak());
   }
   label(state, s);
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(kSeq), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(kSeq), benchmark::Counter::kIsIterationInvariantRate);
   if (bench_device().is_cpu()) state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
   state.counters["maxrss_growth_MB"] = maxrss_mb() - rss0;
 }
@@ -120,7 +119,8 @@ void BM_InPlaceForwardBackward(benchmark::State& state) {
     peak = std::max(peak, pm.peak());
   }
   label(state, s);
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(kSeq), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(kSeq), benchmark::Counter::kIsIterationInvariantRate);
   if (bench_device().is_cpu()) state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
   state.counters["maxrss_growth_MB"] = maxrss_mb() - rss0;
 }
@@ -141,8 +141,22 @@ void BM_InPlaceStreamStep(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_InPlaceForward)->Arg(-1)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-BENCHMARK(BM_InPlaceForwardBackward)->Arg(-1)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
+BENCHMARK(BM_InPlaceForward)
+    ->Arg(-1)
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
+BENCHMARK(BM_InPlaceForwardBackward)
+    ->Arg(-1)
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(3.0)
+    ->UseRealTime();
 BENCHMARK(BM_InPlaceStreamStep)->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
 
 int main(int argc, char** argv) { return mt::bench::run_benchmarks(argc, argv); }

@@ -14,10 +14,10 @@
 #include <cstdlib>
 #include <map>
 
-#include "util/fused.h"
+#include "bench_main.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
-#include "bench_main.h"
+#include "util/fused.h"
 
 using mt::bench::bench_device;
 using mt::bench::sync;
@@ -26,8 +26,6 @@ using namespace mt::lm;
 
 namespace {
 
-
-
 TTTIntegrationConfig variant_config(int64_t v) {
   TTTIntegrationConfig t;
   if (v == 0) return t;
@@ -35,14 +33,14 @@ TTTIntegrationConfig variant_config(int64_t v) {
   t.layers = "6,7";
   t.mini_batch_size = 16;
   if (v == 1 || v == 2) {
-    t.variant = "hybrid";
-    t.type = v == 1 ? "mlp" : "linear";
+    t.variant = TTTVariant::kHybrid;
+    t.type = v == 1 ? TTTInner::kMlp : TTTInner::kLinear;
     t.base_lr = v == 1 ? 0.1 : 1.0;
   } else if (v == 3) {
-    t.variant = "adapter";
+    t.variant = TTTVariant::kAdapter;
     t.adapter_rank = 32;
   } else {
-    t.variant = "inplace";
+    t.variant = TTTVariant::kInPlace;
     t.inplace_chunk_size = 256;
   }
   return t;
@@ -82,8 +80,8 @@ double g_read_gbps = 0;  // plain sequential read (a sum over 256 MiB): the stri
 void BM_Sgemm2048(benchmark::State& state) {
   at::Tensor a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
   for (auto _ : state) benchmark::DoNotOptimize(at::mm(a, b));
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * 2048 * 2048 * 2048, benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::OneK::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * 2048 * 2048 * 2048, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::OneK::kIs1000);
   state.counters["GFLOP/s"].value /= 1e9;
 }
 
@@ -145,7 +143,11 @@ void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
 
 BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
-BENCHMARK(BM_LMForward)->ArgsProduct({{256}, {0, 1, 2, 3, 4}})->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_LMForward)
+    ->ArgsProduct({{256}, {0, 1, 2, 3, 4}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
 BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_LMStreamingStepGeneralPath)->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 

@@ -25,8 +25,6 @@ using namespace mt::mimi;
 
 namespace {
 
-
-
 Mimi& model() {
   static Mimi m = [] {
     Mimi x(MimiConfig::released());
@@ -50,8 +48,10 @@ void BM_Mimi(benchmark::State& state) {
   at::Tensor codes = m->encode(wav);
   for (auto _ : state) {
     at::Tensor out;
-    if (mode == 0) out = m->encode(wav);
-    else if (mode == 1) out = m->decode(codes);
+    if (mode == 0)
+      out = m->encode(wav);
+    else if (mode == 1)
+      out = m->decode(codes);
     else {
       MimiState st = m->make_state(1);
       for (int64_t f = 0; f < frames; ++f)
@@ -62,9 +62,11 @@ void BM_Mimi(benchmark::State& state) {
   const double audio_s = static_cast<double>(frames * fs) / static_cast<double>(m->cfg.sample_rate);
   state.counters["x_realtime"] = benchmark::Counter(audio_s, benchmark::Counter::kIsIterationInvariantRate);
   if (mode >= 2)
-    state.counters["ms/frame"] = benchmark::Counter(static_cast<double>(frames) / 1000.0,
-                                                    benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-  static const char* names[] = {"encode 10 s", "decode 10 s", "streaming encode, 80 ms frames", "streaming decode, 80 ms frames"};
+    state.counters["ms/frame"] =
+        benchmark::Counter(static_cast<double>(frames) / 1000.0,
+                           benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  static const char* names[] = {"encode 10 s", "decode 10 s", "streaming encode, 80 ms frames",
+                                "streaming decode, 80 ms frames"};
   state.SetLabel(names[mode]);
 }
 
@@ -98,10 +100,13 @@ void BM_FullDuplexFrame(benchmark::State& state) {
     }
     sync(out);
   }
-  state.counters["ms/frame"] = benchmark::Counter(static_cast<double>(frames) / 1000.0,
-                                                  benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-  state.counters["x_realtime"] = benchmark::Counter(static_cast<double>(frames) * 0.08, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(state.range(0) == 0 ? "Mimi + small LM + Mimi, per 80 ms frame" : "Mimi + small LM with hybrid TTT-Linear + Mimi");
+  state.counters["ms/frame"] =
+      benchmark::Counter(static_cast<double>(frames) / 1000.0,
+                         benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.counters["x_realtime"] =
+      benchmark::Counter(static_cast<double>(frames) * 0.08, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(state.range(0) == 0 ? "Mimi + small LM + Mimi, per 80 ms frame"
+                                     : "Mimi + small LM with hybrid TTT-Linear + Mimi");
 }
 
 }  // namespace

@@ -9,11 +9,11 @@
 
 #include <cstdlib>
 
+#include "bench_main.h"
 #include "lm/lm_model.h"
 #include "train/optim.h"
 #include "train/trainer.h"
 #include "util/peak_memory.h"
-#include "bench_main.h"
 
 using mt::bench::bench_device;
 using mt::bench::sync;
@@ -22,16 +22,15 @@ using namespace mt;
 
 namespace {
 
-
 void BM_TrainStep(benchmark::State& state) {
   const bool ttt = state.range(0) != 0, ckpt = state.range(1) != 0;
   const int64_t B = 2, T = 128;
   lm::TTTIntegrationConfig t;
   if (ttt) {
     t.enable = true;
-    t.variant = "hybrid";
+    t.variant = lm::TTTVariant::kHybrid;
     t.layers = "6,7";
-    t.type = "mlp";
+    t.type = lm::TTTInner::kMlp;
     t.base_lr = 0.1;
     t.mini_batch_size = 16;
   }
@@ -55,11 +54,12 @@ void BM_TrainStep(benchmark::State& state) {
   at::Tensor codes = at::randint(2048, {B, m->cfg.num_codebooks(), T}, gen, at::kLong);
   codes.select(1, 0).random_(0, 32000, gen);
   codes = codes.to(bench_device());
-  std::vector<lm::LayerTTTState> st = m->transformer->make_ttt_states(B);
-  std::vector<std::vector<lm::LayerTTTState>> states{st};
+  std::vector<nn::LayerState> st = m->transformer->make_layer_states(B);
+  std::vector<std::vector<nn::LayerState>> states{st};
   int64_t step = 0;
   auto one = [&]() {
-    train::train_step(*m, opt, {oc}, step++, {codes}, ttt ? &states : nullptr, {}, train::LossConfig{}, 1.0, params, false);
+    train::train_step(*m, opt, {oc}, step++, {codes}, ttt ? &states : nullptr, {}, train::LossConfig{}, 1.0, params,
+                      false);
   };
   one();  // warm-up (allocations, optimizer state)
   int64_t peak = 0;
@@ -68,7 +68,8 @@ void BM_TrainStep(benchmark::State& state) {
     one();
     peak = std::max(peak, mem.peak());
   }
-  state.counters["frames/s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["frames/s"] =
+      benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
   state.SetLabel(std::string(ttt ? "hybrid TTT-MLP x2" : "no TTT") + (ckpt ? ", checkpointing" : ""));
 }

@@ -4,8 +4,8 @@
 // scripts/reference/bench_ttt_reference.py run in the same session (same FLOP formula).
 //   MT_BENCH_THREADS (default 2), MT_BENCH_L (default 2048), MOSHI_TTT_BENCH_DEVICE (cpu | cuda).
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <benchmark/benchmark.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -59,7 +59,8 @@ void BM_Sgemm2048(benchmark::State& s) {
   auto opt = at::TensorOptions().device(bench_device());
   auto a = at::randn({2048, 2048}, opt), b = at::randn({2048, 2048}, opt);
   for (auto _ : s) sync(at::mm(a, b));
-  s.counters["GFLOP/s"] = benchmark::Counter(2.0 * 2048 * 2048 * 2048 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  s.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * 2048 * 2048 * 2048 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_TTT(benchmark::State& s, int layers, bool backward) {
@@ -97,9 +98,14 @@ void BM_TTT(benchmark::State& s, int layers, bool backward) {
 // (min time / max rate), like the reference script's best-of-reps.
 double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 double max_of(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
-#define MT_BEST                                                                                 \
-  ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(5)->ReportAggregatesOnly(true) \
-      ->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)
+#define MT_BEST                          \
+  ->Unit(benchmark::kMillisecond)        \
+      ->UseRealTime()                    \
+      ->Iterations(1)                    \
+      ->Repetitions(5)                   \
+      ->ReportAggregatesOnly(true)       \
+      ->ComputeStatistics("min", min_of) \
+      ->ComputeStatistics("max", max_of)
 
 BENCHMARK(BM_Sgemm2048) MT_BEST;
 BENCHMARK_CAPTURE(BM_TTT, linear_fwd, 1, false) MT_BEST;

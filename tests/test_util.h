@@ -8,19 +8,19 @@
 #include "util/runtime.h"
 
 #include <cstdio>
-#include <functional>
-#include <vector>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
 
 // Skips the test (from its body) without CUDA; with CUDA, turns TF32 off so fp32 compares tightly.
-#define REQUIRE_CUDA()                                          \
-  do {                                                          \
+#define REQUIRE_CUDA()                                             \
+  do {                                                             \
     if (!::mt::cuda_available()) GTEST_SKIP() << "no CUDA device"; \
-    at::globalContext().setAllowTF32CuBLAS(false);              \
-    at::globalContext().setAllowTF32CuDNN(false);               \
+    at::globalContext().setAllowTF32CuBLAS(false);                 \
+    at::globalContext().setAllowTF32CuDNN(false);                  \
   } while (0)
 
 namespace mt::test {

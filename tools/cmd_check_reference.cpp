@@ -17,7 +17,8 @@ void add_check_reference(CLI::App& app) {
     int threads = 0;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("check-reference", "run reference cases (lm, ttt, ...) and report pass/fail with the worst error");
+  auto* sub = app.add_subcommand("check-reference",
+                                 "run reference cases (lm, ttt, ...) and report pass/fail with the worst error");
   sub->add_option("dirs", o->dirs, "case folders, or folders holding cases")->required();
   sub->add_option("--device", o->device, "cpu or cuda");
   sub->add_option("--threads", o->threads, "intra-op threads (default: libtorch's)");
@@ -25,19 +26,19 @@ void add_check_reference(CLI::App& app) {
   set_handler(sub, [o]() {
     set_threads(o->threads);
     parse_device(o->device);
-    eval::register_builtin_kinds();
-    eval::RunOptions opt{o->device, o->verbose};
+    ref::register_builtin_kinds();
+    ref::RunOptions opt{o->device, o->verbose};
     int n = 0, failed = 0, skipped = 0;
     for (const auto& root : o->dirs) {
-      for (const auto& dir : eval::find_cases(root)) {
+      for (const auto& dir : ref::find_cases(root)) {
         ++n;
-        eval::CaseResult r;
+        ref::CaseResult r;
         try {
-          r = eval::run_case(dir, opt);
+          r = ref::run_case(dir, opt);
         } catch (const std::exception& e) {
           r.name = dir;
-          r.kind = eval::detect_kind(dir);
-          eval::TensorCheck c;
+          r.kind = ref::detect_kind(dir);
+          ref::TensorCheck c;
           c.name = "(run)";
           c.pass = false;
           c.note = mt::error_message(e);

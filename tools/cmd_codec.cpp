@@ -27,7 +27,8 @@ struct CodecOpts {
 
 void add_codec_options(CLI::App* sub, CodecOpts& o) {
   sub->add_option("--mimi", o.mimi, "Mimi weights (.safetensors, Kyutai's tensor names)")->required();
-  sub->add_option("--mimi-config", o.mimi_config, "Mimi config JSON (the reference's dict; default: the released model)");
+  sub->add_option("--mimi-config", o.mimi_config,
+                  "Mimi config JSON (the reference's dict; default: the released model)");
   sub->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
   sub->add_flag("--streaming", o.streaming, "run frame by frame (80 ms) as a live stream would");
 }

@@ -2,14 +2,16 @@
 // a hybrid TTT layer on synthetic data with long-range recurrences, then reports (plots + summary) how
 // the held-out loss differs where only memory beyond the attention window can help. See
 // src/train/demo.h. Streaming generation with a tiny model is `moshi-ttt generate`.
-#include "tools/commands.h"
 #include "app/demo.h"
+#include "tools/commands.h"
 
 namespace mt::cli {
 
 void add_demo(CLI::App& app) {
-  auto o = std::make_shared<train::DemoOptions>();
-  auto* sub = app.add_subcommand("demo", "built-in default: does TTT remember beyond the attention window? (trains two tiny models, ~minutes on CPU)");
+  auto o = std::make_shared<app::DemoOptions>();
+  auto* sub = app.add_subcommand(
+      "demo",
+      "built-in default: does TTT remember beyond the attention window? (trains two tiny models, ~minutes on CPU)");
   sub->add_option("--run-dir", o->run_dir, "output folder (data, runs, report/)")->capture_default_str();
   sub->add_option("--steps", o->steps, "training steps per model")->capture_default_str();
   sub->add_option("--window", o->window, "attention window (frames) of both models")->capture_default_str();
@@ -24,7 +26,8 @@ void add_demo(CLI::App& app) {
   sub->add_option("--batch", o->batch, "training sequences per step")->capture_default_str();
   sub->add_option("--ttt-gate", o->ttt_gate, "initial gating alpha of the TTT block")->capture_default_str();
   sub->add_option("--ttt-heads", o->ttt_heads, "heads of the TTT layer")->capture_default_str();
-  sub->add_flag("--share-qk,!--no-share-qk", o->share_qk, "TTT layer with a shared Q/K projection and causal convolutions")
+  sub->add_flag("--share-qk,!--no-share-qk", o->share_qk,
+                "TTT layer with a shared Q/K projection and causal convolutions")
       ->capture_default_str();
   sub->add_option("--ttt-lr-multiplier", o->ttt_lr_multiplier, "learning-rate multiplier of the TTT weights")
       ->capture_default_str();
@@ -32,7 +35,7 @@ void add_demo(CLI::App& app) {
   sub->add_option("--threads", o->threads, "intra-op threads (default: libtorch's)");
   sub->add_flag("--quiet", o->quiet, "no progress lines");
   set_handler(sub, [o]() {
-    train::run_demo(*o);
+    app::run_demo(*o);
     return 0;
   });
 }

@@ -25,7 +25,8 @@ struct CodecArgs {
     auto* o = sub->add_option("--mimi", mimi, "Mimi weights (.safetensors) to encode audio files");
     if (required) o->required();
     sub->add_option("--mimi-config", mimi_config, "Mimi config JSON (default: the released model)");
-    sub->add_option("--cache", cache, "where encoded files are cached (default: $MOSHI_TTT_CACHE or ~/.cache/moshi-ttt, /eval-codes)");
+    sub->add_option("--cache", cache,
+                    "where encoded files are cached (default: $MOSHI_TTT_CACHE or ~/.cache/moshi-ttt, /eval-codes)");
   }
   eval::CodecSpec spec(const ModelArgs& m, int64_t codebooks, bool quiet) const {
     eval::CodecSpec s;
@@ -40,8 +41,10 @@ struct CodecArgs {
 };
 
 void add_scoring(CLI::App* sub, eval::ScoringOptions& s) {
-  sub->add_option("--placement", s.placement, "stream of the clip: moshi (streams 1..8) or user")->capture_default_str();
-  sub->add_option("--text", s.text, "text stream content: pad (all PAD) or none (absent, textless)")->capture_default_str();
+  sub->add_option("--placement", s.placement, "stream of the clip: moshi (streams 1..8) or user")
+      ->capture_default_str();
+  sub->add_option("--text", s.text, "text stream content: pad (all PAD) or none (absent, textless)")
+      ->capture_default_str();
 }
 
 std::vector<int64_t> parse_positions(const std::string& s) {
@@ -73,24 +76,29 @@ void add_paired(CLI::App* ev) {
     eval::PairedTaskOptions task;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = ev->add_subcommand("paired", "sWUGGY / sBLIMP / sStoryCloze / tStoryCloze accuracy with the official rule");
+  auto* sub =
+      ev->add_subcommand("paired", "sWUGGY / sBLIMP / sStoryCloze / tStoryCloze accuracy with the official rule");
   o->model.add(sub);
   o->codec.add(sub, true);
   sub->add_option("--task", o->task.task, "swuggy, sblimp, sstory or tstory")->required();
-  sub->add_option("--data", o->task.data, "dataset root in the official layout (or `eval make-sets` output)")->required();
-  sub->add_option("--split", o->task.split, "dev or test (test gold is not public: submission only)")->capture_default_str();
+  sub->add_option("--data", o->task.data, "dataset root in the official layout (or `eval make-sets` output)")
+      ->required();
+  sub->add_option("--split", o->task.split, "dev or test (test gold is not public: submission only)")
+      ->capture_default_str();
   sub->add_option("--out", o->task.out_dir, "run folder (writes eval/<task>/...)")->required();
   sub->add_option("--reduction", o->task.reduction, "mean, sum, semantic or weighted")->capture_default_str();
   add_scoring(sub, o->task.scoring);
   sub->add_option("--batch", o->task.scoring.batch, "clips per forward pass")->capture_default_str();
-  sub->add_option("--bootstrap", o->task.bootstrap, "bootstrap resamples of the ids for the 95% interval")->capture_default_str();
+  sub->add_option("--bootstrap", o->task.bootstrap, "bootstrap resamples of the ids for the 95% interval")
+      ->capture_default_str();
   sub->add_option("--seed", o->task.seed, "bootstrap seed")->capture_default_str();
   sub->add_flag("--quiet", o->task.scoring.quiet, "no progress lines");
   set_handler(sub, [o]() {
     std::string origin;
     lm::LMModel m = o->model.build(&origin);
     o->task.model_origin = origin;
-    eval::CodesCache cache(o->codec.spec(o->model, eval::clip_codebooks(m->cfg, o->task.scoring.placement), o->task.scoring.quiet));
+    eval::CodesCache cache(
+        o->codec.spec(o->model, eval::clip_codebooks(m->cfg, o->task.scoring.placement), o->task.scoring.quiet));
     nlohmann::json s = eval::run_paired_task(*m, cache, o->task);
     std::printf("%s", eval::format_paired_summary(s).c_str());
     std::printf("wrote %s/eval/%s/{summary.json,items.csv,score_*.csv,submission/}\n", o->task.out_dir.c_str(),
@@ -109,24 +117,29 @@ void add_long_context(CLI::App* ev, const char* name, bool probes) {
   };
   auto o = std::make_shared<Opts>();
   o->lc.probes = probes;
-  auto* sub = ev->add_subcommand(
-      name, probes ? "TTT inner losses l0 / lprev / lafter and |W_t - W_0| by position (with the loss by position of the same run)"
-                   : "loss by position over long files with the state persisting, and controls");
+  auto* sub =
+      ev->add_subcommand(name, probes ? "TTT inner losses l0 / lprev / lafter and |W_t - W_0| by position (with the "
+                                        "loss by position of the same run)"
+                                      : "loss by position over long files with the state persisting, and controls");
   o->model.add(sub);
   o->codec.add(sub, false);
   sub->add_option("--data", o->data, "a list file (one path per line) or a folder of audio / codes files")->required();
   sub->add_option("--out", o->lc.out_dir, "run folder (writes eval/long_context/...)")->required();
-  sub->add_option("--control", o->controls,
-                  "extra runs to compare with: ttt-reset:N (TTT state reset every N frames), reset:N (all state), no-ttt")
+  sub->add_option(
+         "--control", o->controls,
+         "extra runs to compare with: ttt-reset:N (TTT state reset every N frames), reset:N (all state), no-ttt")
       ->delimiter(',');
-  sub->add_option("--positions", o->positions, "windowed means at these frames, e.g. 1k,2k,4k,8k,16k,24k (default: those that fit)");
-  sub->add_option("--window", o->lc.window, "window / bin width in frames (0: 1000 for long files, else 1/32 of the longest)")
+  sub->add_option("--positions", o->positions,
+                  "windowed means at these frames, e.g. 1k,2k,4k,8k,16k,24k (default: those that fit)");
+  sub->add_option("--window", o->lc.window,
+                  "window / bin width in frames (0: 1000 for long files, else 1/32 of the longest)")
       ->capture_default_str();
   sub->add_option("--fit-from", o->lc.fit_from, "first frame of the slope fit (0: the attention window when it fits)")
       ->capture_default_str();
   sub->add_option("--loss", o->lc.loss, "headline curve: audio, semantic, weighted or text")->capture_default_str();
   sub->add_option("--chunk", o->lc.chunk, "frames per streaming call")->capture_default_str();
-  sub->add_option("--max-frames", o->lc.max_frames, "truncate each file to this many frames (0: whole files)")->capture_default_str();
+  sub->add_option("--max-frames", o->lc.max_frames, "truncate each file to this many frames (0: whole files)")
+      ->capture_default_str();
   add_scoring(sub, o->lc.scoring);
   sub->add_option("--bootstrap", o->lc.bootstrap, "bootstrap resamples of the files")->capture_default_str();
   sub->add_option("--seed", o->lc.seed, "bootstrap seed")->capture_default_str();
@@ -160,7 +173,8 @@ void add_make_sets(CLI::App* ev) {
     eval::SyntheticOptions syn;
   };
   auto o = std::make_shared<Opts>();
-  auto* sub = ev->add_subcommand("make-sets", "write small synthetic sWUGGY / sBLIMP / sStoryCloze / tStoryCloze sets (espeak-ng)");
+  auto* sub = ev->add_subcommand("make-sets",
+                                 "write small synthetic sWUGGY / sBLIMP / sStoryCloze / tStoryCloze sets (espeak-ng)");
   sub->add_option("--out", o->out, "dataset root to create")->required();
   sub->add_option("--voices", o->syn.voices, "espeak-ng voices")->delimiter(',');
   sub->add_option("--lexical-words", o->syn.lexical_words, "word / non-word pairs")->capture_default_str();
@@ -170,9 +184,10 @@ void add_make_sets(CLI::App* ev) {
   sub->add_flag("--quiet", o->syn.quiet, "no progress lines");
   set_handler(sub, [o]() {
     eval::SyntheticSummary s = eval::make_synthetic_sets(o->out, o->syn);
-    std::printf("wrote synthetic sets (espeak-ng; not comparable to published numbers) to %s: %lld lexical files, %lld "
-                "syntactic files, %lld story pairs per StoryCloze task\n",
-                o->out.c_str(), (long long)s.lexical_files, (long long)s.syntactic_files, (long long)s.story_pairs);
+    std::printf(
+        "wrote synthetic sets (espeak-ng; not comparable to published numbers) to %s: %lld lexical files, %lld "
+        "syntactic files, %lld story pairs per StoryCloze task\n",
+        o->out.c_str(), (long long)s.lexical_files, (long long)s.syntactic_files, (long long)s.story_pairs);
     return 0;
   });
 }
@@ -180,7 +195,8 @@ void add_make_sets(CLI::App* ev) {
 }  // namespace
 
 void add_eval(CLI::App& app) {
-  auto* ev = app.add_subcommand("eval", "evaluation suite: paired benchmarks, long-context loss, TTT probes, synthetic sets");
+  auto* ev =
+      app.add_subcommand("eval", "evaluation suite: paired benchmarks, long-context loss, TTT probes, synthetic sets");
   ev->require_subcommand(1);
   add_paired(ev);
   add_long_context(ev, "long-context", false);

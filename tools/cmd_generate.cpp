@@ -15,7 +15,8 @@ namespace mt::cli {
 
 void add_generate(CLI::App& app) {
   auto o = std::make_shared<GenerateOpts>();
-  auto* sub = app.add_subcommand("generate", "stream an LM: feed user codes step by step, print/save what it generates");
+  auto* sub =
+      app.add_subcommand("generate", "stream an LM: feed user codes step by step, print/save what it generates");
   o->model.add(sub);
   o->add(sub);
   set_handler(sub, [o]() { return run_generate(*o); });

@@ -29,7 +29,8 @@ void add_init(CLI::App& app) {
   sub->add_option("out", o->out, "output model folder (config.json, model.safetensors, and model.yaml for TTT models)");
   sub->add_option("--out", o->out_file, "write only the weights to this .safetensors file");
   sub->add_option("--preset", o->preset, "tiny, small or moshiko-7b")->capture_default_str();
-  sub->add_option("--config", o->config, "LM config.json or YAML model config (with a ttt: section) instead of a preset");
+  sub->add_option("--config", o->config,
+                  "LM config.json or YAML model config (with a ttt: section) instead of a preset");
   sub->add_option("--seed", o->seed, "seed")->capture_default_str();
   sub->add_flag("--force", o->force, "overwrite an existing model folder");
   set_handler(sub, [o]() {

@@ -19,9 +19,12 @@ namespace {
 void print_added_parameters(const lm::LMModelImpl& m) {
   int64_t ttt = 0, lora = 0, base = 0;
   for (const auto& kv : m.named_parameters()) {
-    if (lm::is_ttt_param(kv.key())) ttt += kv.value().numel();
-    else if (lm::is_lora_param(kv.key())) lora += kv.value().numel();
-    else base += kv.value().numel();
+    if (lm::is_ttt_param(kv.key()))
+      ttt += kv.value().numel();
+    else if (lm::is_lora_param(kv.key()))
+      lora += kv.value().numel();
+    else
+      base += kv.value().numel();
   }
   if (ttt == 0 && lora == 0) return;
   std::printf("parameters: base %lld, TTT %lld (%.2f%%), LoRA %lld (%.2f%%)\n", (long long)base, (long long)ttt,
@@ -34,19 +37,21 @@ void print_added_parameters(const lm::LMModelImpl& m) {
       for (const auto& p : mod.parameters()) n += p.numel();
       return n;
     };
-    if (layer->ttt) std::printf("  layer %zu hybrid TTT-%s: %lld\n", l, layer->ttt->layer->config().ttt_layer_type.c_str(), (long long)count(*layer->ttt));
-    for (size_t j = 0; j < layer->adapted.size(); ++j) {
-      const auto& lin = layer->adapted[j];
-      const int64_t r = lin->ttt_adapter->layer->config().hidden_size;
+    if (const auto* h = lm::hybrid_of(*layer))
+      std::printf("  layer %zu hybrid TTT-%s: %lld\n", l, h->layer->config().ttt_layer_type.c_str(),
+                  (long long)count(*h));
+    for (const auto* a : lm::adapters_of(*layer)) {
+      const int64_t in = a->down->in_features(), out = a->up->out_features(), r = a->layer->config().hidden_size;
       std::printf("  layer %zu TTT adapter on %s (%lld -> %lld, width %lld): %lld; LoRA of rank %lld there: %lld\n", l,
-                  layer->adapted_names[j].c_str(), (long long)lin->in_features(), (long long)lin->out_features(), (long long)r,
-                  (long long)lm::adapter_parameters(lin->in_features(), lin->out_features(), lin->ttt_adapter->layer->config()),
-                  (long long)r, (long long)lm::lora_parameters(lin->in_features(), lin->out_features(), r));
+                  a->target.c_str(), (long long)in, (long long)out, (long long)r,
+                  (long long)lm::adapter_parameters(in, out, a->layer->config()), (long long)r,
+                  (long long)nn::lora_parameters(in, out, r));
     }
-    if (layer->inplace) {
-      int64_t n = layer->inplace->conv_weight.numel() + (layer->inplace->proj_weight.defined() ? layer->inplace->proj_weight.numel() : 0);
-      std::printf("  layer %zu In-Place TTT target (conv + projection): %lld; fast weight %lld x %lld per stream\n", l, (long long)n,
-                  (long long)layer->inplace->cfg.dim, (long long)layer->inplace->cfg.hidden);
+    if (const auto* ip = lm::inplace_of(*layer)) {
+      const auto& f = ip->inner();
+      const int64_t n = f.conv_weight.numel() + (f.proj_weight.defined() ? f.proj_weight.numel() : 0);
+      std::printf("  layer %zu In-Place TTT target (conv + projection): %lld; fast weight %lld x %lld per stream\n", l,
+                  (long long)n, (long long)f.cfg.dim, (long long)f.cfg.hidden);
     }
   }
 }
@@ -61,7 +66,8 @@ void add_inspect(CLI::App& app) {
   auto* sub = app.add_subcommand("inspect", "list a safetensors file's tensors, parameter count and implied LM config");
   sub->add_option("file", o->file, "a .safetensors file, or a model folder")->required();
   sub->add_flag("--all", o->all, "list every tensor (default: the first 60)");
-  sub->add_option("--config", o->config, "YAML model config (ttt: / lora:) the file is meant for (default: the folder's model.yaml)");
+  sub->add_option("--config", o->config,
+                  "YAML model config (ttt: / lora:) the file is meant for (default: the folder's model.yaml)");
   set_handler(sub, [o]() {
     std::string path = o->file, yaml = o->config;
     if (fs::is_directory(path)) {

@@ -12,7 +12,7 @@ void add_report(CLI::App& app) {
   auto* sub = app.add_subcommand("report", "plots and an index page (index.md, index.html) for a run folder");
   sub->add_option("run_dir", *dir, "run folder (of train and/or eval)")->required();
   set_handler(sub, [dir]() {
-    const auto files = eval::write_report(*dir);
+    const auto files = report::write_report(*dir);
     std::printf("wrote %zu files; open %s/report/index.html (or index.md)\n", files.size(), dir->c_str());
     return 0;
   });

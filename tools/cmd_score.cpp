@@ -3,16 +3,15 @@
 #include <cstdio>
 
 #include "eval/position_loss.h"
-#include "lm/ttt_probes.h"
 #include "io/codes_file.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
+#include "lm/ttt_probes.h"
 #include "tools/commands.h"
 #include "tools/model_args.h"
 #include "util/error.h"
 
 namespace mt::cli {
-
 
 void add_score(CLI::App& app) {
   struct Opts {
@@ -27,7 +26,8 @@ void add_score(CLI::App& app) {
   o->model.add(sub);
   sub->add_option("--codes", o->codes, "safetensors with codes [B, 1 + n_q, T] (int64)")->required();
   sub->add_option("--out", o->out, "write ce [B, 1 + dep_q, T] (NaN where not scored), mask, and logits with --logits");
-  sub->add_flag("--streaming", o->streaming, "run the temporal transformer step by step, carrying KV caches and TTT states");
+  sub->add_flag("--streaming", o->streaming,
+                "run the temporal transformer step by step, carrying KV caches and TTT states");
   sub->add_option("--chunk", o->chunk, "steps per streaming call")->capture_default_str();
   sub->add_flag("--logits", o->logits, "also write logits and text_logits");
   sub->add_flag("--diagnostics", o->diagnostics,
@@ -38,14 +38,15 @@ void add_score(CLI::App& app) {
     lm::LMModel m = o->model.build(&origin);
     at::Tensor codes = io::read_codes(o->codes);  // [B, K, T] int64 ([K, T]: one file of a token dataset)
     MT_CHECK(codes.dim() == 3 && codes.size(1) == m->cfg.num_codebooks(), o->codes, ": codes: expected [B, ",
-             m->cfg.num_codebooks(), ", T] (or [", m->cfg.num_codebooks(), ", T]), got ", shape_str(codes.sizes().vec()));
+             m->cfg.num_codebooks(), ", T] (or [", m->cfg.num_codebooks(), ", T]), got ",
+             shape_str(codes.sizes().vec()));
     MT_CHECK(((codes >= -1) & (codes <= std::max(m->cfg.card, m->cfg.text_card))).all().item<bool>(), o->codes,
              ": codes hold ids outside [-1, card]");
     MT_CHECK(o->chunk >= 1, "--chunk must be >= 1");
     codes = codes.to(m->text_linear->weight.device());
     lm::LMOutput out;
     const bool diag = o->diagnostics || !o->diagnostics_out.empty();
-    MT_CHECK(!diag || m->transformer->has_ttt(), "--diagnostics: this model has no TTT layer");
+    MT_CHECK(!diag || m->transformer->has_addons(), "--diagnostics: this model has no TTT layer");
     std::vector<lm::LayerProbes> probes;
     {
       at::InferenceMode im;
@@ -68,10 +69,11 @@ void add_score(CLI::App& app) {
                   v.numel() ? v.mean().item<double>() : NAN, (long long)v.numel());
     }
     if (diag) {
-      auto report = eval::ttt_report(*m, probes);
-      std::printf("TTT diagnostics (%s):\n%s", o->streaming ? "streamed" : "whole sequence", eval::format_report(report).c_str());
+      auto report = lm::ttt_report(*m, probes);
+      std::printf("TTT diagnostics (%s):\n%s", o->streaming ? "streamed" : "whole sequence",
+                  lm::format_report(report).c_str());
       if (!o->diagnostics_out.empty()) {
-        io::atomic_write(o->diagnostics_out, eval::report_json(report).dump(2) + "\n");
+        io::atomic_write(o->diagnostics_out, lm::report_json(report).dump(2) + "\n");
         std::printf("wrote %s\n", o->diagnostics_out.c_str());
       }
     }

@@ -24,12 +24,15 @@ void add_synth_data(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand(
-      "synth-data", "write a synthetic token dataset (motifs, lexicon, repeat) with long-range structure, as the demo's");
+      "synth-data",
+      "write a synthetic token dataset (motifs, lexicon, repeat) with long-range structure, as the demo's");
   sub->add_option("out", o->out, "output folder (index.jsonl + one .safetensors per file)")->required();
-  sub->add_option("--pattern", o->s.pattern, "motifs, lexicon or repeat (see src/train/synthetic.h)")->capture_default_str();
+  sub->add_option("--pattern", o->s.pattern, "motifs, lexicon or repeat (see src/train/synthetic.h)")
+      ->capture_default_str();
   sub->add_option("--files", o->s.num_files, "number of files")->capture_default_str();
   sub->add_option("--frames", o->s.frames, "frames per file (12.5 per second)")->capture_default_str();
-  sub->add_option("--streams", o->s.streams, "streams per file: text + audio codebooks (tiny preset: 5)")->capture_default_str();
+  sub->add_option("--streams", o->s.streams, "streams per file: text + audio codebooks (tiny preset: 5)")
+      ->capture_default_str();
   sub->add_option("--text-vocab", o->s.text_vocab, "text ids drawn from [0, N)")->capture_default_str();
   sub->add_option("--audio-vocab", o->s.audio_vocab, "audio ids drawn from [0, N)")->capture_default_str();
   sub->add_option("--motif-len", o->s.motif_len, "motifs: frames per motif")->capture_default_str();
@@ -38,10 +41,12 @@ void add_synth_data(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--min-gap", o->s.min_gap, "motifs: frames between occurrences of a motif; lexicon: recall distance")
       ->capture_default_str();
-  sub->add_option("--follow-prob", o->s.follow_prob, "lexicon: probability that a text frame follows the file's permutation")
+  sub->add_option("--follow-prob", o->s.follow_prob,
+                  "lexicon: probability that a text frame follows the file's permutation")
       ->capture_default_str();
   sub->add_option("--seed", o->s.seed, "seed (file i depends only on the seed and i)")->capture_default_str();
-  sub->add_flag("--masks", o->masks, "also write recall.safetensors: recall [files, frames] (1 on frames only memory predicts)");
+  sub->add_flag("--masks", o->masks,
+                "also write recall.safetensors: recall [files, frames] (1 on frames only memory predicts)");
   sub->add_flag("--force", o->force, "write into a folder that already holds an index.jsonl");
   set_handler(sub, [o]() {
     const fs::path index = fs::path(o->out) / "index.jsonl";
@@ -62,7 +67,8 @@ void add_synth_data(CLI::App& app) {
     }
     std::printf("wrote %s: %lld %s files of %lld frames x %lld streams; %.1f%% of the frames are recall frames\n",
                 index.string().c_str(), (long long)files.size(), o->s.pattern.c_str(), (long long)o->s.frames,
-                (long long)o->s.streams, total > 0 ? 100.0 * static_cast<double>(recall) / static_cast<double>(total) : 0.0);
+                (long long)o->s.streams,
+                total > 0 ? 100.0 * static_cast<double>(recall) / static_cast<double>(total) : 0.0);
     return 0;
   });
 }

@@ -4,8 +4,8 @@
 #include <cstdio>
 
 #include "tools/commands.h"
-#include "util/error.h"
 #include "train/trainer.h"
+#include "util/error.h"
 
 namespace mt::cli {
 
@@ -51,15 +51,17 @@ void add_train(CLI::App& app) {
     train::TrainSummary s = train::run_training(cfg, opt);
     if (s.stopped_by_signal) {
       if (dist.rank == 0)
-        std::printf("stopped by %s after step %lld: checkpoint written; continue with: moshi-ttt train --config %s --resume\n",
-                    s.stopped_by_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)s.steps_done, o->config.c_str());
+        std::printf(
+            "stopped by %s after step %lld: checkpoint written; continue with: moshi-ttt train --config %s --resume\n",
+            s.stopped_by_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)s.steps_done, o->config.c_str());
       return 128 + s.stopped_by_signal;
     }
     if (dist.rank > 0) return 0;  // rank 0 reports for all
-    std::printf("trained %lld steps: loss %.4f%s, %.0f frames/s%s; run dir %s (metrics.jsonl, loss.png, checkpoints/)\n",
-                (long long)s.steps_done, s.last_loss,
-                s.last_eval_loss >= 0 ? str(", eval loss ", s.last_eval_loss).c_str() : "", s.tokens_per_s,
-                s.skipped_steps ? str(", ", s.skipped_steps, " steps skipped (non-finite)").c_str() : "", s.run_dir.c_str());
+    std::printf(
+        "trained %lld steps: loss %.4f%s, %.0f frames/s%s; run dir %s (metrics.jsonl, loss.png, checkpoints/)\n",
+        (long long)s.steps_done, s.last_loss,
+        s.last_eval_loss >= 0 ? str(", eval loss ", s.last_eval_loss).c_str() : "", s.tokens_per_s,
+        s.skipped_steps ? str(", ", s.skipped_steps, " steps skipped (non-finite)").c_str() : "", s.run_dir.c_str());
     return 0;
   });
 }

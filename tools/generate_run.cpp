@@ -2,21 +2,21 @@
 
 #include <algorithm>
 #include <chrono>
-#include <numeric>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
-#include "io/safetensors.h"
+#include "app/duplex.h"
 #include "audio/audio_io.h"
+#include "io/safetensors.h"
 #include "lm/lm_gen.h"
 #include "mimi/mimi.h"
-#include "text/tokenizer.h"
+#include "report/plot.h"
 #include "util/error.h"
 #include "util/runtime.h"
-#include "report/plot.h"
 
 namespace fs = std::filesystem;
 
@@ -32,8 +32,10 @@ void GenerateOpts::add(CLI::App* sub) {
   sub->add_option("--top-k-text", top_k_text, "text top-k")->capture_default_str();
   sub->add_option("--seed", seed, "sampling seed")->capture_default_str();
   sub->add_option("--user-codes", user_codes, "safetensors file with user_codes [B, n_q - dep_q, S] (default: zeros)");
-  sub->add_option("--out", out, "write generated tokens [B, 1 + dep_q, S'] here (.safetensors), or with --user Moshi's audio (.wav)");
-  sub->add_option("--user", user_wav, "full duplex: the user's audio (wav/flac/ogg), streamed 80 ms at a time through Mimi");
+  sub->add_option("--out", out,
+                  "write generated tokens [B, 1 + dep_q, S'] here (.safetensors), or with --user Moshi's audio (.wav)");
+  sub->add_option("--user", user_wav,
+                  "full duplex: the user's audio (wav/flac/ogg), streamed 80 ms at a time through Mimi");
   sub->add_option("--text", text_out, "full duplex: write Moshi's text stream here");
   sub->add_option("--tokenizer", tokenizer, "SentencePiece model to turn --text ids into words");
   sub->add_option("--mimi", mimi, "full duplex: Mimi weights (.safetensors)");
@@ -76,7 +78,8 @@ int run_generate(const GenerateOpts& o) {
   if (!o.user_codes.empty()) {
     io::SafeTensors f(o.user_codes);
     user = f.get("user_codes");
-    MT_CHECK(user.dim() == 3, o.user_codes, ": user_codes must be [B, n_q - dep_q, S], got ", shape_str(user.sizes().vec()));
+    MT_CHECK(user.dim() == 3, o.user_codes, ": user_codes must be [B, n_q - dep_q, S], got ",
+             shape_str(user.sizes().vec()));
     batch = user.size(0);
     MT_CHECK(user.size(2) >= o.steps, o.user_codes, ": holds ", user.size(2), " steps, --steps asks for ", o.steps);
   }
@@ -113,7 +116,8 @@ int run_generate(const GenerateOpts& o) {
     if (!o.quiet && ((t + 1) % every == 0 || t + 1 == o.steps)) {
       double per = total / static_cast<double>(t + 1);
       std::printf("  step %5lld/%lld  %7.2f ms/step  %6.1f steps/s  (real time needs <= 80 ms)  ETA %.1f s\n",
-                  (long long)(t + 1), (long long)o.steps, per, 1000.0 / per, per * static_cast<double>(o.steps - t - 1) / 1000.0);
+                  (long long)(t + 1), (long long)o.steps, per, 1000.0 / per,
+                  per * static_cast<double>(o.steps - t - 1) / 1000.0);
       std::fflush(stdout);
     }
   });
@@ -126,8 +130,10 @@ int run_generate(const GenerateOpts& o) {
     at::Tensor pad = text.eq(c.existing_text_padding_id.value_or(-100)) | text.eq(c.existing_text_end_padding_id);
     non_pad = (~pad).sum().item<int64_t>();
   }
-  std::printf("done: %lld frames out, median %.2f ms/step, p90 %.2f ms/step, %.1fx real time; %lld text tokens that are not padding\n",
-              (long long)res.tokens.size(2), p50, p90, 80.0 / std::max(p50, 1e-9), (long long)non_pad);
+  std::printf(
+      "done: %lld frames out, median %.2f ms/step, p90 %.2f ms/step, %.1fx real time; %lld text tokens that are not "
+      "padding\n",
+      (long long)res.tokens.size(2), p50, p90, 80.0 / std::max(p50, 1e-9), (long long)non_pad);
   std::printf("memory: RSS %.1f MB after %lld steps, %.1f MB at the end (%+.1f MB over %.1f min of audio)\n", rss_start,
               (long long)warm + 1, rss_end, rss_end - rss_start, static_cast<double>(o.steps) * 0.08 / 60.0);
   if (res.tokens.size(2) > 0) {
@@ -135,7 +141,8 @@ int run_generate(const GenerateOpts& o) {
     std::printf("first frames of slot 0 (text | audio codebooks):\n");
     for (int64_t t = 0; t < show; ++t) {
       std::printf("  t=%-3lld %5lld |", (long long)t, (long long)res.tokens[0][0][t].item<int64_t>());
-      for (int64_t k = 1; k < res.tokens.size(1); ++k) std::printf(" %4lld", (long long)res.tokens[0][k][t].item<int64_t>());
+      for (int64_t k = 1; k < res.tokens.size(1); ++k)
+        std::printf(" %4lld", (long long)res.tokens[0][k][t].item<int64_t>());
       std::printf("\n");
     }
   }
@@ -144,9 +151,16 @@ int run_generate(const GenerateOpts& o) {
     std::printf("wrote %s\n", o.out.c_str());
   }
   if (!o.run_dir.empty()) {
-    nlohmann::json j = {{"model", origin}, {"steps", o.steps}, {"batch", batch}, {"greedy", o.greedy},
-                        {"median_ms_per_step", p50}, {"p90_ms_per_step", p90}, {"frames_out", res.tokens.size(2)},
-                        {"text_tokens_not_padding", non_pad}, {"rss_mb_after_warmup", rss_start}, {"rss_mb_end", rss_end},
+    nlohmann::json j = {{"model", origin},
+                        {"steps", o.steps},
+                        {"batch", batch},
+                        {"greedy", o.greedy},
+                        {"median_ms_per_step", p50},
+                        {"p90_ms_per_step", p90},
+                        {"frames_out", res.tokens.size(2)},
+                        {"text_tokens_not_padding", non_pad},
+                        {"rss_mb_after_warmup", rss_start},
+                        {"rss_mb_end", rss_end},
                         {"rss_warmup_step", warm + 1}};
     io::atomic_write((fs::path(o.run_dir) / "summary.json").string(), j.dump(2) + "\n");
     plot::Chart ch;
@@ -173,31 +187,15 @@ int run_full_duplex(const GenerateOpts& o) {
   MT_CHECK(o.batch == 1, "--user streams one conversation: --batch must be 1");
   std::string origin;
   lm::LMModel model = o.model.build(&origin);
-  const auto& c = model->cfg;
-  mimi::Mimi codec = mimi::load_mimi(o.mimi, o.mimi_config);
-  MT_CHECK(codec->cfg.quantizer.bins == c.card, o.mimi, ": the codec has ", codec->cfg.quantizer.bins,
-           " bins per codebook, the LM's card is ", c.card);
-  const int64_t user_q = c.n_q - c.dep_q, need_q = std::max(c.dep_q, user_q);
-  MT_CHECK(need_q <= codec->cfg.quantizer.n_q, o.mimi, ": the LM needs ", need_q, " codebooks, the codec has ",
-           codec->cfg.quantizer.n_q);
-  codec->cfg.num_codebooks = need_q;
-  const at::Device dev = model->parameters().front().device();
-  codec->to(dev);
-  codec->quantizer->refresh();
+  app::Duplex duplex(model, mimi::load_mimi(o.mimi, o.mimi_config), sampling_config(o), 1, o.mimi);
   std::unique_ptr<text::Tokenizer> tok;
   if (!o.tokenizer.empty()) tok = std::make_unique<text::Tokenizer>(o.tokenizer);
-
   audio::Audio in = audio::read_audio_24k(o.user_wav);
   // The user is one speaker: a stereo file is mixed down.
   at::Tensor user = in.samples.mean(0, true).unsqueeze(0);  // [1, 1, N]
-  const int64_t fs = codec->cfg.frame_size();
+  const int64_t fs = duplex.frame_size();
   const int64_t frames = (user.size(2) + fs - 1) / fs;
-  user = at::constant_pad_nd(user, {0, frames * fs - user.size(2)}).to(dev);
-
-  const lm::SamplingConfig s = sampling_config(o);
-  lm::LMGen gen(model, s);
-  lm::LMGenState st = gen.make_state(1);  // TTT states inside persist over the whole file
-  mimi::MimiState enc = codec->make_state(1), dec = codec->make_state(1);
+  user = at::constant_pad_nd(user, {0, frames * fs - user.size(2)}).to(duplex.device());
   std::printf("full duplex: %s (%.2f s, %lld frames of 80 ms) -> %s; model %s\n", o.user_wav.c_str(), in.duration_sec(),
               (long long)frames, o.out.empty() ? "(no audio out)" : o.out.c_str(), origin.c_str());
   std::fflush(stdout);
@@ -208,46 +206,35 @@ int run_full_duplex(const GenerateOpts& o) {
   const int64_t every = std::max<int64_t>(1, frames / 10);
   for (int64_t f = 0; f < frames; ++f) {
     const auto t0 = std::chrono::steady_clock::now();
-    at::Tensor uc = codec->encode_step(user.narrow(2, f * fs, fs), enc).narrow(1, 0, user_q);  // [1, user_q, 1]
-    std::optional<at::Tensor> out = gen.step(st, uc);
-    if (out) {
-      at::Tensor tokens = *out;                                      // [1, 1 + dep_q, 1]
-      audio_out.push_back(codec->decode_step(tokens.narrow(1, 1, c.dep_q), dec));
-      text_out.push_back(tokens.select(1, 0).reshape({1}));
+    if (auto out = duplex.step(user.narrow(2, f * fs, fs))) {
+      audio_out.push_back(out->audio);
+      text_out.push_back(out->text);
     }
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     if (!o.quiet && ((f + 1) % every == 0 || f + 1 == frames)) {
       const double per = std::accumulate(step_ms.begin(), step_ms.end(), 0.0) / static_cast<double>(step_ms.size());
-      std::printf("  frame %5lld/%lld  %7.2f ms/frame (real time needs <= 80)\n", (long long)(f + 1), (long long)frames, per);
+      std::printf("  frame %5lld/%lld  %7.2f ms/frame (real time needs <= 80)\n", (long long)(f + 1), (long long)frames,
+                  per);
       std::fflush(stdout);
     }
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   const double audio_s = static_cast<double>(frames) * 0.08;
   at::Tensor wav = audio_out.empty() ? at::zeros({1, 0}) : at::cat(audio_out, 2).squeeze(1).cpu();
-  if (!o.out.empty()) audio::write_wav(o.out, wav, codec->cfg.sample_rate);
-  const int64_t pad = c.existing_text_padding_id.value_or(-100), epad = c.existing_text_end_padding_id;
+  if (!o.out.empty()) audio::write_wav(o.out, wav, duplex.sample_rate());
   if (!o.text_out.empty()) {
-    std::vector<int64_t> text_ids;
+    std::vector<int64_t> ids;
     if (!text_out.empty()) {
       at::Tensor t = at::cat(text_out).cpu();
-      text_ids.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+      ids.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
     }
-    std::string txt;
-    std::vector<int> words;
-    for (int64_t id : text_ids) {
-      if (id == pad || id == epad || id < 0) continue;
-      words.push_back(static_cast<int>(id));
-    }
-    if (tok) txt = tok->decode(words);
-    else
-      for (size_t i = 0; i < words.size(); ++i) txt += (i ? " " : "") + std::to_string(words[i]);
-    io::atomic_write(o.text_out, txt + "\n");
+    io::atomic_write(o.text_out, app::text_of(ids, model->cfg, tok.get()) + "\n");
   }
-  std::printf("done: %.2f s of audio in %.2f s: real-time factor %.2f (%.1f ms per 80 ms frame); %zu frames out (the LM's "
-              "delay holds back the first ones)%s%s\n",
-              audio_s, wall, audio_s / std::max(wall, 1e-9), 1000.0 * wall / static_cast<double>(frames), audio_out.size(),
-              o.out.empty() ? "" : ", wrote ", o.out.c_str());
+  std::printf(
+      "done: %.2f s of audio in %.2f s: real-time factor %.2f (%.1f ms per 80 ms frame); %zu frames out (the LM's "
+      "delay holds back the first ones)%s%s\n",
+      audio_s, wall, audio_s / std::max(wall, 1e-9), 1000.0 * wall / static_cast<double>(frames), audio_out.size(),
+      o.out.empty() ? "" : ", wrote ", o.out.c_str());
   return 0;
 }
 

@@ -19,11 +19,11 @@ struct GenerateOpts {
   std::string user_codes;  // safetensors with `user_codes` [B, n_q - dep_q, S]
   std::string out;         // tokens.safetensors, or Moshi's audio (.wav) in full-duplex mode
   // Full duplex: the user's audio streams frame by frame through Mimi -> LM -> Mimi decode.
-  std::string user_wav;    // --user IN.wav
-  std::string text_out;    // --text OUT.txt (token ids, or pieces with --tokenizer)
-  std::string tokenizer;   // SentencePiece model for --text
+  std::string user_wav;   // --user IN.wav
+  std::string text_out;   // --text OUT.txt (token ids, or pieces with --tokenizer)
+  std::string tokenizer;  // SentencePiece model for --text
   std::string mimi, mimi_config;
-  std::string run_dir;     // metrics.jsonl + summary.json
+  std::string run_dir;  // metrics.jsonl + summary.json
   bool quiet = false;
   void add(CLI::App* sub);
 };

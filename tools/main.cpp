@@ -3,8 +3,8 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 #include <iostream>
+#include <string>
 
 #include "tools/commands.h"
 #include "util/error.h"
@@ -39,12 +39,14 @@ int main(int argc, char** argv) {
     // One line of printable text whatever the input held (a binary file's bytes can end up in a parser's message).
     std::string msg;
     for (unsigned char ch : mt::error_message(e)) {
-      if (ch == '\n' || ch == '\r' || ch == '\t') msg += ' ';
+      if (ch == '\n' || ch == '\r' || ch == '\t')
+        msg += ' ';
       else if (ch < 0x20 || ch == 0x7f) {
         char b[8];
         std::snprintf(b, sizeof b, "\\x%02x", ch);
         msg += b;
-      } else msg += static_cast<char>(ch);
+      } else
+        msg += static_cast<char>(ch);
     }
     std::cerr << "moshi-ttt" << who << ": error: " << msg << "\n";
     return 1;

@@ -12,9 +12,11 @@ namespace mt::cli {
 
 void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--model", model_dir, "model folder holding config.json and model.safetensors");
-  sub->add_option("--config", config, "LM config.json (Kyutai's keyword arguments) or a YAML model config (configs/*.yaml)");
+  sub->add_option("--config", config,
+                  "LM config.json (Kyutai's keyword arguments) or a YAML model config (configs/*.yaml)");
   sub->add_option("--weights", weights, "LM weights (.safetensors)");
-  sub->add_option("--preset", preset, "random model when no weights are given: tiny, small, moshiko-7b")->capture_default_str();
+  sub->add_option("--preset", preset, "random model when no weights are given: tiny, small, moshiko-7b")
+      ->capture_default_str();
   sub->add_option("--init-seed", init_seed, "seed of the random weights")->capture_default_str();
   sub->add_option("--device", device, "cpu or cuda")->capture_default_str();
   sub->add_option("--dtype", dtype, "float32 or bfloat16")->capture_default_str();
@@ -54,9 +56,12 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
   set_threads(threads);
   c10::Device dev = parse_device(device);
   at::ScalarType dt;
-  if (dtype == "float32" || dtype == "fp32") dt = at::kFloat;
-  else if (dtype == "bfloat16" || dtype == "bf16") dt = at::kBFloat16;
-  else fail("unknown dtype '", dtype, "' (float32, bfloat16)");
+  if (dtype == "float32" || dtype == "fp32")
+    dt = at::kFloat;
+  else if (dtype == "bfloat16" || dtype == "bf16")
+    dt = at::kBFloat16;
+  else
+    fail("unknown dtype '", dtype, "' (float32, bfloat16)");
   MT_CHECK(weights.empty() || !config.empty() || !model_dir.empty(), weights,
            ": weights given without a config (use --config or --model)");
   lm::LMConfig lmc;

@@ -10,21 +10,29 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "eval/position_loss.h"
 #include "eval/long_context.h"
-#include "report/report.h"
+#include "eval/position_loss.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
+#include "report/plot.h"
+#include "report/report.h"
 #include "train/data.h"
 #include "train/synthetic.h"
 #include "train/trainer.h"
 #include "util/error.h"
-#include "report/plot.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;
 
-namespace mt::train {
+namespace mt::app {
+
+using train::latest_checkpoint;
+using train::read_metrics;
+using train::SyntheticConfig;
+using train::TrainConfig;
+using train::TrainOptions;
+using train::TrainSummary;
+using train::write_token_dataset;
 
 namespace {
 
@@ -40,7 +48,7 @@ SyntheticConfig data_config(const DemoOptions& o, uint64_t seed, int64_t files) 
   s.motif_len = 8;
   s.num_motifs = 4;
   s.repeat_prob = 0.5;
-  s.min_gap = 3 * window;  // recurrences always lie well beyond the attention window
+  s.min_gap = 3 * window;       // recurrences always lie well beyond the attention window
   if (o.pattern == "repeat") {  // shared/spec/demo.md's task: 64 random frames, then the same 64 again
     s.frames = 128;
     s.text_vocab = 32;
@@ -59,17 +67,20 @@ std::string model_yaml(const DemoOptions& o, bool ttt) {
   // The attention window of the baseline comes from the LM config (context, set by run_demo).
   std::string y = "preset: tiny\n";
   if (ttt) {
-    y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"" + std::to_string(o.ttt_layer) + "\"\n  type: " + o.ttt_type +
-         "\n  mini_batch_size: " + std::to_string(o.mini_batch) + "\n  num_heads: " + std::to_string(o.ttt_heads) + "\n  placement: " + o.placement + "\n  base_lr: " +
-         str(o.ttt_base_lr > 0 ? o.ttt_base_lr : (o.ttt_type == "mlp" ? 0.1 : 1.0)) +
+    y += "ttt:\n  enable: true\n  variant: hybrid\n  layers: \"" + std::to_string(o.ttt_layer) +
+         "\"\n  type: " + o.ttt_type + "\n  mini_batch_size: " + std::to_string(o.mini_batch) +
+         "\n  num_heads: " + std::to_string(o.ttt_heads) + "\n  placement: " + o.placement +
+         "\n  base_lr: " + str(o.ttt_base_lr > 0 ? o.ttt_base_lr : (o.ttt_type == "mlp" ? 0.1 : 1.0)) +
          "\n  initial_gating_alpha: " + str(o.ttt_gate) + "\n  attention_context: " + std::to_string(o.window) +
-         "\n  non_ttt_attention_context: " + std::to_string(o.window) + "\n  alpha_lr_multiplier: 10\n  weight_lr_multiplier: " + str(o.ttt_lr_multiplier) + "\n  persistent_states: true\n  share_qk: " + std::string(o.share_qk ? "true" : "false") + "\n";
+         "\n  non_ttt_attention_context: " + std::to_string(o.window) +
+         "\n  alpha_lr_multiplier: 10\n  weight_lr_multiplier: " + str(o.ttt_lr_multiplier) +
+         "\n  persistent_states: true\n  share_qk: " + std::string(o.share_qk ? "true" : "false") + "\n";
   }
   return y;
 }
 
 struct Scored {
-  at::Tensor recall_ce, other_ce;  // flattened CE values
+  at::Tensor recall_ce, other_ce;                 // flattened CE values
   std::vector<double> by_pos_recall, by_pos_all;  // mean CE per position bucket
 };
 
@@ -133,8 +144,10 @@ std::string ttt_evidence(const std::string& run_dir) {
       gb += g["base"].get<double>();
       ++n;
     }
-    if (j.contains("alpha_mean_abs_tanh") && j["alpha_mean_abs_tanh"].is_number()) alpha = j["alpha_mean_abs_tanh"].get<double>();
-    if (j.contains("ttt_state_change") && j["ttt_state_change"].is_number()) change = j["ttt_state_change"].get<double>();
+    if (j.contains("alpha_mean_abs_tanh") && j["alpha_mean_abs_tanh"].is_number())
+      alpha = j["alpha_mean_abs_tanh"].get<double>();
+    if (j.contains("ttt_state_change") && j["ttt_state_change"].is_number())
+      change = j["ttt_state_change"].get<double>();
   }
   if (n == 0) return "";
   char b[512];
@@ -165,7 +178,8 @@ DemoResult run_demo(const DemoOptions& o) {
   write_token_dataset((root / "data" / "train").string(), train_files);
   write_token_dataset((root / "data" / "eval").string(), eval_files);
   say(str("demo: ", train_files.size(), " training and ", eval_files.size(), " held-out files of ", train_cfg.frames,
-          " frames; motifs recur at least ", train_cfg.min_gap, " frames apart; attention window ", o.window, " frames"));
+          " frames; motifs recur at least ", train_cfg.min_gap, " frames apart; attention window ", o.window,
+          " frames"));
 
   // 2. Train both models with the same settings.
   DemoResult res;
@@ -175,24 +189,28 @@ DemoResult run_demo(const DemoOptions& o) {
     const fs::path cfg_path = root / (name + ".yaml");
     {
       std::ofstream f(cfg_path);
-      f << "# written by moshi-ttt demo\n" << model_yaml(o, ttt) << "run_dir: " << fs::absolute(root / name).string()
-        << "\noverwrite_run_dir: true\ndata:\n  train_data: " << fs::absolute(root / "data" / "train" / "index.jsonl").string()
+      f << "# written by moshi-ttt demo\n"
+        << model_yaml(o, ttt) << "run_dir: " << fs::absolute(root / name).string()
+        << "\noverwrite_run_dir: true\ndata:\n  train_data: "
+        << fs::absolute(root / "data" / "train" / "index.jsonl").string()
         << "\n  shuffle: true\nduration_sec: 10.24\nbatch_size: " << o.batch << "\nmax_steps: " << o.steps
-        << "\nseed: 0\noptim:\n  lr: " << o.lr << "\n  weight_decay: 0.01\n  pct_start: 0.1\nfull_finetuning: true\n"
-           "param_dtype: float32\ngradient_checkpointing: false\nlog_freq: 10\nckpt_freq: 0\ninit_seed: 7\ndevice: " << o.device << "\n";
+        << "\nseed: 0\noptim:\n  lr: " << o.lr
+        << "\n  weight_decay: 0.01\n  pct_start: 0.1\nfull_finetuning: true\n"
+           "param_dtype: float32\ngradient_checkpointing: false\nlog_freq: 10\nckpt_freq: 0\ninit_seed: 7\ndevice: "
+        << o.device << "\n";
     }
     TrainConfig cfg = TrainConfig::load(cfg_path.string());
     cfg.model.lm.context = o.window;  // local attention for every layer of both models
     TrainOptions to;
     to.quiet = o.quiet;
-    say(str("demo: training the ", ttt ? "hybrid TTT-" + o.ttt_type : std::string("local-attention baseline"), " model (",
-            o.steps, " steps)"));
+    say(str("demo: training the ", ttt ? "hybrid TTT-" + o.ttt_type : std::string("local-attention baseline"),
+            " model (", o.steps, " steps)"));
     TrainSummary s = run_training(cfg, to);
     say(str("demo: ", name, " done, final training loss ", s.last_loss));
     // The trained weights, from the last checkpoint.
     const std::string ck = latest_checkpoint(cfg.run_dir);
-    lm::LMModel m = lm::load_lm(cfg.model.lm, (fs::path(ck) / "consolidated" / "consolidated.safetensors").string(), at::kFloat,
-                                cfg.model.ttt);
+    lm::LMModel m = lm::load_lm(cfg.model.lm, (fs::path(ck) / "consolidated" / "consolidated.safetensors").string(),
+                                at::kFloat, cfg.model.ttt);
     m->to(parse_device(o.device));
     models.emplace_back(name, m);
   }
@@ -256,7 +274,7 @@ DemoResult run_demo(const DemoOptions& o) {
     lc.model_origin = "demo TTT model (" + (root / "ttt").string() + ")";
     const nlohmann::json lj =
         eval::run_long_context(*models[1].second, eval::read_file_list((root / "data" / "eval").string()), nullptr, lc);
-    eval::write_report(lc.out_dir);
+    report::write_report(lc.out_dir);
     controls = "Loss by position on the same held-out files (`moshi-ttt eval long-context`, " + lc.loss +
                " loss), slope per doubling of the position [bootstrap 95% interval over files]:";
     for (const auto& v : lj["variants"]) {
@@ -272,8 +290,9 @@ DemoResult run_demo(const DemoOptions& o) {
                     v["mean_loss"].is_number() ? v["mean_loss"].get<double>() : NAN);
       controls += line;
     }
-    controls += "\n\nThe TTT run's full report (training curves, learning rates, gates, loss by position per control, the "
-                "TTT probes l0 / lprev / lafter): ttt/report/index.html.";
+    controls +=
+        "\n\nThe TTT run's full report (training curves, learning rates, gates, loss by position per control, the "
+        "TTT probes l0 / lprev / lafter): ttt/report/index.html.";
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string evidence = ttt_evidence((root / "ttt").string());
@@ -283,42 +302,49 @@ DemoResult run_demo(const DemoOptions& o) {
                 "no longer shows.",
                 100.0 * (1.0 - res.ttt_recall / res.baseline_recall));
   char buf[8192];
-  std::snprintf(buf, sizeof buf,
-                "# moshi-ttt demo: does TTT remember beyond the attention window?\n\n"
-                "Two tiny Moshi models (dim 64, 2 layers, attention window %lld frames) trained from scratch for %lld steps on\n"
-                "synthetic token files (%s; recall frames need a memory of more than %lld frames); the second\n"
-                "model adds a hybrid TTT-%s layer to layer %lld (%s attention, gated by tanh(alpha)%s). Held-out files: %zu.\n\n"
-                "| frames | local attention | + TTT | difference |\n|---|---|---|---|\n"
-                "| recall (beyond the window) | %.3f | %.3f | %+.3f nats |\n"
-                "| all other scored frames | %.3f | %.3f | %+.3f nats |\n\n"
-                "Chance on a recall frame is %.2f nats. %s\n\n%s\n\n%s\n\nPlots: training_curves.png, loss_by_position.png, "
-                "loss_by_position_all.png. Took %.0f s.\n",
-                (long long)o.window, (long long)o.steps,
-                o.pattern == "repeat"    ? "random frames, then the same frames again; text loss scored"
-                : o.pattern == "lexicon" ? "each file follows its own permutation of the text ids, text loss scored"
-                                         : "each file's motifs recur, loss over every scored stream",
-                (long long)train_cfg.min_gap, o.ttt_type.c_str(), (long long)o.ttt_layer,
-                o.placement == "parallel" ? "parallel to" : o.placement == "before_attention" ? "before" : "after",
-                o.share_qk ? "; keys and queries through causal convolutions over 4 frames" : "", eval_files.size(),
-                res.baseline_recall, res.ttt_recall, res.ttt_recall - res.baseline_recall, res.baseline_other, res.ttt_other,
-                res.ttt_other - res.baseline_other, chance,
-                res.ttt_recall < res.baseline_recall - 0.05
-                    ? verdict
-                    : "TTT shows no clear advantage on recall frames in this run. Measured while building this demo "
-                      "(2026-11-26): the recall sets in after about 500-900 steps, at a point that varies with the "
-                      "seed; it needs TTT keys that see the previous frames (the shared-QK causal convolutions: "
-                      "without them this tiny Moshi's TTT layer did not learn the task in 3000 steps), a TTT-weight "
-                      "learning-rate multiplier near 5 (10 and 20 did not learn within 800 steps), and input streams "
-                      "that are not constant (a constant stream added to the TTT layer's input stopped it). Try more "
-                      "--steps or --device cuda.",
-                evidence.c_str(), controls.c_str(), secs);
+  std::snprintf(
+      buf, sizeof buf,
+      "# moshi-ttt demo: does TTT remember beyond the attention window?\n\n"
+      "Two tiny Moshi models (dim 64, 2 layers, attention window %lld frames) trained from scratch for %lld steps on\n"
+      "synthetic token files (%s; recall frames need a memory of more than %lld frames); the second\n"
+      "model adds a hybrid TTT-%s layer to layer %lld (%s attention, gated by tanh(alpha)%s). Held-out files: %zu.\n\n"
+      "| frames | local attention | + TTT | difference |\n|---|---|---|---|\n"
+      "| recall (beyond the window) | %.3f | %.3f | %+.3f nats |\n"
+      "| all other scored frames | %.3f | %.3f | %+.3f nats |\n\n"
+      "Chance on a recall frame is %.2f nats. %s\n\n%s\n\n%s\n\nPlots: training_curves.png, loss_by_position.png, "
+      "loss_by_position_all.png. Took %.0f s.\n",
+      (long long)o.window, (long long)o.steps,
+      o.pattern == "repeat"    ? "random frames, then the same frames again; text loss scored"
+      : o.pattern == "lexicon" ? "each file follows its own permutation of the text ids, text loss scored"
+                               : "each file's motifs recur, loss over every scored stream",
+      (long long)train_cfg.min_gap, o.ttt_type.c_str(), (long long)o.ttt_layer,
+      o.placement == "parallel"           ? "parallel to"
+      : o.placement == "before_attention" ? "before"
+                                          : "after",
+      o.share_qk ? "; keys and queries through causal convolutions over 4 frames" : "", eval_files.size(),
+      res.baseline_recall, res.ttt_recall, res.ttt_recall - res.baseline_recall, res.baseline_other, res.ttt_other,
+      res.ttt_other - res.baseline_other, chance,
+      res.ttt_recall < res.baseline_recall - 0.05
+          ? verdict
+          : "TTT shows no clear advantage on recall frames in this run. Measured while building this demo "
+            "(2026-11-26): the recall sets in after about 500-900 steps, at a point that varies with the "
+            "seed; it needs TTT keys that see the previous frames (the shared-QK causal convolutions: "
+            "without them this tiny Moshi's TTT layer did not learn the task in 3000 steps), a TTT-weight "
+            "learning-rate multiplier near 5 (10 and 20 did not learn within 800 steps), and input streams "
+            "that are not constant (a constant stream added to the TTT layer's input stopped it). Try more "
+            "--steps or --device cuda.",
+      evidence.c_str(), controls.c_str(), secs);
   io::atomic_write((root / "report" / "summary.md").string(), buf);
-  nlohmann::json j = {{"baseline_recall_ce", res.baseline_recall}, {"ttt_recall_ce", res.ttt_recall},
-                      {"baseline_other_ce", res.baseline_other}, {"ttt_other_ce", res.ttt_other},
-                      {"window", o.window}, {"steps", o.steps}, {"seconds", secs}};
+  nlohmann::json j = {{"baseline_recall_ce", res.baseline_recall},
+                      {"ttt_recall_ce", res.ttt_recall},
+                      {"baseline_other_ce", res.baseline_other},
+                      {"ttt_other_ce", res.ttt_other},
+                      {"window", o.window},
+                      {"steps", o.steps},
+                      {"seconds", secs}};
   io::atomic_write((root / "report" / "summary.json").string(), j.dump(2) + "\n");
   if (!o.quiet) std::printf("%s", buf);
   return res;
 }
 
-}  // namespace mt::train
+}  // namespace mt::app

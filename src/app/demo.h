@@ -5,17 +5,17 @@
 // score held-out files and report the loss by position, on the frames only memory can predict.
 #include <string>
 
-namespace mt::train {
+namespace mt::app {
 
 struct DemoOptions {
   std::string run_dir = "runs/demo";
-  int64_t steps = 1500;      // optimizer steps per model (the recall sets in after ~500-900)
-  int64_t window = 8;        // attention context (frames) of both models
+  int64_t steps = 1500;  // optimizer steps per model (the recall sets in after ~500-900)
+  int64_t window = 8;    // attention context (frames) of both models
   std::string ttt_type = "linear";
   double lr = 3e-3;
-  int64_t ttt_layer = 0;     // which of the two layers gets the TTT block
-  double ttt_base_lr = 0;    // inner base lr (0: the paper's, 1 for linear, 0.1 for mlp)
-  int64_t mini_batch = 16;   // TTT mini-batch (frames)
+  int64_t ttt_layer = 0;    // which of the two layers gets the TTT block
+  double ttt_base_lr = 0;   // inner base lr (0: the paper's, 1 for linear, 0.1 for mlp)
+  int64_t mini_batch = 16;  // TTT mini-batch (frames)
   // ttt-lm-pytorch's shared Q/K projection with causal convolutions: the convolutions let a key hold
   // the previous frames, which is what a recall needs (without, tiny Moshi did not learn it, see README).
   bool share_qk = true;
@@ -23,9 +23,9 @@ struct DemoOptions {
   // Synthetic data: repeat (shared/spec/demo.md's task: random frames, then the same again), lexicon
   // (a per-file token permutation) or motifs (cued motifs that recur).
   std::string pattern = "repeat";
-  double ttt_gate = 0.1;     // initial gating alpha of the TTT block (output scaled by tanh(alpha))
-  int64_t ttt_heads = 0;     // TTT heads (0: the model's)
-  int64_t batch = 8;         // training sequences per step
+  double ttt_gate = 0.1;               // initial gating alpha of the TTT block (output scaled by tanh(alpha))
+  int64_t ttt_heads = 0;               // TTT heads (0: the model's)
+  int64_t batch = 8;                   // training sequences per step
   std::string placement = "parallel";  // ttt.placement of the hybrid block
   int threads = 0;
   std::string device = "cpu";
@@ -40,4 +40,4 @@ struct DemoResult {
 
 DemoResult run_demo(const DemoOptions& opt);
 
-}  // namespace mt::train
+}  // namespace mt::app

@@ -1,11 +1,12 @@
 #pragma once
 // Audio files and sample-rate conversion: reading any format libsndfile knows (wav, flac, ogg, ...)
-// as float32 [channels, frames], resampling with libsoxr (high quality, linear phase), and an
-// atomic 16-bit PCM / float wav writer. Every error is an mt::Error that names the file.
+// as float32 [channels, frames] (or only its header), resampling with libsoxr (high quality, linear
+// phase), and an atomic 16-bit PCM / float wav writer. Every error is an mt::Error that names the file.
 #include <ATen/ATen.h>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace mt::audio {
 
@@ -24,6 +25,19 @@ struct Audio {
 // returned as stored (not clipped). Throws for a missing or unreadable file (with libsndfile's
 // reason), an unknown format and a file without frames.
 Audio read_audio(const std::string& path);
+
+// What a file's header says, without decoding its samples.
+struct AudioFileInfo {
+  int64_t sample_rate = 0;  // Hz
+  int64_t channels = 0;
+  int64_t frames = 0;
+  bool wav = false;  // a RIFF/WAVE file (plain or WAVE_FORMAT_EXTENSIBLE)
+  int pcm_bits = 0;  // 8, 16, 24 or 32 for integer PCM samples; 0 for float, compressed or other encodings
+};
+
+// Reads only the header. Throws, naming the file, for a missing or unreadable file and an unknown
+// format (as read_audio does); an empty file is not an error here (frames = 0).
+AudioFileInfo read_audio_info(const std::string& path);
 
 // Resamples every channel of x (float [C, N], or [N] treated as one channel) from from_rate to
 // to_rate with soxr's high-quality filter. Output: float32 [C, round(N * to_rate / from_rate)] on
@@ -44,5 +58,10 @@ enum class WavFormat { Pcm16, Float32 };
 // at most 1/32768. Atomic: writes path + ".tmp", then renames it over path.
 void write_wav(const std::string& path, const at::Tensor& samples, int64_t sample_rate,
                WavFormat format = WavFormat::Pcm16);
+
+// Writes 16-bit PCM samples as they are (interleaved frames of `channels`; mono by default) as a wav file,
+// atomically like write_wav. For code that works on the 16-bit values themselves; no tensor involved.
+void write_wav_pcm16(const std::string& path, const std::vector<int16_t>& samples, int64_t sample_rate,
+                     int64_t channels = 1);
 
 }  // namespace mt::audio

@@ -15,9 +15,9 @@
 #include "eval/zr_score.h"
 #include "io/codes_file.h"
 #include "io/safetensors.h"
-#include "util/prng.h"
-#include "util/error.h"
 #include "report/plot.h"
+#include "util/error.h"
+#include "util/prng.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;
@@ -34,39 +34,6 @@ double percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   return sorted_percentile(v, q);
 }
-
-// Switches every TTT unit off for the no-ttt control and restores it when it goes away.
-struct TTTOff {
-  lm::LMModelImpl& m;
-  std::vector<at::Tensor> alphas;
-  std::vector<double> scales, lrs;
-  explicit TTTOff(lm::LMModelImpl& model) : m(model) {
-    at::NoGradGuard ng;
-    for (const auto& layer : m.transformer->layer_ptrs) {
-      if (layer->ttt) {
-        alphas.push_back(layer->ttt->gating_alpha.detach().clone());
-        layer->ttt->gating_alpha.detach().zero_();
-      }
-      for (auto& a : layer->adapted) {
-        scales.push_back(a->ttt_adapter->scale);
-        a->ttt_adapter->scale = 0;
-      }
-      if (layer->inplace) {
-        lrs.push_back(layer->inplace->cfg.lr);
-        layer->inplace->cfg.lr = 0;
-      }
-    }
-  }
-  ~TTTOff() {
-    at::NoGradGuard ng;
-    size_t ia = 0, is = 0, il = 0;
-    for (const auto& layer : m.transformer->layer_ptrs) {
-      if (layer->ttt) layer->ttt->gating_alpha.detach().copy_(alphas[ia++]);
-      for (auto& a : layer->adapted) a->ttt_adapter->scale = scales[is++];
-      if (layer->inplace) layer->inplace->cfg.lr = lrs[il++];
-    }
-  }
-};
 
 struct Variant {
   std::string name, kind;  // kind: persist | ttt-reset | reset | no-ttt
@@ -105,8 +72,8 @@ struct FileCurves {
 // One TTT unit's probes accumulated per bin.
 struct UnitProbes {
   std::string name;
-  std::vector<double> l0, lprev, lafter, n;   // per bin sums and counts (tokens x files)
-  std::vector<double> change, change_n;       // ‖W_t − W_0‖ at chunk ends, per bin
+  std::vector<double> l0, lprev, lafter, n;  // per bin sums and counts (tokens x files)
+  std::vector<double> change, change_n;      // ‖W_t − W_0‖ at chunk ends, per bin
 };
 
 void grow(std::vector<double>& v, size_t n) {
@@ -155,8 +122,8 @@ double window_mean(const std::vector<FileCurves>& files, const std::vector<size_
   return n > 0 ? s / n : NAN;
 }
 
-std::vector<double> bin_curve(const std::vector<FileCurves>& files, const std::vector<size_t>& pick, int64_t w, int64_t bins,
-                              std::vector<double> FileCurves::*kind) {
+std::vector<double> bin_curve(const std::vector<FileCurves>& files, const std::vector<size_t>& pick, int64_t w,
+                              int64_t bins, std::vector<double> FileCurves::*kind) {
   std::vector<double> s(static_cast<size_t>(bins), 0.0), n(static_cast<size_t>(bins), 0.0);
   for (size_t i : pick) {
     const auto& v = files[i].*kind;
@@ -176,9 +143,7 @@ double fit_slope(const std::vector<double>& curve, int64_t w, int64_t fit_from) 
   return log2_slope(x, y);
 }
 
-std::string frames_key(int64_t p) {
-  return p % 1000 == 0 ? str(p / 1000, "k") : str(p);
-}
+std::string frames_key(int64_t p) { return p % 1000 == 0 ? str(p / 1000, "k") : str(p); }
 
 nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
@@ -229,17 +194,18 @@ std::vector<std::string> read_file_list(const std::string& p) {
   return out;
 }
 
-at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path, CodesCache* cache, const ScoringOptions& o) {
+at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path, CodesCache* cache,
+                              const ScoringOptions& o) {
   const auto& cfg = m.cfg;
   if (is_audio_file(path)) {
     MT_CHECK(cache, path, ": an audio file needs the codec (--mimi)");
     return place_clip(cfg, cache->codes(path), o);
   }
-  at::Tensor c = io::read_codes(path)[0];  // [K, T]; Mimi codes of `encode` are [C, K, T]: channel 0
+  at::Tensor c = io::read_codes(path)[0];          // [K, T]; Mimi codes of `encode` are [C, K, T]: channel 0
   if (c.size(0) == cfg.num_codebooks()) return c;  // an LM token shard
   const int64_t A = clip_codebooks(cfg, o.placement);
-  MT_CHECK(c.size(0) >= A, path, ": ", c.size(0), " codebooks; the LM needs ", A, " (Mimi codes) or ", cfg.num_codebooks(),
-           " (a token shard)");
+  MT_CHECK(c.size(0) >= A, path, ": ", c.size(0), " codebooks; the LM needs ", A, " (Mimi codes) or ",
+           cfg.num_codebooks(), " (a token shard)");
   return place_clip(cfg, c.narrow(0, 0, A).contiguous(), o);
 }
 
@@ -253,9 +219,10 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
   std::vector<Variant> variants;
   for (const auto& v : o.variants) variants.push_back(parse_variant(v, o.chunk));
   MT_CHECK(!variants.empty(), "eval long-context: no variant to run");
-  const bool has_ttt = m.transformer->has_ttt();
+  const bool has_ttt = m.transformer->has_addons();
   for (const auto& v : variants)
-    MT_CHECK(has_ttt || (v.kind != "ttt-reset" && v.kind != "no-ttt"), "--control ", v.name, ": this model has no TTT layer");
+    MT_CHECK(has_ttt || (v.kind != "ttt-reset" && v.kind != "no-ttt"), "--control ", v.name,
+             ": this model has no TTT layer");
   MT_CHECK(!o.probes || has_ttt, "TTT probes: this model has no TTT layer");
 
   // Inputs.
@@ -269,7 +236,7 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     inputs.push_back(c.contiguous());
   }
   const double rss_loaded = rss_mb();
-  double rss_warm = NAN;  // after the first tenth of the first file (allocations of the first chunks done)
+  double rss_warm = NAN;      // after the first tenth of the first file (allocations of the first chunks done)
   double rss_streamed = NAN;  // after the last chunk of the first file, before its losses are aggregated
   const int64_t w = o.window > 0 ? o.window : (T_max >= 16000 ? 1000 : std::max<int64_t>(1, T_max / 32));
   const int64_t bins = (T_max + w - 1) / w;
@@ -291,11 +258,16 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
   const int64_t fit_from = o.fit_from > 0 ? o.fit_from : (context > 0 && context < T_max / 2 ? context : w);
 
   std::vector<double> FileCurves::*headline = nullptr;
-  if (o.loss == "audio") headline = &FileCurves::audio;
-  else if (o.loss == "semantic") headline = &FileCurves::semantic;
-  else if (o.loss == "weighted") headline = &FileCurves::weighted;
-  else if (o.loss == "text") headline = &FileCurves::text;
-  else fail("--loss must be audio, semantic, weighted or text, got '", o.loss, "'");
+  if (o.loss == "audio")
+    headline = &FileCurves::audio;
+  else if (o.loss == "semantic")
+    headline = &FileCurves::semantic;
+  else if (o.loss == "weighted")
+    headline = &FileCurves::weighted;
+  else if (o.loss == "text")
+    headline = &FileCurves::text;
+  else
+    fail("--loss must be audio, semantic, weighted or text, got '", o.loss, "'");
   const int64_t A = clip_codebooks(cfg, o.scoring.placement);
   const int64_t cb0 = o.scoring.placement == "user" ? cfg.n_q / 2 : 0;
   const at::Device dev = m.text_linear->weight.device();
@@ -305,12 +277,18 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
   summary["frames"] = {{"max", T_max}, {"window", w}, {"bins", bins}};
   summary["attention_window"] = context > 0 ? nlohmann::json(context) : nlohmann::json(nullptr);
   summary["model"] = o.model_origin;
-  summary["settings"] = {{"placement", o.scoring.placement}, {"text", o.scoring.text}, {"chunk", o.chunk},
-                         {"scored_codebooks", A},          {"fit_from", fit_from},  {"bootstrap", o.bootstrap},
-                         {"seed", o.seed},                 {"positions_auto", auto_positions},
+  summary["settings"] = {{"placement", o.scoring.placement},
+                         {"text", o.scoring.text},
+                         {"chunk", o.chunk},
+                         {"scored_codebooks", A},
+                         {"fit_from", fit_from},
+                         {"bootstrap", o.bootstrap},
+                         {"seed", o.seed},
+                         {"positions_auto", auto_positions},
                          {"headline", o.loss},
-                         {"loss", "nats per token: mean CE over the scored audio codebooks (semantic: codebook 0; "
-                                  "weighted: semantic x100 : acoustic x1)"}};
+                         {"loss",
+                          "nats per token: mean CE over the scored audio codebooks (semantic: codebook 0; "
+                          "weighted: semantic x100 : acoustic x1)"}};
   const fs::path out = fs::path(o.out_dir) / "eval" / "long_context";
   fs::create_directories(out);
 
@@ -320,8 +298,8 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
   const int64_t total_frames = std::accumulate(inputs.begin(), inputs.end(), int64_t{0},
                                                [](int64_t a, const at::Tensor& c) { return a + c.size(1); });
   for (const auto& v : variants) {
-    std::unique_ptr<TTTOff> off;
-    if (v.kind == "no-ttt") off = std::make_unique<TTTOff>(m);
+    std::unique_ptr<lm::ScopedTTTOff> off;
+    if (v.kind == "no-ttt") off = std::make_unique<lm::ScopedTTTOff>(*m.transformer);
     const bool probe_this = o.probes && &v == &variants.front();
     std::vector<FileCurves> fc;
     const auto t0 = std::chrono::steady_clock::now();
@@ -351,7 +329,8 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
             }
             for (size_t j = 0; j < p.adapters.size(); ++j) {
               if (!p.adapters[j].l0.defined()) continue;
-              UnitProbes& u = unit(str("layer ", l, " adapter ", m.transformer->layer_ptrs[l]->adapted_names.at(j)));
+              UnitProbes& u =
+                  unit(str("layer ", l, " adapter ", lm::adapters_of(*m.transformer->layer_ptrs[l]).at(j)->target));
               add_tokens(u, p.adapters[j], start, w);
               add_change(u, p.adapters[j].w_delta_norm, end, w);
             }
@@ -359,7 +338,7 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
           }
         }
         if (v.kind == "ttt-reset" && end % v.every == 0)
-          for (auto& t : st.ttt) t.reset();
+          for (auto& t : st.addons) t.reset();
         if (v.kind == "reset" && end % v.every == 0) st.reset();
       };
       at::Tensor ce;
@@ -410,7 +389,7 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     // Bootstrap over files.
     std::vector<double> slopes, boot_means_per_pos;
     std::vector<std::vector<double>> pos_boot(positions.size());
-    train::SplitMix64 rng(o.seed ^ 0x5EEDull);
+    util::SplitMix64 rng(o.seed ^ 0x5EEDull);
     for (int b = 0; b < o.bootstrap && fc.size() > 1; ++b) {
       std::vector<size_t> pick(fc.size());
       for (auto& p : pick) p = static_cast<size_t>(rng.next() % fc.size());
@@ -431,13 +410,16 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
       if (!pos_boot[k].empty()) e["ci"] = {num(percentile(pos_boot[k], 0.025)), num(percentile(pos_boot[k], 0.975))};
       e["key"] = frames_key(positions[k]);
       at_pos.push_back(e);
-      if (positions[k] % 1000 == 0) j["librilight_loss_" + frames_key(positions[k])] = num(e["loss"].is_null() ? NAN : e["loss"].get<double>());
+      if (positions[k] % 1000 == 0)
+        j["librilight_loss_" + frames_key(positions[k])] = num(e["loss"].is_null() ? NAN : e["loss"].get<double>());
     }
     j["at"] = at_pos;
     j["slope_per_doubling"] = num(slope);
     j["librilight_slope"] = num(slope);
-    if (!slopes.empty()) j["slope_ci"] = {num(percentile(slopes, 0.025)), num(percentile(slopes, 0.975))};
-    else j["slope_ci"] = "needs at least 2 files";
+    if (!slopes.empty())
+      j["slope_ci"] = {num(percentile(slopes, 0.025)), num(percentile(slopes, 0.975))};
+    else
+      j["slope_ci"] = "needs at least 2 files";
     j["mean_loss"] = num(window_mean(fc, all, 0, T_max, headline));
     j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     j["name"] = v.name;
@@ -491,12 +473,16 @@ nlohmann::json run_long_context(lm::LMModelImpl& m, const std::vector<std::strin
     std::ostringstream csv;
     csv << "unit,bin_start,bin_end,l0,lprev,lafter,tokens,state_change\n";
     for (const auto& u : units) {
-      const auto l0 = ratio(u.l0, u.n), lp = ratio(u.lprev, u.n), la = ratio(u.lafter, u.n), ch = ratio(u.change, u.change_n);
+      const auto l0 = ratio(u.l0, u.n), lp = ratio(u.lprev, u.n), la = ratio(u.lafter, u.n),
+                 ch = ratio(u.change, u.change_n);
       const size_t nb = std::max({l0.size(), ch.size()});
       for (size_t b = 0; b < nb; ++b) {
-        auto at = [&](const std::vector<double>& v) { return b < v.size() && std::isfinite(v[b]) ? str(v[b]) : std::string(); };
-        csv << '"' << u.name << "\"," << b * static_cast<size_t>(w) << "," << std::min<int64_t>(T_max, (b + 1) * w) << ","
-            << at(l0) << "," << at(lp) << "," << at(la) << "," << (b < u.n.size() ? u.n[b] : 0) << "," << at(ch) << "\n";
+        auto at = [&](const std::vector<double>& v) {
+          return b < v.size() && std::isfinite(v[b]) ? str(v[b]) : std::string();
+        };
+        csv << '"' << u.name << "\"," << b * static_cast<size_t>(w) << "," << std::min<int64_t>(T_max, (b + 1) * w)
+            << "," << at(l0) << "," << at(lp) << "," << at(la) << "," << (b < u.n.size() ? u.n[b] : 0) << "," << at(ch)
+            << "\n";
       }
       auto tot = [](const std::vector<double>& s, const std::vector<double>& n) {
         const double a = std::accumulate(s.begin(), s.end(), 0.0), b = std::accumulate(n.begin(), n.end(), 0.0);
@@ -561,7 +547,8 @@ std::string format_long_context_summary(const nlohmann::json& j) {
   os << "long-context loss over " << j["files"].size() << " file(s), up to " << j["frames"]["max"].get<int64_t>()
      << " frames; windows of " << j["frames"]["window"].get<int64_t>() << " frames; "
      << j["settings"].value("headline", std::string("audio")) << " CE";
-  if (j["attention_window"].is_number()) os << "; attention window " << j["attention_window"].get<int64_t>() << " frames";
+  if (j["attention_window"].is_number())
+    os << "; attention window " << j["attention_window"].get<int64_t>() << " frames";
   os << "\n";
   auto f = [](const nlohmann::json& v, const char* fmt = "%.4f") {
     if (!v.is_number()) return std::string("n/a");
@@ -573,14 +560,16 @@ std::string format_long_context_summary(const nlohmann::json& j) {
     os << "  " << v["name"].get<std::string>() << ":";
     for (const auto& p : v["at"]) os << "  @" << p["key"].get<std::string>() << " " << f(p["loss"]);
     os << "\n    slope " << f(v["slope_per_doubling"], "%+.4f") << " nats per doubling";
-    if (v["slope_ci"].is_array()) os << " [95% CI " << f(v["slope_ci"][0], "%+.4f") << ", " << f(v["slope_ci"][1], "%+.4f") << "]";
+    if (v["slope_ci"].is_array())
+      os << " [95% CI " << f(v["slope_ci"][0], "%+.4f") << ", " << f(v["slope_ci"][1], "%+.4f") << "]";
     os << ", mean " << f(v["mean_loss"]) << "\n";
   }
   if (j.contains("probes")) {
-    os << "  TTT probes (" << j["probes"]["variant"].get<std::string>() << "): unit, l0 / lprev / lafter, |W_t - W_0| at the end\n";
+    os << "  TTT probes (" << j["probes"]["variant"].get<std::string>()
+       << "): unit, l0 / lprev / lafter, |W_t - W_0| at the end\n";
     for (const auto& u : j["probes"]["units"])
-      os << "    " << u["unit"].get<std::string>() << ": " << f(u["l0"]) << " / " << f(u["lprev"]) << " / " << f(u["lafter"])
-         << ", " << f(u["state_change_end"]) << "\n";
+      os << "    " << u["unit"].get<std::string>() << ": " << f(u["l0"]) << " / " << f(u["lprev"]) << " / "
+         << f(u["lafter"]) << ", " << f(u["state_change_end"]) << "\n";
   }
   return os.str();
 }

@@ -36,14 +36,15 @@ struct LongContextOptions {
   ScoringOptions scoring;          // placement and text stream of audio / Mimi-code inputs
   int bootstrap = 1000;
   uint64_t seed = 0;
-  std::string out_dir;             // run folder: writes OUT/eval/long_context/...
+  std::string out_dir;  // run folder: writes OUT/eval/long_context/...
   std::string model_origin;
   bool quiet = false;
 };
 
 // One input file: an audio file (encoded through `cache`), Mimi codes (.safetensors "codes" [K, T] or
 // [C, K, T], channel 0), or an LM token shard ([1 + n_q, T], used as is).
-at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path, CodesCache* cache, const ScoringOptions& o);
+at::Tensor long_context_input(const lm::LMModelImpl& m, const std::string& path, CodesCache* cache,
+                              const ScoringOptions& o);
 
 // Files listed in LIST (one path per line, # comments; relative to the list's folder), every audio /
 // .safetensors file of a folder (sorted), or one such file.

@@ -85,8 +85,8 @@ int64_t clip_codebooks(const lm::LMConfig& cfg, const std::string& placement) {
   MT_CHECK(cfg.dep_q >= 1, "scoring audio needs an LM with a depformer (dep_q >= 1)");
   if (placement == "moshi") return cfg.dep_q < cfg.n_q ? std::min(cfg.dep_q, cfg.n_q - cfg.dep_q) : cfg.n_q / 2;
   if (placement == "user") {
-    MT_CHECK(cfg.dep_q == cfg.n_q, "--placement user: this LM's depformer predicts only Moshi's stream (dep_q ", cfg.dep_q,
-             " < n_q ", cfg.n_q, "), so a clip in the user stream cannot be scored; use --placement moshi");
+    MT_CHECK(cfg.dep_q == cfg.n_q, "--placement user: this LM's depformer predicts only Moshi's stream (dep_q ",
+             cfg.dep_q, " < n_q ", cfg.n_q, "), so a clip in the user stream cannot be scored; use --placement moshi");
     return cfg.n_q / 2;
   }
   fail("--placement must be moshi or user, got '", placement, "'");
@@ -103,7 +103,8 @@ int64_t clip_offset(const lm::LMConfig& cfg, const std::string& placement) {
 
 at::Tensor place_clip(const lm::LMConfig& cfg, const at::Tensor& clip, const ScoringOptions& o) {
   const int64_t A = clip_codebooks(cfg, o.placement);
-  MT_CHECK(clip.dim() == 2 && clip.size(0) == A, "clip codes: expected [", A, ", F], got ", shape_str(clip.sizes().vec()));
+  MT_CHECK(clip.dim() == 2 && clip.size(0) == A, "clip codes: expected [", A, ", F], got ",
+           shape_str(clip.sizes().vec()));
   MT_CHECK(o.text == "pad" || o.text == "none", "--text must be pad or none, got '", o.text, "'");
   const int64_t F = clip.size(1);
   at::Tensor codes = at::full({cfg.num_codebooks(), F}, lm::LMConfig::kZeroToken, at::kLong);
@@ -115,7 +116,8 @@ at::Tensor place_clip(const lm::LMConfig& cfg, const at::Tensor& clip, const Sco
   return codes;
 }
 
-std::vector<ClipScore> score_clips(const lm::LMModelImpl& m, const std::vector<at::Tensor>& clips, const ScoringOptions& o) {
+std::vector<ClipScore> score_clips(const lm::LMModelImpl& m, const std::vector<at::Tensor>& clips,
+                                   const ScoringOptions& o) {
   const lm::LMConfig& cfg = m.cfg;
   const int64_t A = clip_codebooks(cfg, o.placement);
   const int64_t cb0 = clip_offset(cfg, o.placement);
@@ -133,7 +135,8 @@ std::vector<ClipScore> score_clips(const lm::LMModelImpl& m, const std::vector<a
     int64_t T = 0;
     for (size_t i = s; i < e; ++i) T = std::max(T, clips[order[i]].size(1));
     MT_CHECK(T >= 1, "a clip has no frames");
-    at::Tensor codes = at::full({static_cast<int64_t>(e - s), cfg.num_codebooks(), T}, lm::LMConfig::kZeroToken, at::kLong);
+    at::Tensor codes =
+        at::full({static_cast<int64_t>(e - s), cfg.num_codebooks(), T}, lm::LMConfig::kZeroToken, at::kLong);
     for (size_t i = s; i < e; ++i) {
       const at::Tensor& c = clips[order[i]];
       codes[static_cast<int64_t>(i - s)].narrow(1, 0, c.size(1)).copy_(place_clip(cfg, c, o));
@@ -169,7 +172,8 @@ std::vector<ClipScore> score_clips(const lm::LMModelImpl& m, const std::vector<a
       r.frames = L;
       r.tokens = static_cast<int64_t>(n);
       const double w_total = 100.0 * sem + (total - sem), w_n = 100.0 * n0 + (n - n0);
-      r.score = {n > 0 ? -total / n : NAN, n > 0 ? -total : NAN, n0 > 0 ? -sem / n0 : NAN, w_n > 0 ? -w_total / w_n : NAN};
+      r.score = {n > 0 ? -total / n : NAN, n > 0 ? -total : NAN, n0 > 0 ? -sem / n0 : NAN,
+                 w_n > 0 ? -w_total / w_n : NAN};
     }
     done += static_cast<int64_t>(e - s);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -29,9 +29,9 @@ namespace mt::eval {
 // Encodes mono audio files (stereo is averaged) with a Mimi codec; the codes are cached under
 // cache_dir/<codec hash>/<audio hash>.safetensors, so a second run does not encode again.
 struct CodecSpec {
-  std::string weights;       // Mimi .safetensors
-  std::string config;        // its config JSON ("" = the released model)
-  std::string cache_dir;     // "" = no cache
+  std::string weights;    // Mimi .safetensors
+  std::string config;     // its config JSON ("" = the released model)
+  std::string cache_dir;  // "" = no cache
   std::string device = "cpu";
   int64_t num_codebooks = 8;
   bool quiet = false;
@@ -64,8 +64,8 @@ inline constexpr std::array<const char*, 4> kReductions = {"mean", "sum", "seman
 struct ScoringOptions {
   std::string placement = "moshi";
   std::string text = "pad";
-  int64_t batch = 8;      // files per forward pass
-  bool quiet = false;     // else a progress line on stderr
+  int64_t batch = 8;   // files per forward pass
+  bool quiet = false;  // else a progress line on stderr
 };
 
 // The number of audio codebooks a clip needs under these options (the codec must give that many).
@@ -78,7 +78,8 @@ struct ClipScore {
 };
 
 // Scores clips (codes [A, F_i], A = clip_codebooks) with the LM, in batches. Deterministic.
-std::vector<ClipScore> score_clips(const lm::LMModelImpl& m, const std::vector<at::Tensor>& clips, const ScoringOptions& o);
+std::vector<ClipScore> score_clips(const lm::LMModelImpl& m, const std::vector<at::Tensor>& clips,
+                                   const ScoringOptions& o);
 
 // The LM's input for one clip under these options: [1 + n_q, F].
 at::Tensor place_clip(const lm::LMConfig& cfg, const at::Tensor& clip, const ScoringOptions& o);

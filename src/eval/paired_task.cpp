@@ -30,11 +30,16 @@ std::string task_folder(const PairedTaskOptions& o) {
   const fs::path d(o.data);
   MT_CHECK(fs::is_directory(d), o.data, ": not a folder");
   std::vector<fs::path> candidates;
-  if (o.task == "swuggy") candidates = {d / "lexical" / o.split, d / o.split, d};
-  else if (o.task == "sblimp") candidates = {d / "syntactic" / o.split, d / o.split, d};
-  else if (o.task == "sstory") candidates = {d / "sstory", d / "sStoryCloze", d};
-  else if (o.task == "tstory") candidates = {d / "tstory", d / "tStoryCloze", d};
-  else fail("--task must be swuggy, sblimp, sstory or tstory, got '", o.task, "'");
+  if (o.task == "swuggy")
+    candidates = {d / "lexical" / o.split, d / o.split, d};
+  else if (o.task == "sblimp")
+    candidates = {d / "syntactic" / o.split, d / o.split, d};
+  else if (o.task == "sstory")
+    candidates = {d / "sstory", d / "sStoryCloze", d};
+  else if (o.task == "tstory")
+    candidates = {d / "tstory", d / "tStoryCloze", d};
+  else
+    fail("--task must be swuggy, sblimp, sstory or tstory, got '", o.task, "'");
   for (const auto& c : candidates) {
     if (!fs::is_directory(c)) continue;
     if (fs::exists(c / "gold.csv") || fs::exists(c / "manifest.csv")) return c.string();
@@ -81,8 +86,9 @@ std::string zr_name(const std::string& task) {
   return task == "swuggy" ? "lexical" : task == "sblimp" ? "syntactic" : task;
 }
 
-PairedResult score_task(const std::string& task, const std::vector<LexicalGold>& lex, const std::vector<SyntacticGold>& syn,
-                        const std::vector<StoryPair>& pairs, const ItemScores& s, int bootstrap, uint64_t seed) {
+PairedResult score_task(const std::string& task, const std::vector<LexicalGold>& lex,
+                        const std::vector<SyntacticGold>& syn, const std::vector<StoryPair>& pairs, const ItemScores& s,
+                        int bootstrap, uint64_t seed) {
   if (task == "swuggy") return score_lexical(lex, s, bootstrap, seed);
   if (task == "sblimp") return score_syntactic(syn, s, bootstrap, seed);
   return score_story(task, pairs, s, bootstrap, seed);
@@ -149,7 +155,8 @@ nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, cons
     clips.push_back(c);
     scored_stems.push_back(stem_of(n));
     const auto now = std::chrono::steady_clock::now();
-    if (!o.scoring.quiet && (std::chrono::duration<double>(now - last).count() >= 5.0 || done == (int64_t)names.size())) {
+    if (!o.scoring.quiet &&
+        (std::chrono::duration<double>(now - last).count() >= 5.0 || done == (int64_t)names.size())) {
       last = now;
       std::fprintf(stderr, "[encode] %lld/%zu files (%lld encoded now, %lld cached)\n", (long long)done, names.size(),
                    (long long)cache.encoded(), (long long)cache.cached());
@@ -201,8 +208,11 @@ nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, cons
                    {"ties", "0.5"},
                    {"bootstrap", o.bootstrap},
                    {"seed", o.seed}};
-  j["files"] = {{"listed", names.size()}, {"scored", scored_stems.size()}, {"missing", missing.size()},
-                {"encoded_now", cache.encoded()}, {"from_cache", cache.cached()}};
+  j["files"] = {{"listed", names.size()},
+                {"scored", scored_stems.size()},
+                {"missing", missing.size()},
+                {"encoded_now", cache.encoded()},
+                {"from_cache", cache.cached()}};
   if (!missing.empty()) j["missing"] = missing;
   j["submission"] = sub.string();
   if (has_gold) {
@@ -229,7 +239,8 @@ nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, cons
   {
     std::ofstream rl(fs::path(o.out_dir) / "eval" / "results.jsonl", std::ios::app);
     MT_CHECK(rl, (fs::path(o.out_dir) / "eval" / "results.jsonl").string(), ": cannot append");
-    nlohmann::json line = {{"kind", "paired"}, {"task", o.task}, {"split", o.split}, {"summary", (out / "summary.json").string()}};
+    nlohmann::json line = {
+        {"kind", "paired"}, {"task", o.task}, {"split", o.split}, {"summary", (out / "summary.json").string()}};
     if (has_gold) {
       line["score"] = j["result"]["score"];
       line["ci"] = j["result"]["ci"];
@@ -247,7 +258,8 @@ std::string format_paired_summary(const nlohmann::json& j) {
     std::snprintf(b, sizeof b, "%.1f%%", 100.0 * v.get<double>());
     return std::string(b);
   };
-  os << j["task"].get<std::string>() << " (" << j["split"].get<std::string>() << ") on " << j["data"].get<std::string>() << "\n";
+  os << j["task"].get<std::string>() << " (" << j["split"].get<std::string>() << ") on " << j["data"].get<std::string>()
+     << "\n";
   if (j.contains("data_note")) os << "  data: " << j["data_note"].get<std::string>() << "\n";
   const auto& s = j["settings"];
   os << "  scoring: placement " << s["placement"].get<std::string>() << ", text " << s["text"].get<std::string>()
@@ -261,14 +273,16 @@ std::string format_paired_summary(const nlohmann::json& j) {
     return os.str();
   }
   const auto& r = j["result"];
-  os << "  accuracy " << pct(r["score"]) << " [95% CI " << pct(r["ci"]["lo"]) << " - " << pct(r["ci"]["hi"]) << "] over "
-     << r["ids"].get<int64_t>() << " ids (" << r["pairs"].get<int64_t>() << " pairs, " << r["ties"].get<int64_t>()
-     << " ties, " << (r.contains("skipped") ? r["skipped"].size() : 0) << " skipped)\n";
+  os << "  accuracy " << pct(r["score"]) << " [95% CI " << pct(r["ci"]["lo"]) << " - " << pct(r["ci"]["hi"])
+     << "] over " << r["ids"].get<int64_t>() << " ids (" << r["pairs"].get<int64_t>() << " pairs, "
+     << r["ties"].get<int64_t>() << " ties, " << (r.contains("skipped") ? r["skipped"].size() : 0) << " skipped)\n";
   if (j["task"] == "swuggy" && r.contains("invocab"))
     os << "  in-vocab " << pct(r["invocab"]) << " over " << r["invocab_ids"].get<int64_t>() << " ids\n";
   os << "  by reduction:";
-  for (auto it = j["by_reduction"].begin(); it != j["by_reduction"].end(); ++it) os << " " << it.key() << " " << pct(it.value()["score"]);
-  os << "\n  longer clip wins: " << pct(j["longer_clip_wins"]["score"]) << " (a length cue; near 50% is what you want)\n";
+  for (auto it = j["by_reduction"].begin(); it != j["by_reduction"].end(); ++it)
+    os << " " << it.key() << " " << pct(it.value()["score"]);
+  os << "\n  longer clip wins: " << pct(j["longer_clip_wins"]["score"])
+     << " (a length cue; near 50% is what you want)\n";
   return os.str();
 }
 

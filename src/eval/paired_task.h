@@ -24,15 +24,15 @@
 namespace mt::eval {
 
 struct PairedTaskOptions {
-  std::string task;             // swuggy | sblimp | sstory | tstory
-  std::string data;             // dataset root (see above)
+  std::string task;  // swuggy | sblimp | sstory | tstory
+  std::string data;  // dataset root (see above)
   std::string split = "dev";
-  std::string out_dir;          // run folder
+  std::string out_dir;  // run folder
   std::string reduction = "mean";
   ScoringOptions scoring;
   int bootstrap = 1000;
   uint64_t seed = 0;
-  std::string model_origin;     // shown in the summary
+  std::string model_origin;  // shown in the summary
 };
 
 // Runs the benchmark and returns the summary written to summary.json.

@@ -23,9 +23,9 @@ at::Tensor stream_cross_entropy(const lm::LMConfig& cfg, const lm::LMOutput& out
 
 namespace mt::eval {
 
-at::Tensor streaming_cross_entropy(const lm::LMModelImpl& m, const at::Tensor& codes, lm::TransformerState& st,
-                                   bool want_probes,
-                                   const std::function<void(int64_t, const std::vector<lm::LayerProbes>&)>& after_chunk) {
+at::Tensor streaming_cross_entropy(
+    const lm::LMModelImpl& m, const at::Tensor& codes, lm::TransformerState& st, bool want_probes,
+    const std::function<void(int64_t, const std::vector<lm::LayerProbes>&)>& after_chunk) {
   const lm::LMConfig& cfg = m.cfg;
   const at::Tensor delayed = m.delayed_input(codes);  // [B, K, T+1]
   const int64_t B = codes.size(0), T = codes.size(2), S = 1 + cfg.dep_q;
@@ -43,7 +43,9 @@ at::Tensor streaming_cross_entropy(const lm::LMModelImpl& m, const at::Tensor& c
     ce_d.select(1, 0).narrow(1, t, c).copy_(ce_of(text_logits, targets.narrow(1, 0, 1)).select(1, 0).cpu());
     if (cfg.dep_q > 0) {
       const at::Tensor logits = m.forward_depformer_training(targets, tout);  // [B, dep_q, c, card]
-      ce_d.narrow(1, 1, cfg.dep_q).narrow(2, t, c).copy_(ce_of(logits, targets.narrow(1, cfg.audio_offset(), cfg.dep_q)).cpu());
+      ce_d.narrow(1, 1, cfg.dep_q)
+          .narrow(2, t, c)
+          .copy_(ce_of(logits, targets.narrow(1, cfg.audio_offset(), cfg.dep_q)).cpu());
     }
     if (after_chunk) after_chunk(t + c, probes);
   }

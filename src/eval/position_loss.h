@@ -25,8 +25,8 @@ at::Tensor stream_cross_entropy(const lm::LMConfig& cfg, const lm::LMOutput& out
 // after_chunk(end, probes): called after each chunk with the frames consumed so far and, when
 // want_probes, that chunk's TTT probes (per-token losses of the chunk, norms after it). It may change
 // the state (e.g. reset TTT states for a control run).
-at::Tensor streaming_cross_entropy(const lm::LMModelImpl& m, const at::Tensor& codes, lm::TransformerState& state,
-                                   bool want_probes = false,
-                                   const std::function<void(int64_t, const std::vector<lm::LayerProbes>&)>& after_chunk = {});
+at::Tensor streaming_cross_entropy(
+    const lm::LMModelImpl& m, const at::Tensor& codes, lm::TransformerState& state, bool want_probes = false,
+    const std::function<void(int64_t, const std::vector<lm::LayerProbes>&)>& after_chunk = {});
 
 }  // namespace mt::eval

@@ -5,10 +5,13 @@
 // (layouts) and 4.5 (how these sets are meant to be built). Numbers measured on them are NOT comparable
 // to published sWUGGY / sBLIMP / sSC / tSC results; the README.md written next to them says so.
 //
-// Pure C++20: no libtorch. espeak-ng is run as a child process (popen); it must be on PATH.
+// espeak-ng is run as a child process (popen); it must be on PATH. This header needs no libtorch; the
+// implementation reads and levels the wavs through audio/audio_io.
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "util/prng.h"
 
 namespace mt::eval {
 
@@ -52,10 +55,8 @@ bool espeak_available();
 // Throws mt::Error (espeak-ng missing, a failed command with its command line and output, bad options).
 SyntheticSummary make_synthetic_sets(const std::string& root, const SyntheticOptions& o);
 
-// The deterministic generator used for every random choice (splitmix64; no std distributions, whose
-// output differs between standard libraries). Advances state and returns the next value.
-uint64_t splitmix64_next(uint64_t& state);
-// n letters from [A-Za-z], like the official ZeroSpeech file names (e.g. "aAAfmkmQpVz").
-std::string random_letters_id(uint64_t& state, int n = 11);
+// n letters from [A-Za-z], like the official ZeroSpeech file names (e.g. "aAAfmkmQpVz"), drawn from rng
+// (the project's splitmix64, util/prng.h, which every random choice of the sets uses).
+std::string random_letters_id(util::SplitMix64& rng, int n = 11);
 
 }  // namespace mt::eval

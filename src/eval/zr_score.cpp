@@ -18,9 +18,9 @@
 #include <unordered_set>
 #include <utility>
 
-#include "util/prng.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/prng.h"
 
 namespace mt::eval {
 
@@ -171,8 +171,8 @@ std::optional<int64_t> parse_int(const std::string& v) {
   if (r.ec == std::errc() && r.ptr == v.data() + v.size() && !v.empty()) return x;
   double d = 0;
   auto rd = std::from_chars(v.data(), v.data() + v.size(), d, std::chars_format::fixed);
-  if (rd.ec == std::errc() && rd.ptr == v.data() + v.size() && !v.empty() && std::isfinite(d) &&
-      d == std::floor(d) && std::fabs(d) < 9.0e15)
+  if (rd.ec == std::errc() && rd.ptr == v.data() + v.size() && !v.empty() && std::isfinite(d) && d == std::floor(d) &&
+      std::fabs(d) < 9.0e15)
     return static_cast<int64_t>(d);
   return std::nullopt;
 }
@@ -254,7 +254,7 @@ double mean(const std::vector<double>& v) {
 
 // An index in [0, n) from the shared splitmix64 stream: the high 64 bits of next() * n (bias below
 // n / 2^64, negligible here).
-size_t draw_index(train::SplitMix64& rng, size_t n) {
+size_t draw_index(util::SplitMix64& rng, size_t n) {
   return static_cast<size_t>((static_cast<unsigned __int128>(rng.next()) * n) >> 64);
 }
 
@@ -262,7 +262,7 @@ size_t draw_index(train::SplitMix64& rng, size_t n) {
 Interval bootstrap_ci(const std::vector<double>& x, int reps, uint64_t seed) {
   Interval ci;
   if (reps <= 0 || x.empty()) return ci;
-  train::SplitMix64 rng(seed);
+  util::SplitMix64 rng(seed);
   std::vector<double> means(static_cast<size_t>(reps));
   const size_t n = x.size();
   for (auto& m : means) {
@@ -316,10 +316,10 @@ void run_pairs(PairedResult& r, std::vector<Group>& groups, const std::vector<Ca
     double sp = 0, sn = 0;
     std::string pp = score_problem(s, c.pos.stem, &sp), pn = score_problem(s, c.neg.stem, &sn);
     if (!pp.empty() || !pn.empty()) {
-      r.skipped.push_back(mt::str(c.pos.stem, " (", c.pos.desc, "): ",
-                                  pp.empty() ? mt::str("partner ", c.neg.stem, " not scored (", pn, ")") : pp));
-      r.skipped.push_back(mt::str(c.neg.stem, " (", c.neg.desc, "): ",
-                                  pn.empty() ? mt::str("partner ", c.pos.stem, " not scored (", pp, ")") : pn));
+      r.skipped.push_back(mt::str(c.pos.stem, " (", c.pos.desc,
+                                  "): ", pp.empty() ? mt::str("partner ", c.neg.stem, " not scored (", pn, ")") : pp));
+      r.skipped.push_back(mt::str(c.neg.stem, " (", c.neg.desc,
+                                  "): ", pn.empty() ? mt::str("partner ", c.pos.stem, " not scored (", pp, ")") : pn));
       continue;
     }
     const double v = sp > sn ? 1.0 : (sp == sn ? 0.5 : 0.0);
@@ -509,8 +509,8 @@ std::vector<StoryPair> read_story_pairs(const std::string& dir) {
   for (size_t i = 1; i < files.size(); ++i)
     MT_CHECK(files[i].first != files[i - 1].first, (fs::path(dir) / files[i].second).string(),
              ": same integer prefix as ", files[i - 1].second, "; the pair order would be ambiguous");
-  MT_CHECK(files.size() % 2 == 0, (fs::path(dir) / files.back().second).string(), ": has no partner (",
-           files.size(), " wav files, an odd count)");
+  MT_CHECK(files.size() % 2 == 0, (fs::path(dir) / files.back().second).string(), ": has no partner (", files.size(),
+           " wav files, an odd count)");
   for (size_t i = 0; i < files.size(); i += 2)
     out.push_back({std::to_string(i / 2), stem_of(files[i].second), stem_of(files[i + 1].second)});
   return out;
@@ -532,12 +532,12 @@ PairedResult score_lexical(const std::vector<LexicalGold>& gold, const ItemScore
 
   std::unordered_set<std::string> named;
   std::unordered_map<std::string, size_t> key_index;  // (id, voice) -> slot
-  std::vector<std::pair<int64_t, int64_t>> slots;      // word row, non-word row (-1: none)
+  std::vector<std::pair<int64_t, int64_t>> slots;     // word row, non-word row (-1: none)
   for (size_t i = 0; i < gold.size(); ++i) {
     const LexicalGold& g = gold[i];
     const std::string stem = stem_of(g.filename);
-    MT_CHECK(named.insert(stem).second, "lexical gold: file '", g.filename, "' appears twice (", where(g.line),
-             "id ", g.id, ")");
+    MT_CHECK(named.insert(stem).second, "lexical gold: file '", g.filename, "' appears twice (", where(g.line), "id ",
+             g.id, ")");
     MT_CHECK(g.correct == 0 || g.correct == 1, "lexical gold: ", where(g.line), "correct must be 0 or 1");
     const std::string key = g.id + '\x1f' + g.voice;
     auto [it, fresh] = key_index.emplace(key, slots.size());
@@ -568,8 +568,8 @@ PairedResult score_lexical(const std::vector<LexicalGold>& gold, const ItemScore
       groups.emplace_back();
       groups.back().id = gw.id;
     }
-    cands.push_back({it->second, gw.voice, {stem_of(gw.filename), desc(gw)},
-                     {stem_of(gold[nw].filename), desc(gold[nw])}});
+    cands.push_back(
+        {it->second, gw.voice, {stem_of(gw.filename), desc(gw)}, {stem_of(gold[nw].filename), desc(gold[nw])}});
     cand_rows.emplace_back(w, nw);
   }
   run_pairs(r, groups, cands, s, [&](Group& g, size_t k) {
@@ -628,8 +628,8 @@ PairedResult score_syntactic(const std::vector<SyntacticGold>& gold, const ItemS
   for (size_t i = 0; i < gold.size(); ++i) {
     const SyntacticGold& g = gold[i];
     const std::string stem = stem_of(g.filename);
-    MT_CHECK(named.insert(stem).second, "syntactic gold: file '", g.filename, "' appears twice (", where(g.line),
-             "id ", g.id, ")");
+    MT_CHECK(named.insert(stem).second, "syntactic gold: file '", g.filename, "' appears twice (", where(g.line), "id ",
+             g.id, ")");
     MT_CHECK(g.correct == 0 || g.correct == 1, "syntactic gold: ", where(g.line), "correct must be 0 or 1");
     const std::string key = g.id + '\x1f' + g.voice + '\x1f' + g.type + '\x1f' + g.subtype;
     auto [it, fresh] = key_index.emplace(key, slots.size());
@@ -665,8 +665,8 @@ PairedResult score_syntactic(const std::vector<SyntacticGold>& gold, const ItemS
       groups.back().type = gc.type;
       groups.back().subtype = gc.subtype;
     }
-    cands.push_back({it->second, gc.voice, {stem_of(gc.filename), desc(gc)},
-                     {stem_of(gold[nc].filename), desc(gold[nc])}});
+    cands.push_back(
+        {it->second, gc.voice, {stem_of(gc.filename), desc(gc)}, {stem_of(gold[nc].filename), desc(gold[nc])}});
     cand_rows.emplace_back(c, nc);
   }
   run_pairs(r, groups, cands, s, [&](Group& g, size_t k) {
@@ -722,7 +722,9 @@ PairedResult score_story(const std::string& task, const std::vector<StoryPair>& 
     named.insert(p.negative);
     groups.emplace_back();
     groups.back().id = p.id;
-    cands.push_back({groups.size() - 1, "", {p.positive, mt::str("pair ", p.id, ", positive")},
+    cands.push_back({groups.size() - 1,
+                     "",
+                     {p.positive, mt::str("pair ", p.id, ", positive")},
                      {p.negative, mt::str("pair ", p.id, ", negative")}});
   }
   run_pairs(r, groups, cands, s, [&](Group& g, size_t k) {
@@ -770,8 +772,8 @@ void write_submission(const ItemScores& s, const std::string& path) {
   std::string out;
   out.reserve(items.size() * 32);
   for (const auto& [stem, v] : items) {
-    MT_CHECK(!stem.empty() && stem.find_first_of(" \t\r\n") == std::string::npos, path,
-             ": stem '", stem, "' is empty or holds whitespace");
+    MT_CHECK(!stem.empty() && stem.find_first_of(" \t\r\n") == std::string::npos, path, ": stem '", stem,
+             "' is empty or holds whitespace");
     char buf[64];
     if (std::isnan(v)) {
       out += stem + " nan\n";

@@ -59,23 +59,23 @@ struct Interval {
 };
 
 struct PairedResult {
-  std::string task;                        // "lexical", "syntactic", "sstory", "tstory"
-  double score = NAN;                      // headline accuracy, a fraction: mean over ids of voice-averaged pair scores
-  Interval ci;                             // bootstrap 95% interval, resampling ids
-  int bootstrap = 0;                       // resamples drawn (0: no interval)
-  uint64_t seed = 0;                       // bootstrap seed
-  int64_t ids = 0;                         // ids scored (after voice averaging)
-  int64_t pairs = 0, ties = 0;             // (id, voice) pairs scored; of them, pairs with equal scores
-  std::vector<std::string> skipped;        // one line per gold row / file not scored, with the reason
-  int64_t unused_scores = 0;               // scores for stems the gold never names (a wrong split or folder?)
-  double invocab = NAN;                    // lexical only: mean over the ids with frequency >= 1
+  std::string task;                  // "lexical", "syntactic", "sstory", "tstory"
+  double score = NAN;                // headline accuracy, a fraction: mean over ids of voice-averaged pair scores
+  Interval ci;                       // bootstrap 95% interval, resampling ids
+  int bootstrap = 0;                 // resamples drawn (0: no interval)
+  uint64_t seed = 0;                 // bootstrap seed
+  int64_t ids = 0;                   // ids scored (after voice averaging)
+  int64_t pairs = 0, ties = 0;       // (id, voice) pairs scored; of them, pairs with equal scores
+  std::vector<std::string> skipped;  // one line per gold row / file not scored, with the reason
+  int64_t unused_scores = 0;         // scores for stems the gold never names (a wrong split or folder?)
+  double invocab = NAN;              // lexical only: mean over the ids with frequency >= 1
   Interval invocab_ci;
   int64_t invocab_ids = 0;
   std::vector<BandRow> by_frequency, by_length, by_type;  // per-id scores; by_frequency always has the 5 bands
-  std::vector<BandRow> by_voice;           // accuracy per voice over (id, voice) pairs
-  std::vector<PairRow> by_pair;            // one row per id, in the official order: sorted by id (syntactic: by
-                                           // type, subtype, id; story: the given pair order)
-  nlohmann::json to_json() const;          // everything above except by_pair (its size instead); NaN -> null
+  std::vector<BandRow> by_voice;                          // accuracy per voice over (id, voice) pairs
+  std::vector<PairRow> by_pair;    // one row per id, in the official order: sorted by id (syntactic: by
+                                   // type, subtype, id; story: the given pair order)
+  nlohmann::json to_json() const;  // everything above except by_pair (its size instead); NaN -> null
 };
 
 // The frequency band of a word count, as pandas.cut(freq, [0, 1, 5, 20, 100, inf], right=False) with labels

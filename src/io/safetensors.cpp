@@ -24,11 +24,11 @@ struct DTypeRow {
   bool in_torch;
 };
 const DTypeRow kDTypes[] = {
-    {"F64", 8, at::kDouble, true},   {"F32", 4, at::kFloat, true},   {"F16", 2, at::kHalf, true},
-    {"BF16", 2, at::kBFloat16, true}, {"I64", 8, at::kLong, true},    {"I32", 4, at::kInt, true},
-    {"I16", 2, at::kShort, true},    {"I8", 1, at::kChar, true},     {"U8", 1, at::kByte, true},
-    {"BOOL", 1, at::kBool, true},    {"U16", 2, at::kShort, false},  {"U32", 4, at::kInt, false},
-    {"U64", 8, at::kLong, false},    {"F8_E4M3", 1, at::kByte, false}, {"F8_E5M2", 1, at::kByte, false},
+    {"F64", 8, at::kDouble, true},    {"F32", 4, at::kFloat, true},     {"F16", 2, at::kHalf, true},
+    {"BF16", 2, at::kBFloat16, true}, {"I64", 8, at::kLong, true},      {"I32", 4, at::kInt, true},
+    {"I16", 2, at::kShort, true},     {"I8", 1, at::kChar, true},       {"U8", 1, at::kByte, true},
+    {"BOOL", 1, at::kBool, true},     {"U16", 2, at::kShort, false},    {"U32", 4, at::kInt, false},
+    {"U64", 8, at::kLong, false},     {"F8_E4M3", 1, at::kByte, false}, {"F8_E5M2", 1, at::kByte, false},
 };
 const DTypeRow* find_dtype(const std::string& n) {
   for (const auto& r : kDTypes)
@@ -71,7 +71,7 @@ struct SafeTensors::Mapping {
 SafeTensors::SafeTensors(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   MT_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) != 0) {
     ::close(fd);
     fail(path, ": cannot stat: ", std::strerror(errno));
@@ -97,16 +97,16 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
   std::memcpy(&n, bytes, 8);  // little-endian hosts only (x86-64, aarch64)
   MT_CHECK(n <= kMaxHeaderBytes, path, ": header length ", n, " exceeds the ", kMaxHeaderBytes,
            "-byte bound (corrupt or not a safetensors file)");
-  MT_CHECK(n <= fsize - 8, path, ": header length ", n, " runs past the end of the file (",
-           fsize, " bytes): truncated or corrupt");
+  MT_CHECK(n <= fsize - 8, path, ": header length ", n, " runs past the end of the file (", fsize,
+           " bytes): truncated or corrupt");
   data_ = bytes + 8 + n;
   data_size_ = fsize - 8 - n;
 
   // nlohmann's parser takes a NUL byte for the end of input, which would silently ignore whatever
   // follows it; the reference implementation rejects such headers, and so do we.
   if (const void* nul = std::memchr(bytes + 8, 0, n))
-    fail(path, ": header is not valid JSON: NUL byte at offset ",
-         static_cast<const uint8_t*>(nul) - bytes, " of the file");
+    fail(path, ": header is not valid JSON: NUL byte at offset ", static_cast<const uint8_t*>(nul) - bytes,
+         " of the file");
   nlohmann::json h;
   try {
     h = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
@@ -128,8 +128,8 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
     MT_CHECK(v.is_object(), path, ": tensor '", name, "': entry is not an object");
     MT_CHECK(v.contains("dtype") && v["dtype"].is_string(), path, ": tensor '", name, "': missing dtype");
     MT_CHECK(v.contains("shape") && v["shape"].is_array(), path, ": tensor '", name, "': missing shape");
-    MT_CHECK(v.contains("data_offsets") && v["data_offsets"].is_array() && v["data_offsets"].size() == 2,
-             path, ": tensor '", name, "': data_offsets must be [begin, end]");
+    MT_CHECK(v.contains("data_offsets") && v["data_offsets"].is_array() && v["data_offsets"].size() == 2, path,
+             ": tensor '", name, "': data_offsets must be [begin, end]");
     TensorInfo ti;
     ti.name = name;
     ti.dtype = v["dtype"].get<std::string>();
@@ -148,22 +148,20 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
       ti.shape.push_back(d.get<int64_t>());
       has_zero |= ti.shape.back() == 0;
       extent *= static_cast<uint64_t>(std::max<int64_t>(ti.shape.back(), 1));
-      MT_CHECK(extent <= (unsigned __int128)INT64_MAX, path, ": tensor '", name, "': shape ",
-               v["shape"].dump(), " overflows");
+      MT_CHECK(extent <= (unsigned __int128)INT64_MAX, path, ": tensor '", name, "': shape ", v["shape"].dump(),
+               " overflows");
     }
     const uint64_t nbytes = has_zero ? 0 : static_cast<uint64_t>(extent);
     for (const auto& o : v["data_offsets"])
-      MT_CHECK(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0), path,
-               ": tensor '", name, "': data_offsets must be non-negative integers");
+      MT_CHECK(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0), path, ": tensor '", name,
+               "': data_offsets must be non-negative integers");
     ti.begin = v["data_offsets"][0].get<uint64_t>();
     ti.end = v["data_offsets"][1].get<uint64_t>();
-    MT_CHECK(ti.begin <= ti.end, path, ": tensor '", name, "': data_offsets begin ", ti.begin,
-             " > end ", ti.end);
-    MT_CHECK(ti.end <= data_size_, path, ": tensor '", name, "': data_offsets [", ti.begin, ", ",
-             ti.end, "] run past the data buffer (", data_size_, " bytes): truncated file?");
-    MT_CHECK(nbytes == ti.end - ti.begin, path, ": tensor '", name, "': shape ", shape_str(ti.shape),
-             " x ", ti.dtype, " needs ", (uint64_t)nbytes, " bytes but data_offsets span ",
-             ti.end - ti.begin);
+    MT_CHECK(ti.begin <= ti.end, path, ": tensor '", name, "': data_offsets begin ", ti.begin, " > end ", ti.end);
+    MT_CHECK(ti.end <= data_size_, path, ": tensor '", name, "': data_offsets [", ti.begin, ", ", ti.end,
+             "] run past the data buffer (", data_size_, " bytes): truncated file?");
+    MT_CHECK(nbytes == ti.end - ti.begin, path, ": tensor '", name, "': shape ", shape_str(ti.shape), " x ", ti.dtype,
+             " needs ", (uint64_t)nbytes, " bytes but data_offsets span ", ti.end - ti.begin);
     infos_.push_back(std::move(ti));
   }
   std::sort(infos_.begin(), infos_.end(), [](const TensorInfo& a, const TensorInfo& b) {
@@ -174,8 +172,8 @@ SafeTensors::SafeTensors(const std::string& path) : path_(path) {
   const TensorInfo* furthest = nullptr;
   for (const auto& b : infos_) {
     if (b.begin == b.end) continue;
-    MT_CHECK(!furthest || b.begin >= furthest->end, path, ": tensors '", furthest ? furthest->name : "",
-             "' and '", b.name, "' overlap in the data buffer");
+    MT_CHECK(!furthest || b.begin >= furthest->end, path, ": tensors '", furthest ? furthest->name : "", "' and '",
+             b.name, "' overlap in the data buffer");
     if (!furthest || b.end > furthest->end) furthest = &b;
   }
   for (size_t i = 0; i < infos_.size(); ++i) index_[infos_[i].name] = i;
@@ -235,7 +233,6 @@ std::map<std::string, at::Tensor> load_all(const std::string& path) {
   return out;
 }
 
-
 std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                      const std::map<std::string, std::string>& metadata, const std::string& path) {
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
@@ -258,8 +255,8 @@ std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tens
     // resolve_neg/conj: a lazily negated view's storage does not hold its values.
     at::Tensor t = t0.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
     uint64_t nb = static_cast<uint64_t>(t.numel()) * t.element_size();
-    h[name] = {{"dtype", from_scalar_type(t.scalar_type())}, {"shape", t.sizes().vec()},
-               {"data_offsets", {off, off + nb}}};
+    h[name] = {
+        {"dtype", from_scalar_type(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {off, off + nb}}};
     off += nb;
     cpu.push_back(t);
   }

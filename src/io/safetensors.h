@@ -2,8 +2,8 @@
 // safetensors: memory-mapped, lazy reader with a strict header check, and an atomic writer.
 // Format: u64 little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}},
 // then the data buffer; offsets are relative to the buffer's start.
-#include "util/atomic_file.h"
 #include <ATen/ATen.h>
+#include "util/atomic_file.h"
 
 #include <cstdint>
 #include <map>
@@ -16,7 +16,7 @@ namespace mt::io {
 
 struct TensorInfo {
   std::string name;
-  std::string dtype;            // as in the file: F32, BF16, I64, BOOL, ...
+  std::string dtype;  // as in the file: F32, BF16, I64, BOOL, ...
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;  // byte range inside the data buffer
   int64_t numel() const;

@@ -12,17 +12,6 @@ namespace mt::lm {
 
 using nlohmann::json;
 
-int64_t gating_hidden(int64_t dim, int64_t dim_feedforward) {
-  return dim_feedforward == 4 * dim ? (21 * dim) / 8 : (2 * dim_feedforward) / 3;
-}
-
-int64_t TransformerConfig::num_weight_sets() const {
-  if (weights_per_step <= 0) return 1;
-  if (!weights_per_step_schedule.empty())
-    return *std::max_element(weights_per_step_schedule.begin(), weights_per_step_schedule.end()) + 1;
-  return weights_per_step;
-}
-
 int64_t LMConfig::max_delay() const { return delays.empty() ? 0 : *std::max_element(delays.begin(), delays.end()); }
 
 TransformerConfig LMConfig::transformer() const {
@@ -69,21 +58,24 @@ TransformerConfig LMConfig::depformer() const {
 int64_t LMConfig::num_depformer_in() const {
   if (!depformer_multi_linear) return 1;
   if (!depformer_weights_per_step_schedule.empty())
-    return *std::max_element(depformer_weights_per_step_schedule.begin(), depformer_weights_per_step_schedule.end()) + 1;
+    return *std::max_element(depformer_weights_per_step_schedule.begin(), depformer_weights_per_step_schedule.end()) +
+           1;
   return dep_q;
 }
 
 namespace {
 const std::set<std::string> kNorms = {"layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32"};
 const std::set<std::string> kPosEmb = {"sin", "rope", "sin_rope", "none"};
-const std::set<std::string> kGating = {"none", "silu", "gelu", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "mish", "softsign", "identity"};
+const std::set<std::string> kGating = {"none",       "silu", "gelu", "relu",     "sigmoid", "tanh",
+                                       "leaky_relu", "elu",  "mish", "softsign", "identity"};
 
 void check_transformer(const TransformerConfig& t, const std::string& who) {
   MT_CHECK(t.d_model > 0, who, ": dim must be > 0, got ", t.d_model);
   MT_CHECK(t.num_heads > 0 && t.d_model % t.num_heads == 0, who, ": num_heads (", t.num_heads,
            ") must divide the dim (", t.d_model, ")");
   MT_CHECK(t.num_layers >= 0, who, ": num_layers must be >= 0");
-  MT_CHECK(kNorms.count(t.norm), who, ": unknown norm '", t.norm, "' (layer_norm, layer_norm_f32, rms_norm, rms_norm_f32)");
+  MT_CHECK(kNorms.count(t.norm), who, ": unknown norm '", t.norm,
+           "' (layer_norm, layer_norm_f32, rms_norm, rms_norm_f32)");
   MT_CHECK(kPosEmb.count(t.positional_embedding), who, ": unknown positional embedding '", t.positional_embedding,
            "' (sin, rope, sin_rope, none)");
   MT_CHECK(kGating.count(t.gating), who, ": unknown gating '", t.gating, "'");
@@ -92,7 +84,8 @@ void check_transformer(const TransformerConfig& t, const std::string& who) {
   if (t.positional_embedding == "sin" || t.positional_embedding == "sin_rope")
     MT_CHECK(t.d_model % 2 == 0, who, ": sin embedding needs an even dim");
   if (t.context) MT_CHECK(*t.context > 0, who, ": context must be > 0, got ", *t.context);
-  MT_CHECK(!(t.gating == "none" && t.weights_per_step > 0), who, ": weights_per_step needs a gated FFN (reference limit)");
+  MT_CHECK(!(t.gating == "none" && t.weights_per_step > 0), who,
+           ": weights_per_step needs a gated FFN (reference limit)");
   MT_CHECK(t.dim_feedforward.size() == 1 || static_cast<int64_t>(t.dim_feedforward.size()) == t.num_weight_sets(), who,
            ": dim_feedforward list has ", t.dim_feedforward.size(), " entries, expected ", t.num_weight_sets());
   for (auto d : t.dim_feedforward) MT_CHECK(d > 0, who, ": dim_feedforward must be > 0");
@@ -114,7 +107,8 @@ void LMConfig::validate() const {
     for (auto s : depformer_weights_per_step_schedule)
       MT_CHECK(s >= 0 && s < dep_q, "depformer_weights_per_step_schedule entries must be in [0, dep_q)");
   }
-  if (depformer_low_rank_embeddings) MT_CHECK(*depformer_low_rank_embeddings > 0, "depformer_low_rank_embeddings must be > 0");
+  if (depformer_low_rank_embeddings)
+    MT_CHECK(*depformer_low_rank_embeddings > 0, "depformer_low_rank_embeddings must be > 0");
   if (depformer_norm) MT_CHECK(kNorms.count(*depformer_norm), "unknown depformer_norm '", *depformer_norm, "'");
   MT_CHECK(!norm_emb, "norm_emb=true is not supported");
   MT_CHECK(!bias_proj, "bias_proj=true is not supported");
@@ -149,7 +143,8 @@ void get_opt(const json& j, const char* key, std::optional<T>& out, const std::s
 }
 void get_ff(const json& j, const char* key, std::vector<int64_t>& out, const std::string& src) {
   if (!j.contains(key) || j[key].is_null()) return;
-  if (j[key].is_array()) get(j, key, out, src);
+  if (j[key].is_array())
+    get(j, key, out, src);
   else {
     int64_t v = 0;
     get(j, key, v, src);
@@ -159,23 +154,52 @@ void get_ff(const json& j, const char* key, std::vector<int64_t>& out, const std
 // Keys of Kyutai's config.json that are not LM hyper-parameters, or that the reference ignores.
 const std::set<std::string> kIgnored = {"model_type", "mimi_name", "moshi_name", "tokenizer_name", "lm_gen_config",
                                         "model_id", "lora_name", "depformer_causal", "depformer_context",
-                                        "cross_attention", "conditioners", "fuser", "stt_config", "dtype",
-                                        "quantize", "gradient_checkpointing", "demux_second_stream",
-                                        "extra_heads_num_heads", "extra_heads_dim", "tts_config",
+                                        "cross_attention", "conditioners", "fuser", "stt_config", "dtype", "quantize",
+                                        "gradient_checkpointing", "demux_second_stream", "extra_heads_num_heads",
+                                        "extra_heads_dim", "tts_config",
                                         // moshi-finetune adds these; LoRA itself is declared by a lora: section.
                                         "lora", "lora_rank", "lora_scaling"};
 }  // namespace
 
 LMConfig LMConfig::from_json(const json& j, const std::string& src) {
   MT_CHECK(j.is_object(), src, ": expected a JSON object");
-  static const std::set<std::string> known = {
-      "delays", "n_q", "dep_q", "card", "text_card", "text_card_out", "dim", "num_heads", "num_layers",
-      "hidden_scale", "norm", "norm_emb", "bias_proj", "positional_embedding", "max_period", "gating",
-      "layer_scale", "context", "causal", "depformer_dim", "depformer_dim_feedforward", "depformer_multi_linear",
-      "depformer_weights_per_step", "depformer_weights_per_step_schedule", "depformer_low_rank_embeddings",
-      "depformer_pos_emb", "depformer_norm", "depformer_num_heads", "depformer_num_layers", "depformer_gating",
-      "depformer_max_period", "depformer_layer_scale", "existing_text_padding_id", "existing_text_end_padding_id",
-      "kv_repeat", "demux_second_text_stream", "rope_scaling"};
+  static const std::set<std::string> known = {"delays",
+                                              "n_q",
+                                              "dep_q",
+                                              "card",
+                                              "text_card",
+                                              "text_card_out",
+                                              "dim",
+                                              "num_heads",
+                                              "num_layers",
+                                              "hidden_scale",
+                                              "norm",
+                                              "norm_emb",
+                                              "bias_proj",
+                                              "positional_embedding",
+                                              "max_period",
+                                              "gating",
+                                              "layer_scale",
+                                              "context",
+                                              "causal",
+                                              "depformer_dim",
+                                              "depformer_dim_feedforward",
+                                              "depformer_multi_linear",
+                                              "depformer_weights_per_step",
+                                              "depformer_weights_per_step_schedule",
+                                              "depformer_low_rank_embeddings",
+                                              "depformer_pos_emb",
+                                              "depformer_norm",
+                                              "depformer_num_heads",
+                                              "depformer_num_layers",
+                                              "depformer_gating",
+                                              "depformer_max_period",
+                                              "depformer_layer_scale",
+                                              "existing_text_padding_id",
+                                              "existing_text_end_padding_id",
+                                              "kv_repeat",
+                                              "demux_second_text_stream",
+                                              "rope_scaling"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (known.count(it.key()) || kIgnored.count(it.key())) continue;
     fail(src, ": unknown LM config field '", it.key(), "'");
@@ -196,7 +220,8 @@ LMConfig LMConfig::from_json(const json& j, const std::string& src) {
   get(j, "bias_proj", c.bias_proj, src);
   get(j, "positional_embedding", c.positional_embedding, src);
   get(j, "max_period", c.max_period, src);
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) c.rope_scaling = RopeScaling::from_json(j["rope_scaling"], src + ": rope_scaling");
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    c.rope_scaling = RopeScaling::from_json(j["rope_scaling"], src + ": rope_scaling");
   get(j, "gating", c.gating, src);
   get_opt(j, "layer_scale", c.layer_scale, src);
   get_opt(j, "context", c.context, src);
@@ -216,8 +241,11 @@ LMConfig LMConfig::from_json(const json& j, const std::string& src) {
   get_opt(j, "depformer_layer_scale", c.depformer_layer_scale, src);
   get_opt(j, "existing_text_padding_id", c.existing_text_padding_id, src);
   get(j, "existing_text_end_padding_id", c.existing_text_end_padding_id, src);
-  if (j.contains("kv_repeat")) MT_CHECK(j["kv_repeat"].is_number_integer() && j["kv_repeat"].get<int64_t>() == 1, src, ": kv_repeat != 1 (grouped-query attention) is not supported");
-  if (j.contains("demux_second_text_stream")) MT_CHECK(!j["demux_second_text_stream"].get<bool>(), src, ": demux_second_text_stream is not supported");
+  if (j.contains("kv_repeat"))
+    MT_CHECK(j["kv_repeat"].is_number_integer() && j["kv_repeat"].get<int64_t>() == 1, src,
+             ": kv_repeat != 1 (grouped-query attention) is not supported");
+  if (j.contains("demux_second_text_stream"))
+    MT_CHECK(!j["demux_second_text_stream"].get<bool>(), src, ": demux_second_text_stream is not supported");
   try {
     c.validate();
   } catch (const Error& e) {
@@ -259,11 +287,14 @@ json LMConfig::to_json() const {
   j["context"] = context ? json(*context) : json(nullptr);
   j["causal"] = causal;
   j["depformer_dim"] = depformer_dim;
-  if (depformer_dim_feedforward.size() == 1) j["depformer_dim_feedforward"] = depformer_dim_feedforward[0];
-  else if (!depformer_dim_feedforward.empty()) j["depformer_dim_feedforward"] = depformer_dim_feedforward;
+  if (depformer_dim_feedforward.size() == 1)
+    j["depformer_dim_feedforward"] = depformer_dim_feedforward[0];
+  else if (!depformer_dim_feedforward.empty())
+    j["depformer_dim_feedforward"] = depformer_dim_feedforward;
   j["depformer_multi_linear"] = depformer_multi_linear;
   j["depformer_weights_per_step"] = depformer_weights_per_step;
-  if (!depformer_weights_per_step_schedule.empty()) j["depformer_weights_per_step_schedule"] = depformer_weights_per_step_schedule;
+  if (!depformer_weights_per_step_schedule.empty())
+    j["depformer_weights_per_step_schedule"] = depformer_weights_per_step_schedule;
   if (depformer_low_rank_embeddings) j["depformer_low_rank_embeddings"] = *depformer_low_rank_embeddings;
   j["depformer_pos_emb"] = depformer_pos_emb;
   if (depformer_norm) j["depformer_norm"] = *depformer_norm;
@@ -274,53 +305,6 @@ json LMConfig::to_json() const {
   if (depformer_layer_scale) j["depformer_layer_scale"] = *depformer_layer_scale;
   j["existing_text_padding_id"] = existing_text_padding_id ? json(*existing_text_padding_id) : json(nullptr);
   j["existing_text_end_padding_id"] = existing_text_end_padding_id;
-  return j;
-}
-
-double RopeScaling::mscale() const { return attention_factor.value_or(0.1 * std::log(factor) + 1.0); }
-
-double RopeScaling::scaled_frequency(double theta) const {
-  if (!on()) return theta;
-  const double r = static_cast<double>(original_context) * theta / (2.0 * M_PI);
-  const double g = std::clamp((r - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0);
-  return (1.0 - g) * theta / factor + g * theta;
-}
-
-void RopeScaling::validate(const std::string& w) const {
-  MT_CHECK(type == "none" || type == "yarn", w, ".type: '", type, "' (expected yarn or none)");
-  if (!on()) return;
-  MT_CHECK(std::isfinite(factor) && factor >= 1.0, w, ".factor must be >= 1, got ", factor);
-  MT_CHECK(original_context >= 1, w, ".original_max_position_embeddings must be >= 1, got ", original_context);
-  MT_CHECK(std::isfinite(beta_fast) && std::isfinite(beta_slow) && beta_slow > 0 && beta_fast > beta_slow, w,
-           ".beta_fast must be > beta_slow > 0, got ", beta_fast, " and ", beta_slow);
-  if (attention_factor) MT_CHECK(std::isfinite(*attention_factor) && *attention_factor > 0, w, ".attention_factor must be > 0");
-}
-
-RopeScaling RopeScaling::from_json(const json& j, const std::string& w) {
-  MT_CHECK(j.is_object(), w, ": expected an object");
-  static const std::set<std::string> known = {"type", "rope_type", "factor", "original_max_position_embeddings",
-                                              "beta_fast", "beta_slow", "attention_factor"};
-  for (auto it = j.begin(); it != j.end(); ++it) MT_CHECK(known.count(it.key()), w, ": unknown field '", it.key(), "'");
-  RopeScaling r;
-  try {
-    if (j.contains("type")) r.type = j["type"].get<std::string>();
-    if (j.contains("rope_type")) r.type = j["rope_type"].get<std::string>();
-    if (j.contains("factor")) r.factor = j["factor"].get<double>();
-    if (j.contains("original_max_position_embeddings")) r.original_context = j["original_max_position_embeddings"].get<int64_t>();
-    if (j.contains("beta_fast")) r.beta_fast = j["beta_fast"].get<double>();
-    if (j.contains("beta_slow")) r.beta_slow = j["beta_slow"].get<double>();
-    if (j.contains("attention_factor") && !j["attention_factor"].is_null()) r.attention_factor = j["attention_factor"].get<double>();
-  } catch (const std::exception& e) {
-    fail(w, ": bad field type: ", e.what());
-  }
-  r.validate(w);
-  return r;
-}
-
-json RopeScaling::to_json() const {
-  json j{{"type", type}, {"factor", factor}, {"original_max_position_embeddings", original_context},
-         {"beta_fast", beta_fast}, {"beta_slow", beta_slow}};
-  if (attention_factor) j["attention_factor"] = *attention_factor;
   return j;
 }
 

@@ -40,7 +40,8 @@ LMGenState LMGen::make_state(int64_t batch) const {
   st.dep = model_->make_depformer_state(batch);
   // A generator of the model's device, seeded: sampling never leaves the device.
   auto dev = model_->text_linear->weight.device();
-  st.gen = dev.is_cpu() ? at::detail::createCPUGenerator(sampling_.seed) : at::globalContext().defaultGenerator(dev).clone();
+  st.gen =
+      dev.is_cpu() ? at::detail::createCPUGenerator(sampling_.seed) : at::globalContext().defaultGenerator(dev).clone();
   st.gen.set_current_seed(sampling_.seed);
   return st;
 }
@@ -82,7 +83,8 @@ std::optional<at::Tensor> LMGen::step(LMGenState& st, const at::Tensor& user_cod
   auto [tout, text_logits] = model_->forward_text(input, &st.main);
   st.last_text_logits = text_logits.select(1, 0).select(1, 0);
   // 4. Text token, then the depformer over the dep_q codebooks.
-  at::Tensor text = sample_token(st.last_text_logits, sampling_.use_sampling, sampling_.temp_text, sampling_.top_k_text, st.gen);
+  at::Tensor text =
+      sample_token(st.last_text_logits, sampling_.use_sampling, sampling_.temp_text, sampling_.top_k_text, st.gen);
   st.dep.reset();
   std::vector<at::Tensor> audio;
   at::Tensor prev = text;
@@ -99,7 +101,8 @@ std::optional<at::Tensor> LMGen::step(LMGenState& st, const at::Tensor& user_cod
   st.cache.narrow(1, 1, dq).scatter_(2, wpos.expand({B, dq, 1}), at::stack(audio, 1).unsqueeze(-1));
   if (st.offset_cpu <= max_delay_) return std::nullopt;
   // 6. Realign: stream k is read delay_k steps after the oldest complete frame.
-  at::Tensor gpos = (st.offsets.view({-1, 1, 1}) - max_delay_ + delays_.narrow(0, 0, dq + 1).view({1, -1, 1})).remainder(CT);
+  at::Tensor gpos =
+      (st.offsets.view({-1, 1, 1}) - max_delay_ + delays_.narrow(0, 0, dq + 1).view({1, -1, 1})).remainder(CT);
   at::Tensor out = st.cache.gather(2, gpos);
   at::Tensor not_ready = (st.offsets <= max_delay_).view({-1, 1, 1});
   return at::where(not_ready, at::full({}, LMConfig::kUngenerated, out.options()), out);

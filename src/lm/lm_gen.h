@@ -15,19 +15,19 @@ struct SamplingConfig {
   bool use_sampling = true;  // false: greedy (argmax) for text and audio
   double temp = 0.8;         // audio
   double temp_text = 0.7;
-  int64_t top_k = 250;       // audio; 0 = no top-k
+  int64_t top_k = 250;  // audio; 0 = no top-k
   int64_t top_k_text = 25;
   uint64_t seed = 42;
 };
 
 struct LMGenState {
   int64_t batch = 0;
-  at::Tensor cache;      // [B, K, max_delay + 2] tokens (-2: not generated yet)
-  at::Tensor offsets;    // [B] long
+  at::Tensor cache;    // [B, K, max_delay + 2] tokens (-2: not generated yet)
+  at::Tensor offsets;  // [B] long
   int64_t offset_cpu = 0;
-  TransformerState main; // KV caches of the temporal transformer
-  TransformerState dep;  // depformer state, reset every frame
-  at::Generator gen;     // sampling randomness, seeded
+  TransformerState main;        // KV caches of the temporal transformer
+  TransformerState dep;         // depformer state, reset every frame
+  at::Generator gen;            // sampling randomness, seeded
   at::Tensor last_text_logits;  // [B, text_card_out] of the latest step (for probes and tests)
 };
 
@@ -60,8 +60,8 @@ class LMGen {
 namespace mt::lm {
 
 struct GenerationResult {
-  at::Tensor tokens;             // [B, 1 + dep_q, S'] on the CPU
-  std::vector<double> step_ms;   // wall time of every step
+  at::Tensor tokens;            // [B, 1 + dep_q, S'] on the CPU
+  std::vector<double> step_ms;  // wall time of every step
 };
 
 // Runs `steps` LMGen steps feeding user_codes[:, :, t] (token 0 on every user stream when undefined).

@@ -21,13 +21,16 @@ bool is_lora_param(const std::string& name) {
   return name.find(".lora_A.") != std::string::npos || name.find(".lora_B.") != std::string::npos;
 }
 
-LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t, const LoRAConfig& l) : cfg(c), ttt_cfg(t), lora_cfg(l) {
+LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t, const LoRAConfig& l)
+    : cfg(c), ttt_cfg(t), lora_cfg(l) {
   cfg.validate();
   emb = register_module("emb", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.n_q; ++i) emb->push_back(ScaledEmbedding(cfg.card + 1, cfg.dim));
   text_emb = register_module("text_emb", ScaledEmbedding(cfg.text_card + 1, cfg.dim));
   text_linear = register_module("text_linear", Linear(cfg.dim, cfg.text_out_card()));
-  transformer = register_module("transformer", StreamingTransformer(cfg.transformer(), &ttt_cfg));
+  const nn::TransformerConfig tc = cfg.transformer();
+  transformer = register_module("transformer", StreamingTransformer(tc, layer_configs(tc, ttt_cfg)));
+  install_ttt(*transformer, ttt_cfg, tc.norm);
   out_norm = register_module("out_norm", Norm(cfg.norm, cfg.dim));
   depformer_in = register_module("depformer_in", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_depformer_in(); ++i) depformer_in->push_back(Linear(cfg.dim, cfg.depformer_dim));
@@ -70,8 +73,8 @@ at::Tensor LMModelImpl::initial_tokens() const {
 }
 
 std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& seq, TransformerState* state,
-                                                          std::vector<LayerProbes>* probes,
-                                                          std::vector<LayerTTTState>* ttt_states) const {
+                                                            std::vector<LayerProbes>* probes,
+                                                            std::vector<nn::LayerState>* ttt_states) const {
   MT_CHECK(seq.dim() == 3 && seq.size(1) == cfg.num_codebooks(), "forward_text: expected codes [B, ",
            cfg.num_codebooks(), ", T], got ", shape_str(seq.sizes().vec()));
   // Same summation order as the reference: audio streams first, then text.
@@ -83,7 +86,10 @@ std::pair<at::Tensor, at::Tensor> LMModelImpl::forward_text(const at::Tensor& se
   at::Tensor t = text_emb->forward(seq.select(1, 0));
   x = x.defined() ? x + t : t;
   MT_CHECK(!(state && ttt_states), "forward_text: give a streaming state or TTT states, not both");
-  at::Tensor out = state ? transformer->step(x, *state, probes) : transformer->forward(x, ttt_states, probes);
+  nn::ProbeFn collect;
+  if (probes) collect = probe_collector(*transformer, *probes);
+  const nn::ProbeFn* probe = probes ? &collect : nullptr;
+  at::Tensor out = state ? transformer->step(x, *state, probe) : transformer->forward(x, ttt_states, probe);
   out = out_norm->forward(out);
   return {out, text_linear->forward(out).unsqueeze(1)};
 }
@@ -185,7 +191,7 @@ LMOutput LMModelImpl::finish(const at::Tensor& codes, const at::Tensor& delayed,
 }
 
 LMOutput LMModelImpl::forward(const at::Tensor& codes, std::vector<LayerProbes>* probes,
-                              std::vector<LayerTTTState>* ttt_states) const {
+                              std::vector<nn::LayerState>* ttt_states) const {
   at::Tensor delayed = delayed_input(codes);
   auto [tout, text_logits] = forward_text(delayed.narrow(2, 0, codes.size(2)), nullptr, probes, ttt_states);
   return finish(codes, delayed, tout, text_logits);
@@ -219,7 +225,8 @@ void append_probes(std::vector<LayerProbes>& acc, const std::vector<LayerProbes>
 }
 }  // namespace
 
-LMOutput LMModelImpl::forward_streaming(const at::Tensor& codes, TransformerState& st, std::vector<LayerProbes>* probes) const {
+LMOutput LMModelImpl::forward_streaming(const at::Tensor& codes, TransformerState& st,
+                                        std::vector<LayerProbes>* probes) const {
   at::Tensor delayed = delayed_input(codes);
   const int64_t T = codes.size(2);
   std::vector<at::Tensor> outs, tls;
@@ -274,8 +281,10 @@ void LMModelImpl::init_weights(uint64_t seed) {
     at::Tensor p = kv.value();
     if (is_ttt_param(n) || is_lora_param(n)) continue;  // initialised below by their own rules
     if (n.find("norm") != std::string::npos || n.find("alpha") != std::string::npos) {
-      if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) p.zero_();
-      else p.fill_(1.0);
+      if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0)
+        p.zero_();
+      else
+        p.fill_(1.0);
     } else if (n.find("layer_scale") != std::string::npos) {
       p.fill_(cfg.layer_scale.value_or(1.0));
     } else if (n.rfind("depformer.", 0) == 0) {
@@ -290,11 +299,13 @@ void LMModelImpl::init_weights(uint64_t seed) {
 
 void LMModelImpl::init_added(uint64_t seed, bool ttt, bool lora) {
   if (ttt)
-    for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l) transformer->layer_ptrs[l]->init_ttt(seed * 1000003ull + l);
+    for (size_t l = 0; l < transformer->layer_ptrs.size(); ++l)
+      init_ttt(*transformer->layer_ptrs[l], seed * 1000003ull + l);
   if (lora) {
     uint64_t i = 0;
     for (const auto& item : named_modules("", /*include_self=*/false))
-      if (auto* lin = dynamic_cast<LinearImpl*>(item.value().get()); lin && lin->lora_A) lin->init_lora(seed * 7919ull + ++i);
+      if (auto* lin = dynamic_cast<LinearImpl*>(item.value().get()); lin && lin->lora_A)
+        lin->init_lora(seed * 7919ull + ++i);
   }
 }
 
@@ -343,8 +354,9 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
         const std::string prefix = m[1];
         const bool in = m[2] == "in";
         const int64_t i = std::stoll(m[3]);
-        std::vector<std::string> fused = in ? std::vector<std::string>{prefix + "in_proj_weight", prefix + "in_proj.weight"}
-                                            : std::vector<std::string>{prefix + "out_proj.weight"};
+        std::vector<std::string> fused =
+            in ? std::vector<std::string>{prefix + "in_proj_weight", prefix + "in_proj.weight"}
+               : std::vector<std::string>{prefix + "out_proj.weight"};
         for (const auto& f : fused) {
           auto ft = tensors.find(f);
           if (ft == tensors.end()) continue;
@@ -395,8 +407,8 @@ int64_t LMModelImpl::load_overlay(const std::map<std::string, at::Tensor>& tenso
   for (const auto& [name, t] : tensors) {
     const at::Tensor* p = params.find(name);
     MT_CHECK(p, source, ": tensor '", name, "' is not a parameter of this model (check its ttt: / lora: sections)");
-    MT_CHECK(t.sizes() == p->sizes(), source, ": tensor '", name, "': expected shape ", shape_str(p->sizes().vec()), ", got ",
-             shape_str(t.sizes().vec()));
+    MT_CHECK(t.sizes() == p->sizes(), source, ": tensor '", name, "': expected shape ", shape_str(p->sizes().vec()),
+             ", got ", shape_str(t.sizes().vec()));
   }
   for (const auto& kv : params)
     if (is_ttt_param(kv.key()) || is_lora_param(kv.key()))

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "lm/config.h"
+#include "lm/ttt_integration.h"
 #include "nn/transformer.h"
 
 namespace mt::io {
@@ -17,6 +18,16 @@ class SafeTensors;
 }
 
 namespace mt::lm {
+
+// The LM is built from nn/'s modules (as Kyutai's lm.py from moshi/modules).
+using nn::Linear;
+using nn::LinearImpl;
+using nn::Norm;
+using nn::NormImpl;
+using nn::ScaledEmbedding;
+using nn::ScaledEmbeddingImpl;
+using nn::StreamingTransformer;
+using nn::TransformerState;
 
 struct LMOutput {
   at::Tensor logits;       // [B, dep_q, T, card]; meaningless where mask is false
@@ -36,18 +47,19 @@ struct LMModelImpl : torch::nn::Module {
   // and update (persistent states across consecutive training chunks of one file; detach() between
   // chunks, reset slots at a file boundary); fresh states when null. Attention always starts afresh.
   LMOutput forward(const at::Tensor& codes, std::vector<LayerProbes>* probes = nullptr,
-                   std::vector<LayerTTTState>* ttt_states = nullptr) const;
+                   std::vector<nn::LayerState>* ttt_states = nullptr) const;
   // The same outputs with the temporal transformer run in streaming mode from `state` (chunks of
   // state.max_chunk steps; KV caches and TTT states carried and updated): scoring as a conversation
   // is heard. Equal to forward() from a fresh state.
   // probes: per layer, per-token probes concatenated over the chunks; norms after the last chunk.
-  LMOutput forward_streaming(const at::Tensor& codes, TransformerState& state, std::vector<LayerProbes>* probes = nullptr) const;
+  LMOutput forward_streaming(const at::Tensor& codes, TransformerState& state,
+                             std::vector<LayerProbes>* probes = nullptr) const;
 
   // Temporal part on an already delayed sequence [B, K, S]: (transformer_out [B, S, dim],
   // text_logits [B, 1, S, text_card_out]). With a state, runs in streaming mode after what it has seen.
   std::pair<at::Tensor, at::Tensor> forward_text(const at::Tensor& seq, TransformerState* state = nullptr,
                                                  std::vector<LayerProbes>* probes = nullptr,
-                                                 std::vector<LayerTTTState>* ttt_states = nullptr) const;
+                                                 std::vector<nn::LayerState>* ttt_states = nullptr) const;
   // Depformer teacher-forced over all codebooks: seq [B, K, T] (delayed targets), out [B, T, dim] ->
   // logits [B, dep_q, T, card].
   at::Tensor forward_depformer_training(const at::Tensor& seq, const at::Tensor& transformer_out) const;
@@ -57,7 +69,9 @@ struct LMModelImpl : torch::nn::Module {
                             TransformerState& dep_state) const;
 
   at::Tensor initial_tokens() const;  // [1, K, 1]: text_card for text, card for audio
-  TransformerState make_state(int64_t batch, int64_t max_chunk = 1) const { return transformer->make_state(batch, max_chunk); }
+  TransformerState make_state(int64_t batch, int64_t max_chunk = 1) const {
+    return transformer->make_state(batch, max_chunk);
+  }
   // The depformer restarts every frame and sees at most dep_q steps.
   TransformerState make_depformer_state(int64_t batch) const { return depformer->make_state(batch, 1, cfg.dep_q); }
 
@@ -111,10 +125,9 @@ struct LMModelImpl : torch::nn::Module {
 TORCH_MODULE(LMModel);
 
 // Builds a model from a config and a checkpoint (safetensors), strictly; dtype as in the file unless given.
-LMModel load_lm(const LMConfig& cfg, const std::string& weights_path,
-                std::optional<at::ScalarType> dtype = at::kFloat, const TTTIntegrationConfig& ttt = {},
-                int64_t* initialised_ttt_tensors = nullptr, const LoRAConfig& lora = {},
-                const std::string& lora_path = "");
+LMModel load_lm(const LMConfig& cfg, const std::string& weights_path, std::optional<at::ScalarType> dtype = at::kFloat,
+                const TTTIntegrationConfig& ttt = {}, int64_t* initialised_ttt_tensors = nullptr,
+                const LoRAConfig& lora = {}, const std::string& lora_path = "");
 
 // True for parameters that a TTT integration adds (absent from base Moshi checkpoints): hybrid blocks
 // (".ttt."), TTT adapters (".ttt_adapter."), In-Place targets (".ttt_conv.", ".ttt_proj.").

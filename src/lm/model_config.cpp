@@ -33,14 +33,12 @@ nlohmann::json to_json(const YAML::Node& n) {
     size_t used = 0;
     long long v = std::stoll(s, &used);
     if (used == s.size()) return v;
-  } catch (const std::exception&) {
-  }
+  } catch (const std::exception&) {}
   try {
     size_t used = 0;
     double v = std::stod(s, &used);
     if (used == s.size()) return v;
-  } catch (const std::exception&) {
-  }
+  } catch (const std::exception&) {}
   return s;
 }
 }  // namespace
@@ -79,8 +77,8 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
     const auto& mp = root["moshi_paths"];
     for (auto it = mp.begin(); it != mp.end(); ++it) {
       const std::string k = yaml::key_text(it->first, path + ": moshi_paths.");
-      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" || k == "tokenizer_path" || k == "lora_path" ||
-                   k == "mimi_config_path",
+      MT_CHECK(k == "config_path" || k == "moshi_path" || k == "hf_repo_id" || k == "mimi_path" ||
+                   k == "tokenizer_path" || k == "lora_path" || k == "mimi_config_path",
                path, ": moshi_paths.", k, ": unknown field");
     }
     if (mp["config_path"]) config_path = resolve(mp["config_path"].as<std::string>());
@@ -89,7 +87,8 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
     if (mp["mimi_path"]) c.mimi_weights = resolve(mp["mimi_path"].as<std::string>());
     if (mp["mimi_config_path"]) c.mimi_config = resolve(mp["mimi_config_path"].as<std::string>());
     if (mp["tokenizer_path"]) c.tokenizer = resolve(mp["tokenizer_path"].as<std::string>());
-    MT_CHECK(!mp["hf_repo_id"], path, ": moshi_paths.hf_repo_id: downloads are not supported; give moshi_path and config_path");
+    MT_CHECK(!mp["hf_repo_id"], path,
+             ": moshi_paths.hf_repo_id: downloads are not supported; give moshi_path and config_path");
   }
   int sources = !preset.empty() + !config_path.empty() + (root["lm"] ? 1 : 0);
   MT_CHECK(sources == 1, path, ": give exactly one of preset, lm, moshi_paths.config_path (got ", sources, ")");

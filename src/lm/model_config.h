@@ -21,7 +21,7 @@ struct ModelConfigFile {
   LMConfig lm;
   TTTIntegrationConfig ttt;
   LoRAConfig lora;
-  std::string weights;  // moshi_paths.moshi_path, resolved against the file's folder ("" if none)
+  std::string weights;       // moshi_paths.moshi_path, resolved against the file's folder ("" if none)
   std::string lora_weights;  // moshi_paths.lora_path: adapters (LoRA / TTT tensors) loaded over the weights
   std::string mimi_weights;  // moshi_paths.mimi_path: the codec, for audio datasets
   std::string mimi_config;   // moshi_paths.mimi_config_path (ours): its config JSON ("" = released model)
@@ -29,7 +29,8 @@ struct ModelConfigFile {
   static ModelConfigFile load(const std::string& path);
   // From a parsed document (`path` names it in errors and resolves relative paths); top-level keys in
   // other_fields belong to the caller (a training config) and are skipped here.
-  static ModelConfigFile from_yaml(const YAML::Node& root, const std::string& path, const std::set<std::string>& other_fields);
+  static ModelConfigFile from_yaml(const YAML::Node& root, const std::string& path,
+                                   const std::set<std::string>& other_fields);
 };
 
 }  // namespace mt::lm

@@ -30,7 +30,50 @@ void read_opt(const YAML::Node& n, const char* key, std::optional<T>& out, const
 void reject_unknown(const YAML::Node& n, const std::set<std::string>& seen, const std::string& where) {
   yaml::reject_unknown(n, seen, where + ".");
 }
+
+// The choices of one enum with their YAML names.
+template <class E>
+struct Choices {
+  const char* field;
+  std::vector<std::pair<const char*, E>> names;
+  const char* name_of(E e) const {
+    for (const auto& [n, v] : names)
+      if (v == e) return n;
+    return "?";
+  }
+  E parse(const std::string& text, const std::string& where) const {
+    std::string expected;
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (text == names[i].first) return names[i].second;
+      expected += std::string(i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i].first;
+    }
+    fail(where, ".", field, ": '", text, "' (expected ", expected, ")");
+  }
+};
+const Choices<TTTVariant> kVariants{
+    "variant", {{"hybrid", TTTVariant::kHybrid}, {"adapter", TTTVariant::kAdapter}, {"inplace", TTTVariant::kInPlace}}};
+const Choices<TTTPlacement> kPlacements{"placement",
+                                        {{"after_attention", TTTPlacement::kAfterAttention},
+                                         {"parallel", TTTPlacement::kParallel},
+                                         {"before_attention", TTTPlacement::kBeforeAttention}}};
+const Choices<TTTInner> kInner{"type", {{"linear", TTTInner::kLinear}, {"mlp", TTTInner::kMlp}}};
+const Choices<InPlaceTarget> kTargets{
+    "inplace_target", {{"embeddings", InPlaceTarget::kEmbeddings}, {"ffn_input", InPlaceTarget::kFfnInput}}};
+
+// Reads a string field and parses it into its enum once, here.
+template <class E>
+void read_enum(const YAML::Node& n, const Choices<E>& c, E& out, const std::string& where,
+               std::set<std::string>& seen) {
+  std::string text = c.name_of(out);
+  read(n, c.field, text, where, seen);
+  out = c.parse(text, where);
+}
 }  // namespace
+
+const char* name(TTTVariant v) { return kVariants.name_of(v); }
+const char* name(TTTPlacement p) { return kPlacements.name_of(p); }
+const char* name(TTTInner t) { return kInner.name_of(t); }
+const char* name(InPlaceTarget t) { return kTargets.name_of(t); }
 
 TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const std::string& w) {
   TTTIntegrationConfig c;
@@ -38,7 +81,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   MT_CHECK(n.IsMap(), w, ": expected a mapping");
   std::set<std::string> s;
   read(n, "enable", c.enable, w, s);
-  read(n, "variant", c.variant, w, s);
+  read_enum(n, kVariants, c.variant, w, s);
   if (n["layers"] && n["layers"].IsSequence()) {
     std::ostringstream os;
     for (size_t i = 0; i < n["layers"].size(); ++i) os << (i ? "," : "") << n["layers"][i].as<std::string>();
@@ -49,7 +92,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   }
   read_opt(n, "start_layer", c.start_layer, w, s);
   read(n, "layer_frequency", c.layer_frequency, w, s);
-  read(n, "type", c.type, w, s);
+  read_enum(n, kInner, c.type, w, s);
   read(n, "mlp_layers", c.mlp_layers, w, s);
   read(n, "num_heads", c.num_heads, w, s);
   read(n, "mini_batch_size", c.mini_batch_size, w, s);
@@ -58,7 +101,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read_opt(n, "attention_context", c.attention_context, w, s);
   read_opt(n, "non_ttt_attention_context", c.non_ttt_attention_context, w, s);
   read(n, "persistent_states", c.persistent_states, w, s);
-  read(n, "placement", c.placement, w, s);
+  read_enum(n, kPlacements, c.placement, w, s);
   read(n, "scan_checkpoint_group_size", c.scan_checkpoint_group_size, w, s);
   read(n, "use_gate", c.use_gate, w, s);
   read(n, "share_qk", c.share_qk, w, s);
@@ -70,7 +113,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read(n, "inplace_lr", c.inplace_lr, w, s);
   read(n, "inplace_conv_kernel", c.inplace_conv_kernel, w, s);
   read(n, "inplace_lookahead", c.inplace_lookahead, w, s);
-  read(n, "inplace_target", c.inplace_target, w, s);
+  read_enum(n, kTargets, c.inplace_target, w, s);
   read(n, "inplace_use_proj", c.inplace_use_proj, w, s);
   read(n, "inplace_delta_clip_fro_norm", c.inplace_delta_clip_fro_norm, w, s);
   read(n, "weight_lr_multiplier", c.weight_lr_multiplier, w, s);
@@ -128,7 +171,8 @@ std::vector<int64_t> TTTIntegrationConfig::layer_indices(int64_t num_layers) con
         fail("ttt.layers: '", tok, "' is not a layer index");
       }
       if (v < 0) v += num_layers;  // -1 is the last layer
-      MT_CHECK(v >= 0 && v < num_layers, "ttt.layers: layer ", tok, " is out of range (the model has ", num_layers, " layers)");
+      MT_CHECK(v >= 0 && v < num_layers, "ttt.layers: layer ", tok, " is out of range (the model has ", num_layers,
+               " layers)");
       out.push_back(v);
     }
   } else if (start_layer) {
@@ -151,27 +195,22 @@ bool TTTIntegrationConfig::is_ttt_layer(int64_t layer, int64_t num_layers) const
 
 void TTTIntegrationConfig::validate(int64_t num_layers) const {
   if (!enable) return;
-  static const std::set<std::string> variants = {"hybrid", "adapter", "inplace"};
-  MT_CHECK(variants.count(variant), "ttt.variant: '", variant, "' (expected hybrid, adapter or inplace)");
-  MT_CHECK(placement == "after_attention" || placement == "parallel" || placement == "before_attention", "ttt.placement: '",
-           placement, "' (expected after_attention, parallel or before_attention)");
-  MT_CHECK(type == "linear" || type == "mlp", "ttt.type: '", type, "' (expected linear or mlp)");
   MT_CHECK(mlp_layers >= 2 && mlp_layers <= 64, "ttt.mlp_layers must be in [2, 64], got ", mlp_layers);
-  MT_CHECK(mlp_layers == 2 || type == "mlp", "ttt.mlp_layers: ", mlp_layers, " is set but ttt.type is '", type,
-           "' (the linear inner model has one layer)");
+  MT_CHECK(mlp_layers == 2 || type == TTTInner::kMlp, "ttt.mlp_layers: ", mlp_layers, " is set but ttt.type is '",
+           name(type), "' (the linear inner model has one layer)");
   MT_CHECK(!layer_indices(num_layers).empty(), "ttt.layers / ttt.start_layer: no layer chosen for TTT");
   MT_CHECK(mini_batch_size >= 1, "ttt.mini_batch_size must be >= 1, got ", mini_batch_size);
   MT_CHECK(num_heads >= 0, "ttt.num_heads must be >= 0");
   MT_CHECK(base_lr >= 0, "ttt.base_lr must be >= 0");
   if (attention_context) MT_CHECK(*attention_context >= 1, "ttt.attention_context must be >= 1");
-  if (non_ttt_attention_context) MT_CHECK(*non_ttt_attention_context >= 1, "ttt.non_ttt_attention_context must be >= 1");
+  if (non_ttt_attention_context)
+    MT_CHECK(*non_ttt_attention_context >= 1, "ttt.non_ttt_attention_context must be >= 1");
   MT_CHECK(scan_checkpoint_group_size >= 0, "ttt.scan_checkpoint_group_size must be >= 0");
   MT_CHECK(adapter_rank >= 1, "ttt.adapter_rank must be >= 1");
   MT_CHECK(inplace_chunk_size >= 1, "ttt.inplace_chunk_size must be >= 1");
   MT_CHECK(inplace_conv_kernel >= 1, "ttt.inplace_conv_kernel must be >= 1");
-  MT_CHECK(inplace_lookahead >= 0 && inplace_lookahead < inplace_conv_kernel, "ttt.inplace_lookahead must be in [0, inplace_conv_kernel)");
-  MT_CHECK(inplace_target == "embeddings" || inplace_target == "ffn_input", "ttt.inplace_target: '", inplace_target,
-           "' (expected embeddings or ffn_input)");
+  MT_CHECK(inplace_lookahead >= 0 && inplace_lookahead < inplace_conv_kernel,
+           "ttt.inplace_lookahead must be in [0, inplace_conv_kernel)");
   MT_CHECK(weight_lr_multiplier > 0 && alpha_lr_multiplier > 0, "ttt.*_lr_multiplier must be > 0");
   MT_CHECK(std::isfinite(inplace_delta_clip_fro_norm) && inplace_delta_clip_fro_norm >= 0,
            "ttt.inplace_delta_clip_fro_norm must be >= 0 (0: off), got ", inplace_delta_clip_fro_norm);
@@ -181,22 +220,38 @@ void TTTIntegrationConfig::validate(int64_t num_layers) const {
 void TTTIntegrationConfig::check_all_given_are_read() const {
   // Who reads each field, by variant (h: hybrid, a: adapter, i: inplace). Fields every variant reads
   // (enable, variant, layers, persistent_states, attention contexts, weight_lr_multiplier) are absent.
-  static const std::map<std::string, std::string> readers = {
-      {"type", "ha"}, {"mlp_layers", "ha"}, {"num_heads", "h"}, {"mini_batch_size", "ha"}, {"base_lr", "ha"},
-      {"initial_gating_alpha", "h"}, {"alpha_lr_multiplier", "h"}, {"placement", "h"},
-      {"scan_checkpoint_group_size", "ha"}, {"use_gate", "ha"}, {"share_qk", "ha"}, {"conv_kernel", "ha"},
-      {"adapter_rank", "a"}, {"adapter_scale", "a"}, {"adapter_targets", "a"},
-      {"inplace_chunk_size", "i"}, {"inplace_lr", "i"}, {"inplace_conv_kernel", "i"}, {"inplace_lookahead", "i"},
-      {"inplace_target", "i"}, {"inplace_use_proj", "i"}, {"inplace_delta_clip_fro_norm", "i"}};
-  const char v = variant.empty() ? '?' : variant[0];
+  static const std::map<std::string, std::string> readers = {{"type", "ha"},
+                                                             {"mlp_layers", "ha"},
+                                                             {"num_heads", "h"},
+                                                             {"mini_batch_size", "ha"},
+                                                             {"base_lr", "ha"},
+                                                             {"initial_gating_alpha", "h"},
+                                                             {"alpha_lr_multiplier", "h"},
+                                                             {"placement", "h"},
+                                                             {"scan_checkpoint_group_size", "ha"},
+                                                             {"use_gate", "ha"},
+                                                             {"share_qk", "ha"},
+                                                             {"conv_kernel", "ha"},
+                                                             {"adapter_rank", "a"},
+                                                             {"adapter_scale", "a"},
+                                                             {"adapter_targets", "a"},
+                                                             {"inplace_chunk_size", "i"},
+                                                             {"inplace_lr", "i"},
+                                                             {"inplace_conv_kernel", "i"},
+                                                             {"inplace_lookahead", "i"},
+                                                             {"inplace_target", "i"},
+                                                             {"inplace_use_proj", "i"},
+                                                             {"inplace_delta_clip_fro_norm", "i"}};
+  const char v = name(variant)[0];
   for (const auto& key : given) {
     auto it = readers.find(key);
     if (it != readers.end())
-      MT_CHECK(it->second.find(v) != std::string::npos, "ttt.", key, " is set, but the ", variant,
+      MT_CHECK(it->second.find(v) != std::string::npos, "ttt.", key, " is set, but the ", name(variant),
                " variant never reads it: remove it, or choose a variant that uses it");
   }
   if (given.count("conv_kernel")) MT_CHECK(share_qk, "ttt.conv_kernel is set, but only share_qk: true reads it");
-  if (given.count("layer_frequency")) MT_CHECK(start_layer.has_value(), "ttt.layer_frequency is set, but only start_layer reads it");
+  if (given.count("layer_frequency"))
+    MT_CHECK(start_layer.has_value(), "ttt.layer_frequency is set, but only start_layer reads it");
 }
 
 LoRAConfig LoRAConfig::from_yaml(const YAML::Node& n, const std::string& w) {

@@ -13,28 +13,41 @@ class Node;
 
 namespace mt::lm {
 
+// How TTT enters a layer (README, "TTT comes three ways").
+enum class TTTVariant { kHybrid, kAdapter, kInPlace };
+// Where the hybrid block reads and adds (measured in shared/spec/demo.md's recall task, see README):
+//   after_attention  h = x + attn(x); h += g * TTT(norm(h))        (the reference design)
+//   parallel         h = x + attn(x) + g * TTT(norm(x))
+//   before_attention h = x + g * TTT(norm(x)); h += attn(h)
+enum class TTTPlacement { kAfterAttention, kParallel, kBeforeAttention };
+// The inner model: TTT-Linear, or TTT-MLP of mlp_layers layers.
+enum class TTTInner { kLinear, kMlp };
+// In-Place TTT's target source: the summed input embeddings, or the FFN's own input.
+enum class InPlaceTarget { kEmbeddings, kFfnInput };
+
+const char* name(TTTVariant v);
+const char* name(TTTPlacement p);
+const char* name(TTTInner t);
+const char* name(InPlaceTarget t);
+
 struct TTTIntegrationConfig {
   bool enable = false;
-  std::string variant = "hybrid";  // hybrid | adapter | inplace
+  TTTVariant variant = TTTVariant::kHybrid;
   // Which temporal-transformer layers: an explicit list ("25,26,27"), or every layer_frequency-th
   // layer from start_layer.
   std::string layers;
   std::optional<int64_t> start_layer;
   int64_t layer_frequency = 1;
-  std::string type = "linear";  // inner model: linear | mlp
-  int64_t mlp_layers = 2;       // layers of the TTT-MLP inner model (2: the reference TTT-MLP)
-  int64_t num_heads = 0;        // TTT heads (0: the model's heads)
+  TTTInner type = TTTInner::kLinear;
+  int64_t mlp_layers = 2;  // layers of the TTT-MLP inner model (2: the reference TTT-MLP)
+  int64_t num_heads = 0;   // TTT heads (0: the model's heads)
   int64_t mini_batch_size = 16;
   double base_lr = 1.0;
   double initial_gating_alpha = 0.1;
   std::optional<int64_t> attention_context;          // window of the TTT layers' attention
   std::optional<int64_t> non_ttt_attention_context;  // window of the other layers
   bool persistent_states = true;
-  // Where the hybrid block reads and adds (measured in shared/spec/demo.md's recall task, see README):
-  //   after_attention  h = x + attn(x); h += g * TTT(norm(h))        (the reference design)
-  //   parallel         h = x + attn(x) + g * TTT(norm(x))
-  //   before_attention h = x + g * TTT(norm(x)); h += attn(h)
-  std::string placement = "after_attention";
+  TTTPlacement placement = TTTPlacement::kAfterAttention;  // hybrid only
   int64_t scan_checkpoint_group_size = 0;
   bool use_gate = false;
   bool share_qk = false;
@@ -48,17 +61,18 @@ struct TTTIntegrationConfig {
   double inplace_lr = 1e-3;
   int64_t inplace_conv_kernel = 5;
   int64_t inplace_lookahead = 2;
-  std::string inplace_target = "embeddings";  // embeddings | ffn_input
+  InPlaceTarget inplace_target = InPlaceTarget::kEmbeddings;
   bool inplace_use_proj = true;
   // Per-chunk clip of the In-Place update lr·vᵀh to this Frobenius norm (0: off). The exploration's
-  // `delta_clip_fro_norm`, which there was parsed and never forwarded (pitfalls.md row 9).
+  // `delta_clip_fro_norm`, which there was parsed and never forwarded (pitfalls.md row 9: a setting
+  // parsed but never used).
   double inplace_delta_clip_fro_norm = 0;
   // Optimiser multipliers (used by training).
   double weight_lr_multiplier = 1.0;
   double alpha_lr_multiplier = 1.0;
 
   // Keys written in the YAML section (from_yaml). validate() refuses any that the chosen variant and
-  // inner model never read (pitfalls.md row 9): a setting that would silently do nothing.
+  // inner model never read (pitfalls.md row 9: a setting parsed but never used would silently do nothing).
   std::set<std::string> given;
 
   // Presets for `layers`: "all", "middle" (the middle third [n/3, 2n/3), at least the centre layer),

@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstdio>
 
-namespace mt::eval {
+namespace mt::lm {
 
 namespace {
-double mean_or_nan(const at::Tensor& t) { return t.defined() && t.numel() ? t.to(at::kDouble).mean().item<double>() : NAN; }
+double mean_or_nan(const at::Tensor& t) {
+  return t.defined() && t.numel() ? t.to(at::kDouble).mean().item<double>() : NAN;
+}
 
 void fill_probes(TTTUnitReport& r, const ttt::TTTProbes& p) {
   r.l0 = mean_or_nan(p.l0);
@@ -19,34 +21,23 @@ void fill_probes(TTTUnitReport& r, const ttt::TTTProbes& p) {
 }
 }  // namespace
 
-std::vector<TTTUnitReport> ttt_report(const lm::LMModelImpl& m, const std::vector<lm::LayerProbes>& probes) {
+std::vector<TTTUnitReport> ttt_report(const LMModelImpl& m, const std::vector<LayerProbes>& probes) {
   std::vector<TTTUnitReport> out;
   const auto& layers = m.transformer->layer_ptrs;
   for (size_t l = 0; l < layers.size(); ++l) {
-    const auto& layer = layers[l];
-    const lm::LayerProbes* p = l < probes.size() ? &probes[l] : nullptr;
-    if (layer->ttt) {
+    const LayerProbes* p = l < probes.size() ? &probes[l] : nullptr;
+    for (const nn::AddonBase* a : layers[l]->addons()) {
+      const auto* unit = dynamic_cast<const TTTUnit*>(a);
+      if (!unit) continue;
       TTTUnitReport r;
       r.layer = static_cast<int64_t>(l);
-      r.unit = "hybrid";
-      r.gate = at::tanh(layer->ttt->gating_alpha.detach().to(at::kDouble)).abs().mean().item<double>();
-      if (p) fill_probes(r, p->hybrid);
-      out.push_back(r);
-    }
-    for (size_t j = 0; j < layer->adapted.size(); ++j) {
-      TTTUnitReport r;
-      r.layer = static_cast<int64_t>(l);
-      r.unit = "adapter " + layer->adapted_names[j];
-      r.gate = layer->adapted[j]->ttt_adapter->scale;
-      if (p && j < p->adapters.size()) fill_probes(r, p->adapters[j]);
-      out.push_back(r);
-    }
-    if (layer->inplace) {
-      TTTUnitReport r;
-      r.layer = static_cast<int64_t>(l);
-      r.unit = "inplace";
-      r.gate = layer->inplace->cfg.lr;
-      if (p) {
+      r.unit = a->unit();
+      r.gate = unit->gate();
+      if (p && dynamic_cast<const HybridTTTImpl*>(a)) fill_probes(r, p->hybrid);
+      if (const auto* ad = dynamic_cast<const TTTAdapterImpl*>(a);
+          p && ad && ad->index < static_cast<int64_t>(p->adapters.size()))
+        fill_probes(r, p->adapters[ad->index]);
+      if (p && dynamic_cast<const InPlaceTTTImpl*>(a)) {
         r.state_change = mean_or_nan(p->inplace_dw_norm);
         r.updates = p->inplace_updates;
       }
@@ -100,4 +91,4 @@ nlohmann::json report_json(const std::vector<TTTUnitReport>& r) {
   return a;
 }
 
-}  // namespace mt::eval
+}  // namespace mt::lm

@@ -9,21 +9,21 @@
 
 #include "lm/lm_model.h"
 
-namespace mt::eval {
+namespace mt::lm {
 
 struct TTTUnitReport {
   int64_t layer = 0;
-  std::string unit;            // "hybrid", "adapter self_attn.in_proj", "inplace"
-  double gate = NAN;           // mean |tanh α| (hybrid), adapter scale, In-Place lr
+  std::string unit;                            // "hybrid", "adapter self_attn.in_proj", "inplace"
+  double gate = NAN;                           // mean |tanh α| (hybrid), adapter scale, In-Place lr
   double l0 = NAN, lprev = NAN, lafter = NAN;  // mean inner losses over tokens, heads and slots
-  double state_change = NAN;   // mean over slots of ‖W_t − W_0‖ after the pass
-  int64_t updates = -1;        // In-Place chunk updates applied (slot 0)
-  int64_t tokens = 0;          // tokens the probes cover
+  double state_change = NAN;                   // mean over slots of ‖W_t − W_0‖ after the pass
+  int64_t updates = -1;                        // In-Place chunk updates applied (slot 0)
+  int64_t tokens = 0;                          // tokens the probes cover
 };
 
-std::vector<TTTUnitReport> ttt_report(const lm::LMModelImpl& m, const std::vector<lm::LayerProbes>& probes);
+std::vector<TTTUnitReport> ttt_report(const LMModelImpl& m, const std::vector<LayerProbes>& probes);
 // A fixed-width table, one line per unit, with a short legend.
 std::string format_report(const std::vector<TTTUnitReport>& r);
 nlohmann::json report_json(const std::vector<TTTUnitReport>& r);
 
-}  // namespace mt::eval
+}  // namespace mt::lm

@@ -17,7 +17,12 @@ ConvWrapImpl::ConvWrapImpl(const std::string& name, int64_t d0, int64_t d1, int6
 
 StreamingConv1dImpl::StreamingConv1dImpl(int64_t in_ch_, int64_t out_ch_, int64_t kernel_, int64_t stride_,
                                          int64_t dilation_, int64_t groups_, bool bias, std::string pad_mode_)
-    : in_ch(in_ch_), out_ch(out_ch_), kernel(kernel_), stride(stride_), dilation(dilation_), groups(groups_),
+    : in_ch(in_ch_),
+      out_ch(out_ch_),
+      kernel(kernel_),
+      stride(stride_),
+      dilation(dilation_),
+      groups(groups_),
       pad_mode(std::move(pad_mode_)) {
   MT_CHECK(pad_mode == "constant" || pad_mode == "replicate", "mimi conv: pad_mode '", pad_mode,
            "' (expected constant or replicate)");
@@ -48,7 +53,8 @@ at::Tensor StreamingConv1dImpl::step(const at::Tensor& x, Conv1dState& st) const
     st.previous = in.narrow(2, in.size(2) - tp, tp);
   }
   const auto& p = conv->inner;
-  return at::conv1d(in, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{dilation}, groups);
+  return at::conv1d(in, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{dilation},
+                    groups);
 }
 
 StreamingConvTranspose1dImpl::StreamingConvTranspose1dImpl(int64_t in_ch_, int64_t out_ch_, int64_t kernel_,
@@ -70,14 +76,15 @@ at::Tensor StreamingConvTranspose1dImpl::full(const at::Tensor& x) const {
   if (x.device().is_cpu() && groups == 1 && kernel % stride == 0) {
     const int64_t B = x.size(0), T = x.size(2), m = kernel / stride;
     at::Tensor z = at::matmul(x.transpose(1, 2), p->weight.reshape({in_ch, out_ch * kernel}));  // [B, T, C_out * K]
-    z = z.view({B, T, out_ch, m, stride}).permute({0, 2, 3, 1, 4});                               // [B, C_out, m, T, s]
+    z = z.view({B, T, out_ch, m, stride}).permute({0, 2, 3, 1, 4});                             // [B, C_out, m, T, s]
     at::Tensor y = at::zeros({B, out_ch, T + m - 1, stride}, z.options());
     for (int64_t j = 0; j < m; ++j) y.narrow(2, j, T).add_(z.select(2, j));
     y = y.view({B, out_ch, (T + m - 1) * stride});
     if (p->bias.defined()) y.add_(p->bias.view({1, -1, 1}));
     return y;
   }
-  return at::conv_transpose1d(x, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{0}, groups);
+  return at::conv_transpose1d(x, p->weight, p->bias, at::IntArrayRef{stride}, at::IntArrayRef{0}, at::IntArrayRef{0},
+                              groups);
 }
 
 at::Tensor StreamingConvTranspose1dImpl::forward(const at::Tensor& x) const {

@@ -18,7 +18,7 @@ namespace mt::mimi {
 
 struct ConvParamsImpl : torch::nn::Module {
   ConvParamsImpl(int64_t d0, int64_t d1, int64_t kernel, int64_t bias_size);  // bias_size 0: none
-  at::Tensor weight, bias;  // bias undefined when absent
+  at::Tensor weight, bias;                                                    // bias undefined when absent
 };
 TORCH_MODULE(ConvParams);
 

@@ -47,16 +47,16 @@ void get(const nlohmann::json& j, const char* key, T& out, const std::string& wh
 
 void check_keys(const nlohmann::json& j, const std::set<std::string>& known, const std::string& where) {
   MT_CHECK(j.is_object(), where, ": expected an object");
-  for (const auto& [k, v] : j.items())
-    MT_CHECK(known.count(k), where, ": unknown key '", k, "'");
+  for (const auto& [k, v] : j.items()) MT_CHECK(known.count(k), where, ": unknown key '", k, "'");
 }
 
 }  // namespace
 
 MimiConfig MimiConfig::from_json(const nlohmann::json& j, const std::string& src) {
   MimiConfig c = released();
-  check_keys(j, {"sample_rate", "channels", "frame_rate", "seanet", "quantizer", "transformer", "num_codebooks",
-                 "encoder_frame_rate", "causal", "model_type"},
+  check_keys(j,
+             {"sample_rate", "channels", "frame_rate", "seanet", "quantizer", "transformer", "num_codebooks",
+              "encoder_frame_rate", "causal", "model_type"},
              src);
   get(j, "sample_rate", c.sample_rate, src);
   get(j, "channels", c.channels, src);
@@ -65,9 +65,10 @@ MimiConfig MimiConfig::from_json(const nlohmann::json& j, const std::string& src
   if (j.contains("seanet")) {
     const auto& s = j["seanet"];
     const std::string w = src + ".seanet";
-    check_keys(s, {"channels", "dimension", "causal", "n_filters", "n_residual_layers", "activation", "compress",
-                   "dilation_base", "disable_norm_outer_blocks", "kernel_size", "residual_kernel_size",
-                   "last_kernel_size", "norm", "pad_mode", "ratios", "true_skip", "lstm", "final_activation"},
+    check_keys(s,
+               {"channels", "dimension", "causal", "n_filters", "n_residual_layers", "activation", "compress",
+                "dilation_base", "disable_norm_outer_blocks", "kernel_size", "residual_kernel_size", "last_kernel_size",
+                "norm", "pad_mode", "ratios", "true_skip", "lstm", "final_activation"},
                w);
     auto& o = c.seanet;
     get(s, "channels", o.channels, w);
@@ -104,17 +105,20 @@ MimiConfig MimiConfig::from_json(const nlohmann::json& j, const std::string& src
   if (j.contains("transformer")) {
     const auto& t = j["transformer"];
     const std::string w = src + ".transformer";
-    check_keys(t, {"d_model", "num_heads", "num_layers", "causal", "layer_scale", "context", "conv_layout",
-                   "max_period", "gating", "norm", "positional_embedding", "dim_feedforward", "input_dimension",
-                   "output_dimensions", "bias_ff", "bias_attn"},
+    check_keys(t,
+               {"d_model", "num_heads", "num_layers", "causal", "layer_scale", "context", "conv_layout", "max_period",
+                "gating", "norm", "positional_embedding", "dim_feedforward", "input_dimension", "output_dimensions",
+                "bias_ff", "bias_attn"},
                w);
     auto& o = c.transformer;
     get(t, "d_model", o.d_model, w);
     get(t, "num_heads", o.num_heads, w);
     get(t, "num_layers", o.num_layers, w);
     get(t, "causal", o.causal, w);
-    if (t.contains("layer_scale")) o.layer_scale = t["layer_scale"].is_null() ? std::nullopt : std::optional<double>(t["layer_scale"].get<double>());
-    if (t.contains("context")) o.context = t["context"].is_null() ? std::nullopt : std::optional<int64_t>(t["context"].get<int64_t>());
+    if (t.contains("layer_scale"))
+      o.layer_scale = t["layer_scale"].is_null() ? std::nullopt : std::optional<double>(t["layer_scale"].get<double>());
+    if (t.contains("context"))
+      o.context = t["context"].is_null() ? std::nullopt : std::optional<int64_t>(t["context"].get<int64_t>());
     get(t, "max_period", o.max_period, w);
     get(t, "gating", o.gating, w);
     get(t, "norm", o.norm, w);
@@ -161,17 +165,38 @@ nlohmann::json MimiConfig::to_json() const {
   j["channels"] = channels;
   j["frame_rate"] = frame_rate;
   j["num_codebooks"] = num_codebooks;
-  j["seanet"] = {{"channels", s.channels}, {"dimension", s.dimension}, {"causal", s.causal}, {"n_filters", s.n_filters},
-                 {"n_residual_layers", s.n_residual_layers}, {"activation", s.activation}, {"compress", s.compress},
-                 {"dilation_base", s.dilation_base}, {"kernel_size", s.kernel_size},
-                 {"residual_kernel_size", s.residual_kernel_size}, {"last_kernel_size", s.last_kernel_size},
-                 {"norm", s.norm}, {"pad_mode", s.pad_mode}, {"ratios", s.ratios}, {"true_skip", s.true_skip}};
-  j["quantizer"] = {{"dimension", quantizer.dimension}, {"n_q", quantizer.n_q}, {"bins", quantizer.bins},
-                    {"input_dimension", quantizer.input_dimension}, {"output_dimension", quantizer.output_dimension}};
-  j["transformer"] = {{"d_model", t.d_model}, {"num_heads", t.num_heads}, {"num_layers", t.num_layers},
-                      {"causal", t.causal}, {"max_period", t.max_period}, {"gating", t.gating}, {"norm", t.norm},
-                      {"positional_embedding", t.positional_embedding}, {"dim_feedforward", t.dim_feedforward.at(0)},
-                      {"conv_layout", true}, {"input_dimension", t.d_model}, {"output_dimensions", {t.d_model}}};
+  j["seanet"] = {{"channels", s.channels},
+                 {"dimension", s.dimension},
+                 {"causal", s.causal},
+                 {"n_filters", s.n_filters},
+                 {"n_residual_layers", s.n_residual_layers},
+                 {"activation", s.activation},
+                 {"compress", s.compress},
+                 {"dilation_base", s.dilation_base},
+                 {"kernel_size", s.kernel_size},
+                 {"residual_kernel_size", s.residual_kernel_size},
+                 {"last_kernel_size", s.last_kernel_size},
+                 {"norm", s.norm},
+                 {"pad_mode", s.pad_mode},
+                 {"ratios", s.ratios},
+                 {"true_skip", s.true_skip}};
+  j["quantizer"] = {{"dimension", quantizer.dimension},
+                    {"n_q", quantizer.n_q},
+                    {"bins", quantizer.bins},
+                    {"input_dimension", quantizer.input_dimension},
+                    {"output_dimension", quantizer.output_dimension}};
+  j["transformer"] = {{"d_model", t.d_model},
+                      {"num_heads", t.num_heads},
+                      {"num_layers", t.num_layers},
+                      {"causal", t.causal},
+                      {"max_period", t.max_period},
+                      {"gating", t.gating},
+                      {"norm", t.norm},
+                      {"positional_embedding", t.positional_embedding},
+                      {"dim_feedforward", t.dim_feedforward.at(0)},
+                      {"conv_layout", true},
+                      {"input_dimension", t.d_model},
+                      {"output_dimensions", {t.d_model}}};
   j["transformer"]["layer_scale"] = t.layer_scale ? nlohmann::json(*t.layer_scale) : nlohmann::json(nullptr);
   j["transformer"]["context"] = t.context ? nlohmann::json(*t.context) : nlohmann::json(nullptr);
   return j;
@@ -202,8 +227,8 @@ void MimiConfig::validate() const {
 
 // ---------------------------------------------------------------- model
 
-ProjectedTransformerImpl::ProjectedTransformerImpl(const lm::TransformerConfig& c) {
-  transformer = register_module("transformer", lm::StreamingTransformer(c));
+ProjectedTransformerImpl::ProjectedTransformerImpl(const nn::TransformerConfig& c) {
+  transformer = register_module("transformer", nn::StreamingTransformer(c));
 }
 
 DownsampleImpl::DownsampleImpl(int64_t dim, int64_t stride) {
@@ -245,17 +270,20 @@ at::Tensor MimiImpl::to_encoder_rate(const at::Tensor& emb, MimiState* st) const
 }
 
 at::Tensor MimiImpl::encode_latent(const at::Tensor& wav) const {
-  MT_CHECK(wav.dim() == 3 && wav.size(1) == 1, "mimi encode: expected wav [B, 1, N], got ", shape_str(wav.sizes().vec()));
+  MT_CHECK(wav.dim() == 3 && wav.size(1) == 1, "mimi encode: expected wav [B, 1, N], got ",
+           shape_str(wav.sizes().vec()));
   const int64_t fs = cfg.frame_size();
   at::Tensor x = wav.to(at::kFloat);
   const int64_t rem = x.size(2) % fs;
   if (rem) x = at::constant_pad_nd(x, {0, fs - rem});
-  at::Tensor e = encoder->forward(x);                                                    // [B, D, 2F]
-  e = encoder_transformer->transformer->forward(e.transpose(1, 2)).transpose(1, 2);     // conv layout
+  at::Tensor e = encoder->forward(x);                                                // [B, D, 2F]
+  e = encoder_transformer->transformer->forward(e.transpose(1, 2)).transpose(1, 2);  // conv layout
   return to_frame_rate(e, nullptr);
 }
 
-at::Tensor MimiImpl::encode(const at::Tensor& wav) const { return quantizer->encode(encode_latent(wav), cfg.num_codebooks); }
+at::Tensor MimiImpl::encode(const at::Tensor& wav) const {
+  return quantizer->encode(encode_latent(wav), cfg.num_codebooks);
+}
 
 at::Tensor MimiImpl::decode_latent(const at::Tensor& codes) const {
   MT_CHECK(codes.dim() == 3, "mimi decode: expected codes [B, K, T], got ", shape_str(codes.sizes().vec()));
@@ -264,8 +292,7 @@ at::Tensor MimiImpl::decode_latent(const at::Tensor& codes) const {
 }
 
 void MimiImpl::check_code_range(const at::Tensor& codes, const std::string& source) const {
-  MT_CHECK(codes.numel() == 0 ||
-               (codes.min().item<int64_t>() >= 0 && codes.max().item<int64_t>() < cfg.quantizer.bins),
+  MT_CHECK(codes.numel() == 0 || (codes.min().item<int64_t>() >= 0 && codes.max().item<int64_t>() < cfg.quantizer.bins),
            source, ": codes outside [0, ", cfg.quantizer.bins, ")");
 }
 
@@ -297,10 +324,10 @@ at::Tensor MimiImpl::encode_step(const at::Tensor& wav, MimiState& st) const {
 }
 
 at::Tensor MimiImpl::encode_latent_step(const at::Tensor& wav, MimiState& st) const {
-  MT_CHECK(wav.dim() == 3 && wav.size(0) == st.batch && wav.size(1) == 1, "mimi encode_step: expected wav [",
-           st.batch, ", 1, k*", cfg.frame_size(), "], got ", shape_str(wav.sizes().vec()));
-  MT_CHECK(wav.size(2) % cfg.frame_size() == 0, "mimi encode_step: ", wav.size(2),
-           " samples is not a whole number of ", cfg.frame_size(), "-sample frames");
+  MT_CHECK(wav.dim() == 3 && wav.size(0) == st.batch && wav.size(1) == 1, "mimi encode_step: expected wav [", st.batch,
+           ", 1, k*", cfg.frame_size(), "], got ", shape_str(wav.sizes().vec()));
+  MT_CHECK(wav.size(2) % cfg.frame_size() == 0, "mimi encode_step: ", wav.size(2), " samples is not a whole number of ",
+           cfg.frame_size(), "-sample frames");
   at::Tensor e = encoder->step(wav.to(at::kFloat), st.enc);
   e = encoder_transformer->transformer->step(e.transpose(1, 2), st.enc_tr).transpose(1, 2);
   return to_frame_rate(e, &st);
@@ -339,7 +366,8 @@ void MimiImpl::load(const std::map<std::string, at::Tensor>& tensors, const std:
   std::set<std::string> used;
   auto fill = [&](const std::string& name, at::Tensor& dst) {
     auto it = by_name.find(name);
-    MT_CHECK(it != by_name.end(), source, ": missing tensor '", name, "' (expected shape ", shape_str(dst.sizes().vec()), ")");
+    MT_CHECK(it != by_name.end(), source, ": missing tensor '", name, "' (expected shape ",
+             shape_str(dst.sizes().vec()), ")");
     const at::Tensor& src = *it->second;
     MT_CHECK(src.sizes() == dst.sizes(), source, ": tensor '", name, "': expected shape ", shape_str(dst.sizes().vec()),
              ", got ", shape_str(src.sizes().vec()));
@@ -369,9 +397,12 @@ void MimiImpl::init_random(uint64_t seed) {
     at::Tensor& p = kv.value();
     const std::string& n = kv.key();
     at::Tensor v;
-    if (n.find("layer_scale") != std::string::npos) v = at::full(p.sizes(), cfg.transformer.layer_scale.value_or(1.0));
-    else if (n.find("norm") != std::string::npos) v = n.size() > 5 && n.substr(n.size() - 4) == "bias" ? at::zeros(p.sizes()) : at::ones(p.sizes());
-    else if (p.dim() == 1) v = at::zeros(p.sizes());
+    if (n.find("layer_scale") != std::string::npos)
+      v = at::full(p.sizes(), cfg.transformer.layer_scale.value_or(1.0));
+    else if (n.find("norm") != std::string::npos)
+      v = n.size() > 5 && n.substr(n.size() - 4) == "bias" ? at::zeros(p.sizes()) : at::ones(p.sizes());
+    else if (p.dim() == 1)
+      v = at::zeros(p.sizes());
     else {
       const int64_t fan_in = p.numel() / p.size(0);
       v = at::empty(p.sizes()).normal_(0, 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(1, fan_in))), gen);
@@ -381,8 +412,10 @@ void MimiImpl::init_random(uint64_t seed) {
   for (auto& kv : named_buffers()) {
     const std::string& n = kv.key();
     at::Tensor& b = kv.value();
-    if (n.find("embedding_sum") != std::string::npos) b.copy_(at::empty(b.sizes()).normal_(0, 1, gen));
-    else b.fill_(1.0);
+    if (n.find("embedding_sum") != std::string::npos)
+      b.copy_(at::empty(b.sizes()).normal_(0, 1, gen));
+    else
+      b.fill_(1.0);
   }
   quantizer->refresh();
 }

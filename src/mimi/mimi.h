@@ -6,17 +6,17 @@
 //           decoder -> wav [B, 1, 1920 * T]
 // The model is immutable; a MimiState holds everything a stream carries (conv buffers, transposed-conv
 // tails, KV caches). Tensor names are those of Kyutai's Mimi checkpoint (shared/spec/moshi.md 2.8).
-#include <nlohmann/json_fwd.hpp>
 #include <torch/nn/module.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include <map>
 #include <string>
 
-#include "lm/config.h"
-#include "nn/transformer.h"
 #include "mimi/conv.h"
 #include "mimi/quantizer.h"
 #include "mimi/seanet.h"
+#include "nn/transformer.h"
+#include "nn/transformer_config.h"
 
 namespace mt::mimi {
 
@@ -26,7 +26,7 @@ struct MimiConfig {
   double frame_rate = 12.5;
   SEANetConfig seanet;
   QuantizerConfig quantizer;
-  lm::TransformerConfig transformer;  // encoder and decoder transformers (d_model 512, 8 layers, ...)
+  nn::TransformerConfig transformer;  // encoder and decoder transformers (d_model 512, 8 layers, ...)
   int64_t num_codebooks = 8;          // codebooks used by encode (Moshi: 8 of the 32 in the checkpoint)
 
   // The released model (moshi's _seanet_kwargs / _quantizer_kwargs / _transformer_kwargs).
@@ -38,15 +38,15 @@ struct MimiConfig {
   nlohmann::json to_json() const;
   void validate() const;
 
-  int64_t frame_size() const;                // samples per frame (1920)
-  int64_t resample_stride() const;           // encoder frame rate / frame rate (2)
+  int64_t frame_size() const;       // samples per frame (1920)
+  int64_t resample_stride() const;  // encoder frame rate / frame rate (2)
 };
 
 // Per-stream state (batch B): one per conversation; reset() starts the stream over.
 struct MimiState {
   int64_t batch = 0;
   SEANetState enc, dec;
-  lm::TransformerState enc_tr, dec_tr;
+  nn::TransformerState enc_tr, dec_tr;
   Conv1dState down;
   ConvTr1dState up;
   void reset();
@@ -55,8 +55,8 @@ struct MimiState {
 // Holders that give the reference's names: ProjectedTransformer (identity projections) and the
 // frame-rate conversions.
 struct ProjectedTransformerImpl : torch::nn::Module {
-  explicit ProjectedTransformerImpl(const lm::TransformerConfig& c);
-  lm::StreamingTransformer transformer{nullptr};
+  explicit ProjectedTransformerImpl(const nn::TransformerConfig& c);
+  nn::StreamingTransformer transformer{nullptr};
 };
 TORCH_MODULE(ProjectedTransformer);
 struct DownsampleImpl : torch::nn::Module {
@@ -80,9 +80,9 @@ struct MimiImpl : torch::nn::Module {
   SplitRVQ quantizer{nullptr};
 
   // Whole signal. wav [B, 1, N] (right-padded with zeros to a multiple of the frame size).
-  at::Tensor encode_latent(const at::Tensor& wav) const;  // [B, D, F] before quantization
-  at::Tensor encode(const at::Tensor& wav) const;         // codes [B, num_codebooks, F] int64
-  at::Tensor decode(const at::Tensor& codes) const;       // [B, 1, 1920 F]
+  at::Tensor encode_latent(const at::Tensor& wav) const;    // [B, D, F] before quantization
+  at::Tensor encode(const at::Tensor& wav) const;           // codes [B, num_codebooks, F] int64
+  at::Tensor decode(const at::Tensor& codes) const;         // [B, 1, 1920 F]
   at::Tensor decode_latent(const at::Tensor& codes) const;  // quantized latent [B, D, F]
   // Throws naming `source` unless every code is in [0, bins) (one host sync: not for per-frame use).
   void check_code_range(const at::Tensor& codes, const std::string& source) const;

@@ -12,9 +12,7 @@ CodebookImpl::CodebookImpl(int64_t bins, int64_t dim) {
   _initialized = register_buffer("_initialized", at::ones({1}));
 }
 
-at::Tensor CodebookImpl::centroids() const {
-  return embedding_sum / cluster_usage.clamp_min(1e-5).unsqueeze(1);
-}
+at::Tensor CodebookImpl::centroids() const { return embedding_sum / cluster_usage.clamp_min(1e-5).unsqueeze(1); }
 
 VQLayerImpl::VQLayerImpl(int64_t bins, int64_t dim) { _codebook = register_module("_codebook", Codebook(bins, dim)); }
 

@@ -8,10 +8,10 @@
 namespace mt::mimi {
 
 struct QuantizerConfig {
-  int64_t dimension = 256;         // codebook vectors
-  int64_t n_q = 32;                // codebooks held by the checkpoint (1 + rest)
+  int64_t dimension = 256;  // codebook vectors
+  int64_t n_q = 32;         // codebooks held by the checkpoint (1 + rest)
   int64_t bins = 2048;
-  int64_t input_dimension = 512;   // latent
+  int64_t input_dimension = 512;  // latent
   int64_t output_dimension = 512;
 };
 
@@ -54,6 +54,7 @@ struct ResidualVQImpl : torch::nn::Module {
   const Codebook& book(int64_t i) const { return books_.at(i); }
   Proj input_proj{nullptr}, output_proj{nullptr};  // absent when the dimensions are equal
   VQ vq{nullptr};
+
  private:
   std::vector<Codebook> books_;
   std::vector<at::Tensor> centroids_, sqnorms_;

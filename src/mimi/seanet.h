@@ -51,12 +51,13 @@ TORCH_MODULE(ResBlock);
 // The encoder and the decoder share one runner over their `model` list.
 struct SEANetImpl : torch::nn::Module {
   SEANetImpl(const SEANetConfig& cfg, bool encoder);
-  at::Tensor forward(const at::Tensor& x) const;                 // whole signal
-  at::Tensor step(const at::Tensor& x, SEANetState& st) const;   // a chunk, continuing `st`
+  at::Tensor forward(const at::Tensor& x) const;                // whole signal
+  at::Tensor step(const at::Tensor& x, SEANetState& st) const;  // a chunk, continuing `st`
   SEANetState make_state() const;
   SEANetConfig cfg;
   bool encoder;
   torch::nn::ModuleList model;
+
  private:
   enum class Kind { conv, convtr, res, elu };
   struct Entry {

@@ -11,7 +11,7 @@
 #include "util/fused.h"
 #include "util/simd.h"
 
-namespace mt::lm {
+namespace mt::nn {
 
 namespace {
 bool cpu_float_contiguous(const at::Tensor& t) {
@@ -35,8 +35,8 @@ at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets
            shape_str(qkv.sizes().vec()), ", expected [", B, ", 1, ", 3 * H * Dh, "]");
   MT_CHECK(cache.k.dim() == 4 && cache.k.size(0) == B && cache.k.size(1) == H && cache.k.size(2) == cap &&
                cache.k.size(3) == Dh && cache.v.sizes() == cache.k.sizes(),
-           "fused attention step: KV cache of shape ", shape_str(cache.k.sizes().vec()), ", expected [", B, ", ", H, ", ",
-           cap, ", ", Dh, "]");
+           "fused attention step: KV cache of shape ", shape_str(cache.k.sizes().vec()), ", expected [", B, ", ", H,
+           ", ", cap, ", ", Dh, "]");
   MT_CHECK(Dh % 2 == 0 || !g.rope, "RoPE needs an even head dimension, got ", Dh);
   const at::Tensor offs = offsets.to(at::kLong).cpu().contiguous();
   MT_CHECK(offs.numel() == B, "fused attention step: ", offs.numel(), " offsets for a batch of ", B);
@@ -54,7 +54,8 @@ at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets
       float f = std::exp(static_cast<float>(i) * c);
       if (yarn) {
         const float r = f * static_cast<float>(static_cast<double>(g.yarn->original_context) / (2.0 * M_PI));
-        float ramp = (r - static_cast<float>(g.yarn->beta_slow)) / static_cast<float>(g.yarn->beta_fast - g.yarn->beta_slow);
+        float ramp =
+            (r - static_cast<float>(g.yarn->beta_slow)) / static_cast<float>(g.yarn->beta_fast - g.yarn->beta_slow);
         ramp = std::min(1.f, std::max(0.f, ramp));
         f = (1.f - ramp) * f / static_cast<float>(g.yarn->factor) + ramp * f;
       }
@@ -109,7 +110,8 @@ at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets
         if (j >= pos_q + 1) pos_k = -1;
         const int64_t d = pos_q - pos_k;
         const bool allowed = pos_k >= 0 && d >= 0 && d < ctx;
-        sc[j] = allowed ? util::simd::dot(q.data(), kring + j * Dh, Dh) * scale : -std::numeric_limits<float>::infinity();
+        sc[j] =
+            allowed ? util::simd::dot(q.data(), kring + j * Dh, Dh) * scale : -std::numeric_limits<float>::infinity();
         mx = std::max(mx, sc[j]);
       }
       // The current slot is always allowed, so mx is finite.
@@ -128,4 +130,4 @@ at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets
   return out;
 }
 
-}  // namespace mt::lm
+}  // namespace mt::nn

@@ -12,10 +12,10 @@
 
 #include <optional>
 
-#include "lm/config.h"
 #include "nn/transformer.h"
+#include "nn/transformer_config.h"
 
-namespace mt::lm {
+namespace mt::nn {
 
 struct FusedStepGeometry {
   int64_t heads = 0, head_dim = 0;
@@ -35,4 +35,4 @@ bool fused_attention_step_applies(const at::Tensor& qkv, const KVCache* cache);
 at::Tensor fused_attention_step(const at::Tensor& qkv, const at::Tensor& offsets, int64_t offset_cpu, KVCache& cache,
                                 const FusedStepGeometry& g);
 
-}  // namespace mt::lm
+}  // namespace mt::nn

@@ -8,7 +8,7 @@
 #include "util/error.h"
 #include "util/gemv.h"
 
-namespace mt::lm {
+namespace mt::nn {
 
 void kaiming_uniform_fan_in(const at::Tensor& w, at::Generator& gen) {
   at::NoGradGuard ng;
@@ -37,18 +37,16 @@ void register_param_tree(torch::nn::Module& root, const std::string& dotted, con
 LinearImpl::LinearImpl(int64_t in, int64_t out) { weight = register_parameter("weight", at::empty({out, in})); }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) const {
-  MT_CHECK(!ttt_adapter, "a linear layer with a TTT adapter was run without the adapter's state");
-  return forward(x, nullptr);
+  MT_CHECK(!addon, "a linear layer with an add-on (", addon ? addon->unit() : "", ") was run without its state");
+  at::Tensor y = util::linear_nobias(x, weight);  // batch-1 steps: a bandwidth-bound gemv (util/gemv.h)
+  return lora_A ? y + lora_B->forward(lora_A->forward(x)) * lora_scaling : y;
 }
 
-at::Tensor LinearImpl::forward(const at::Tensor& x, ttt::TTTState* st, ttt::TTTProbes* probes) const {
-  at::Tensor y = util::linear_nobias(x, weight);  // batch-1 steps: a bandwidth-bound gemv (util/gemv.h)
+at::Tensor LinearImpl::forward(const at::Tensor& x, const StepContext& c) const {
+  if (!addon) return forward(x);
+  at::Tensor y = util::linear_nobias(x, weight);
   if (lora_A) y = y + lora_B->forward(lora_A->forward(x)) * lora_scaling;
-  if (ttt_adapter) {
-    MT_CHECK(st, "a linear layer with a TTT adapter was run without the adapter's state");
-    y = y + ttt_adapter->forward(x, *st, probes);
-  }
-  return y;
+  return y + addon->forward(x, c);
 }
 
 void LinearImpl::enable_lora(int64_t rank, double scaling) {
@@ -70,47 +68,9 @@ void LinearImpl::init_lora(uint64_t seed) const {
   lora_B->weight.zero_();
 }
 
-void LinearImpl::enable_ttt_adapter(const ttt::TTTConfig& inner, double scale, int64_t slot) {
-  ttt_adapter = register_module("ttt_adapter", std::make_shared<TTTAdapterImpl>(in_features(), out_features(), inner, scale));
-  adapter_slot = slot;
+void LinearImpl::attach(const std::string& name, std::shared_ptr<LinearAddon> a) {
+  MT_CHECK(!addon, "linear layer: '", name, "' attached where '", addon ? addon->unit() : "", "' already is");
+  addon = register_module(name, std::move(a));
 }
 
-void LinearImpl::init_ttt_adapter(uint64_t seed) const {
-  if (ttt_adapter) ttt_adapter->init(seed);
-}
-
-TTTAdapterImpl::TTTAdapterImpl(int64_t in, int64_t out, const ttt::TTTConfig& inner, double s) : scale(s) {
-  MT_CHECK(inner.num_attention_heads == 1 && inner.hidden_size >= 2, "TTT adapter: expects a one-head inner layer");
-  down = register_module("down", std::make_shared<LinearImpl>(in, inner.hidden_size));
-  up = register_module("up", std::make_shared<LinearImpl>(inner.hidden_size, out));
-  layer = std::make_shared<ttt::TTTLayer>(ttt::TTTLayer::init(inner, 0));
-  auto holder = register_module("layer", std::make_shared<torch::nn::Module>("TTTLayer"));
-  for (const auto& [name, t] : layer->named_parameters()) register_param_tree(*holder, name, t);
-  init(0);
-}
-
-void TTTAdapterImpl::init(uint64_t seed) const {
-  at::NoGradGuard ng;
-  at::Generator gen = at::detail::createCPUGenerator(seed);
-  kaiming_uniform_fan_in(down->weight, gen);
-  up->weight.zero_();
-  ttt::TTTLayer fresh = ttt::TTTLayer::init(layer->config(), seed + 1);
-  for (const auto& [name, t] : fresh.named_parameters()) layer->param(name).copy_(t);
-}
-
-at::Tensor TTTAdapterImpl::forward(const at::Tensor& x, ttt::TTTState& st, ttt::TTTProbes* probes) const {
-  at::Tensor z = util::linear_nobias(x, down->weight);
-  return util::linear_nobias(layer->forward(z, st, probes), up->weight) * scale;
-}
-
-int64_t adapter_parameters(int64_t in, int64_t out, const ttt::TTTConfig& inner) {
-  int64_t n = inner.hidden_size * (in + out);
-  for (const auto& [name, shape] : ttt::TTTLayer::expected_parameters(inner)) {
-    int64_t k = 1;
-    for (auto d : shape) k *= d;
-    n += k;
-  }
-  return n;
-}
-
-}  // namespace mt::lm
+}  // namespace mt::nn

@@ -10,32 +10,38 @@
 #include "nn/attention_step.h"
 #include "util/error.h"
 #include "util/fused.h"
-#include "util/pitfall_switch.h"
 
-namespace mt::lm {
+namespace mt::nn {
 
 // ---------------------------------------------------------------------------------------------
-NormImpl::NormImpl(const std::string& k, int64_t dim) : kind(k) {
-  if (kind == "layer_norm" || kind == "layer_norm_f32") {
-    eps = kind == "layer_norm" ? 1e-5 : 1e-8;
+NormKind parse_norm(const std::string& name) {
+  if (name == "layer_norm") return NormKind::kLayerNorm;
+  if (name == "layer_norm_f32") return NormKind::kLayerNormF32;
+  if (name == "rms_norm") return NormKind::kRmsNorm;
+  if (name == "rms_norm_f32") return NormKind::kRmsNormF32;
+  fail("unknown norm '", name, "' (layer_norm, layer_norm_f32, rms_norm, rms_norm_f32)");
+}
+
+NormImpl::NormImpl(const std::string& name, int64_t dim) : kind(parse_norm(name)) {
+  const bool f32 = kind == NormKind::kLayerNormF32 || kind == NormKind::kRmsNormF32;
+  eps = f32 ? 1e-8 : 1e-5;
+  if (kind == NormKind::kLayerNorm || kind == NormKind::kLayerNormF32) {
     weight = register_parameter("weight", at::ones({dim}));
     bias = register_parameter("bias", at::zeros({dim}));
-  } else if (kind == "rms_norm" || kind == "rms_norm_f32") {
-    eps = kind == "rms_norm" ? 1e-5 : 1e-8;
-    alpha = register_parameter("alpha", at::ones({1, 1, dim}));
   } else {
-    fail("unknown norm '", kind, "'");
+    alpha = register_parameter("alpha", at::ones({1, 1, dim}));
   }
 }
 
 at::Tensor NormImpl::forward(const at::Tensor& x) const {
-  if (kind == "layer_norm") return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
-  if (kind == "layer_norm_f32")
-    return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat), bias.to(at::kFloat), eps).to(x.scalar_type());
+  if (kind == NormKind::kLayerNorm) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+  if (kind == NormKind::kLayerNormF32)
+    return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat), bias.to(at::kFloat), eps)
+        .to(x.scalar_type());
   // RMSNorm: y = x * alpha * rsqrt(eps + mean(x^2)); rms_norm_f32 computes in float32.
   const int64_t D = x.size(-1);
-  if (util::fused_kernels_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && alpha.scalar_type() == at::kFloat &&
-      x.is_contiguous() && alpha.is_contiguous() && D > 0 && x.numel() <= 4 * D &&
+  if (util::fused_kernels_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+      alpha.scalar_type() == at::kFloat && x.is_contiguous() && alpha.is_contiguous() && D > 0 && x.numel() <= 4 * D &&
       !(at::GradMode::is_enabled() && (x.requires_grad() || alpha.requires_grad()))) {
     // A streaming step's few rows: one pass instead of seven tensor ops.
     at::Tensor y = at::empty_like(x);
@@ -52,56 +58,73 @@ at::Tensor NormImpl::forward(const at::Tensor& x) const {
     }
     return y;
   }
-  at::Tensor xf = kind == "rms_norm_f32" ? x.to(at::kFloat) : x;
+  at::Tensor xf = kind == NormKind::kRmsNormF32 ? x.to(at::kFloat) : x;
   at::Tensor var = (xf * xf).mean(-1, /*keepdim=*/true) + eps;
   return (xf * (alpha.to(var.scalar_type()) * at::rsqrt(var))).to(x.scalar_type());
 }
 
 LayerScaleImpl::LayerScaleImpl(int64_t dim, double init) { scale = register_parameter("scale", at::full({dim}, init)); }
 
-at::Tensor activation(const std::string& name, const at::Tensor& x) {
-  if (name == "silu") return at::silu(x);
-  if (name == "gelu") return at::gelu(x);
-  if (name == "relu") return at::relu(x);
-  if (name == "sigmoid") return at::sigmoid(x);
-  if (name == "tanh") return at::tanh(x);
-  if (name == "leaky_relu") return at::leaky_relu(x, 0.01);
-  if (name == "elu") return at::elu(x);
-  if (name == "mish") return at::mish(x);
-  if (name == "softsign") return x / (1 + x.abs());
-  if (name == "identity") return x;
+namespace {
+constexpr std::pair<const char*, Activation> kActivations[] = {
+    {"silu", Activation::kSilu},        {"gelu", Activation::kGelu}, {"relu", Activation::kRelu},
+    {"sigmoid", Activation::kSigmoid},  {"tanh", Activation::kTanh}, {"leaky_relu", Activation::kLeakyRelu},
+    {"elu", Activation::kElu},          {"mish", Activation::kMish}, {"softsign", Activation::kSoftsign},
+    {"identity", Activation::kIdentity}};
+}  // namespace
+
+Activation parse_activation(const std::string& name) {
+  for (const auto& [n, a] : kActivations)
+    if (name == n) return a;
   fail("unknown activation '", name, "'");
 }
 
-GatingImpl::GatingImpl(const std::string& act, int64_t dim, int64_t dim_feedforward) : activation(act) {
+at::Tensor activation(Activation a, const at::Tensor& x) {
+  switch (a) {
+    case Activation::kSilu: return at::silu(x);
+    case Activation::kGelu: return at::gelu(x);
+    case Activation::kRelu: return at::relu(x);
+    case Activation::kSigmoid: return at::sigmoid(x);
+    case Activation::kTanh: return at::tanh(x);
+    case Activation::kLeakyRelu: return at::leaky_relu(x, 0.01);
+    case Activation::kElu: return at::elu(x);
+    case Activation::kMish: return at::mish(x);
+    case Activation::kSoftsign: return x / (1 + x.abs());
+    case Activation::kIdentity: return x;
+  }
+  fail("activation: bad enum value");
+}
+
+PositionalEmbedding parse_positional_embedding(const std::string& name) {
+  if (name == "none") return PositionalEmbedding::kNone;
+  if (name == "sin") return PositionalEmbedding::kSin;
+  if (name == "rope") return PositionalEmbedding::kRope;
+  if (name == "sin_rope") return PositionalEmbedding::kSinRope;
+  fail("unknown positional embedding '", name, "' (none, sin, rope, sin_rope)");
+}
+
+GatingImpl::GatingImpl(const std::string& act, int64_t dim, int64_t dim_feedforward)
+    : activation(parse_activation(act)) {
   int64_t hidden = gating_hidden(dim, dim_feedforward);
   linear_in = register_module("linear_in", Linear(dim, 2 * hidden));
   linear_out = register_module("linear_out", Linear(hidden, dim));
 }
 
 namespace {
-// A linear of a layer, with its TTT adapter's state and probes when it has one.
-at::Tensor apply_linear(const LinearImpl& lin, const at::Tensor& x, LayerTTTState* st, LayerProbes* probes) {
-  if (!lin.ttt_adapter) return lin.forward(x, nullptr);
-  MT_CHECK(st, "a layer with TTT adapters was run without its TTT state");
-  const auto slot = static_cast<size_t>(lin.adapter_slot);
-  ttt::TTTProbes* pr = nullptr;
-  if (probes) {
-    if (probes->adapters.size() <= slot) probes->adapters.resize(slot + 1);
-    pr = &probes->adapters[slot];
-  }
-  return lin.forward(x, &st->adapters.at(slot), pr);
+// A linear of a layer, with its add-on when it has one (and the context holding the add-on's state).
+at::Tensor apply_linear(const LinearImpl& lin, const at::Tensor& x, const StepContext* c) {
+  return c ? lin.forward(x, *c) : lin.forward(x);
 }
 }  // namespace
 
-at::Tensor GatingImpl::forward(const at::Tensor& x, LayerTTTState* st, LayerProbes* probes) const {
-  at::Tensor u = apply_linear(*linear_in, x, st, probes);
+at::Tensor GatingImpl::forward(const at::Tensor& x, const StepContext* c) const {
+  at::Tensor u = apply_linear(*linear_in, x, c);
   auto shape = u.sizes().vec();
   int64_t hidden = shape.back() / 2;
   shape.back() = 2;
   shape.push_back(hidden);
   u = u.view(shape);
-  return apply_linear(*linear_out, mt::lm::activation(activation, u.select(-2, 0)) * u.select(-2, 1), st, probes);
+  return apply_linear(*linear_out, nn::activation(activation, u.select(-2, 0)) * u.select(-2, 1), c);
 }
 
 ScaledEmbeddingImpl::ScaledEmbeddingImpl(int64_t num, int64_t dim, std::optional<int64_t> lr) {
@@ -111,7 +134,7 @@ ScaledEmbeddingImpl::ScaledEmbeddingImpl(int64_t num, int64_t dim, std::optional
 
 at::Tensor ScaledEmbeddingImpl::forward(const at::Tensor& ids) const {
   at::Tensor y = at::embedding(weight, ids.clamp_min(0));
-  y = at::where(ids.eq(LMConfig::kZeroToken).unsqueeze(-1), at::zeros({}, y.options()), y);
+  y = at::where(ids.eq(kZeroId).unsqueeze(-1), at::zeros({}, y.options()), y);
   if (low_rank) y = low_rank->forward(y);
   return y;
 }
@@ -166,76 +189,75 @@ void KVCache::reset() {
   if (v.defined()) v.zero_();
 }
 
-int64_t LayerTTTState::updates() const {
-  int64_t n = hybrid.updates + inplace.updates;
-  for (const auto& a : adapters) n += a.updates;
-  return n;
+void KVCache::reset_slot(int64_t b) {
+  if (k.defined()) k.select(0, b).zero_();
+  if (v.defined()) v.select(0, b).zero_();
 }
 
-void LayerTTTState::reset() {
-  if (hybrid.batch > 0) hybrid.reset();
-  for (auto& a : adapters) a.reset();
-  if (inplace.batch() > 0) inplace.reset();
+void KVCache::write(const std::string& prefix, TensorMap& out) const {
+  if (!k.defined()) return;
+  out[prefix + "k"] = saved(k);
+  out[prefix + "v"] = saved(v);
 }
 
-void LayerTTTState::reset_slot(int64_t b) {
-  if (hybrid.batch > 0) hybrid.reset_slot(b);
-  for (auto& a : adapters) a.reset_slot(b);
-  if (inplace.batch() > 0) inplace.reset_slot(b);
-}
-
-void LayerTTTState::detach() {
-  if (hybrid.batch > 0) hybrid.detach();
-  for (auto& a : adapters) a.detach();
-  if (inplace.batch() > 0) inplace.detach();
+void KVCache::read(const std::string& prefix, const TensorMap& in, const at::Device& device) {
+  if (!k.defined()) return;
+  for (auto [key, t] : {std::pair<const char*, at::Tensor*>{"k", &k}, {"v", &v}}) {
+    const at::Tensor& src = need(in, prefix, key);
+    MT_CHECK(src.sizes() == t->sizes(), "checkpoint: '", prefix, key, "': expected shape ", shape_str(t->sizes().vec()),
+             ", got ", shape_str(src.sizes().vec()));
+    t->copy_(src.to(device));
+  }
 }
 
 void TransformerState::reset(const at::Tensor& mask) {
   if (!mask.defined()) {
     offsets.zero_();
     offset_cpu = 0;
-    for (auto& t : ttt) t.reset();
+    for (auto& a : addons) a.reset();
     return;
   }
   MT_CHECK(mask.dim() == 1 && mask.size(0) == batch, "reset mask must be [", batch, "] booleans, got ",
            shape_str(mask.sizes().vec()));
   // Slots with offset 0 see every cache entry as invalid, so their old keys are never read again.
   offsets.masked_fill_(mask.to(offsets.device(), at::kBool), 0);
-  if (!ttt.empty()) {
-    at::Tensor m = mask.to(at::kCPU, at::kBool);
-    for (int64_t b = 0; b < batch; ++b)
-      if (m[b].item<bool>())
-        for (auto& t : ttt)
-          if (!t.empty()) t.reset_slot(b);
-  }
+  if (addons.empty()) return;
+  at::Tensor m = mask.to(at::kCPU, at::kBool).contiguous();
+  for (int64_t b = 0; b < batch; ++b)
+    if (m.data_ptr<bool>()[b])
+      for (auto& a : addons) a.reset_slot(b);
+}
+
+void TransformerState::reset_slot(int64_t b) {
+  MT_CHECK(b >= 0 && b < batch, "transformer state: slot ", b, " out of range [0, ", batch, ")");
+  offsets.select(0, b).fill_(0);
+  for (auto& a : addons) a.reset_slot(b);
 }
 
 void TransformerState::detach() {
-  for (auto& t : ttt) t.detach();
+  for (auto& a : addons) a.detach();
 }
 
-HybridTTTImpl::HybridTTTImpl(const std::string& norm_kind, int64_t dim, const ttt::TTTConfig& cfg, double alpha_init) {
-  norm = register_module("norm", Norm(norm_kind, dim));
-  gating_alpha = register_parameter("gating_alpha", at::full({dim}, alpha_init));
-  layer = std::make_shared<ttt::TTTLayer>(ttt::TTTLayer::init(cfg, 0));
-  auto holder = register_module("layer", std::make_shared<torch::nn::Module>("TTTLayer"));
-  for (const auto& [name, t] : layer->named_parameters()) register_param_tree(*holder, name, t);
+void TransformerState::write(const std::string& prefix, TensorMap& out) const {
+  out[prefix + "offsets"] = saved(offsets);
+  out[prefix + "offset_cpu"] = long_tensor({offset_cpu});
+  for (size_t l = 0; l < layers.size(); ++l) layers[l].write(prefix + "kv" + std::to_string(l) + ".", out);
+  for (size_t l = 0; l < addons.size(); ++l) addons[l].write(prefix + "l" + std::to_string(l) + ".", out);
 }
 
-void HybridTTTImpl::init(uint64_t seed, double alpha_init) const {
-  at::NoGradGuard ng;
-  ttt::TTTLayer fresh = ttt::TTTLayer::init(layer->config(), seed);
-  for (const auto& [name, t] : fresh.named_parameters()) layer->param(name).copy_(t);
-  gating_alpha.fill_(alpha_init);
-  if (norm->alpha.defined()) norm->alpha.fill_(1.0);
-  if (norm->weight.defined()) norm->weight.fill_(1.0);
-  if (norm->bias.defined()) norm->bias.zero_();
+void TransformerState::read(const std::string& prefix, const TensorMap& in, const at::Device& device) {
+  const at::Tensor& o = need(in, prefix, "offsets");
+  MT_CHECK(o.numel() == batch, "checkpoint: '", prefix, "offsets' has ", o.numel(), " slots, the state ", batch);
+  offsets.copy_(o.to(device));
+  offset_cpu = long_vector(need(in, prefix, "offset_cpu")).at(0);
+  for (size_t l = 0; l < layers.size(); ++l) layers[l].read(prefix + "kv" + std::to_string(l) + ".", in, device);
+  for (size_t l = 0; l < addons.size(); ++l) addons[l].read(prefix + "l" + std::to_string(l) + ".", in, device);
 }
 
-at::Tensor HybridTTTImpl::forward(const at::Tensor& h, ttt::TTTState& st, ttt::TTTProbes* probes) const {
-  // Tests only: pitfalls.md row 8, a hard clamp that zeroes α's gradient outside [-3, 3].
-  const at::Tensor a = pitfall::on(8) ? gating_alpha.clamp(-3.0, 3.0) : gating_alpha;
-  return at::tanh(a) * layer->forward(norm->forward(h), st, probes);
+int64_t TransformerState::updates() const {
+  int64_t n = 0;
+  for (const auto& a : addons) n += a.updates();
+  return n;
 }
 
 namespace {
@@ -257,7 +279,8 @@ at::Tensor per_step(const at::Tensor& x, const TransformerConfig& cfg, int64_t o
 }
 }  // namespace
 
-AttentionImpl::AttentionImpl(const TransformerConfig& c) : cfg(c) {
+AttentionImpl::AttentionImpl(const TransformerConfig& c)
+    : cfg(c), pos_emb(parse_positional_embedding(c.positional_embedding)) {
   in_projs = register_module("in_projs", torch::nn::ModuleList());
   out_projs = register_module("out_projs", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_weight_sets(); ++i) {
@@ -266,15 +289,18 @@ AttentionImpl::AttentionImpl(const TransformerConfig& c) : cfg(c) {
   }
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
-                                  KVCache* cache, LayerTTTState* tst, LayerProbes* probes) const {
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& c) const {
+  const at::Tensor& offsets = c.offsets;
+  const int64_t offset_cpu = c.offset_cpu;
+  KVCache* cache = c.cache;
   const int64_t B = x.size(0), T = x.size(1), H = cfg.num_heads, Dh = cfg.head_dim();
   auto proj = [&](const torch::nn::ModuleList& list, const at::Tensor& in) {
-    if (list->size() == 1) return apply_linear(*list->ptr(0)->as<LinearImpl>(), in, tst, probes);
-    return per_step(in, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return list->ptr(s)->as<LinearImpl>()->forward(xi); });
+    if (list->size() == 1) return list->ptr(0)->as<LinearImpl>()->forward(in, c);
+    return per_step(in, cfg, offset_cpu,
+                    [&](int64_t s, const at::Tensor& xi) { return list->ptr(s)->as<LinearImpl>()->forward(xi); });
   };
   const at::Tensor qkv_flat = proj(in_projs, x);  // [B, T, 3 * H * Dh]
-  const bool rope = cfg.positional_embedding == "rope" || cfg.positional_embedding == "sin_rope";
+  const bool rope = pos_emb == PositionalEmbedding::kRope || pos_emb == PositionalEmbedding::kSinRope;
   if (T == 1 && cfg.causal && fused_attention_step_applies(qkv_flat, cache)) {
     const FusedStepGeometry g{H, Dh, rope, cfg.max_period, &cfg.rope_scaling, cfg.context};
     return proj(out_projs, fused_attention_step(qkv_flat, offsets, offset_cpu, *cache, g));
@@ -346,7 +372,8 @@ TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) 
   } else if (cfg.weights_per_step > 0) {
     gating_list = register_module("gating", torch::nn::ModuleList());
     for (int64_t i = 0; i < cfg.num_weight_sets(); ++i)
-      gating_list->push_back(Gating(cfg.gating, cfg.d_model, cfg.dim_feedforward[cfg.dim_feedforward.size() == 1 ? 0 : i]));
+      gating_list->push_back(
+          Gating(cfg.gating, cfg.d_model, cfg.dim_feedforward[cfg.dim_feedforward.size() == 1 ? 0 : i]));
   } else {
     gating = register_module("gating", Gating(cfg.gating, cfg.d_model, cfg.dim_feedforward[0]));
   }
@@ -356,255 +383,187 @@ TransformerLayerImpl::TransformerLayerImpl(const TransformerConfig& c) : cfg(c) 
   }
 }
 
-at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const at::Tensor& offsets, int64_t offset_cpu,
-                                         KVCache* cache, LayerTTTState* tst, LayerProbes* probes, const at::Tensor& x0) const {
-  MT_CHECK(tst || !has_ttt(), "a TTT layer was run without its TTT state");
-  ttt::TTTProbes* hp = probes ? &probes->hybrid : nullptr;
-  at::Tensor a = x, par;
-  if (ttt && ttt_placement == Placement::before_attention) a = x + ttt->forward(x, tst->hybrid, hp);
-  if (ttt && ttt_placement == Placement::parallel) par = ttt->forward(x, tst->hybrid, hp);
-  at::Tensor upd = self_attn->forward(norm1->forward(a), offsets, offset_cpu, cache, tst, probes);
+at::Tensor TransformerLayerImpl::forward(const at::Tensor& x, const StepContext& c) const {
+  MT_CHECK(c.state || !has_addons(), "layer ", c.layer, " has add-ons but was run without their state");
+  at::Tensor a = x;
+  for (const auto& addon : layer_addons_) a = addon->before_attention(a, c);
+  at::Tensor upd = self_attn->forward(norm1->forward(a), c);
   at::Tensor h = a + (layer_scale_1 ? layer_scale_1->forward(upd) : upd);
-  if (par.defined()) h = h + par;
-  if (ttt && ttt_placement == Placement::after_attention) h = h + ttt->forward(h, tst->hybrid, hp);
-  at::Tensor n = norm2->forward(h);
-  if (inplace) {
-    const at::Tensor& t = inplace_target_embeddings ? x0 : n;
-    MT_CHECK(t.defined(), "In-Place TTT layer run without its target source (the transformer input)");
-    upd = inplace->step(n, t, tst->inplace);
-    if (probes) {
-      probes->inplace_dw_norm = tst->inplace.dw.flatten(1).norm(2, {1});
-      probes->inplace_updates = tst->inplace.tokens / inplace->cfg.chunk_size;
-    }
-  } else if (linear1) {
-    upd = apply_linear(*linear2, at::gelu(apply_linear(*linear1, n, tst, probes)), tst, probes);
-  } else if (gating_list) {
-    upd = per_step(n, cfg, offset_cpu, [&](int64_t s, const at::Tensor& xi) { return gating_list->ptr(s)->as<GatingImpl>()->forward(xi); });
-  } else {
-    upd = gating->forward(n, tst, probes);
-  }
+  for (const auto& addon : layer_addons_) h = addon->after_attention(x, h, c);
+  upd = ffn(norm2->forward(h), c);
   return h + (layer_scale_2 ? layer_scale_2->forward(upd) : upd);
 }
 
-LayerTTTState TransformerLayerImpl::make_ttt_state(int64_t batch) const {
-  LayerTTTState s;
-  if (ttt) s.hybrid = ttt::TTTState(batch);
-  for (size_t i = 0; i < adapted.size(); ++i) s.adapters.emplace_back(batch);
-  if (inplace) s.inplace = inplace->make_state(batch);
+at::Tensor TransformerLayerImpl::ffn(const at::Tensor& n, const StepContext& c) const {
+  if (ffn_addon_) return ffn_addon_->ffn(n, c);
+  if (linear1) return linear2->forward(at::gelu(linear1->forward(n, c)), c);
+  if (gating_list)
+    return per_step(n, cfg, c.offset_cpu, [&](int64_t s, const at::Tensor& xi) {
+      return gating_list->ptr(s)->as<GatingImpl>()->forward(xi);
+    });
+  return gating->forward(n, &c);
+}
+
+void TransformerLayerImpl::add(std::shared_ptr<LayerAddon> addon) {
+  if (addon->replaces_ffn()) {
+    MT_CHECK(!ffn_addon_, "layer: two add-ons replace the FFN ('", ffn_addon_ ? ffn_addon_->unit() : "", "', '",
+             addon->unit(), "')");
+    ffn_addon_ = addon.get();
+  }
+  addon->slot = static_cast<int64_t>(by_slot_.size());
+  by_slot_.push_back(addon.get());
+  layer_addons_.push_back(std::move(addon));
+}
+
+void TransformerLayerImpl::attach(const std::string& target, const std::string& name,
+                                  std::shared_ptr<LinearAddon> addon) {
+  Linear lin = linear(target);
+  addon->slot = static_cast<int64_t>(by_slot_.size());
+  lin->attach(name, addon);
+  by_slot_.push_back(addon.get());
+  linear_addons_.push_back(std::move(addon));
+}
+
+Linear TransformerLayerImpl::linear(const std::string& target) const {
+  if (target == "self_attn.in_proj" || target == "self_attn.out_proj") {
+    const auto& list = target == "self_attn.in_proj" ? self_attn->in_projs : self_attn->out_projs;
+    MT_CHECK(list->size() == 1, target, " has weights per step (not supported)");
+    return Linear(list->ptr<LinearImpl>(0));
+  }
+  if (target == "gating.linear_in" || target == "gating.linear_out") {
+    MT_CHECK(gating, target, ": the layer has no single gated FFN");
+    return target == "gating.linear_in" ? gating->linear_in : gating->linear_out;
+  }
+  if (target == "linear1" || target == "linear2") {
+    MT_CHECK(linear1, target, ": the layer has a gated FFN (use gating.linear_in/out)");
+    return target == "linear1" ? linear1 : linear2;
+  }
+  fail("unknown linear '", target,
+       "' (self_attn.in_proj, self_attn.out_proj, gating.linear_in, gating.linear_out, linear1, linear2)");
+}
+
+LayerState TransformerLayerImpl::make_state(int64_t batch) const {
+  LayerState s;
+  for (const AddonBase* a : by_slot_) s.add(a->state_name(), a->make_state(batch));
   return s;
 }
 
-void TransformerLayerImpl::init_ttt(uint64_t seed) const {
-  if (ttt) ttt->init(seed, initial_alpha);
-  for (size_t i = 0; i < adapted.size(); ++i) adapted[i]->init_ttt_adapter(seed * 31 + i + 1);
-  if (inplace) {
-    at::NoGradGuard ng;
-    at::Generator gen = at::detail::createCPUGenerator(seed);
-    inplace->conv_weight.zero_();
-    if (inplace->proj_weight.defined()) {
-      at::Tensor p = at::zeros(inplace->proj_weight.sizes(), at::kFloat);
-      p.diagonal().normal_(0, 0.02, gen);  // official: zero with a N(0, 0.02²) diagonal
-      inplace->proj_weight.copy_(p);
-    }
-  }
-}
-
-namespace {
-// The inner TTT layer config of the integration (hybrid block: the model's width and heads; adapter:
-// one head of width adapter_rank); errors name the config field.
-ttt::TTTConfig inner_config(const TTTIntegrationConfig& t, int64_t width, int64_t heads, int64_t layer, const char* what) {
-  ttt::TTTConfig tc;
-  tc.hidden_size = width;
-  tc.num_attention_heads = heads;
-  tc.mini_batch_size = t.mini_batch_size;
-  tc.ttt_layer_type = t.type;
-  tc.ttt_mlp_layers = t.mlp_layers;
-  tc.ttt_base_lr = t.base_lr;
-  tc.use_gate = t.use_gate;
-  tc.share_qk = t.share_qk;
-  tc.conv_kernel = t.conv_kernel;
-  tc.scan_checkpoint_group_size = t.scan_checkpoint_group_size;
-  try {
-    tc.validate();
-  } catch (const Error& e) {
-    fail("ttt (", what, ", layer ", layer, "): ", e.what());
-  }
-  return tc;
-}
-}  // namespace
-
-StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c, const TTTIntegrationConfig* ttt) : cfg(c) {
+StreamingTransformerImpl::StreamingTransformerImpl(const TransformerConfig& c,
+                                                   const std::function<TransformerConfig(int64_t)>& layer_config)
+    : cfg(c), pos_emb_(parse_positional_embedding(c.positional_embedding)) {
   layers = register_module("layers", torch::nn::ModuleList());
-  const bool on = ttt && ttt->enable;
-  if (on) ttt->validate(cfg.num_layers);
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    TransformerConfig lc = cfg;
-    const bool is_ttt = on && ttt->is_ttt_layer(i, cfg.num_layers);
-    if (on) {
-      if (is_ttt && ttt->attention_context) lc.context = ttt->attention_context;
-      if (!is_ttt && ttt->non_ttt_attention_context) lc.context = ttt->non_ttt_attention_context;
-    }
-    TransformerLayer layer(lc);
+    TransformerLayer layer(layer_config ? layer_config(i) : cfg);
     layer_ptrs.push_back(layer);
     layers->push_back(layer);
-    if (!is_ttt) continue;
-    layer->initial_alpha = ttt->initial_gating_alpha;
-    // (validate() above has checked the name.)
-    layer->ttt_placement = ttt->placement == "parallel"           ? TransformerLayerImpl::Placement::parallel
-                           : ttt->placement == "before_attention" ? TransformerLayerImpl::Placement::before_attention
-                                                                  : TransformerLayerImpl::Placement::after_attention;
-    if (ttt->variant == "hybrid") {
-      ttt::TTTConfig tc = inner_config(*ttt, cfg.d_model, ttt->num_heads > 0 ? ttt->num_heads : cfg.num_heads, i, "hybrid");
-      layer->ttt = layer->register_module("ttt", HybridTTT(cfg.norm, cfg.d_model, tc, ttt->initial_gating_alpha));
-    } else if (ttt->variant == "adapter") {
-      ttt::TTTConfig tc = inner_config(*ttt, ttt->adapter_rank, 1, i, "adapter of width adapter_rank");
-      for (const auto& target : ttt->adapter_targets) {
-        Linear lin{nullptr};
-        if (target == "self_attn.in_proj" || target == "self_attn.out_proj") {
-          const auto& list = target == "self_attn.in_proj" ? layer->self_attn->in_projs : layer->self_attn->out_projs;
-          MT_CHECK(list->size() == 1, "ttt.adapter_targets: ", target, " of layer ", i, " has weights per step (not supported)");
-          lin = Linear(list->ptr<LinearImpl>(0));
-        } else if (target == "gating.linear_in" || target == "gating.linear_out") {
-          MT_CHECK(layer->gating, "ttt.adapter_targets: ", target, ": layer ", i, " has no single gated FFN");
-          lin = target == "gating.linear_in" ? layer->gating->linear_in : layer->gating->linear_out;
-        } else if (target == "linear1" || target == "linear2") {
-          MT_CHECK(layer->linear1, "ttt.adapter_targets: ", target, ": layer ", i, " has a gated FFN (use gating.linear_in/out)");
-          lin = target == "linear1" ? layer->linear1 : layer->linear2;
-        } else {
-          fail("ttt.adapter_targets: unknown target '", target,
-               "' (self_attn.in_proj, self_attn.out_proj, gating.linear_in, gating.linear_out, linear1, linear2)");
-        }
-        MT_CHECK(!lin->ttt_adapter, "ttt.adapter_targets: '", target, "' listed twice");
-        lin->enable_ttt_adapter(tc, ttt->adapter_scale, static_cast<int64_t>(layer->adapted.size()));
-        layer->adapted.push_back(lin);
-        layer->adapted_names.push_back(target);
-      }
-    } else if (ttt->variant == "inplace") {
-      MT_CHECK(layer->gating, "ttt.variant inplace: layer ", i, " needs a gated FFN with one weight set (gating '", cfg.gating,
-               "', weights_per_step ", cfg.weights_per_step, ")");
-      ttt::InPlaceConfig ic;
-      ic.dim = cfg.d_model;
-      ic.hidden = layer->gating->linear_out->weight.size(1);
-      ic.chunk_size = ttt->inplace_chunk_size;
-      ic.lr = ttt->inplace_lr;
-      ic.use_proj = ttt->inplace_use_proj;
-      ic.conv_kernel = ttt->inplace_conv_kernel;
-      ic.conv_lookahead = ttt->inplace_lookahead;
-      // Tests only: pitfalls.md row 9, a setting parsed and never forwarded.
-      ic.delta_clip_fro_norm = pitfall::on(9) ? 0.0 : ttt->inplace_delta_clip_fro_norm;
-      ic.activation = cfg.gating;
-      try {
-        ic.validate();
-      } catch (const Error& e) {
-        fail("ttt (inplace, layer ", i, "): ", e.what());
-      }
-      auto ffn = std::make_shared<ttt::InPlaceFFNImpl>(ic);
-      // The FFN runs on the layer's own gating weights (its own copies are emptied); its target
-      // tensors live under gating.
-      {
-        at::NoGradGuard ng;
-        ffn->gating->linear_in->weight.set_data(at::empty({0}));
-        ffn->gating->linear_out->weight.set_data(at::empty({0}));
-      }
-      ffn->gating->linear_in->weight = layer->gating->linear_in->weight;
-      ffn->gating->linear_out->weight = layer->gating->linear_out->weight;
-      register_param_tree(*layer->gating, "ttt_conv.weight", ffn->conv_weight);
-      if (ffn->proj_weight.defined()) register_param_tree(*layer->gating, "ttt_proj.weight", ffn->proj_weight);
-      layer->inplace = ffn;
-      layer->inplace_target_embeddings = ttt->inplace_target == "embeddings";
-    }
   }
 }
 
-bool StreamingTransformerImpl::has_ttt() const {
+bool StreamingTransformerImpl::has_addons() const {
   for (const auto& l : layer_ptrs)
-    if (l->has_ttt()) return true;
+    if (l->has_addons()) return true;
   return false;
 }
 
-std::vector<LayerTTTState> StreamingTransformerImpl::make_ttt_states(int64_t batch) const {
-  std::vector<LayerTTTState> out;
-  for (const auto& l : layer_ptrs) out.push_back(l->has_ttt() ? l->make_ttt_state(batch) : LayerTTTState());
+std::vector<LayerState> StreamingTransformerImpl::make_layer_states(int64_t batch) const {
+  std::vector<LayerState> out;
+  out.reserve(layer_ptrs.size());
+  for (const auto& l : layer_ptrs) out.push_back(l->make_state(batch));
   return out;
 }
 
 at::Tensor StreamingTransformerImpl::add_positional(const at::Tensor& x, const at::Tensor& offsets) const {
-  if (cfg.positional_embedding != "sin" && cfg.positional_embedding != "sin_rope") return x;
+  if (pos_emb_ != PositionalEmbedding::kSin && pos_emb_ != PositionalEmbedding::kSinRope) return x;
   const int64_t T = x.size(1);
   at::Tensor pos = offsets.view({-1, 1}) + at::arange(T, offsets.options());
   return x + sin_embedding(pos, x.size(2), cfg.max_period, x.scalar_type());
 }
 
 namespace {
-// Reentrant activation checkpointing of one layer (whole-sequence forward, no state): the forward runs
-// without recording, the backward runs it again with recording and back-propagates through it, which
-// accumulates the parameters' gradients and returns the input's.
+// Reentrant activation checkpointing of one layer without add-ons (whole-sequence forward): the
+// forward runs without recording, the backward runs it again with recording and back-propagates
+// through it, which accumulates the parameters' gradients and returns the input's.
 struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& offsets,
                             int64_t layer_ptr) {
     ctx->save_for_backward({x, offsets});
     ctx->saved_data["layer"] = layer_ptr;
     at::NoGradGuard ng;
-    return reinterpret_cast<const TransformerLayerImpl*>(layer_ptr)->forward(x, offsets, 0, nullptr);
+    return run(layer_ptr, x, offsets);
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
     auto saved = ctx->get_saved_variables();
-    const auto* layer = reinterpret_cast<const TransformerLayerImpl*>(ctx->saved_data["layer"].toInt());
     at::Tensor x = saved[0].detach().requires_grad_(true);
     at::Tensor y;
     {
       at::AutoGradMode on(true);
-      y = layer->forward(x, saved[1], 0, nullptr);
+      y = run(ctx->saved_data["layer"].toInt(), x, saved[1]);
     }
     torch::autograd::backward({y}, {g[0]});
     return {x.grad(), at::Tensor(), at::Tensor()};
   }
+  static at::Tensor run(int64_t layer_ptr, const at::Tensor& x, const at::Tensor& offsets) {
+    StepContext c;
+    c.offsets = offsets;
+    return reinterpret_cast<const TransformerLayerImpl*>(layer_ptr)->forward(x, c);
+  }
 };
 }  // namespace
 
-at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<LayerTTTState>* ttt_states,
-                                             std::vector<LayerProbes>* probes) const {
-  at::Tensor offsets = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(x.device()));
-  at::Tensor h = add_positional(x, offsets);
-  std::vector<LayerTTTState> fresh;
-  if (!ttt_states && has_ttt()) {
-    fresh = make_ttt_states(x.size(0));
-    ttt_states = &fresh;
+at::Tensor StreamingTransformerImpl::forward(const at::Tensor& x, std::vector<LayerState>* states,
+                                             const ProbeFn* probe) const {
+  StepContext c;
+  c.offsets = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(x.device()));
+  c.input = x;
+  c.probe = probe;
+  at::Tensor h = add_positional(x, c.offsets);
+  std::vector<LayerState> fresh;
+  if (!states && has_addons()) {
+    fresh = make_layer_states(x.size(0));
+    states = &fresh;
   }
-  if (probes) probes->assign(layer_ptrs.size(), {});
   const bool ckpt = gradient_checkpointing && at::GradMode::is_enabled();
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
-    const bool t = layer_ptrs[i]->has_ttt();
-    if (ckpt && !t) {
+    const bool addons = layer_ptrs[i]->has_addons();
+    if (ckpt && !addons) {
       // The input must require grad for the backward to reach this layer's parameters (frozen
       // embeddings under LoRA would otherwise cut them off, silently).
       at::Tensor in = h.requires_grad() ? h : h.detach().requires_grad_(true);
-      h = LayerCheckpoint::apply(in, offsets, reinterpret_cast<int64_t>(layer_ptrs[i].get()));
+      h = LayerCheckpoint::apply(in, c.offsets, reinterpret_cast<int64_t>(layer_ptrs[i].get()));
       continue;
     }
-    h = layer_ptrs[i]->forward(h, offsets, 0, nullptr, t ? &ttt_states->at(i) : nullptr, probes && t ? &(*probes)[i] : nullptr, x);
+    c.layer = static_cast<int64_t>(i);
+    c.state = addons ? &states->at(i) : nullptr;
+    h = layer_ptrs[i]->forward(h, c);
   }
   return h;
 }
 
-at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st, std::vector<LayerProbes>* probes) const {
-  MT_CHECK(x.dim() == 3 && x.size(0) == st.batch && x.size(2) == cfg.d_model, "transformer step: expected [",
-           st.batch, ", T, ", cfg.d_model, "], got ", shape_str(x.sizes().vec()));
-  MT_CHECK(x.size(1) <= st.max_chunk, "transformer step: chunk of ", x.size(1), " steps, but the state was made for at most ",
-           st.max_chunk, " (make_state's max_chunk)");
+at::Tensor StreamingTransformerImpl::step(const at::Tensor& x, TransformerState& st, const ProbeFn* probe) const {
+  MT_CHECK(x.dim() == 3 && x.size(0) == st.batch && x.size(2) == cfg.d_model, "transformer step: expected [", st.batch,
+           ", T, ", cfg.d_model, "], got ", shape_str(x.sizes().vec()));
+  MT_CHECK(x.size(1) <= st.max_chunk, "transformer step: chunk of ", x.size(1),
+           " steps, but the state was made for at most ", st.max_chunk, " (make_state's max_chunk)");
+  StepContext c;
+  c.offsets = st.offsets;
+  c.offset_cpu = st.offset_cpu;
+  c.input = x;
+  c.probe = probe;
   at::Tensor h = add_positional(x, st.offsets);
-  if (probes) probes->assign(layer_ptrs.size(), {});
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
-    const bool t = layer_ptrs[i]->has_ttt();
-    h = layer_ptrs[i]->forward(h, st.offsets, st.offset_cpu, &st.layers[i], t ? &st.ttt.at(i) : nullptr,
-                               probes && t ? &(*probes)[i] : nullptr, x);
+    c.layer = static_cast<int64_t>(i);
+    c.cache = &st.layers[i];
+    c.state = layer_ptrs[i]->has_addons() ? &st.addons.at(i) : nullptr;
+    h = layer_ptrs[i]->forward(h, c);
   }
   st.offsets.add_(x.size(1));
   st.offset_cpu += x.size(1);
   return h;
 }
 
-TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max_chunk, std::optional<int64_t> window) const {
+TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max_chunk,
+                                                      std::optional<int64_t> window) const {
   TransformerState st;
   st.batch = batch;
   MT_CHECK(max_chunk >= 1, "max_chunk must be >= 1");
@@ -612,7 +571,7 @@ TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max
   at::Tensor any = parameters().empty() ? at::empty({0}) : parameters().front();
   auto opt = any.options().requires_grad(false);
   st.offsets = at::zeros({batch}, opt.dtype(at::kLong));
-  st.ttt = make_ttt_states(batch);
+  st.addons = make_layer_states(batch);
   for (size_t i = 0; i < layer_ptrs.size(); ++i) {
     const auto& lc = layer_ptrs[i]->cfg;
     int64_t w = window.value_or(lc.context ? *lc.context : lc.weights_per_step);
@@ -627,4 +586,4 @@ TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max
   return st;
 }
 
-}  // namespace mt::lm
+}  // namespace mt::nn

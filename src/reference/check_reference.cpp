@@ -10,7 +10,7 @@
 
 namespace fs = std::filesystem;
 
-namespace mt::eval {
+namespace mt::ref {
 
 bool CaseResult::pass() const {
   if (skipped) return true;
@@ -45,8 +45,8 @@ TensorCheck failed_check(const std::string& name, const std::string& note) {
   return c;
 }
 
-TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Tensor& want, double atol,
-                    double rtol, const std::string& reason, const std::optional<at::Tensor>& mask) {
+TensorCheck compare(const std::string& name, const at::Tensor& got, const at::Tensor& want, double atol, double rtol,
+                    const std::string& reason, const std::optional<at::Tensor>& mask) {
   TensorCheck c;
   c.name = name;
   c.atol = atol;
@@ -123,8 +123,7 @@ std::string layout_kind(const std::string& dir) {
       try {
         if (io::SafeTensors((fs::path(dir) / "weights.safetensors").string()).contains("ttt_conv.weight"))
           return "inplace";
-      } catch (const std::exception&) {
-      }
+      } catch (const std::exception&) {}
     }
     return it->first;
   }
@@ -162,7 +161,8 @@ CaseResult run_case(const std::string& dir, const RunOptions& opt) {
     }
   if (r.kind.empty()) {
     // A folder with a config.json that matches no known layout is an error, never a silent skip.
-    r.checks.push_back(failed_check("(layout)", "unknown case layout (expected the files of an lm, ttt, inplace, mimi or train case)"));
+    r.checks.push_back(failed_check(
+        "(layout)", "unknown case layout (expected the files of an lm, ttt, inplace, mimi or train case)"));
     return r;
   }
   r.skipped = true;
@@ -185,4 +185,4 @@ std::vector<std::string> find_cases(const std::string& root) {
   return out;
 }
 
-}  // namespace mt::eval
+}  // namespace mt::ref

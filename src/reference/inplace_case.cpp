@@ -7,10 +7,10 @@
 #include <filesystem>
 #include <set>
 
-#include "reference/check_reference.h"
 #include "io/safetensors.h"
-#include "ttt/inplace.h"
+#include "reference/check_reference.h"
 #include "reference/inplace_case.h"
+#include "ttt/inplace.h"
 #include "util/error.h"
 #include "util/runtime.h"
 
@@ -33,14 +33,14 @@ bool is_inplace_case(const std::string& dir) {
 // Tolerances are relative to the tensor's largest magnitude: the reference is exact to float32
 // storage (float64 arithmetic), so our error is float32 rounding of sums whose terms are of the order
 // of the largest entries; an entry near zero carries the absolute error of those terms.
-eval::TensorCheck scaled(const std::string& name, const at::Tensor& got, const at::Tensor& want, double k,
-                         const std::string& reason) {
+ref::TensorCheck scaled(const std::string& name, const at::Tensor& got, const at::Tensor& want, double k,
+                        const std::string& reason) {
   const double scale = std::max(want.abs().max().item<double>(), 1e-30);
-  return eval::compare(name, got, want, k * scale, 0.0, str(reason, " (atol = ", k, " x max|want|)"));
+  return ref::compare(name, got, want, k * scale, 0.0, str(reason, " (atol = ", k, " x max|want|)"));
 }
 
-eval::CaseResult run_inplace_case(const std::string& dir, const eval::RunOptions& opt) {
-  eval::CaseResult r;
+ref::CaseResult run_inplace_case(const std::string& dir, const ref::RunOptions& opt) {
+  ref::CaseResult r;
   const fs::path d(dir);
   InPlaceConfig cfg = InPlaceConfig::from_json_file((d / "config.json").string());
   const c10::Device dev = parse_device(opt.device);
@@ -81,18 +81,21 @@ eval::CaseResult run_inplace_case(const std::string& dir, const eval::RunOptions
     for (int64_t i = 0; i < x.size(1); ++i) ys.push_back(m->step(x0.narrow(1, i, 1), t0.narrow(1, i, 1), st));
     const std::string why = "fp32 token-by-token decode (running ΔW instead of the sequence form)";
     r.checks.push_back(scaled("y_stream", at::cat(ys, 1).cpu(), want("y_stream"), 2e-6, why));
-    r.checks.push_back(scaled("w_final", st.w_final(0).cpu(), want("w_final"), 2e-6,
-                              "fp32 sum of the completed chunks' updates"));
+    r.checks.push_back(
+        scaled("w_final", st.w_final(0).cpu(), want("w_final"), 2e-6, "fp32 sum of the completed chunks' updates"));
   }
   // Every stored output must have been compared: a tensor we do not produce is a failure, not a skip.
   for (const auto& name : out_f.names())
     if (!compared.count(name))
-      r.checks.push_back(eval::failed_check(name, "stored in outputs.safetensors but not produced by the module (use_proj mismatch?)"));
+      r.checks.push_back(
+          ref::failed_check(name, "stored in outputs.safetensors but not produced by the module (use_proj mismatch?)"));
   return r;
 }
 
 }  // namespace
 
-void register_inplace_reference_kind() { eval::register_kind("inplace", is_inplace_case, run_inplace_case); }
-
 }  // namespace mt::ttt
+
+namespace mt::ref {
+void register_inplace_case() { register_kind("inplace", ttt::is_inplace_case, ttt::run_inplace_case); }
+}  // namespace mt::ref

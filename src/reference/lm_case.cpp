@@ -6,10 +6,10 @@
 
 #include <filesystem>
 
-#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
+#include "reference/check_reference.h"
 #include "util/error.h"
 #include "util/runtime.h"
 
@@ -27,7 +27,8 @@ bool is_lm_case(const std::string& dir) {
 
 // Mean cross-entropy over positions where mask is true, per stream: logits [B, K, T, N], targets [B, K, T].
 at::Tensor ce_per_stream(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask) {
-  at::Tensor lp = at::log_softmax(at::where(mask.unsqueeze(-1), logits, at::zeros({}, logits.options())).to(at::kDouble), -1);
+  at::Tensor lp =
+      at::log_softmax(at::where(mask.unsqueeze(-1), logits, at::zeros({}, logits.options())).to(at::kDouble), -1);
   at::Tensor t = at::where(mask, targets, at::zeros({}, targets.options()));
   at::Tensor nll = -lp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
   at::Tensor m = mask.to(at::kDouble);
@@ -35,14 +36,14 @@ at::Tensor ce_per_stream(const at::Tensor& logits, const at::Tensor& targets, co
   return (nll * m).sum(at::IntArrayRef(dims)) / m.sum(at::IntArrayRef(dims)).clamp_min(1);
 }
 
-eval::TensorCheck rel_check(const std::string& name, const at::Tensor& got, const at::Tensor& want, double rtol,
-                            const std::string& reason) {
+ref::TensorCheck rel_check(const std::string& name, const at::Tensor& got, const at::Tensor& want, double rtol,
+                           const std::string& reason) {
   // Relative error per entry: |got - want| / |want|; same as compare() with atol 0.
-  return eval::compare(name, got, want, 0.0, rtol, reason);
+  return ref::compare(name, got, want, 0.0, rtol, reason);
 }
 
-eval::CaseResult run_lm_case(const std::string& dir, const eval::RunOptions& opt) {
-  eval::CaseResult r;
+ref::CaseResult run_lm_case(const std::string& dir, const ref::RunOptions& opt) {
+  ref::CaseResult r;
   const fs::path d(dir);
   LMConfig cfg = LMConfig::from_file((d / "config.json").string());
   c10::Device dev = parse_device(opt.device);
@@ -58,11 +59,12 @@ eval::CaseResult run_lm_case(const std::string& dir, const eval::RunOptions& opt
     o = model->forward(codes);
   }
   at::Tensor mask = out_f.get("mask"), text_mask = out_f.get("text_mask");
-  r.checks.push_back(eval::compare_exact("mask", o.mask.cpu(), mask, "masks are exact"));
-  r.checks.push_back(eval::compare_exact("text_mask", o.text_mask.cpu(), text_mask, "masks are exact"));
+  r.checks.push_back(ref::compare_exact("mask", o.mask.cpu(), mask, "masks are exact"));
+  r.checks.push_back(ref::compare_exact("text_mask", o.text_mask.cpu(), text_mask, "masks are exact"));
   const std::string why = "fp32; our matmul/SDPA sum in another order than the reference's Python path";
-  r.checks.push_back(eval::compare("logits", o.logits.cpu(), out_f.get("logits"), 2e-5, 1e-5, why, mask));
-  r.checks.push_back(eval::compare("text_logits", o.text_logits.cpu(), out_f.get("text_logits"), 2e-5, 1e-5, why, text_mask));
+  r.checks.push_back(ref::compare("logits", o.logits.cpu(), out_f.get("logits"), 2e-5, 1e-5, why, mask));
+  r.checks.push_back(
+      ref::compare("text_logits", o.text_logits.cpu(), out_f.get("text_logits"), 2e-5, 1e-5, why, text_mask));
   // Kyutai's own test: mean cross-entropy per codebook, relative error (1e-6 there; 1e-5 asked of us).
   const int64_t dq = cfg.dep_q;
   at::Tensor tgt = codes.cpu().narrow(1, cfg.audio_offset(), dq);
@@ -86,13 +88,15 @@ eval::CaseResult run_lm_case(const std::string& dir, const eval::RunOptions& opt
       if (y) outs.push_back(y->cpu());
     }
     at::Tensor got = outs.empty() ? at::empty({user.size(0), 1 + dq, 0}, at::kLong) : at::cat(outs, 2);
-    r.checks.push_back(eval::compare_exact("gen.tokens", got, want, "greedy tokens are exact"));
+    r.checks.push_back(ref::compare_exact("gen.tokens", got, want, "greedy tokens are exact"));
   }
   return r;
 }
 
 }  // namespace
 
-void register_reference_kind() { eval::register_kind("lm", is_lm_case, run_lm_case); }
-
 }  // namespace mt::lm
+
+namespace mt::ref {
+void register_lm_case() { register_kind("lm", lm::is_lm_case, lm::run_lm_case); }
+}  // namespace mt::ref

@@ -6,8 +6,6 @@
 
 namespace mt::mimi {
 
-void register_reference_kind();
-
 // Codes compared by match rate, and exactly where no near-tie exists: along the residual path of the
 // reference codes `want`, starting from `latent` (ours), a mismatch is "clear" when the reference's
 // centroid is farther than our best by more than tie_rel relative to the distance scale.
@@ -18,3 +16,8 @@ CodeCheck check_codes(const Mimi& m, const at::Tensor& latent, const at::Tensor&
                       double tie_rel);
 
 }  // namespace mt::mimi
+
+namespace mt::ref {
+// Registers the "mimi" kind of reference case with check-reference.
+void register_mimi_case();
+}  // namespace mt::ref

@@ -1,6 +1,7 @@
-// check-reference for train cases: a few optimizer steps of moshi-finetune on a small LM, every
-// parameter trained, float32. Per step: text and audio loss of each micro-batch, the lr used, the total
-// gradient norm before clipping; the first step's gradients; every parameter after the last step.
+// check-reference for train cases: a few optimizer steps of moshi-finetune on a small LM, float32,
+// every parameter trained or (LoRA cases) LoRA on every linear with the base frozen. Per step: text and audio loss of
+// each micro-batch, the lr used, the total gradient norm before clipping; the first step's gradients; every parameter
+// after the last step.
 #include "reference/train_case.h"
 
 #include <ATen/ATen.h>
@@ -9,9 +10,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "reference/check_reference.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
+#include "reference/check_reference.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/runtime.h"
@@ -38,8 +39,8 @@ T field(const nlohmann::json& j, const char* k, const std::string& where) {
   }
 }
 
-eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& opt) {
-  eval::CaseResult r;
+ref::CaseResult run_train_case(const std::string& dir, const ref::RunOptions& opt) {
+  ref::CaseResult r;
   const fs::path d(dir);
   const std::string tj = (d / "train.json").string();
   nlohmann::json t;
@@ -57,14 +58,34 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
 
   c10::Device dev = parse_device(opt.device);
   lm::LMConfig cfg = lm::LMConfig::from_file((d / "config.json").string());
-  lm::LMModel model = lm::load_lm(cfg, (d / "model.safetensors").string(), at::kFloat);
+  // LoRA cases (moshi-finetune's full_finetuning: false): every linear gets an adapter whose initial
+  // values come from lora.safetensors, and only the adapters (and the embeddings with ft_embed) train.
+  const bool full = t.value("full_finetuning", true);
+  lm::LoRAConfig lora;
+  if (!full) {
+    const auto lj = field<nlohmann::json>(t, "lora", tj);
+    lora.enable = field<bool>(lj, "enable", tj + ": lora");
+    lora.rank = field<int64_t>(lj, "rank", tj + ": lora");
+    lora.scaling = field<double>(lj, "scaling", tj + ": lora");
+    lora.ft_embed = field<bool>(lj, "ft_embed", tj + ": lora");
+    MT_CHECK(lora.enable, tj, ": full_finetuning is false but lora.enable is not true");
+  }
+  lm::LMModel model = lm::load_lm(cfg, (d / "model.safetensors").string(), at::kFloat, {}, nullptr, lora,
+                                  full ? "" : (d / "lora.safetensors").string());
   model->to(dev);
   model->train();
   ParamGroup g{"base", {}, lr, wd};
   std::vector<at::Tensor> trainable;
+  std::vector<std::pair<std::string, at::Tensor>> frozen;
   for (auto& kv : model->named_parameters()) {
-    kv.value().set_requires_grad(true);
-    g.params.emplace_back(kv.key(), kv.value());
+    const std::string& n = kv.key();
+    const bool train = full || lm::is_lora_param(n) || (lora.ft_embed && n.find("emb") != std::string::npos);
+    kv.value().set_requires_grad(train);
+    if (!train) {
+      frozen.emplace_back(n, kv.value());
+      continue;
+    }
+    g.params.emplace_back(n, kv.value());
     trainable.push_back(kv.value());
   }
   AdamW optim({g}, AdamWConfig{0.9, 0.95, 1e-8});
@@ -76,8 +97,8 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
 
   io::SafeTensors bf((d / "batches.safetensors").string()), of((d / "out.safetensors").string());
   at::Tensor codes = bf.get("codes");  // [steps, M, B, K, T]
-  MT_CHECK(codes.dim() == 5 && codes.size(0) >= steps && codes.size(1) == M, dir, ": batches codes: expected [", steps, ", ",
-           M, ", B, K, T], got ", shape_str(codes.sizes().vec()));
+  MT_CHECK(codes.dim() == 5 && codes.size(0) >= steps && codes.size(1) == M, dir, ": batches codes: expected [", steps,
+           ", ", M, ", B, K, T], got ", shape_str(codes.sizes().vec()));
   at::Tensor text_loss = at::zeros({steps, M}, at::kDouble), audio_loss = at::zeros({steps, M}, at::kDouble);
   at::Tensor lrs = at::zeros({steps}, at::kDouble), norms = at::zeros({steps}, at::kDouble);
   std::map<std::string, at::Tensor> first_grads;
@@ -86,7 +107,8 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
     for (int64_t m = 0; m < M; ++m) micro.push_back(codes[s][m].to(dev));
     auto capture = [&](StepResult&) {
       if (s != 0) return;
-      for (const auto& [n, p] : g.params) first_grads[n] = p.grad().defined() ? p.grad().detach().cpu().clone() : at::zeros_like(p).cpu();
+      for (const auto& [n, p] : g.params)
+        first_grads[n] = p.grad().defined() ? p.grad().detach().cpu().clone() : at::zeros_like(p).cpu();
     };
     StepResult sr = train_step(*model, optim, sched, s, micro, nullptr, {}, lc, max_norm, trainable, false, capture);
     for (int64_t m = 0; m < M; ++m) {
@@ -97,20 +119,22 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
     norms[s] = sr.grad_norm;
   }
   const std::string fp32 = "fp32 forward/backward; our matmuls sum in another order than PyTorch's";
-  r.checks.push_back(eval::compare("text_loss", text_loss, of.get("text_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
-  r.checks.push_back(eval::compare("audio_loss", audio_loss, of.get("audio_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
-  r.checks.push_back(eval::compare("lr", lrs, of.get("lr").narrow(0, 0, steps), 0, 1e-7, "OneCycle is closed-form; the file stores it as float32"));
-  r.checks.push_back(eval::compare("grad_norm", norms, of.get("grad_norm").narrow(0, 0, steps), 1e-6, 1e-4, fp32));
+  r.checks.push_back(ref::compare("text_loss", text_loss, of.get("text_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
+  r.checks.push_back(
+      ref::compare("audio_loss", audio_loss, of.get("audio_loss").narrow(0, 0, steps), 1e-5, 1e-5, fp32));
+  r.checks.push_back(ref::compare("lr", lrs, of.get("lr").narrow(0, 0, steps), 0, 1e-7,
+                                  "OneCycle is closed-form; the file stores it as float32"));
+  r.checks.push_back(ref::compare("grad_norm", norms, of.get("grad_norm").narrow(0, 0, steps), 1e-6, 1e-4, fp32));
   // A tensor the case lacks is a failure named after it.
   auto present = [&](const std::string& key) {
     if (of.contains(key)) return true;
-    r.checks.push_back(eval::failed_check(key, "not in out.safetensors"));
+    r.checks.push_back(ref::failed_check(key, "not in out.safetensors"));
     return false;
   };
   for (const auto& [n, gr] : first_grads) {
     const std::string key = "grad." + n;
     if (!present(key)) continue;
-    r.checks.push_back(eval::compare(key, gr, of.get(key), 2e-6, 1e-4, fp32 + " (gradients of the first step)"));
+    r.checks.push_back(ref::compare(key, gr, of.get(key), 2e-6, 1e-4, fp32 + " (gradients of the first step)"));
   }
   // Adam divides by sqrt(v): a gradient that is only rounding noise still moves a weight (up to lr/100
   // per the case's README), so final weights get an absolute tolerance of lr/100.
@@ -121,15 +145,24 @@ eval::CaseResult run_train_case(const std::string& dir, const eval::RunOptions& 
     // that is pure rounding noise can change sign there: Adam turns each such element into a step of up
     // to lr, so the bound becomes 2·lr per step (measured on an H200: 8.9e-4 after 4 steps at lr 3e-3).
     const bool cpu = dev.is_cpu();
-    r.checks.push_back(eval::compare(key, p.detach().cpu(), of.get(key), cpu ? lr / 100 : 2 * lr * static_cast<double>(steps), 1e-4,
-                                     cpu ? "after the last step; Adam amplifies rounding noise on near-zero gradients"
-                                         : "after the last step, on a GPU: noise-level gradients may flip sign (2 lr per step)"));
+    r.checks.push_back(
+        ref::compare(key, p.detach().cpu(), of.get(key), cpu ? lr / 100 : 2 * lr * static_cast<double>(steps), 1e-4,
+                     cpu ? "after the last step; Adam amplifies rounding noise on near-zero gradients"
+                         : "after the last step, on a GPU: noise-level gradients may flip sign (2 lr per step)"));
+  }
+  // The frozen base of a LoRA run must come out unchanged to the bit.
+  for (const auto& [n, p] : frozen) {
+    const std::string key = "final." + n;
+    if (!present(key)) continue;
+    r.checks.push_back(ref::compare_exact(key, p.detach().cpu(), of.get(key), "frozen: never updated"));
   }
   return r;
 }
 
 }  // namespace
 
-void register_reference_kind() { eval::register_kind("train", is_train_case, run_train_case); }
-
 }  // namespace mt::train
+
+namespace mt::ref {
+void register_train_case() { register_kind("train", train::is_train_case, train::run_train_case); }
+}  // namespace mt::ref

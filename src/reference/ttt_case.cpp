@@ -8,8 +8,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "reference/check_reference.h"
 #include "io/safetensors.h"
+#include "reference/check_reference.h"
 #include "ttt/ttt_layer.h"
 #include "util/error.h"
 
@@ -39,8 +39,8 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-eval::CaseResult run(const std::string& dir, const eval::RunOptions& opt) {
-  eval::CaseResult r;
+ref::CaseResult run(const std::string& dir, const ref::RunOptions& opt) {
+  ref::CaseResult r;
   auto cfg = parse_config_json(read_text(fs::path(dir) / "config.json"));
   auto weights = io::load_all((fs::path(dir) / "weights.safetensors").string());
   auto inputs = io::load_all((fs::path(dir) / "inputs.safetensors").string());
@@ -73,22 +73,23 @@ eval::CaseResult run(const std::string& dir, const eval::RunOptions& opt) {
   // that the LayerNorms can amplify where a row's variance is small, hence atol 2e-5 + rtol 1e-4 on y.
   // Gradients go through the inner LN-fused L2 backward twice (its derivative), sums over B*L tokens
   // and nh heads, so they get 1e-4 + 1e-3 relative.
-  r.checks.push_back(eval::compare("y", y, want.at("y"), 2e-5, 1e-4, "float32, different op order through two LayerNorms"));
-  r.checks.push_back(eval::compare("grad.x", grads[0], want.at("grad.x"), 1e-4, 1e-3,
-                                   "float32 gradient through the inner loop's closed-form derivatives"));
+  r.checks.push_back(
+      ref::compare("y", y, want.at("y"), 2e-5, 1e-4, "float32, different op order through two LayerNorms"));
+  r.checks.push_back(ref::compare("grad.x", grads[0], want.at("grad.x"), 1e-4, 1e-3,
+                                  "float32 gradient through the inner loop's closed-form derivatives"));
   size_t i = 1;
   for (const auto& [n, p] : layer.named_parameters()) {
     auto key = "grad." + n;
     const auto& g = grads[i++];
     if (!want.count(key)) {
-      r.checks.push_back(eval::failed_check(key, "missing in outputs.safetensors"));
+      r.checks.push_back(ref::failed_check(key, "missing in outputs.safetensors"));
       continue;
     }
     // Parameter gradients are sums over all B*L tokens whose float32 rounding grows with the largest
     // term, so atol is relative to the tensor's max (1e-5: ~100 ulps of float32).
     double scale = want.at(key).abs().max().item<double>();
-    r.checks.push_back(eval::compare(key, g, want.at(key), 1e-6 + 1e-5 * scale, 1e-4,
-                                     "float32 sum over B*L tokens of closed-form inner derivatives"));
+    r.checks.push_back(ref::compare(key, g, want.at(key), 1e-6 + 1e-5 * scale, 1e-4,
+                                    "float32 sum over B*L tokens of closed-form inner derivatives"));
   }
 
   // Streaming: one token at a time through the state (dual form with accumulated gradient sums here,
@@ -98,14 +99,16 @@ eval::CaseResult run(const std::string& dir, const eval::RunOptions& opt) {
     auto st = layer.init_state(x.size(0));
     std::vector<at::Tensor> ys;
     for (int64_t t = 0; t < x.size(1); ++t) ys.push_back(layer.step(x.narrow(1, t, 1), st));
-    r.checks.push_back(eval::compare("y_stream", at::cat(ys, 1), want.at("y_stream"), 2e-5, 1e-4,
-                                     "float32; primal (reference) vs dual-with-sums (ours) op order"));
+    r.checks.push_back(ref::compare("y_stream", at::cat(ys, 1), want.at("y_stream"), 2e-5, 1e-4,
+                                    "float32; primal (reference) vs dual-with-sums (ours) op order"));
   }
   return r;
 }
 
 }  // namespace
 
-void register_reference_kind() { eval::register_kind("ttt", is_ttt_case, run); }
-
 }  // namespace mt::ttt
+
+namespace mt::ref {
+void register_ttt_case() { register_kind("ttt", ttt::is_ttt_case, ttt::run); }
+}  // namespace mt::ref

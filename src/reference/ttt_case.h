@@ -1,5 +1,6 @@
 #pragma once
 // check-reference runner for ttt cases (see shared/reference/README.md).
-namespace mt::ttt {
-void register_reference_kind();
-}
+namespace mt::ref {
+// Registers the "ttt" kind of reference case with check-reference.
+void register_ttt_case();
+}  // namespace mt::ref

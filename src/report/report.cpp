@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -16,7 +17,7 @@
 
 namespace fs = std::filesystem;
 
-namespace mt::eval {
+namespace mt::report {
 
 namespace {
 
@@ -151,6 +152,16 @@ plot::Series series_of(const std::vector<nlohmann::json>& recs, const std::strin
   return s;
 }
 
+// Whether the chart's values are all positive and span more than a decade and a half: a log axis then
+// shows the late part of a loss curve instead of flattening it against the floor.
+bool spans_decades(const plot::Chart& c) {
+  double lo = INFINITY, hi = -INFINITY;
+  for (const auto& s : c.series)
+    for (double y : s.y)
+      if (std::isfinite(y)) lo = std::min(lo, y), hi = std::max(hi, y);
+  return lo > 0 && hi / lo > 30;
+}
+
 std::set<std::string> object_keys(const std::vector<nlohmann::json>& recs, const std::string& key) {
   std::set<std::string> k;
   for (const auto& j : recs)
@@ -185,6 +196,7 @@ Section training_section(const fs::path& run, const fs::path& rep, std::vector<s
     c.series.push_back(series_of(train, "audio_loss", "audio"));
     c.series.push_back(series_of(train, "text_loss", "text"));
     c.series.push_back(series_of(evals, "eval_loss", "eval", "points"));
+    c.logy = spans_decades(c);
     write(c, "training_curves.png");
   }
   {
@@ -248,8 +260,7 @@ Section paired_section(const fs::path& run, const fs::path& rep, std::vector<std
   c.ymin = 0;
   c.ymax = 100;
   c.hlines.push_back({50, "chance"});
-  plot::Series bars{"accuracy", {}, {}, "bar"}, ci{"95% interval", {}, {}, "line"};
-  ci.color = 0x000000;
+  plot::Series bars{"accuracy (whiskers: 95% interval)", {}, {}, "bar"};
   bool synthetic = false;
   for (size_t i = 0; i < sums.size(); ++i) {
     const auto& j = sums[i];
@@ -269,15 +280,14 @@ Section paired_section(const fs::path& run, const fs::path& rep, std::vector<std
     const double x = static_cast<double>(i);
     bars.x.push_back(x);
     bars.y.push_back(r["score"].is_number() ? 100 * r["score"].get<double>() : NAN);
-    if (r["ci"]["lo"].is_number()) {
-      ci.x.insert(ci.x.end(), {x, x, x});
-      ci.y.insert(ci.y.end(), {100 * r["ci"]["lo"].get<double>(), 100 * r["ci"]["hi"].get<double>(), NAN});
-    }
+    const bool ci = r["ci"]["lo"].is_number() && r["ci"]["hi"].is_number();
+    bars.lower.push_back(ci ? 100 * r["ci"]["lo"].get<double>() : NAN);
+    bars.upper.push_back(ci ? 100 * r["ci"]["hi"].get<double>() : NAN);
     c.xticks.push_back({x, label});
   }
   c.xmin = -0.7;
   c.xmax = static_cast<double>(sums.size()) - 0.3;
-  c.series = {bars, ci};
+  c.series = {bars};
   plot::write_png(c, (rep / "paired_benchmarks.png").string());
   written.push_back((rep / "paired_benchmarks.png").string());
   sec.images.push_back("paired_benchmarks.png");
@@ -365,4 +375,4 @@ std::vector<std::string> write_report(const std::string& run_dir) {
   return written;
 }
 
-}  // namespace mt::eval
+}  // namespace mt::report

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-namespace mt::eval {
+namespace mt::report {
 
 std::vector<std::string> write_report(const std::string& run_dir);
 
-}  // namespace mt::eval
+}  // namespace mt::report

@@ -9,9 +9,8 @@
 
 namespace mt::text {
 
-std::vector<int64_t> build_token_stream(const std::vector<WordAlignment>& alignments,
-                                        int64_t num_frames, const TokenizeFn& tokenize,
-                                        const InterleaverConfig& config) {
+std::vector<int64_t> build_token_stream(const std::vector<WordAlignment>& alignments, int64_t num_frames,
+                                        const TokenizeFn& tokenize, const InterleaverConfig& config) {
   MT_CHECK(num_frames >= 0, "build_token_stream: num_frames must be >= 0, got ", num_frames);
   MT_CHECK(config.frame_rate > 0, "build_token_stream: frame_rate must be > 0, got ", config.frame_rate);
   MT_CHECK(static_cast<bool>(tokenize), "build_token_stream: no tokenizer given");
@@ -41,8 +40,8 @@ std::vector<int64_t> build_token_stream(const std::vector<WordAlignment>& alignm
       // those bounds), so a far-off end time cannot overflow int64 (found by the alignments fuzzer).
       const double end_frame = std::trunc(words[i]->end_s * config.frame_rate);
       last_word_end = end_frame >= double(num_frames) ? num_frames
-                      : end_frame <= -1.0            ? -1
-                                                     : static_cast<int64_t>(end_frame);
+                      : end_frame <= -1.0             ? -1
+                                                      : static_cast<int64_t>(end_frame);
       ++i;
     }
     if (queue_pos < queue.size()) {
@@ -74,23 +73,20 @@ std::vector<WordAlignment> parse_alignments_json(const std::string& path) {
   for (size_t k = 0; k < list.size(); ++k) {
     const auto& e = list[k];
     auto where = [&] { return str(path, ": alignments[", k, "]"); };
-    MT_CHECK(e.is_array() && e.size() == 3, where(),
-             ": expected [word, [start_s, end_s], speaker], got ", e.dump());
+    MT_CHECK(e.is_array() && e.size() == 3, where(), ": expected [word, [start_s, end_s], speaker], got ", e.dump());
     MT_CHECK(e[0].is_string(), where(), ": word must be a string, got ", e[0].dump());
     MT_CHECK(e[1].is_array() && e[1].size() == 2 && e[1][0].is_number() && e[1][1].is_number(), where(),
              ": times must be [start_s, end_s] numbers, got ", e[1].dump());
     MT_CHECK(e[2].is_string(), where(), ": speaker must be a string, got ", e[2].dump());
-    WordAlignment a{e[0].get<std::string>(), e[1][0].get<double>(), e[1][1].get<double>(),
-                    e[2].get<std::string>()};
-    MT_CHECK(std::isfinite(a.start_s) && std::isfinite(a.end_s), where(), ": non-finite times ",
-             e[1].dump());
+    WordAlignment a{e[0].get<std::string>(), e[1][0].get<double>(), e[1][1].get<double>(), e[2].get<std::string>()};
+    MT_CHECK(std::isfinite(a.start_s) && std::isfinite(a.end_s), where(), ": non-finite times ", e[1].dump());
     out.push_back(std::move(a));
   }
   return out;
 }
 
-std::vector<WordAlignment> select_alignments(const std::vector<WordAlignment>& alignments,
-                                             double start_sec, double duration_sec) {
+std::vector<WordAlignment> select_alignments(const std::vector<WordAlignment>& alignments, double start_sec,
+                                             double duration_sec) {
   MT_CHECK(duration_sec >= 0, "select_alignments: duration must be >= 0, got ", duration_sec);
   const double end_sec = start_sec + duration_sec;
   std::vector<WordAlignment> out;

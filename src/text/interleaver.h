@@ -36,9 +36,8 @@ struct InterleaverConfig {
 // non-empty queue emits its front at t (turning a PAD at t - 1 into EPAD), else t is in_word_pad
 // while t <= last_word_end, PAD after.
 // Times are relative to the segment start (see select_alignments).
-std::vector<int64_t> build_token_stream(const std::vector<WordAlignment>& alignments,
-                                        int64_t num_frames, const TokenizeFn& tokenize,
-                                        const InterleaverConfig& config = {});
+std::vector<int64_t> build_token_stream(const std::vector<WordAlignment>& alignments, int64_t num_frames,
+                                        const TokenizeFn& tokenize, const InterleaverConfig& config = {});
 
 // Reads {"alignments": [[word, [start_s, end_s], speaker], ...], ...} (other keys ignored); errors
 // name the file and the entry index.
@@ -46,7 +45,7 @@ std::vector<WordAlignment> parse_alignments_json(const std::string& path);
 
 // The words whose start lies in [start_sec, start_sec + duration_sec), in input order, with times
 // shifted by -start_sec (moshi-finetune's bisection on sorted alignments, spec 4.3 step 2).
-std::vector<WordAlignment> select_alignments(const std::vector<WordAlignment>& alignments,
-                                             double start_sec, double duration_sec);
+std::vector<WordAlignment> select_alignments(const std::vector<WordAlignment>& alignments, double start_sec,
+                                             double duration_sec);
 
 }  // namespace mt::text

@@ -7,9 +7,7 @@
 namespace mt::text {
 
 namespace {
-bool is_py_space(unsigned char c) {
-  return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
-}
+bool is_py_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); }
 }  // namespace
 
 std::string strip(const std::string& s) {
@@ -56,8 +54,7 @@ std::vector<int> Tokenizer::encode_word(const std::string& word) const {
 }
 
 void Tokenizer::check_id(int id, const char* what) const {
-  MT_CHECK(id >= 0 && id < vocab_size(), path_, ": ", what, ": token id ", id, " outside [0, ",
-           vocab_size(), ")");
+  MT_CHECK(id >= 0 && id < vocab_size(), path_, ": ", what, ": token id ", id, " outside [0, ", vocab_size(), ")");
 }
 
 std::string Tokenizer::decode(const std::vector<int>& ids) const {

@@ -81,8 +81,9 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
       if (!codec_model) {
         codec_model = std::make_unique<mimi::Mimi>(mimi::load_mimi(c.mimi_weights, c.mimi_config));
         auto& m = *codec_model;
-        MT_CHECK(std::max(c.moshi_codebooks, c.user_codebooks) <= m->cfg.quantizer.n_q, c.mimi_weights, ": the LM needs ",
-                 std::max(c.moshi_codebooks, c.user_codebooks), " codebooks, the codec has ", m->cfg.quantizer.n_q);
+        MT_CHECK(std::max(c.moshi_codebooks, c.user_codebooks) <= m->cfg.quantizer.n_q, c.mimi_weights,
+                 ": the LM needs ", std::max(c.moshi_codebooks, c.user_codebooks), " codebooks, the codec has ",
+                 m->cfg.quantizer.n_q);
         m->cfg.num_codebooks = std::max(c.moshi_codebooks, c.user_codebooks);
         m->to(at::Device(c.device));
         m->quantizer->refresh();
@@ -104,7 +105,8 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
             words, frames, [&](const std::string& w) { return tok->encode_word(w); }, c.text);
       }
       at::Tensor text = at::tensor(text_stream, at::kLong).unsqueeze(0);
-      at::Tensor all = at::cat({text, codes[0].narrow(0, 0, c.moshi_codebooks), codes[1].narrow(0, 0, c.user_codebooks)}, 0);
+      at::Tensor all =
+          at::cat({text, codes[0].narrow(0, 0, c.moshi_codebooks), codes[1].narrow(0, 0, c.user_codebooks)}, 0);
       io::save((dir / shard).string(), std::vector<std::pair<std::string, at::Tensor>>{{"codes", all.contiguous()}},
                {{"source", e.path}});
       ++encoded;
@@ -120,10 +122,11 @@ std::string prepare_audio_tokens(const std::string& jsonl, const AudioDataConfig
   }
   const std::string index_path = (dir / ("index-" + hex(fnv_str(kFnvOffset, index)) + ".jsonl")).string();
   if (!fs::exists(index_path)) io::atomic_write(index_path, index);
-  std::fprintf(stderr, "[data] %s: %zu files, %lld encoded now, %lld from the cache (%s)\n", jsonl.c_str(), entries.size(),
-                 (long long)encoded, (long long)cached, dir.string().c_str());
+  std::fprintf(stderr, "[data] %s: %zu files, %lld encoded now, %lld from the cache (%s)\n", jsonl.c_str(),
+               entries.size(), (long long)encoded, (long long)cached, dir.string().c_str());
   if (audio_only)
-    std::fprintf(stderr, "[data] %s: %lld of %zu files have no alignments beside them: audio-only, text stream all padding\n",
+    std::fprintf(stderr,
+                 "[data] %s: %lld of %zu files have no alignments beside them: audio-only, text stream all padding\n",
                  jsonl.c_str(), (long long)audio_only, entries.size());
   return index_path;
 }

@@ -29,10 +29,10 @@
 namespace mt::train {
 
 struct AudioDataConfig {
-  std::string mimi_weights;   // Mimi checkpoint (.safetensors)
-  std::string mimi_config;    // its config JSON ("" = the released model)
-  std::string tokenizer;      // SentencePiece model of the text stream ("" = no alignments needed: all PAD)
-  std::string cache_dir;      // where shards and indexes go
+  std::string mimi_weights;     // Mimi checkpoint (.safetensors)
+  std::string mimi_config;      // its config JSON ("" = the released model)
+  std::string tokenizer;        // SentencePiece model of the text stream ("" = no alignments needed: all PAD)
+  std::string cache_dir;        // where shards and indexes go
   int64_t moshi_codebooks = 8;  // the LM's dep_q
   int64_t user_codebooks = 8;   // the LM's n_q - dep_q
   text::InterleaverConfig text;

@@ -9,10 +9,12 @@
 #include <sstream>
 
 #include "io/safetensors.h"
-#include "util/prng.h"
 #include "util/error.h"
+#include "util/prng.h"
 
 namespace mt::train {
+
+using util::SplitMix64;
 
 namespace fs = std::filesystem;
 
@@ -56,8 +58,8 @@ std::pair<int64_t, int64_t> shard_shape(const std::string& path, const std::stri
   } catch (const std::exception& e) {
     fail(where, ": cannot read shard: ", error_message(e));
   }
-  MT_CHECK(f->contains("codes"), where, ": shard ", path, " has no tensor \"codes\" (it has ",
-           shape_str(f->names()), ")");
+  MT_CHECK(f->contains("codes"), where, ": shard ", path, " has no tensor \"codes\" (it has ", shape_str(f->names()),
+           ")");
   const auto& info = f->info("codes");
   MT_CHECK(is_integer_dtype(info.dtype), where, ": shard ", path, ": \"codes\" must be an integer tensor ",
            "(I64, I32 or I16), got ", info.dtype);
@@ -77,8 +79,8 @@ int64_t windows_of(int64_t frames, int64_t chunk, int64_t min_last) {
 std::string sanitize(const std::string& id) {
   std::string s = id;
   for (char& c : s) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
     if (!ok) c = '_';
   }
   // A leading dot would make hidden files (and "." / ".." would be confusing).
@@ -111,8 +113,7 @@ std::vector<TokenFile> read_token_index(const std::string& index_path) {
     } catch (const std::exception& e) {
       fail(where, ": invalid JSON: ", e.what());
     }
-    MT_CHECK(j.is_object(), where, ": expected a JSON object {\"path\": ..., \"file_id\": ...}, got ",
-             j.type_name());
+    MT_CHECK(j.is_object(), where, ": expected a JSON object {\"path\": ..., \"file_id\": ...}, got ", j.type_name());
     for (const char* key : {"path", "file_id"}) {
       MT_CHECK(j.contains(key), where, ": missing field \"", key, "\"");
       MT_CHECK(j[key].is_string(), where, ": field \"", key, "\" must be a string, got ", j[key].type_name());
@@ -158,11 +159,11 @@ void write_token_dataset(const std::string& dir, const std::vector<std::pair<std
     MT_CHECK(!at::isFloatingType(codes.scalar_type()) && !at::isComplexType(codes.scalar_type()) &&
                  codes.scalar_type() != at::kBool,
              dir, ": file \"", id, "\": codes must be integers, got ", c10::toString(codes.scalar_type()));
-    MT_CHECK(codes.size(0) >= 1 && codes.size(1) >= 1, dir, ": file \"", id,
-             "\": codes need K >= 1 and T >= 1, got ", shape_str(codes.sizes().vec()));
+    MT_CHECK(codes.size(0) >= 1 && codes.size(1) >= 1, dir, ": file \"", id, "\": codes need K >= 1 and T >= 1, got ",
+             shape_str(codes.sizes().vec()));
     if (streams < 0) streams = codes.size(0);
-    MT_CHECK(codes.size(0) == streams, dir, ": file \"", id, "\" has K = ", codes.size(0),
-             " streams, expected ", streams, " (as the first file)");
+    MT_CHECK(codes.size(0) == streams, dir, ": file \"", id, "\" has K = ", codes.size(0), " streams, expected ",
+             streams, " (as the first file)");
 
     // Distinct ids can sanitize to the same name ("a/b", "a_b"): number the later ones.
     std::string stem = sanitize(id), name = stem + ".safetensors";
@@ -182,7 +183,7 @@ void write_token_dataset(const std::string& dir, const std::vector<std::pair<std
 namespace {
 // Keys of state(); the checkpoint writer may prefix them.
 constexpr int64_t kStateVersion = 1;
-const char* const kConfigFields[] = {"batch_size", "chunk_frames", "seed",          "rank",
+const char* const kConfigFields[] = {"batch_size", "chunk_frames", "seed",           "rank",
                                      "world_size", "shuffle",      "min_last_frames"};
 }  // namespace
 
@@ -190,8 +191,8 @@ TokenLoader::TokenLoader(std::vector<TokenFile> files, LoaderConfig cfg) : files
   MT_CHECK(cfg_.batch_size >= 1, "TokenLoader: batch_size must be >= 1, got ", cfg_.batch_size);
   MT_CHECK(cfg_.chunk_frames >= 1, "TokenLoader: chunk_frames must be >= 1, got ", cfg_.chunk_frames);
   MT_CHECK(cfg_.world_size >= 1, "TokenLoader: world_size must be >= 1, got ", cfg_.world_size);
-  MT_CHECK(cfg_.rank >= 0 && cfg_.rank < cfg_.world_size, "TokenLoader: rank must be in [0, ",
-           cfg_.world_size, "), got ", cfg_.rank);
+  MT_CHECK(cfg_.rank >= 0 && cfg_.rank < cfg_.world_size, "TokenLoader: rank must be in [0, ", cfg_.world_size,
+           "), got ", cfg_.rank);
   MT_CHECK(cfg_.min_last_frames >= 1 && cfg_.min_last_frames <= cfg_.chunk_frames,
            "TokenLoader: min_last_frames must be in [1, chunk_frames = ", cfg_.chunk_frames, "], got ",
            cfg_.min_last_frames);
@@ -258,8 +259,9 @@ bool TokenLoader::assign_next_file(int64_t slot) {
     slot_file_[slot] = -1;
     slot_frame_[slot] = 0;
     if (!cfg_.infinite) return false;
-    MT_CHECK(new_epochs < 64, "TokenLoader: rank ", cfg_.rank, " found no file with at least min_last_frames = ",
-             cfg_.min_last_frames, " frames in 64 consecutive epochs");
+    MT_CHECK(new_epochs < 64, "TokenLoader: rank ", cfg_.rank,
+             " found no file with at least min_last_frames = ", cfg_.min_last_frames,
+             " frames in 64 consecutive epochs");
     start_epoch(epoch_ + 1);
   }
 }
@@ -343,21 +345,19 @@ std::vector<int64_t> TokenLoader::fingerprint() const {
 }
 
 std::vector<int64_t> TokenLoader::config_values() const {
-  return {cfg_.batch_size, cfg_.chunk_frames, as_i64(cfg_.seed), cfg_.rank,
+  return {cfg_.batch_size, cfg_.chunk_frames,    as_i64(cfg_.seed),   cfg_.rank,
           cfg_.world_size, cfg_.shuffle ? 1 : 0, cfg_.min_last_frames};
 }
 
 namespace {
-at::Tensor vec_tensor(const std::vector<int64_t>& v) {
-  return at::tensor(at::ArrayRef<int64_t>(v), at::kLong).clone();
-}
+at::Tensor vec_tensor(const std::vector<int64_t>& v) { return at::tensor(at::ArrayRef<int64_t>(v), at::kLong).clone(); }
 }  // namespace
 
 std::map<std::string, at::Tensor> TokenLoader::state() const {
   // Everything as int64 so the map can go straight into a checkpoint's safetensors.
   std::map<std::string, at::Tensor> s;
   s["version"] = vec_tensor({kStateVersion});
-  s["dataset"] = vec_tensor(fingerprint());  // [num_files, hash(ids), hash(frames), K]
+  s["dataset"] = vec_tensor(fingerprint());   // [num_files, hash(ids), hash(frames), K]
   s["config"] = vec_tensor(config_values());  // see kConfigFields
   s["epoch"] = vec_tensor({epoch_});
   s["next_in_order"] = vec_tensor({next_in_order_});
@@ -376,8 +376,8 @@ void TokenLoader::restore(const std::map<std::string, at::Tensor>& state) {
     MT_CHECK(t.defined() && t.dim() == 1 && t.scalar_type() == at::kLong, "TokenLoader::restore: \"", key,
              "\" must be a 1-D int64 tensor, got ",
              t.defined() ? str(c10::toString(t.scalar_type()), shape_str(t.sizes().vec())) : "undefined");
-    MT_CHECK(expected_len < 0 || t.size(0) == expected_len, "TokenLoader::restore: \"", key, "\" has ",
-             t.size(0), " entries, expected ", expected_len);
+    MT_CHECK(expected_len < 0 || t.size(0) == expected_len, "TokenLoader::restore: \"", key, "\" has ", t.size(0),
+             " entries, expected ", expected_len);
     at::Tensor c = t.to(at::kCPU).contiguous();
     return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
   };
@@ -397,8 +397,8 @@ void TokenLoader::restore(const std::map<std::string, at::Tensor>& state) {
 
   auto cf = get("config", std::size(kConfigFields)), want_cf = config_values();
   for (size_t i = 0; i < want_cf.size(); ++i)
-    MT_CHECK(cf[i] == want_cf[i], "TokenLoader::restore: the state was saved with ", kConfigFields[i], " = ",
-             cf[i], ", this loader has ", kConfigFields[i], " = ", want_cf[i]);
+    MT_CHECK(cf[i] == want_cf[i], "TokenLoader::restore: the state was saved with ", kConfigFields[i], " = ", cf[i],
+             ", this loader has ", kConfigFields[i], " = ", want_cf[i]);
 
   // The position itself: validate everything before touching the loader so a failed restore leaves it
   // as it was.
@@ -409,20 +409,19 @@ void TokenLoader::restore(const std::map<std::string, at::Tensor>& state) {
   auto order = get("order", share);
   auto sfile = get("slot_file", B), sframe = get("slot_frame", B), sepoch = get("slot_epoch", B);
   MT_CHECK(epoch[0] >= 0, "TokenLoader::restore: negative epoch ", epoch[0]);
-  MT_CHECK(next[0] >= 0 && next[0] <= share, "TokenLoader::restore: next_in_order ", next[0],
-           " outside [0, ", share, "]");
+  MT_CHECK(next[0] >= 0 && next[0] <= share, "TokenLoader::restore: next_in_order ", next[0], " outside [0, ", share,
+           "]");
   std::set<int64_t> seen;
   for (int64_t f : order)
-    MT_CHECK(f >= 0 && f < n && seen.insert(f).second, "TokenLoader::restore: invalid file order (entry ", f,
-             ")");
+    MT_CHECK(f >= 0 && f < n && seen.insert(f).second, "TokenLoader::restore: invalid file order (entry ", f, ")");
   for (int64_t b = 0; b < B; ++b) {
     int64_t f = sfile[b];
     MT_CHECK(f >= -1 && f < n, "TokenLoader::restore: slot ", b, " has file index ", f, " outside [-1, ", n, ")");
     MT_CHECK(sframe[b] >= 0 && sframe[b] % cfg_.chunk_frames == 0 &&
                  (f < 0 || sframe[b] <= files_[f].frames + cfg_.chunk_frames),
              "TokenLoader::restore: slot ", b, " has an invalid frame position ", sframe[b]);
-    MT_CHECK(sepoch[b] >= 0 && sepoch[b] <= epoch[0], "TokenLoader::restore: slot ", b, " has epoch ",
-             sepoch[b], " after the loader's epoch ", epoch[0]);
+    MT_CHECK(sepoch[b] >= 0 && sepoch[b] <= epoch[0], "TokenLoader::restore: slot ", b, " has epoch ", sepoch[b],
+             " after the loader's epoch ", epoch[0]);
   }
 
   epoch_ = epoch[0];

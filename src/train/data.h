@@ -17,7 +17,7 @@
 namespace mt::train {
 
 struct TokenFile {
-  std::string path;     // absolute or relative to the process's cwd (resolved at load)
+  std::string path;  // absolute or relative to the process's cwd (resolved at load)
   std::string file_id;
   int64_t frames = 0;   // T, read from the shard header
   int64_t streams = 0;  // K
@@ -33,11 +33,11 @@ void write_token_dataset(const std::string& dir, const std::vector<std::pair<std
                          const std::string& index_name = "index.jsonl");
 
 struct TokenBatch {
-  at::Tensor codes;                  // [B, K, chunk_frames] int64; frames past a file's end are -1
-  at::Tensor reset;                  // [B] bool: the slot starts a new file with this chunk
-  std::vector<std::string> file_ids; // per slot
-  std::vector<int64_t> start_frame;  // per slot: first frame of the chunk in its file
-  int64_t epoch = 0;                 // epoch of the file of slot 0 (for logging)
+  at::Tensor codes;                   // [B, K, chunk_frames] int64; frames past a file's end are -1
+  at::Tensor reset;                   // [B] bool: the slot starts a new file with this chunk
+  std::vector<std::string> file_ids;  // per slot
+  std::vector<int64_t> start_frame;   // per slot: first frame of the chunk in its file
+  int64_t epoch = 0;                  // epoch of the file of slot 0 (for logging)
 };
 
 struct LoaderConfig {
@@ -46,7 +46,7 @@ struct LoaderConfig {
   bool shuffle = true;         // file order shuffled per epoch with (seed, epoch)
   uint64_t seed = 0;
   int64_t rank = 0, world_size = 1;  // files i with i % world_size == rank (of the epoch's order)
-  bool infinite = true;        // train: epochs forever; eval: one pass, then next() returns false
+  bool infinite = true;              // train: epochs forever; eval: one pass, then next() returns false
   // A file's last window is kept if at least this many frames remain (padded with -1 to chunk_frames).
   int64_t min_last_frames = 1;
 };
@@ -87,8 +87,8 @@ class TokenLoader {
   bool assign_next_file(int64_t slot);
   const at::Tensor& codes_of(int64_t file);
   void evict_unused();
-  std::vector<int64_t> fingerprint() const;     // [num_files, hash(ids), hash(frames), K]
-  std::vector<int64_t> config_values() const;   // the fields that fix the batch sequence
+  std::vector<int64_t> fingerprint() const;    // [num_files, hash(ids), hash(frames), K]
+  std::vector<int64_t> config_values() const;  // the fields that fix the batch sequence
 };
 
 }  // namespace mt::train

@@ -49,7 +49,8 @@ struct Collective::Impl {
   c10::intrusive_ptr<c10d::Store> store;
 };
 
-Collective::Collective(const DistInfo& info, std::chrono::seconds timeout) : info_(info), impl_(std::make_unique<Impl>()) {
+Collective::Collective(const DistInfo& info, std::chrono::seconds timeout)
+    : info_(info), impl_(std::make_unique<Impl>()) {
   MT_CHECK(info.world_size >= 1 && info.rank >= 0 && info.rank < info.world_size, "data parallel: rank ", info.rank,
            " is not in [0, world_size = ", info.world_size, ")");
   c10d::TCPStoreOptions o;
@@ -61,8 +62,9 @@ Collective::Collective(const DistInfo& info, std::chrono::seconds timeout) : inf
   try {
     impl_->store = c10::make_intrusive<c10d::TCPStore>(info.master_addr, o);
   } catch (const std::exception& e) {
-    fail("data parallel: rank ", info.rank, " of ", info.world_size, " could not join the rendezvous at ", info.master_addr,
-         ":", info.master_port, " (", info.rank == 0 ? "hosting it" : "rank 0 hosts it", "): ", e.what());
+    fail("data parallel: rank ", info.rank, " of ", info.world_size, " could not join the rendezvous at ",
+         info.master_addr, ":", info.master_port, " (", info.rank == 0 ? "hosting it" : "rank 0 hosts it",
+         "): ", e.what());
   }
 }
 
@@ -88,7 +90,8 @@ std::vector<std::string> Collective::all_gather(const std::string& bytes) {
   } catch (const mt::Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail("data parallel: rank ", info_.rank, ": exchange ", seq, " failed (another rank stopped or timed out?): ", e.what());
+    fail("data parallel: rank ", info_.rank, ": exchange ", seq,
+         " failed (another rank stopped or timed out?): ", e.what());
   }
   return out;
 }
@@ -117,8 +120,10 @@ void Collective::all_reduce_mean(const std::vector<at::Tensor>& tensors) {
     at::Tensor sum;
     for (int64_t r = 0; r < info_.world_size; ++r) {
       at::Tensor part = at::from_blob(all[r].data() + off, acc[i].sizes(), acc[i].options());
-      if (r == 0) sum = part.clone();
-      else sum.add_(part);
+      if (r == 0)
+        sum = part.clone();
+      else
+        sum.add_(part);
     }
     sum.div_(static_cast<double>(info_.world_size));
     tensors[i].detach().copy_(sum);
@@ -198,7 +203,8 @@ int spawn_ranks(int64_t nproc, const std::vector<std::string>& argv) {
     }
     pids.push_back(pid);
   }
-  struct sigaction sa {}, old_int {}, old_term {};
+  struct sigaction sa {
+  }, old_int{}, old_term{};
   sa.sa_handler = on_launcher_signal;
   sigemptyset(&sa.sa_mask);
   g_launcher_signal = 0;

@@ -11,7 +11,8 @@ namespace {
 at::Tensor masked_ce(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask) {
   at::Tensor t = at::where(mask, targets, at::zeros({}, targets.options()));
   // Logits where the mask is false can be NaN (undelayed tail): zero them so they cannot poison the sum.
-  at::Tensor l = at::where(mask.unsqueeze(-1), logits.to(at::kFloat), at::zeros({}, logits.options().dtype(at::kFloat)));
+  at::Tensor l =
+      at::where(mask.unsqueeze(-1), logits.to(at::kFloat), at::zeros({}, logits.options().dtype(at::kFloat)));
   at::Tensor lp = at::log_softmax(l, -1);
   return -lp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
 }

@@ -17,11 +17,11 @@ struct LossConfig {
 };
 
 struct LossParts {
-  at::Tensor total;            // scalar, differentiable
-  at::Tensor text, audio;      // scalars (differentiable)
+  at::Tensor total;        // scalar, differentiable
+  at::Tensor text, audio;  // scalars (differentiable)
   // Per stream (text, then audio codebooks): Σ w·CE / Σ w, detached, for logging (NaN if no weight).
   std::vector<double> per_codebook;
-  int64_t real_tokens = 0;     // positions with a true mask (text + audio)
+  int64_t real_tokens = 0;  // positions with a true mask (text + audio)
 };
 
 // codes [B, K, T] as given to LMModel::forward; out its result.

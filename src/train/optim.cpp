@@ -35,11 +35,10 @@ double cos_anneal(double start, double end, double pct) {
 
 // Which value OneCycleLR.get_lr computes at `step`: the two-phase schedule walk, with each phase's
 // (start, end) pair given by the caller (lr or momentum).
-double one_cycle_value(const OneCycle& s, int64_t step, double phase1_start, double phase1_end,
-                       double phase2_end, const char* what) {
+double one_cycle_value(const OneCycle& s, int64_t step, double phase1_start, double phase1_end, double phase2_end,
+                       const char* what) {
   MT_CHECK(s.total_steps > 0, "OneCycle: total_steps must be positive, got ", s.total_steps);
-  MT_CHECK(s.pct_start >= 0.0 && s.pct_start <= 1.0, "OneCycle: pct_start must lie in [0, 1], got ",
-           s.pct_start);
+  MT_CHECK(s.pct_start >= 0.0 && s.pct_start <= 1.0, "OneCycle: pct_start must lie in [0, 1], got ", s.pct_start);
   // PyTorch raises past total_steps; step == total_steps is still computed (it extrapolates nothing:
   // the last phase simply runs to pct > 1).
   MT_CHECK(step >= 0 && step <= s.total_steps, "OneCycle: ", what, " asked for step ", step,
@@ -79,8 +78,8 @@ std::vector<at::Tensor> grad_norms(const std::vector<at::Tensor>& params) {
     if (!p.defined()) continue;
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
-    MT_CHECK(!g.is_sparse(), "clip_grad_norm: sparse gradients are not supported (shape ",
-             shape_str(p.sizes().vec()), ")");
+    MT_CHECK(!g.is_sparse(), "clip_grad_norm: sparse gradients are not supported (shape ", shape_str(p.sizes().vec()),
+             ")");
     auto dt = low_precision(g.scalar_type()) ? at::kFloat : g.scalar_type();
     norms.push_back(at::linalg_vector_norm(g, 2, at::OptionalIntArrayRef{}, false, dt).to(at::kDouble));
   }
@@ -102,8 +101,8 @@ double total_norm(const std::vector<at::Tensor>& norms) {
 // ---- OneCycle ------------------------------------------------------------------------------------
 
 double OneCycle::lr_at(int64_t step) const {
-  MT_CHECK(div_factor > 0.0 && final_div_factor > 0.0, "OneCycle: div_factor (", div_factor,
-           ") and final_div_factor (", final_div_factor, ") must be positive");
+  MT_CHECK(div_factor > 0.0 && final_div_factor > 0.0, "OneCycle: div_factor (", div_factor, ") and final_div_factor (",
+           final_div_factor, ") must be positive");
   const double initial_lr = max_lr / div_factor;
   const double min_lr = initial_lr / final_div_factor;
   return one_cycle_value(*this, step, initial_lr, max_lr, min_lr, "lr");
@@ -131,15 +130,14 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWConfig cfg) : groups_(std::mov
     const ParamGroup& grp = groups_[g];
     MT_CHECK(std::isfinite(grp.max_lr) && grp.max_lr >= 0.0, "AdamW: group ", g, " (", grp.name,
              "): max_lr must be finite and >= 0, got ", grp.max_lr);
-    MT_CHECK(std::isfinite(grp.weight_decay) && grp.weight_decay >= 0.0, "AdamW: group ", g, " (",
-             grp.name, "): weight_decay must be finite and >= 0, got ", grp.weight_decay);
+    MT_CHECK(std::isfinite(grp.weight_decay) && grp.weight_decay >= 0.0, "AdamW: group ", g, " (", grp.name,
+             "): weight_decay must be finite and >= 0, got ", grp.weight_decay);
     // Until a schedule sets them: the group's peak lr and the configured beta1.
     lr_.push_back(grp.max_lr);
     beta1_.push_back(cfg_.beta1);
     for (const auto& [name, p] : grp.params) {
       MT_CHECK(p.defined(), "AdamW: parameter '", name, "' (group ", grp.name, ") is undefined");
-      MT_CHECK(p.requires_grad(), "AdamW: parameter '", name, "' (group ", grp.name,
-               ") does not require grad");
+      MT_CHECK(p.requires_grad(), "AdamW: parameter '", name, "' (group ", grp.name, ") does not require grad");
       MT_CHECK(at::isFloatingType(p.scalar_type()), "AdamW: parameter '", name, "' has dtype ",
                c10::toString(p.scalar_type()), "; only floating-point parameters are supported");
       MT_CHECK(names.insert(name).second, "AdamW: parameter name '", name,
@@ -166,8 +164,7 @@ void AdamW::set_lr(size_t g, double lr) {
 }
 
 void AdamW::set_beta1(size_t g, double beta1) {
-  MT_CHECK(g < groups_.size(), "AdamW::set_beta1: group ", g, " out of range (", groups_.size(),
-           " groups)");
+  MT_CHECK(g < groups_.size(), "AdamW::set_beta1: group ", g, " out of range (", groups_.size(), " groups)");
   MT_CHECK(beta1 >= 0.0 && beta1 < 1.0, "AdamW::set_beta1: group ", g, " (", groups_[g].name,
            "): beta1 must lie in [0, 1), got ", beta1);
   beta1_[g] = beta1;
@@ -190,8 +187,8 @@ void AdamW::step() {
       const at::Tensor& gp = p.grad();
       if (!gp.defined()) continue;
       MT_CHECK(!gp.is_sparse(), "AdamW: parameter '", name, "' has a sparse gradient (unsupported)");
-      MT_CHECK(gp.sizes() == p.sizes(), "AdamW: parameter '", name, "' has shape ",
-               shape_str(p.sizes().vec()), " but its gradient ", shape_str(gp.sizes().vec()));
+      MT_CHECK(gp.sizes() == p.sizes(), "AdamW: parameter '", name, "' has shape ", shape_str(p.sizes().vec()),
+               " but its gradient ", shape_str(gp.sizes().vec()));
     }
   }
   at::NoGradGuard no_grad;
@@ -252,8 +249,7 @@ std::map<std::string, at::Tensor> AdamW::state_dict() const {
       const Slot& s = slots_[g][i];
       out[name + ".exp_avg"] = s.exp_avg;
       out[name + ".exp_avg_sq"] = s.exp_avg_sq;
-      if (s.master.defined())
-        out[name + ".master"] = step_ == 0 ? p.detach().to(at::kFloat, false, true) : s.master;
+      if (s.master.defined()) out[name + ".master"] = step_ == 0 ? p.detach().to(at::kFloat, false, true) : s.master;
     }
   }
   return out;
@@ -293,10 +289,10 @@ void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
   for (size_t g = 0; g < groups_.size(); ++g) {
     lrs.push_back(scalar(str("group.", g, ".lr")).item<double>());
     beta1s.push_back(scalar(str("group.", g, ".beta1")).item<double>());
-    MT_CHECK(std::isfinite(lrs.back()) && lrs.back() >= 0.0, "AdamW::load_state_dict: entry 'group.", g,
-             ".lr' is ", lrs.back());
-    MT_CHECK(beta1s.back() >= 0.0 && beta1s.back() < 1.0, "AdamW::load_state_dict: entry 'group.", g,
-             ".beta1' is ", beta1s.back(), ", outside [0, 1)");
+    MT_CHECK(std::isfinite(lrs.back()) && lrs.back() >= 0.0, "AdamW::load_state_dict: entry 'group.", g, ".lr' is ",
+             lrs.back());
+    MT_CHECK(beta1s.back() >= 0.0 && beta1s.back() < 1.0, "AdamW::load_state_dict: entry 'group.", g, ".beta1' is ",
+             beta1s.back(), ", outside [0, 1)");
   }
   std::vector<std::vector<std::array<at::Tensor, 3>>> src(groups_.size());
   for (size_t g = 0; g < groups_.size(); ++g) {

@@ -3,10 +3,12 @@
 #include <cstdio>
 #include <unordered_map>
 
-#include "util/prng.h"
 #include "util/error.h"
+#include "util/prng.h"
 
 namespace mt::train {
+
+using util::SplitMix64;
 
 void check_synthetic_config(const SyntheticConfig& c) {
   MT_CHECK(c.pattern == "motifs" || c.pattern == "lexicon" || c.pattern == "repeat",
@@ -31,8 +33,8 @@ void check_synthetic_config(const SyntheticConfig& c) {
     return;
   }
   // Cue tokens take text ids 0..num_motifs-1; noise and motif text need at least one more id.
-  MT_CHECK(c.text_vocab > c.num_motifs, "synthetic data: text_vocab (", c.text_vocab,
-           ") must exceed num_motifs (", c.num_motifs, "): ids below num_motifs are cue tokens");
+  MT_CHECK(c.text_vocab > c.num_motifs, "synthetic data: text_vocab (", c.text_vocab, ") must exceed num_motifs (",
+           c.num_motifs, "): ids below num_motifs are cue tokens");
   MT_CHECK(c.audio_vocab >= 1, "synthetic data: audio_vocab must be >= 1, got ", c.audio_vocab);
   MT_CHECK(c.repeat_prob >= 0.0 && c.repeat_prob <= 1.0, "synthetic data: repeat_prob must be in [0, 1], got ",
            c.repeat_prob);
@@ -126,8 +128,9 @@ std::vector<std::pair<std::string, at::Tensor>> make_synthetic_files(const Synth
   std::vector<std::pair<std::string, at::Tensor>> files;
   for (int64_t i = 0; i < c.num_files; ++i) {
     SplitMix64 rng(c.seed, static_cast<uint64_t>(i));
-    at::Tensor codes = c.pattern == "lexicon" ? lexicon_file(c, rng) : c.pattern == "repeat" ? repeat_file(c, rng)
-                                                                                              : motif_file(c, rng);
+    at::Tensor codes = c.pattern == "lexicon"  ? lexicon_file(c, rng)
+                       : c.pattern == "repeat" ? repeat_file(c, rng)
+                                               : motif_file(c, rng);
     char id[32];
     std::snprintf(id, sizeof id, "syn-%05lld", static_cast<long long>(i));
     files.emplace_back(id, codes);

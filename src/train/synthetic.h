@@ -24,9 +24,9 @@
 // Audio codebook 1 repeats the previous frame's text (so each frame shows one transition a -> pi(a));
 // the other codebooks hold a constant code (silence). They carry no information of their own. (With
 // every codebook a scrambled copy of the text instead, the tiny model's TTT layer did not learn the
-// task within 1000 steps; with these it does within a few hundred.) A model learns the file's pi only from the transitions it has seen:
-// local attention sees the last few, a TTT layer can accumulate all of them. "Recall" frames are those
-// whose predecessor x_{t-1} was last seen as a predecessor more than min_gap frames back (and was seen):
+// task within 1000 steps; with these it does within a few hundred.) A model learns the file's pi only from the
+// transitions it has seen: local attention sees the last few, a TTT layer can accumulate all of them. "Recall" frames
+// are those whose predecessor x_{t-1} was last seen as a predecessor more than min_gap frames back (and was seen):
 // predicting them needs a memory longer than min_gap.
 // Pattern "repeat" (the task of shared/spec/demo.md, on every stream): the first half of each file is
 // uniform random tokens, the second half repeats it frame for frame. Recall frames are the second half:
@@ -45,16 +45,16 @@ namespace mt::train {
 struct SyntheticConfig {
   std::string pattern = "motifs";  // motifs | lexicon | repeat
   int64_t num_files = 64;
-  int64_t frames = 256;           // T per file
-  int64_t streams = 5;            // K = 1 text + n_q audio streams (the tiny preset: text + 4 audio)
-  int64_t text_vocab = 64;        // text ids in [0, text_vocab); 0..num_motifs-1 are the cue tokens
-  int64_t audio_vocab = 64;       // audio ids in [0, audio_vocab)
-  int64_t motif_len = 8;          // frames per motif
-  int64_t num_motifs = 4;         // motifs per file
-  double repeat_prob = 0.5;       // per free position: start an occurrence (if a motif is eligible)
-  int64_t min_gap = 64;           // frames between an occurrence's end and the next cue of the same motif
-                                  // (the tiny preset's attention context is 32)
-  double follow_prob = 0.8;        // lexicon: probability that a text frame follows the file's permutation
+  int64_t frames = 256;      // T per file
+  int64_t streams = 5;       // K = 1 text + n_q audio streams (the tiny preset: text + 4 audio)
+  int64_t text_vocab = 64;   // text ids in [0, text_vocab); 0..num_motifs-1 are the cue tokens
+  int64_t audio_vocab = 64;  // audio ids in [0, audio_vocab)
+  int64_t motif_len = 8;     // frames per motif
+  int64_t num_motifs = 4;    // motifs per file
+  double repeat_prob = 0.5;  // per free position: start an occurrence (if a motif is eligible)
+  int64_t min_gap = 64;      // frames between an occurrence's end and the next cue of the same motif
+                             // (the tiny preset's attention context is 32)
+  double follow_prob = 0.8;  // lexicon: probability that a text frame follows the file's permutation
   uint64_t seed = 0;
 };
 

@@ -144,7 +144,8 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
     };
     for (const char* k : {"eval_freq", "eval_batches"}) unread(root, k, c.do_eval, "do_eval is false");
     unread(root["data"], "eval_data", c.do_eval, "do_eval is false");
-    for (const char* k : {"ckpt_freq", "num_ckpt_keep", "save_adapters"}) unread(root, k, c.do_ckpt, "do_ckpt is false");
+    for (const char* k : {"ckpt_freq", "num_ckpt_keep", "save_adapters"})
+      unread(root, k, c.do_ckpt, "do_ckpt is false");
     // Data paths are relative to the config's folder, like the model paths.
     auto resolve = [&](std::string& p) {
       if (!p.empty() && p[0] != '/') {

@@ -18,13 +18,13 @@ struct OptimConfig {
 };
 
 struct TrainConfig {
-  lm::ModelConfigFile model;   // preset | lm | moshi_paths, ttt, lora
-  std::string source;          // the YAML file (for messages)
-  std::string yaml_text;       // the document after --set overrides (saved as run_dir/config.yaml)
+  lm::ModelConfigFile model;  // preset | lm | moshi_paths, ttt, lora
+  std::string source;         // the YAML file (for messages)
+  std::string yaml_text;      // the document after --set overrides (saved as run_dir/config.yaml)
   std::string run_dir;
   bool overwrite_run_dir = false;
   // data
-  std::string train_data;      // JSONL index of token shards (see train/data.h)
+  std::string train_data;  // JSONL index of token shards (see train/data.h)
   std::string eval_data;
   bool shuffle = true;
   // ours: where Mimi tokens of audio datasets are cached ("" = $MOSHI_TTT_CACHE or ~/.cache/moshi-ttt, /tokens)
@@ -40,7 +40,7 @@ struct TrainConfig {
   int64_t log_freq = 1;
   int64_t eval_freq = 0;
   bool do_eval = false;
-  int64_t eval_batches = 40;   // per evaluation (moshi-finetune: 40 // world_size)
+  int64_t eval_batches = 40;  // per evaluation (moshi-finetune: 40 // world_size)
   int64_t ckpt_freq = 0;
   bool do_ckpt = true;
   int64_t num_ckpt_keep = 3;
@@ -57,9 +57,9 @@ struct TrainConfig {
   int64_t max_bad_steps = 10;       // NaN/Inf loss or gradient: skip the step; stop after this many
   std::string device = "cpu";
   int threads = 0;
-  uint64_t init_seed = 0;           // random base weights when the model has no weights file
+  uint64_t init_seed = 0;  // random base weights when the model has no weights file
 
-  int64_t chunk_frames() const;     // duration_sec * frame_rate, rounded up (as moshi-finetune)
+  int64_t chunk_frames() const;  // duration_sec * frame_rate, rounded up (as moshi-finetune)
   void validate() const;
   // overrides: "a.b=value" strings.
   static TrainConfig load(const std::string& path, const std::vector<std::string>& overrides = {});

@@ -7,25 +7,25 @@
 #include <atomic>
 #include <csignal>
 
+#include <yaml-cpp/yaml.h>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <yaml-cpp/yaml.h>
 
-#include "lm/ttt_probes.h"
 #include "io/safetensors.h"
 #include "lm/lm_model.h"
+#include "lm/ttt_probes.h"
+#include "report/plot.h"
 #include "train/audio_data.h"
 #include "train/data.h"
 #include "train/loss.h"
 #include "train/optim.h"
 #include "util/error.h"
-#include "util/pitfall_switch.h"
 #include "util/peak_memory.h"
-#include "report/plot.h"
+#include "util/pitfall_switch.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;
@@ -35,79 +35,6 @@ namespace mt::train {
 namespace {
 
 using TensorMap = std::map<std::string, at::Tensor>;
-
-// ---- TTT state <-> tensors (for checkpoints) -------------------------------------------------
-at::Tensor vec_tensor(const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); }
-std::vector<int64_t> tensor_vec(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
-
-void put_ttt(TensorMap& m, const std::string& p, const ttt::TTTState& s) {
-  m[p + "position"] = vec_tensor(s.position);
-  m[p + "fresh"] = vec_tensor(std::vector<int64_t>(s.fresh.begin(), s.fresh.end()));
-  // Inner layer l's weights and gradient sum as W<l+1>b / G<l+1>b.
-  for (size_t l = 0; l < s.W.size(); ++l) {
-    const std::string i = std::to_string(l + 1);
-    if (s.W[l].defined()) m[p + "W" + i + "b"] = s.W[l].detach().cpu().contiguous();
-    if (s.G[l].defined()) m[p + "G" + i + "b"] = s.G[l].detach().cpu().contiguous();
-  }
-  if (s.conv_tail.defined()) m[p + "conv_tail"] = s.conv_tail.detach().cpu().contiguous();
-}
-
-void get_ttt(const TensorMap& m, const std::string& p, ttt::TTTState& s, const at::Device& dev) {
-  auto need = [&](const std::string& k) -> const at::Tensor& {
-    auto it = m.find(p + k);
-    MT_CHECK(it != m.end(), "checkpoint: missing TTT state entry '", p + k, "'");
-    return it->second;
-  };
-  s.position = tensor_vec(need("position"));
-  auto fr = tensor_vec(need("fresh"));
-  s.fresh.assign(fr.begin(), fr.end());
-  MT_CHECK(static_cast<int64_t>(s.position.size()) == s.batch, "checkpoint: TTT state '", p, "' has ", s.position.size(),
-           " slots, the run has ", s.batch);
-  auto opt = [&](const std::string& k) {
-    auto it = m.find(p + k);
-    return it == m.end() ? at::Tensor() : it->second.to(dev).clone();
-  };
-  s.W.clear();
-  s.G.clear();
-  for (size_t l = 1; m.count(p + "W" + std::to_string(l) + "b"); ++l) {
-    s.W.push_back(opt("W" + std::to_string(l) + "b"));
-    s.G.push_back(opt("G" + std::to_string(l) + "b"));
-    MT_CHECK(s.G.back().defined(), "checkpoint: TTT state '", p, "' has W", l, "b without G", l, "b");
-  }
-  s.conv_tail = opt("conv_tail");
-}
-
-void put_layer(TensorMap& m, const std::string& p, const lm::LayerTTTState& s) {
-  if (s.hybrid.batch) put_ttt(m, p + "hybrid.", s.hybrid);
-  for (size_t j = 0; j < s.adapters.size(); ++j) put_ttt(m, p + "adapter" + std::to_string(j) + ".", s.adapters[j]);
-  if (s.inplace.batch()) {
-    m[p + "inplace.dw"] = s.inplace.dw.detach().cpu().contiguous();
-    m[p + "inplace.h_buf"] = s.inplace.h_buf.detach().cpu().contiguous();
-    m[p + "inplace.t_buf"] = s.inplace.t_buf.detach().cpu().contiguous();
-    m[p + "inplace.pos"] = vec_tensor(s.inplace.pos);
-    m[p + "inplace.tokens"] = vec_tensor({s.inplace.tokens});
-  }
-}
-
-void get_layer(const TensorMap& m, const std::string& p, lm::LayerTTTState& s, const at::Device& dev) {
-  if (s.hybrid.batch) get_ttt(m, p + "hybrid.", s.hybrid, dev);
-  for (size_t j = 0; j < s.adapters.size(); ++j) get_ttt(m, p + "adapter" + std::to_string(j) + ".", s.adapters[j], dev);
-  if (s.inplace.batch()) {
-    auto need = [&](const std::string& k) -> const at::Tensor& {
-      auto it = m.find(p + k);
-      MT_CHECK(it != m.end(), "checkpoint: missing TTT state entry '", p + k, "'");
-      return it->second;
-    };
-    s.inplace.dw = need("inplace.dw").to(dev).clone();
-    s.inplace.h_buf = need("inplace.h_buf").to(dev).clone();
-    s.inplace.t_buf = need("inplace.t_buf").to(dev).clone();
-    s.inplace.pos = tensor_vec(need("inplace.pos"));
-    s.inplace.tokens = tensor_vec(need("inplace.tokens")).at(0);
-  }
-}
 
 // ---- helpers ----------------------------------------------------------------------------------
 bool is_alpha(const std::string& name) { return name.find("gating_alpha") != std::string::npos; }
@@ -124,8 +51,10 @@ std::string fmt_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   // Round to whole seconds (minutes) first, so that 119.6 s reads 2m00s, not 1m60s.
   const long long secs = std::llround(s);
-  if (secs < 90) std::snprintf(b, sizeof b, "%llds", secs);
-  else if (secs < 5400) std::snprintf(b, sizeof b, "%lldm%02llds", secs / 60, secs % 60);
+  if (secs < 90)
+    std::snprintf(b, sizeof b, "%llds", secs);
+  else if (secs < 5400)
+    std::snprintf(b, sizeof b, "%lldm%02llds", secs / 60, secs % 60);
   else {
     const long long mins = std::llround(s / 60);
     std::snprintf(b, sizeof b, "%lldh%02lldm", mins / 60, mins % 60);
@@ -165,7 +94,8 @@ void on_stop_signal(int sig) {
 }
 
 struct StopSignals {
-  struct sigaction old_int {}, old_term {};
+  struct sigaction old_int {
+  }, old_term{};
   StopSignals() {
     g_stop_signal.store(0);
     struct sigaction sa {};
@@ -187,13 +117,14 @@ struct StopSignals {
 void check_token_range(const lm::LMConfig& c, const TokenBatch& b, const std::string& source) {
   const at::Tensor codes = b.codes;
   const at::Tensor text = codes.select(1, 0), audio = codes.narrow(1, 1, codes.size(1) - 1);
-  const bool ok = ((text >= -1) & (text < c.text_card)).all().item<bool>() && ((audio >= -1) & (audio < c.card)).all().item<bool>();
+  const bool ok =
+      ((text >= -1) & (text < c.text_card)).all().item<bool>() && ((audio >= -1) & (audio < c.card)).all().item<bool>();
   if (ok) return;
   for (int64_t i = 0; i < codes.size(0); ++i) {
     const at::Tensor t = codes[i][0], a = codes[i].narrow(0, 1, codes.size(1) - 1);
     if (!((t >= -1) & (t < c.text_card)).all().item<bool>())
-      fail(source, ": file '", b.file_ids.at(static_cast<size_t>(i)), "': text ids outside [-1, ", c.text_card, ") (max ",
-           t.max().item<int64_t>(), ")");
+      fail(source, ": file '", b.file_ids.at(static_cast<size_t>(i)), "': text ids outside [-1, ", c.text_card,
+           ") (max ", t.max().item<int64_t>(), ")");
     if (!((a >= -1) & (a < c.card)).all().item<bool>())
       fail(source, ": file '", b.file_ids.at(static_cast<size_t>(i)), "': audio ids outside [-1, ", c.card, ") (max ",
            a.max().item<int64_t>(), ")");
@@ -209,7 +140,7 @@ struct Run {
   std::vector<OneCycle> sched;
   std::unique_ptr<AdamW> optim;
   std::unique_ptr<TokenLoader> loader;
-  std::vector<std::vector<lm::LayerTTTState>> states;  // per micro-batch
+  std::vector<std::vector<nn::LayerState>> states;  // per micro-batch
   std::vector<at::Tensor> trainable;
   int64_t start_step = 0, bad_steps = 0;
   int stop_signal = 0;  // data parallel: the signal every rank agreed on in this step's exchange
@@ -240,12 +171,17 @@ bool trainable_name(const TrainConfig& cfg, const std::string& n) {
   return cfg.model.lora.enable && cfg.model.lora.ft_embed && n.find("emb") != std::string::npos;
 }
 
+// Where micro-batch mb's layer l keeps its stream states in a checkpoint.
+std::string state_prefix(size_t mb, size_t l) {
+  return "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(l) + ".";
+}
+
 // What each rank holds of its own: its loader position and its streams' TTT states.
 TensorMap rank_state(Run& r) {
   TensorMap st;
   for (auto& [k, v] : r.loader->state()) st["loader." + k] = v.cpu().contiguous();
   for (size_t mb = 0; mb < r.states.size(); ++mb)
-    for (size_t l = 0; l < r.states[mb].size(); ++l) put_layer(st, "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(l) + ".", r.states[mb][l]);
+    for (size_t l = 0; l < r.states[mb].size(); ++l) r.states[mb][l].write(state_prefix(mb, l), st);
   return st;
 }
 
@@ -271,20 +207,24 @@ void save_checkpoint(Run& r, int64_t steps_done) {
     all.emplace_back(kv.key(), t);
     if (trainable_name(cfg, kv.key()) && !cfg.full_finetuning) adapters.emplace_back(kv.key(), t);
   }
-  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "moshi-ttt train"}, {"step", std::to_string(steps_done)}};
+  const std::map<std::string, std::string> meta = {
+      {"format", "pt"}, {"producer", "moshi-ttt train"}, {"step", std::to_string(steps_done)}};
   nlohmann::json cj = cfg.model.lm.to_json();
   cj["lora"] = cfg.model.lora.enable;
   cj["lora_rank"] = cfg.model.lora.rank;
   cj["lora_scaling"] = cfg.model.lora.scaling;
   io::atomic_write((tmp / "consolidated" / "config.json").string(), cj.dump(2) + "\n");
   if (full) io::save((tmp / "consolidated" / "consolidated.safetensors").string(), all, meta);
-  if (!adapters.empty() && cfg.save_adapters) io::save((tmp / "consolidated" / "lora.safetensors").string(), adapters, meta);
+  if (!adapters.empty() && cfg.save_adapters)
+    io::save((tmp / "consolidated" / "lora.safetensors").string(), adapters, meta);
   // model.yaml: score / generate / inspect load this checkpoint with --model consolidated/.
   {
     std::ofstream y(tmp / "consolidated" / "model.yaml");
     y << "# written by moshi-ttt train at step " << steps_done << "\nmoshi_paths:\n  config_path: config.json\n";
-    if (full) y << "  moshi_path: consolidated.safetensors\n";
-    else y << "  moshi_path: " << fs::absolute(cfg.model.weights).string() << "\n  lora_path: lora.safetensors\n";
+    if (full)
+      y << "  moshi_path: consolidated.safetensors\n";
+    else
+      y << "  moshi_path: " << fs::absolute(cfg.model.weights).string() << "\n  lora_path: lora.safetensors\n";
     // The ttt / lora sections as the run used them (re-read from the run's config).
     YAML::Node doc = YAML::Load(cfg.yaml_text);
     for (const char* k : {"ttt", "lora"})
@@ -305,9 +245,9 @@ void save_checkpoint(Run& r, int64_t steps_done) {
     std::snprintf(fname, sizeof fname, "rank_state_%05zu.safetensors", q);
     io::atomic_write((tmp / fname).string(), others[q]);
   }
-  st["world_size"] = vec_tensor({r.opt.dist.world_size});
-  st["steps_done"] = vec_tensor({steps_done});
-  st["bad_steps"] = vec_tensor({r.bad_steps});
+  st["world_size"] = nn::long_tensor({r.opt.dist.world_size});
+  st["steps_done"] = nn::long_tensor({steps_done});
+  st["bad_steps"] = nn::long_tensor({r.bad_steps});
   std::vector<std::pair<std::string, at::Tensor>> stv(st.begin(), st.end());
   io::save((tmp / "training_state.safetensors").string(), stv, meta);
   io::atomic_write((tmp / "config.yaml").string(), cfg.yaml_text);
@@ -326,7 +266,7 @@ void restore_checkpoint(Run& r, const std::string& dir) {
   io::SafeTensors f((fs::path(dir) / "training_state.safetensors").string());
   TensorMap all;
   for (const auto& t : f.tensors()) all[t.name] = f.get(t.name);
-  const int64_t saved_world = all.count("world_size") ? tensor_vec(all.at("world_size")).at(0) : 1;
+  const int64_t saved_world = all.count("world_size") ? nn::long_vector(all.at("world_size")).at(0) : 1;
   MT_CHECK(saved_world == r.opt.dist.world_size, dir, ": the checkpoint was written by ", saved_world,
            " data-parallel rank(s); resume it with the same number (--nproc ", saved_world, "), not ",
            r.opt.dist.world_size);
@@ -344,15 +284,15 @@ void restore_checkpoint(Run& r, const std::string& dir) {
   r.optim->load_state_dict(o);
   r.loader->restore(l);
   for (size_t mb = 0; mb < r.states.size(); ++mb)
-    for (size_t li = 0; li < r.states[mb].size(); ++li)
-      get_layer(all, "ttt_state.m" + std::to_string(mb) + ".l" + std::to_string(li) + ".", r.states[mb][li], r.dev);
-  r.start_step = tensor_vec(all.at("steps_done")).at(0);
-  r.bad_steps = tensor_vec(all.at("bad_steps")).at(0);
+    for (size_t li = 0; li < r.states[mb].size(); ++li) r.states[mb][li].read(state_prefix(mb, li), all, r.dev);
+  r.start_step = nn::long_vector(all.at("steps_done")).at(0);
+  r.bad_steps = nn::long_vector(all.at("bad_steps")).at(0);
 }
 
-// The TTT diagnostics the metrics log, from eval::ttt_report: mean |tanh α| over the hybrid units, and
+// The TTT diagnostics the metrics log, from lm::ttt_report: mean |tanh α| over the hybrid units, and
 // the mean ‖W − W0‖ over every unit that reports one (probes of micro-batch 0).
-double mean_over_units(const std::vector<eval::TTTUnitReport>& units, double eval::TTTUnitReport::*field, bool hybrid_only) {
+double mean_over_units(const std::vector<lm::TTTUnitReport>& units, double lm::TTTUnitReport::*field,
+                       bool hybrid_only) {
   double s = 0;
   int64_t n = 0;
   for (const auto& u : units)
@@ -374,7 +314,7 @@ double evaluate(Run& r) {
   lc.world_size = r.opt.dist.world_size;
   TokenLoader ev(read_token_index(token_index(cfg, cfg.eval_data, at::Device(cfg.device), true)), lc);
   at::NoGradGuard ng;
-  std::vector<lm::LayerTTTState> st = r.model->transformer->make_ttt_states(cfg.batch_size);
+  std::vector<nn::LayerState> st = r.model->transformer->make_layer_states(cfg.batch_size);
   LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
   double sum = 0;
   int64_t n = 0;
@@ -382,7 +322,7 @@ double evaluate(Run& r) {
   while (n < cfg.eval_batches && ev.next(b)) {
     apply_resets(st, b.reset);
     at::Tensor codes = b.codes.to(r.dev);
-    lm::LMOutput out = r.model->forward(codes, nullptr, r.model->transformer->has_ttt() ? &st : nullptr);
+    lm::LMOutput out = r.model->forward(codes, nullptr, r.model->transformer->has_addons() ? &st : nullptr);
     LossParts lp = compute_loss(r.model->cfg, out, codes, loss_cfg, false);
     const double v = lp.total.item<double>();
     if (std::isfinite(v)) {
@@ -423,7 +363,7 @@ void write_plots(const TrainConfig& cfg) {
 
 }  // namespace
 
-void apply_resets(std::vector<lm::LayerTTTState>& states, const at::Tensor& reset) {
+void apply_resets(std::vector<nn::LayerState>& states, const at::Tensor& reset) {
   const at::Tensor r = reset.to(at::kCPU, at::kBool).contiguous();
   const bool* v = r.data_ptr<bool>();
   for (auto& ls : states) {
@@ -434,7 +374,7 @@ void apply_resets(std::vector<lm::LayerTTTState>& states, const at::Tensor& rese
 }
 
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
-                      const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
+                      const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<nn::LayerState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
                       const std::vector<at::Tensor>& trainable, bool want_probes,
                       const std::function<void(StepResult&)>& before_clip) {
@@ -448,7 +388,7 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
   const int64_t M = static_cast<int64_t>(micro_codes.size());
   for (int64_t mb = 0; mb < M; ++mb) {
     const at::Tensor& codes = micro_codes[mb];
-    std::vector<lm::LayerTTTState>* st = states ? &(*states)[mb] : nullptr;
+    std::vector<nn::LayerState>* st = states ? &(*states)[mb] : nullptr;
     if (st) {
       for (auto& ls : *st)
         if (!ls.empty()) ls.detach();  // truncated backprop through time: chunks of a file share values, not graphs
@@ -456,16 +396,16 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     }
     // Without persistent states every sequence starts afresh: a fresh state per micro-batch is the
     // same computation, and it counts the TTT updates that happened (pitfalls.md row 11).
-    std::vector<lm::LayerTTTState> fresh;
-    if (!st && m.transformer->has_ttt()) {
-      fresh = m.transformer->make_ttt_states(codes.size(0));
+    std::vector<nn::LayerState> fresh;
+    if (!st && m.transformer->has_addons()) {
+      fresh = m.transformer->make_layer_states(codes.size(0));
       st = &fresh;
     }
     std::vector<int64_t> before;
     if (st)
       for (const auto& ls : *st) before.push_back(ls.updates());
     std::vector<lm::LayerProbes> probes;
-    const bool pr = want_probes && mb == 0 && m.transformer->has_ttt();
+    const bool pr = want_probes && mb == 0 && m.transformer->has_addons();
     lm::LMOutput out = m.forward(codes, pr ? &probes : nullptr, st);
     LossParts lp = compute_loss(m.cfg, out, codes, lc, true);
     (lp.total / static_cast<double>(M)).backward();
@@ -475,9 +415,10 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     r.text += t / static_cast<double>(M);
     r.audio += a / static_cast<double>(M);
     if (r.per_codebook.empty()) r.per_codebook.assign(lp.per_codebook.size(), 0.0);
-    for (size_t k = 0; k < lp.per_codebook.size(); ++k) r.per_codebook[k] += lp.per_codebook[k] / static_cast<double>(M);
+    for (size_t k = 0; k < lp.per_codebook.size(); ++k)
+      r.per_codebook[k] += lp.per_codebook[k] / static_cast<double>(M);
     r.real_tokens += lp.real_tokens;
-    if (pr) r.state_change = mean_over_units(eval::ttt_report(m, probes), &eval::TTTUnitReport::state_change, false);
+    if (pr) r.state_change = mean_over_units(lm::ttt_report(m, probes), &lm::TTTUnitReport::state_change, false);
     if (st) {
       r.ttt_updates.resize(st->size(), 0);
       for (size_t l = 0; l < st->size(); ++l) r.ttt_updates[l] += (*st)[l].updates() - before[l];
@@ -545,8 +486,9 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   Run r{cfg, opt};
   if (opt.dist.active()) {
     r.comm = std::make_unique<Collective>(opt.dist);
-    r.say(str("data parallel: ", opt.dist.world_size, " ranks (rendezvous ", opt.dist.master_addr, ":", opt.dist.master_port,
-              "), batch_size ", cfg.batch_size, " per rank, ", cfg.batch_size * opt.dist.world_size, " in all"));
+    r.say(str("data parallel: ", opt.dist.world_size, " ranks (rendezvous ", opt.dist.master_addr, ":",
+              opt.dist.master_port, "), batch_size ", cfg.batch_size, " per rank, ",
+              cfg.batch_size * opt.dist.world_size, " in all"));
   }
   set_threads(cfg.threads);
   r.dev = parse_device(cfg.device);
@@ -556,7 +498,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     resume_dir = opt.resume_from.empty() ? latest_checkpoint(cfg.run_dir) : opt.resume_from;
     MT_CHECK(!resume_dir.empty(), cfg.run_dir, ": --resume: no checkpoint found under checkpoints/");
   } else if (r.leader() && fs::exists(run_dir / "metrics.jsonl")) {
-    MT_CHECK(cfg.overwrite_run_dir, cfg.run_dir, ": run dir already holds a run (use --resume, or overwrite_run_dir: true)");
+    MT_CHECK(cfg.overwrite_run_dir, cfg.run_dir,
+             ": run dir already holds a run (use --resume, or overwrite_run_dir: true)");
     fs::remove_all(run_dir / "checkpoints");
     fs::remove(run_dir / "metrics.jsonl");
   }
@@ -611,9 +554,12 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     kv.value().set_requires_grad(t);
     if (!t) continue;
     r.trainable.push_back(kv.value());
-    if (is_alpha(kv.key())) al.params.emplace_back(kv.key(), kv.value());
-    else if (lm::is_ttt_param(kv.key())) tw.params.emplace_back(kv.key(), kv.value());
-    else base.params.emplace_back(kv.key(), kv.value());
+    if (is_alpha(kv.key()))
+      al.params.emplace_back(kv.key(), kv.value());
+    else if (lm::is_ttt_param(kv.key()))
+      tw.params.emplace_back(kv.key(), kv.value());
+    else
+      base.params.emplace_back(kv.key(), kv.value());
   }
   for (auto* g : {&base, &tw, &al})
     if (!g->params.empty()) r.groups.push_back(*g);
@@ -627,8 +573,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     r.sched.push_back(oc);
     int64_t n = 0;
     for (const auto& p : g.params) n += p.second.numel();
-    r.say(str("group ", g.name, ": ", g.params.size(), " tensors, ", n, " parameters, max lr ", g.max_lr, ", weight decay ",
-              g.weight_decay));
+    r.say(str("group ", g.name, ": ", g.params.size(), " tensors, ", n, " parameters, max lr ", g.max_lr,
+              ", weight decay ", g.weight_decay));
   }
   r.say("schedule: OneCycle (cosine, start max/25, end start/1e4, pct_start " + str(cfg.optim.pct_start) +
         "); beta1 cycles 0.95 -> 0.85 -> 0.95 (PyTorch's cycle_momentum), overriding AdamW's 0.9");
@@ -643,18 +589,19 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   lc.rank = opt.dist.rank;
   lc.world_size = opt.dist.world_size;
   r.loader = std::make_unique<TokenLoader>(files, lc);
-  const bool has_ttt = r.model->transformer->has_ttt();
+  const bool has_ttt = r.model->transformer->has_addons();
   const bool persistent = has_ttt && cfg.model.ttt.persistent_states;
   if (has_ttt) {
     // Pitfall 11: sequences too short for TTT to update anything.
     const auto& t = cfg.model.ttt;
-    if (t.variant == "inplace" && lc.chunk_frames < t.inplace_chunk_size && !persistent)
+    if (t.variant == lm::TTTVariant::kInPlace && lc.chunk_frames < t.inplace_chunk_size && !persistent)
       r.say(str("warning: training chunks of ", lc.chunk_frames, " frames are shorter than one In-Place chunk (",
                 t.inplace_chunk_size, "): without persistent states no update ever happens"));
-    if (t.variant != "inplace" && lc.chunk_frames < 2 * t.mini_batch_size)
+    if (t.variant != lm::TTTVariant::kInPlace && lc.chunk_frames < 2 * t.mini_batch_size)
       r.say(str("warning: training chunks of ", lc.chunk_frames, " frames hold fewer than 2 TTT mini-batches (",
                 t.mini_batch_size, " frames each)"));
-    for (int64_t mb = 0; mb < cfg.num_microbatches; ++mb) r.states.push_back(r.model->transformer->make_ttt_states(cfg.batch_size));
+    for (int64_t mb = 0; mb < cfg.num_microbatches; ++mb)
+      r.states.push_back(r.model->transformer->make_layer_states(cfg.batch_size));
   }
   if (!resume_dir.empty()) {
     restore_checkpoint(r, resume_dir);
@@ -672,8 +619,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       int64_t dropped = 0;
       while (std::getline(in, line)) {
         auto j = nlohmann::json::parse(line, nullptr, false);
-        if (j.is_discarded() || (j.is_object() && j.contains("step") && j["step"].is_number() &&
-                                 j["step"].get<int64_t>() > r.start_step)) {
+        if (j.is_discarded() ||
+            (j.is_object() && j.contains("step") && j["step"].is_number() && j["step"].get<int64_t>() > r.start_step)) {
           ++dropped;  // a torn last line, or a step this run repeats
           continue;
         }
@@ -681,7 +628,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       }
       in.close();
       io::atomic_write((run_dir / "metrics.jsonl").string(), kept);
-      if (dropped) r.say(str("metrics.jsonl: dropped ", dropped, " record(s) after step ", r.start_step, " (they are redone)"));
+      if (dropped)
+        r.say(str("metrics.jsonl: dropped ", dropped, " record(s) after step ", r.start_step, " (they are redone)"));
     }
   }
   if (r.leader()) r.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
@@ -708,7 +656,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       // Losses (means over ranks) and the token count (a sum), in one exchange.
       std::vector<double> v{static_cast<double>(s.real_tokens), s.text, s.audio, s.state_change};
       v.insert(v.end(), s.per_codebook.begin(), s.per_codebook.end());
-      v.push_back(static_cast<double>(g_stop_signal.load()));  // a stop requested on any rank stops all, at the same step
+      v.push_back(
+          static_cast<double>(g_stop_signal.load()));  // a stop requested on any rank stops all, at the same step
       r.comm->all_reduce_sum(v);
       r.stop_signal = v.back() > 0 ? (g_stop_signal.load() ? g_stop_signal.load() : SIGTERM) : 0;
       v.pop_back();
@@ -729,8 +678,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       resets.push_back(batch.reset.narrow(0, mb * cfg.batch_size, cfg.batch_size));
     }
     const bool log_now = (step + 1) % cfg.log_freq == 0 || step + 1 == end_step;
-    StepResult sr = train_step(*r.model, *r.optim, r.sched, step, micro, persistent ? &r.states : nullptr, resets, loss_cfg,
-                               cfg.max_norm, r.trainable, log_now, reduce);
+    StepResult sr = train_step(*r.model, *r.optim, r.sched, step, micro, persistent ? &r.states : nullptr, resets,
+                               loss_cfg, cfg.max_norm, r.trainable, log_now, reduce);
     const double loss = sr.loss, text = sr.text, audio = sr.audio, norm = sr.grad_norm, change = sr.state_change;
     if (run_updates.size() < sr.ttt_updates.size()) run_updates.resize(sr.ttt_updates.size(), 0);
     for (size_t l = 0; l < sr.ttt_updates.size(); ++l) run_updates[l] += sr.ttt_updates[l];
@@ -744,8 +693,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       for (auto& v : r.states)
         for (auto& ls : v)
           if (!ls.empty()) ls.reset();
-      r.say(str("step ", step + 1, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss", " (loss ", loss, ", grad norm ",
-                norm, "): step skipped (", r.bad_steps, " of at most ", cfg.max_bad_steps, ")"));
+      r.say(str("step ", step + 1, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss", " (loss ", loss,
+                ", grad norm ", norm, "): step skipped (", r.bad_steps, " of at most ", cfg.max_bad_steps, ")"));
     }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // Frames (each carries K tokens) of the step, over all ranks.
@@ -774,7 +723,7 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
       j["grad_norm_groups"] = gnorms;
       j["skipped"] = !finite;
       if (has_ttt) {
-        j["alpha_mean_abs_tanh"] = num(mean_over_units(eval::ttt_report(*r.model, {}), &eval::TTTUnitReport::gate, true));
+        j["alpha_mean_abs_tanh"] = num(mean_over_units(lm::ttt_report(*r.model, {}), &lm::TTTUnitReport::gate, true));
         j["ttt_state_change"] = num(change);
       }
       j["real_tokens"] = sr.real_tokens;
@@ -790,15 +739,17 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
         std::string bar(filled, '#');
         bar.resize(width, '.');
         std::snprintf(line, sizeof line, "[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f frames/s  ETA %s", bar.c_str(),
-                      (long long)(step + 1), (long long)end_step, loss, r.optim->lr(0), static_cast<double>(tokens) / dt,
-                      fmt_duration(eta).c_str());
-        if (tty) std::fprintf(stderr, "\r%s\033[K%s", line, step + 1 == end_step ? "\n" : "");
-        else std::fprintf(stderr, "%s\n", line);
+                      (long long)(step + 1), (long long)end_step, loss, r.optim->lr(0),
+                      static_cast<double>(tokens) / dt, fmt_duration(eta).c_str());
+        if (tty)
+          std::fprintf(stderr, "\r%s\033[K%s", line, step + 1 == end_step ? "\n" : "");
+        else
+          std::fprintf(stderr, "%s\n", line);
       }
     }
-    MT_CHECK(r.bad_steps <= cfg.max_bad_steps, "training stopped: ", r.bad_steps, " steps had a non-finite loss or gradient (",
-             "max_bad_steps ", cfg.max_bad_steps, "); the last at step ", step + 1,
-             ". Lower optim.lr or ttt.base_lr, or check the data");
+    MT_CHECK(r.bad_steps <= cfg.max_bad_steps, "training stopped: ", r.bad_steps,
+             " steps had a non-finite loss or gradient (", "max_bad_steps ", cfg.max_bad_steps, "); the last at step ",
+             step + 1, ". Lower optim.lr or ttt.base_lr, or check the data");
     const bool last = step + 1 == end_step;
     if (cfg.do_eval && ((cfg.eval_freq > 0 && (step + 1) % cfg.eval_freq == 0) || step + 1 == cfg.max_steps)) {
       r.model->eval();
@@ -822,7 +773,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     const int sig = r.comm ? r.stop_signal : g_stop_signal.load();
     if (sig && !last) {
       if (!saved) save_checkpoint(r, step + 1);
-      r.say(str("stopped by ", sig == SIGINT ? "SIGINT" : "SIGTERM", " after step ", step + 1, "; continue with --resume"));
+      r.say(str("stopped by ", sig == SIGINT ? "SIGINT" : "SIGTERM", " after step ", step + 1,
+                "; continue with --resume"));
       sum.stopped_by_signal = sig;
       break;
     }
@@ -834,26 +786,28 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     std::string line;
     nlohmann::json per = nlohmann::json::object();
     for (size_t l = 0; l < layers.size(); ++l) {
-      if (!layers[l]->has_ttt()) continue;
+      if (!lm::has_ttt(*layers[l])) continue;
       const int64_t n = l < run_updates.size() ? run_updates[l] : 0;
       sum.ttt_updates.push_back({static_cast<int64_t>(l), n});
       per[std::to_string(l)] = n;
       line += str(line.empty() ? "" : ", ", l, ": ", n);
     }
-    const std::string unit = cfg.model.ttt.variant == "inplace" ? "chunk" : "mini-batch";
+    const std::string unit = cfg.model.ttt.variant == lm::TTTVariant::kInPlace ? "chunk" : "mini-batch";
     r.say(str("TTT updates per layer (", unit, " updates over all sequences of this rank): ", line));
     for (const auto& [l, n] : sum.ttt_updates)
       if (n == 0 && sum.steps_done > r.start_step)
         r.say(str("warning: TTT layer ", l, " made no update in this run: every token used the initial TTT weights"));
-    if (cfg.model.ttt.variant == "inplace" && cfg.model.ttt.inplace_delta_clip_fro_norm > 0)
-      r.say(str("In-Place ΔW clip on: each chunk update scaled to Frobenius norm <= ", cfg.model.ttt.inplace_delta_clip_fro_norm));
+    if (cfg.model.ttt.variant == lm::TTTVariant::kInPlace && cfg.model.ttt.inplace_delta_clip_fro_norm > 0)
+      r.say(str("In-Place ΔW clip on: each chunk update scaled to Frobenius norm <= ",
+                cfg.model.ttt.inplace_delta_clip_fro_norm));
     if (r.leader()) {
       nlohmann::json j;
       j["kind"] = "summary";
       j["step"] = sum.steps_done;
       j["ttt_updates"] = per;
       j["ttt_update_unit"] = unit;
-      if (cfg.model.ttt.variant == "inplace") j["inplace_delta_clip_fro_norm"] = cfg.model.ttt.inplace_delta_clip_fro_norm;
+      if (cfg.model.ttt.variant == lm::TTTVariant::kInPlace)
+        j["inplace_delta_clip_fro_norm"] = cfg.model.ttt.inplace_delta_clip_fro_norm;
       j["at"] = now_iso();
       r.metrics << j.dump() << "\n";
     }

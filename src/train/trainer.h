@@ -17,11 +17,11 @@
 namespace mt::train {
 
 struct TrainOptions {
-  bool resume = false;          // continue from the newest checkpoint in run_dir (or resume_from)
-  std::string resume_from;      // a checkpoint folder
-  int64_t stop_at_step = -1;    // checkpoint and stop after this many steps (time-boxed jobs, tests)
-  bool quiet = false;           // no progress output
-  DistInfo dist;                // data parallel: this process's rank (run_training joins the others)
+  bool resume = false;        // continue from the newest checkpoint in run_dir (or resume_from)
+  std::string resume_from;    // a checkpoint folder
+  int64_t stop_at_step = -1;  // checkpoint and stop after this many steps (time-boxed jobs, tests)
+  bool quiet = false;         // no progress output
+  DistInfo dist;              // data parallel: this process's rank (run_training joins the others)
 };
 
 struct TrainSummary {
@@ -47,15 +47,15 @@ struct StepResult {
   std::vector<double> lr;                     // per group, the lr this step used
   double beta1 = 0;
   int64_t real_tokens = 0;
-  double state_change = NAN;                  // mean ‖W − W0‖ of the TTT units (micro-batch 0, with probes)
-  std::vector<int64_t> ttt_updates;           // per transformer layer: TTT updates this step (all slots,
-                                              // all micro-batches); empty without TTT
-  bool applied = true;                        // false: non-finite loss or gradient, the step was skipped
+  double state_change = NAN;         // mean ‖W − W0‖ of the TTT units (micro-batch 0, with probes)
+  std::vector<int64_t> ttt_updates;  // per transformer layer: TTT updates this step (all slots,
+                                     // all micro-batches); empty without TTT
+  bool applied = true;               // false: non-finite loss or gradient, the step was skipped
 };
 
 // Resets, in every layer's TTT state, each batch slot whose flag is set (reset [B] bool: the slot
 // starts a new file with this chunk); the other slots carry on.
-void apply_resets(std::vector<lm::LayerTTTState>& states, const at::Tensor& reset);
+void apply_resets(std::vector<nn::LayerState>& states, const at::Tensor& reset);
 
 // One optimizer step as moshi-finetune takes it, shared by `train` and check-reference: the
 // schedule's lr / beta1 for `step` → per micro-batch forward, loss, backward of loss / M (TTT states
@@ -63,7 +63,7 @@ void apply_resets(std::vector<lm::LayerTTTState>& states, const at::Tensor& rese
 // when the loss or the norm is not finite) → zero_grad. before_clip runs after the backward passes, with
 // the step's losses (data parallel: it averages gradients and losses over the ranks).
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
-                      const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<lm::LayerTTTState>>* states,
+                      const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<nn::LayerState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
                       const std::vector<at::Tensor>& trainable, bool want_probes,
                       const std::function<void(StepResult&)>& before_clip = {});

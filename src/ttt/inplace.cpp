@@ -92,8 +92,8 @@ struct LinearAttentionFn : torch::autograd::Function<LinearAttentionFn> {
       const int64_t len = std::min(C, L - i * C);
       at::Tensor gi = g.narrow(1, (i - 1) * C, len), q = h.narrow(1, i * C, len);
       at::Tensor k = h.narrow(1, 0, i * C), vv = v.narrow(1, 0, i * C);
-      at::Tensor ds = at::matmul(gi, vv.transpose(1, 2));          // [B, len, iC]
-      dh.narrow(1, i * C, len).add_(at::matmul(ds, k));             // through the query
+      at::Tensor ds = at::matmul(gi, vv.transpose(1, 2));              // [B, len, iC]
+      dh.narrow(1, i * C, len).add_(at::matmul(ds, k));                // through the query
       dh.narrow(1, 0, i * C).add_(at::matmul(ds.transpose(1, 2), q));  // through the keys
       dv.narrow(1, 0, i * C).add_(at::matmul(scores[i - 1].transpose(1, 2), gi));
     }
@@ -122,7 +122,7 @@ void InPlaceConfig::validate() const {
   MT_CHECK(lookahead() >= 0 && lookahead() <= conv_kernel - 1, "inplace config: conv_lookahead must be in [0, ",
            conv_kernel - 1, "] (or -1 for centred), got ", conv_lookahead);
   try {
-    lm::activation(activation, at::zeros({1}));
+    nn::parse_activation(activation);
   } catch (const Error&) {
     fail("inplace config: unknown activation '", activation, "'");
   }
@@ -209,12 +209,13 @@ at::Tensor InPlaceState::w_final(int64_t b) const {
 
 // ---------------------------------------------------------------------------------------------
 InPlaceGatingImpl::InPlaceGatingImpl(int64_t dim, int64_t hidden) {
-  linear_in = register_module("linear_in", lm::Linear(dim, 2 * hidden));
-  linear_out = register_module("linear_out", lm::Linear(hidden, dim));
+  linear_in = register_module("linear_in", nn::Linear(dim, 2 * hidden));
+  linear_out = register_module("linear_out", nn::Linear(hidden, dim));
 }
 
 InPlaceFFNImpl::InPlaceFFNImpl(InPlaceConfig c) : cfg(std::move(c)) {
   cfg.validate();
+  act = nn::parse_activation(cfg.activation);
   gating = register_module("gating", InPlaceGating(cfg.dim, cfg.hidden));
   // Registered as submodules so that the names are exactly ttt_conv.weight / ttt_proj.weight.
   auto conv = register_module("ttt_conv", std::make_shared<torch::nn::Module>());
@@ -276,7 +277,7 @@ void InPlaceFFNImpl::load_file(const std::string& path) {
 
 at::Tensor InPlaceFFNImpl::hidden_act(const at::Tensor& x) const {
   at::Tensor u = at::linear(x, gating->linear_in->weight);
-  return lm::activation(cfg.activation, u.narrow(-1, 0, cfg.hidden)) * u.narrow(-1, cfg.hidden, cfg.hidden);
+  return nn::activation(act, u.narrow(-1, 0, cfg.hidden)) * u.narrow(-1, cfg.hidden, cfg.hidden);
 }
 
 // The streaming path's targets: the same conv over whole buffered chunks as training (tests only:
@@ -392,8 +393,7 @@ at::Tensor InPlaceFFNImpl::step(const at::Tensor& x, const at::Tensor& t, InPlac
            shape_str(x.sizes().vec()), ", got ", shape_str(t.sizes().vec()));
   MT_CHECK(st.dw.defined() && x.size(0) == st.batch(), "InPlaceFFN::step: state has ", st.batch(),
            " slots, input has batch ", x.size(0), " (make the state with make_state(batch))");
-  MT_CHECK(st.dw.sizes() == at::IntArrayRef({st.batch(), cfg.dim, cfg.hidden}) &&
-               st.h_buf.size(1) == cfg.chunk_size,
+  MT_CHECK(st.dw.sizes() == at::IntArrayRef({st.batch(), cfg.dim, cfg.hidden}) && st.h_buf.size(1) == cfg.chunk_size,
            "InPlaceFFN::step: state was made for another module (dw ", shape_str(st.dw.sizes().vec()), ")");
   const int64_t S = x.size(1);
   if (S == 0) return at::empty({x.size(0), 0, cfg.dim}, x.options());
@@ -403,7 +403,7 @@ at::Tensor InPlaceFFNImpl::step(const at::Tensor& x, const at::Tensor& t, InPlac
   const bool uniform = std::all_of(st.pos.begin(), st.pos.end(), [&](int64_t p) { return p == st.pos[0]; });
   const at::Tensor dw_before = pitfall::on(13) ? st.dw.clone() : at::Tensor();  // tests only: row 13
   at::Tensor corr = uniform && st.pos[0] + S >= cfg.chunk_size ? step_uniform(h.to(acc), t.to(acc), st)
-                                                              : step_segments(h.to(acc), t.to(acc), st);
+                                                               : step_segments(h.to(acc), t.to(acc), st);
   st.tokens += S;
   if (dw_before.defined()) st.dw = dw_before;  // pitfalls.md row 13: streaming updates that never run
   return y + corr.to(y.scalar_type());
@@ -416,7 +416,8 @@ at::Tensor InPlaceFFNImpl::step_uniform(const at::Tensor& h, const at::Tensor& t
   at::Tensor hf = p ? at::cat({st.h_buf.narrow(1, 0, p), h}, 1) : h;
   at::Tensor tf = p ? at::cat({st.t_buf.narrow(1, 0, p), t}, 1) : t;
   const int64_t L = p + S, full = L / C, tail = L - full * C;
-  at::Tensor v = streaming_targets(tf.narrow(1, 0, full * C).reshape({B * full, C, D})).reshape({B, full * C, D}) * cfg.lr;
+  at::Tensor v =
+      streaming_targets(tf.narrow(1, 0, full * C).reshape({B * full, C, D})).reshape({B, full * C, D}) * cfg.lr;
   v = clip_updates(v, hf);
   at::Tensor corr = ttt_part(hf, v, st.dw).narrow(1, p, S);
   // Σ over the completed chunks of lr vᵀh is one matmul over their tokens: no per-chunk D×H update.

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/linear.h"
+#include "nn/transformer.h"
 
 namespace mt::ttt {
 
@@ -38,15 +38,15 @@ enum class InPlaceStrategy {
   kMaterialized,
 };
 
-const char* strategy_name(InPlaceStrategy s);                   // linear_attention, running, materialized
-InPlaceStrategy parse_strategy(const std::string& name);        // throws mt::Error for unknown names
+const char* strategy_name(InPlaceStrategy s);             // linear_attention, running, materialized
+InPlaceStrategy parse_strategy(const std::string& name);  // throws mt::Error for unknown names
 
 struct InPlaceConfig {
-  int64_t dim = 0;         // D: model width (input/output of the FFN, width of the target source t)
-  int64_t hidden = 0;      // H: FFN hidden width
+  int64_t dim = 0;     // D: model width (input/output of the FFN, width of the target source t)
+  int64_t hidden = 0;  // H: FFN hidden width
   int64_t chunk_size = 256;
   double lr = 1e-3;
-  bool use_proj = true;    // target projection ttt_proj [D, D]
+  bool use_proj = true;  // target projection ttt_proj [D, D]
   int64_t conv_kernel = 5;
   // Tokens after the current one that the target conv sees; -1 = centred ((kernel-1)/2, the official
   // choice: padding 2 for kernel 5). The rest of the kernel looks back.
@@ -73,14 +73,14 @@ struct InPlaceConfig {
 // h W0ᵀ + h ΔWᵀ, so when training over consecutive segments of one file (detach() between them) W0
 // still gets its gradient from every token, and a reset is a zero fill.
 struct InPlaceState {
-  at::Tensor dw;                // [B, D, H] Σ of applied chunk updates lr·vᵀh per slot (float32/64)
-  at::Tensor h_buf;             // [B, C, H] gated activations of each slot's incomplete chunk (same dtype)
-  at::Tensor t_buf;             // [B, C, D] target sources of each slot's incomplete chunk (same dtype)
-  std::vector<int64_t> pos;     // per slot: tokens of the current chunk already buffered (0..C-1)
-  at::Tensor w0;                // the module's W0 ([D, H], shares its storage), for w_final()
-  int64_t tokens = 0;           // tokens consumed since the state was made (diagnostics)
-  int64_t updates = 0;          // chunk updates applied since the state was made, summed over slots
-                                // (diagnostics; resets do not clear it)
+  at::Tensor dw;             // [B, D, H] Σ of applied chunk updates lr·vᵀh per slot (float32/64)
+  at::Tensor h_buf;          // [B, C, H] gated activations of each slot's incomplete chunk (same dtype)
+  at::Tensor t_buf;          // [B, C, D] target sources of each slot's incomplete chunk (same dtype)
+  std::vector<int64_t> pos;  // per slot: tokens of the current chunk already buffered (0..C-1)
+  at::Tensor w0;             // the module's W0 ([D, H], shares its storage), for w_final()
+  int64_t tokens = 0;        // tokens consumed since the state was made (diagnostics)
+  int64_t updates = 0;       // chunk updates applied since the state was made, summed over slots
+                             // (diagnostics; resets do not clear it)
 
   int64_t batch() const { return static_cast<int64_t>(pos.size()); }
   // Every slot back to W0 with an empty chunk.
@@ -99,7 +99,7 @@ struct InPlaceState {
 // H..2H-1 up; linear_out [D, H]).
 struct InPlaceGatingImpl : torch::nn::Module {
   InPlaceGatingImpl(int64_t dim, int64_t hidden);
-  lm::Linear linear_in{nullptr}, linear_out{nullptr};
+  nn::Linear linear_in{nullptr}, linear_out{nullptr};
 };
 TORCH_MODULE(InPlaceGating);
 
@@ -139,6 +139,7 @@ struct InPlaceFFNImpl : torch::nn::Module {
   std::vector<std::string> names() const;  // parameter names, e.g. "ttt_conv.weight"
 
   InPlaceConfig cfg;
+  nn::Activation act;  // cfg.activation, parsed once
   InPlaceGating gating{nullptr};
   at::Tensor conv_weight;  // ttt_conv.weight [D, 1, k]
   at::Tensor proj_weight;  // ttt_proj.weight [D, D] (undefined without use_proj)

@@ -26,8 +26,8 @@ void TTTConfig::validate() const {
            " is not a multiple of num_attention_heads ", num_attention_heads);
   MT_CHECK(head_dim() % 2 == 0, "ttt config: head_dim ", head_dim(), " must be even (RoPE rotates pairs)");
   MT_CHECK(mini_batch_size > 0, "ttt config: mini_batch_size must be > 0, got ", mini_batch_size);
-  MT_CHECK(ttt_layer_type == "linear" || ttt_layer_type == "mlp", "ttt config: ttt_layer_type must be 'linear' or 'mlp', got '",
-           ttt_layer_type, "'");
+  MT_CHECK(ttt_layer_type == "linear" || ttt_layer_type == "mlp",
+           "ttt config: ttt_layer_type must be 'linear' or 'mlp', got '", ttt_layer_type, "'");
   MT_CHECK(!share_qk || conv_kernel >= 1, "ttt config: conv_kernel must be >= 1, got ", conv_kernel);
   MT_CHECK(scan_checkpoint_group_size >= 0, "ttt config: scan_checkpoint_group_size must be >= 0, got ",
            scan_checkpoint_group_size);
@@ -99,10 +99,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> TTTLayer::expected_par
   const int64_t K = c.mini_batch_size;
   // The reference module's registration order: own parameters, then submodules.
   std::vector<std::pair<std::string, std::vector<int64_t>>> p = {
-      {"learnable_token_idx", {K}},
-      {"learnable_ttt_lr_weight", {nh, 1, C}},
-      {"learnable_ttt_lr_bias", {nh, 1}},
-      {"ttt_norm_weight", {nh, f}},
+      {"learnable_token_idx", {K}},       {"learnable_ttt_lr_weight", {nh, 1, C}},
+      {"learnable_ttt_lr_bias", {nh, 1}}, {"ttt_norm_weight", {nh, f}},
       {"ttt_norm_bias", {nh, f}},
   };
   for (int64_t l = 0; l < c.inner_layers(); ++l) {
@@ -136,8 +134,8 @@ void check_tensors(const TTTConfig& cfg, const std::map<std::string, at::Tensor>
              shape_str(shape), ")");
     MT_CHECK(it->second.sizes().vec() == shape, "ttt layer: tensor '", name, "' has shape ",
              shape_str(it->second.sizes().vec()), ", expected ", shape_str(shape));
-    MT_CHECK(at::isFloatingType(it->second.scalar_type()), "ttt layer: tensor '", name, "' must be floating point, got ",
-             c10::toString(it->second.scalar_type()));
+    MT_CHECK(at::isFloatingType(it->second.scalar_type()), "ttt layer: tensor '", name,
+             "' must be floating point, got ", c10::toString(it->second.scalar_type()));
   }
   for (const auto& [name, v] : t)
     MT_CHECK(want.count(name), "ttt layer: unexpected tensor '", name, "' (shape ", shape_str(v.sizes().vec()),
@@ -356,7 +354,8 @@ void TTTLayer::materialize(TTTState& st, const at::Tensor& x) const {
     }
     if (cfg_.share_qk) st.conv_tail = at::zeros({B, C, k1}, x.options());
   } else if (std::any_of(st.fresh.begin(), st.fresh.end(), [](uint8_t v) { return v != 0; })) {
-    MT_CHECK(st.W.size() == nl && st.G.size() == nl, "ttt state: has ", st.W.size(), " inner layers, the layer has ", nl);
+    MT_CHECK(st.W.size() == nl && st.G.size() == nl, "ttt state: has ", st.W.size(), " inner layers, the layer has ",
+             nl);
     std::vector<uint8_t> f8(st.fresh.begin(), st.fresh.end());
     auto m = at::from_blob(f8.data(), {B}, at::kByte).to(at::kBool).to(x.device()).view({B, 1, 1, 1});
     if (pitfall::on(6)) {  // tests only: pitfalls.md row 6, a reset to values drawn at construction
@@ -396,7 +395,8 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
   in.XKa = rope_heads(XK, idx, c.rope_theta, nh, idt);
   in.XV = to_heads(XV, nh, idt);
   // Learnable inner lr (spec 1.5): base_lr * sigmoid(x . w_h + b_h) / head_dim, per token and head.
-  auto lr = at::sigmoid(at::linear(x, param("learnable_ttt_lr_weight").view({nh, C}), param("learnable_ttt_lr_bias").view({nh})));
+  auto lr = at::sigmoid(
+      at::linear(x, param("learnable_ttt_lr_weight").view({nh, C}), param("learnable_ttt_lr_bias").view({nh})));
   in.lr = (lr * (c.ttt_base_lr / static_cast<double>(f))).permute({0, 2, 1}).reshape({N, L}).to(idt);
   auto fopt = param("learnable_token_idx").options();
   auto tok_all = at::clamp_min(1.0 / at::arange(1, K + 1, fopt) + param("learnable_token_idx"), 0.0);
@@ -421,7 +421,8 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     at::NoGradGuard ng;
     auto prev_idx = (idx - 1).clamp_min(0);
     pr.tokprev = tok_all.detach().index_select(0, prev_idx).to(idt).masked_fill(idx.eq(0), 0.0);
-    for (const auto& w : inner_init()) pr.W0.push_back(w.detach().unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, w.size(1), w.size(2)}));
+    for (const auto& w : inner_init())
+      pr.W0.push_back(w.detach().unsqueeze(0).expand({B, -1, -1, -1}).reshape({N, w.size(1), w.size(2)}));
     auto popt = in.XV.options();
     pr.l0 = at::empty({N, L}, popt);
     pr.lprev = at::empty({N, L}, popt);
@@ -454,7 +455,8 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
     probes->w_delta_norm_per_layer = sq.sqrt().to(at::kFloat);
     probes->w_delta_norm = sq.sum(1).sqrt().to(at::kFloat);
     if (pitfall::on(16)) {  // tests only: pitfalls.md row 16, a difference of checksums
-      auto s1 = (st.W[0].detach() - tl * st.G[0].detach()).sum({1, 2, 3}) - pr.W0[0].view(st.W[0].sizes()).sum({1, 2, 3});
+      auto s1 =
+          (st.W[0].detach() - tl * st.G[0].detach()).sum({1, 2, 3}) - pr.W0[0].view(st.W[0].sizes()).sum({1, 2, 3});
       probes->w_delta_norm = s1.abs().to(at::kFloat);
     }
   }
@@ -469,12 +471,12 @@ at::Tensor TTTLayer::run_uniform(const at::Tensor& x, TTTState& st, int64_t pos0
 
 at::Tensor TTTLayer::forward(const at::Tensor& x, TTTState& st, TTTProbes* probes) const {
   const int64_t C = cfg_.hidden_size, K = cfg_.mini_batch_size;
-  MT_CHECK(x.defined() && x.dim() == 3 && x.size(2) == C && x.size(1) >= 1, "ttt forward: x must be [B, L>=1, ",
-           C, "], got ", x.defined() ? shape_str(x.sizes().vec()) : std::string("undefined"));
+  MT_CHECK(x.defined() && x.dim() == 3 && x.size(2) == C && x.size(1) >= 1, "ttt forward: x must be [B, L>=1, ", C,
+           "], got ", x.defined() ? shape_str(x.sizes().vec()) : std::string("undefined"));
   MT_CHECK(st.batch > 0, "ttt forward: state has no batch slots (use layer.init_state(B))");
   MT_CHECK(x.size(0) == st.batch, "ttt forward: x has batch ", x.size(0), ", state has ", st.batch, " slots");
-  MT_CHECK(x.scalar_type() == dtype(), "ttt forward: x dtype ", c10::toString(x.scalar_type()), " differs from the parameters' ",
-           c10::toString(dtype()));
+  MT_CHECK(x.scalar_type() == dtype(), "ttt forward: x dtype ", c10::toString(x.scalar_type()),
+           " differs from the parameters' ", c10::toString(dtype()));
   MT_CHECK(x.device() == device(), "ttt forward: x on ", x.device().str(), ", parameters on ", device().str());
   materialize(st, x);
   const int64_t B = st.batch, L = x.size(1);

@@ -85,10 +85,10 @@ struct TTTState {
 //   lafter = loss with the weights after it (those that produced token t's output).
 // loss(W; t) = 1/2 || LN(f_res(XK_t; W)) - (XV_t - XK_t) ||^2 (the inner objective).
 struct TTTProbes {
-  at::Tensor l0, lprev, lafter;  // [B, nh, L], float32
-  at::Tensor w_delta_norm;       // [B]: || W_t - W_0 || after the chunk's last token, all inner
-                                 // tensors of all heads (Frobenius), W_t including the pending
-                                 // in-mini-batch update
+  at::Tensor l0, lprev, lafter;       // [B, nh, L], float32
+  at::Tensor w_delta_norm;            // [B]: || W_t - W_0 || after the chunk's last token, all inner
+                                      // tensors of all heads (Frobenius), W_t including the pending
+                                      // in-mini-batch update
   at::Tensor w_delta_norm_per_layer;  // [B, inner layers]: the same, per inner layer (weight + bias)
 };
 

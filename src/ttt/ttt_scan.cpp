@@ -1,7 +1,7 @@
 #include "ttt/ttt_scan.h"
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -69,8 +69,8 @@ LnParts ln_parts(const at::Tensor& z, double eps) {
 }
 
 // d(1/2 ||LN(z) - target||^2)/dz in closed form (spec 1.4, reference ln_fused_l2_bwd).
-at::Tensor ln_fused_l2_bwd(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w,
-                           const at::Tensor& b, double eps) {
+at::Tensor ln_fused_l2_bwd(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w, const at::Tensor& b,
+                           double eps) {
   const double D = static_cast<double>(z.size(-1));
   auto p = ln_parts(z, eps);
   auto gxh = (w * p.xhat + b - target) * w;
@@ -100,9 +100,8 @@ at::Tensor with_ones(const at::Tensor& x) {
 // f_res evaluated at the per-row weights of the dual form, for one layer:
 //   row i uses W_i = Wb - tok_i * (A + sum_{j<=i} lr_j keys_j^T G_j)   (E already holds tok_i lr_j mask)
 // = q Wb - (E * (q keys^T)) G - tok_i q A.
-at::Tensor layer_apply(const at::Tensor& q, const at::Tensor& Wb, const at::Tensor& A,
-                       const at::Tensor& keys, const at::Tensor& G, const at::Tensor& E,
-                       const at::Tensor& tokq) {
+at::Tensor layer_apply(const at::Tensor& q, const at::Tensor& Wb, const at::Tensor& A, const at::Tensor& keys,
+                       const at::Tensor& G, const at::Tensor& E, const at::Tensor& tokq) {
   auto z = at::bmm(q, Wb) - at::bmm(E * at::bmm(q, keys.transpose(1, 2)), G);
   if (A.defined()) z = z - tokq * at::bmm(q, A);
   return z;
@@ -217,8 +216,7 @@ Masks make_masks(int64_t K, const at::TensorOptions& opt) {
 
 SegIn seg_in(const ScanInputs& in, int64_t t0, int64_t m) {
   auto sl = [&](const at::Tensor& t) { return t.narrow(1, t0, m); };
-  return {sl(in.XQa), sl(in.XKa), sl(in.XV), sl(in.lr), in.tok.narrow(0, t0, m),
-          in.lnw, in.lnb};
+  return {sl(in.XQa), sl(in.XKa), sl(in.XV), sl(in.lr), in.tok.narrow(0, t0, m), in.lnw, in.lnb};
 }
 
 at::Tensor mask_for(const Masks& mk, const Segment& sg, bool strict) {
@@ -246,13 +244,15 @@ int64_t streams_per_thread(int64_t L, const std::vector<int64_t>& d) {
 }
 
 // The scan through the hand-fused per-stream kernel (ttt_scan_kernel.h, TTT-Linear and TTT-MLP):
-// float32 on a CPU with AVX2 + FMA, the causal mini-batch mask. Other cases take the tensor ops below. Probes or not, the outputs come from the same kernel code (asking
-// for probes changes no output bit).
+// float32 on a CPU with AVX2 + FMA, the causal mini-batch mask. Other cases take the tensor ops below. Probes or not,
+// the outputs come from the same kernel code (asking for probes changes no output bit).
 bool fused_scan_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
   if (!util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
-  if (pitfall::on(1)) return false;                     // tests only: pitfalls.md row 1's bidirectional mask
+  if (pitfall::on(1)) return false;                   // tests only: pitfalls.md row 1's bidirectional mask
   if (sp.layers > 1 && pitfall::on(4)) return false;  // tests only: row 4's double update
-  auto cpu_f32 = [](const at::Tensor& t) { return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat; };
+  auto cpu_f32 = [](const at::Tensor& t) {
+    return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
+  };
   // Any layout will do: the kernels read contiguous copies (no copy where already contiguous).
   for (const at::Tensor* t : {&in.XQa, &in.XKa, &in.XV, &in.lr, &in.tok, &in.lnw, &in.lnb})
     if (!cpu_f32(*t)) return false;
@@ -276,9 +276,17 @@ struct FusedInputs {
   at::Tensor xqa, xka, xv, lr, tok, lnw, lnb;
 
   explicit FusedInputs(const ScanInputs& in)
-      : N(in.XV.size(0)), L(in.XV.size(1)), f(in.XV.size(2)), d{f}, xqa(in.XQa.contiguous()),
-        xka(in.XKa.contiguous()), xv(in.XV.contiguous()), lr(in.lr.contiguous()), tok(in.tok.contiguous()),
-        lnw(in.lnw.contiguous()), lnb(in.lnb.contiguous()) {
+      : N(in.XV.size(0)),
+        L(in.XV.size(1)),
+        f(in.XV.size(2)),
+        d{f},
+        xqa(in.XQa.contiguous()),
+        xka(in.XKa.contiguous()),
+        xv(in.XV.contiguous()),
+        lr(in.lr.contiguous()),
+        tok(in.tok.contiguous()),
+        lnw(in.lnw.contiguous()),
+        lnb(in.lnb.contiguous()) {
     for (size_t l = 0; l < in.W.size(); ++l) {
       MT_CHECK(in.W[l].dim() == 3 && in.W[l].size(0) == N && in.W[l].size(1) == d.back() + 1, "ttt scan: inner layer ",
                l, " weight of shape ", shape_str(in.W[l].sizes().vec()), " after width ", d.back());
@@ -307,7 +315,9 @@ struct FusedInputs {
     return st;
   }
   // Stream n's block of a per-layer [N, ...] tensor.
-  float* block(const at::Tensor& t, size_t l, int64_t n) const { return t.mutable_data_ptr<float>() + n * layer_size(l); }
+  float* block(const at::Tensor& t, size_t l, int64_t n) const {
+    return t.mutable_data_ptr<float>() + n * layer_size(l);
+  }
 };
 
 void forward_fused(const ScanSpec& sp, const ScanInputs& in, ScanOutputs& o, ScanProbes* probes,
@@ -470,8 +480,10 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
   std::vector<at::Tensor> SW(nl), G0(nl);
   for (size_t l = 0; l < nl; ++l) SW[l] = sW[l].contiguous(), G0[l] = in.G[l].contiguous();
   // Per-token gradients: every segment zeroes its own rows before accumulating (no memset of the whole).
-  auto gXQa = at::empty_like(fi.xqa), gXKa = at::empty_like(fi.xka), gXV = at::empty_like(fi.xv), glr = at::empty_like(fi.lr);
-  auto gtok = at::empty({N, L}, fi.xv.options()), glnw = at::zeros({N, f}, fi.xv.options()), glnb = at::zeros({N, f}, fi.xv.options());
+  auto gXQa = at::empty_like(fi.xqa), gXKa = at::empty_like(fi.xka), gXV = at::empty_like(fi.xv),
+       glr = at::empty_like(fi.lr);
+  auto gtok = at::empty({N, L}, fi.xv.options()), glnw = at::zeros({N, f}, fi.xv.options()),
+       glnb = at::zeros({N, f}, fi.xv.options());
   std::vector<at::Tensor> gW(nl), gG(nl);
   for (size_t l = 0; l < nl; ++l) {  // running gradients w.r.t. the state, from the end state's
     gW[l] = g_Wend[l].clone(at::MemoryFormat::Contiguous);
@@ -496,17 +508,24 @@ variable_list backward_fused(const ScanSpec& sp, const ScanInputs& in, const std
     };
     for (int64_t n = b; n < e; ++n) {
       ScanStream st = fi.stream(n);
-      ScanStreamGrads gr{GO.const_data_ptr<float>() + n * L * f, gXQa.mutable_data_ptr<float>() + n * L * fa,
-                         gXKa.mutable_data_ptr<float>() + n * L * fa, gXV.mutable_data_ptr<float>() + n * L * f,
-                         glr.mutable_data_ptr<float>() + n * L, gtok.mutable_data_ptr<float>() + n * L,
-                         glnw.mutable_data_ptr<float>() + n * f, glnb.mutable_data_ptr<float>() + n * f, {}, {}};
+      ScanStreamGrads gr{GO.const_data_ptr<float>() + n * L * f,
+                         gXQa.mutable_data_ptr<float>() + n * L * fa,
+                         gXKa.mutable_data_ptr<float>() + n * L * fa,
+                         gXV.mutable_data_ptr<float>() + n * L * f,
+                         glr.mutable_data_ptr<float>() + n * L,
+                         gtok.mutable_data_ptr<float>() + n * L,
+                         glnw.mutable_data_ptr<float>() + n * f,
+                         glnb.mutable_data_ptr<float>() + n * f,
+                         {},
+                         {}};
       for (size_t l = 0; l < nl; ++l) {
         gr.dW.push_back(fi.block(gW[l], l, n));
         gr.dG.push_back(fi.block(gG[l], l, n));
       }
       if (sp.s0 > 0) {
         point(segG, g0.data());
-        for (size_t l = 0; l < nl; ++l) std::copy(fi.block(G0[l], l, n), fi.block(G0[l], l, n) + fi.layer_size(l), segG[l]);
+        for (size_t l = 0; l < nl; ++l)
+          std::copy(fi.block(G0[l], l, n), fi.block(G0[l], l, n) + fi.layer_size(l), segG[l]);
       }
       for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {
         const auto [sb, se] = groups[gi];
@@ -703,7 +722,6 @@ struct ScanFunction : public torch::autograd::Function<ScanFunction> {
     return res;
   }
 };
-
 
 }  // namespace
 

@@ -18,11 +18,11 @@
 namespace mt::ttt::detail {
 
 struct ScanSpec {
-  int64_t layers = 1;       // inner layers: 1 = TTT-Linear, n >= 2 = TTT-MLP of n layers (GELU between)
-  int64_t K = 16;           // mini-batch size
-  int64_t s0 = 0;           // in-mini-batch index of the first token (> 0: accumulators are live)
-  int64_t group_size = 0;   // segments per checkpoint group (0: one group)
-  double eps = 1e-6;        // inner LayerNorm eps (reference: 1e-6, biased variance, eps in sqrt)
+  int64_t layers = 1;      // inner layers: 1 = TTT-Linear, n >= 2 = TTT-MLP of n layers (GELU between)
+  int64_t K = 16;          // mini-batch size
+  int64_t s0 = 0;          // in-mini-batch index of the first token (> 0: accumulators are live)
+  int64_t group_size = 0;  // segments per checkpoint group (0: one group)
+  double eps = 1e-6;       // inner LayerNorm eps (reference: 1e-6, biased variance, eps in sqrt)
 };
 
 // All tensors in the inner dtype (float32 or float64), contiguous.
@@ -38,14 +38,14 @@ struct ScanInputs {
 };
 
 struct ScanOutputs {
-  at::Tensor out;       // [N, L, f]: XQ + LN(f_res(XQ; W_t))
+  at::Tensor out;  // [N, L, f]: XQ + LN(f_res(XQ; W_t))
   std::vector<at::Tensor> W, G;
 };
 
 // Probe inputs/outputs (no gradient).
 struct ScanProbes {
-  at::Tensor tokprev;   // [L]: token factor of the previous in-mini-batch index (0 for the first)
-  std::vector<at::Tensor> W0;  // [N, ...] per inner layer: learned initial weights for l0
+  at::Tensor tokprev;            // [L]: token factor of the previous in-mini-batch index (0 for the first)
+  std::vector<at::Tensor> W0;    // [N, ...] per inner layer: learned initial weights for l0
   at::Tensor l0, lprev, lafter;  // [N, L] outputs, filled by the scan
 };
 

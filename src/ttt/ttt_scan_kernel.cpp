@@ -86,10 +86,10 @@ int64_t plan(const std::vector<int64_t>& d, int64_t m, float* base, Seg* s, floa
 // (ldw), out: [m, r] (ldo). Computed as (W Z^T)^T: W streams once through gemm against the m columns of
 // Z^T, and only the small [m, k] and [r, m] blocks are transposed, never W.
 MT_SIMD_TARGET void times_wt(int64_t m, int64_t r, int64_t k, const float* Z, int64_t ldz, const float* W, int64_t ldw,
-                            float* out, int64_t ldo, float alpha, bool accumulate, Seg& g) {
-  transpose(Z, m, k, ldz, g.t1);                        // [k, m]
+                             float* out, int64_t ldo, float alpha, bool accumulate, Seg& g) {
+  transpose(Z, m, k, ldz, g.t1);                           // [k, m]
   gemm(r, m, k, W, ldw, 1, g.t1, m, g.t2, m, 1.f, false);  // [r, m]
-  transpose(g.t2, r, m, m, g.t3);                       // [m, r]
+  transpose(g.t2, r, m, m, g.t3);                          // [m, r]
   for (int64_t i = 0; i < m; ++i) {
     float* o = out + i * ldo;
     const float* v = g.t3 + i * r;
@@ -117,7 +117,7 @@ const float* key_rows(const ScanStream& s, const Seg& g, const std::vector<int64
 // 1. The keys through the inner model at the mini-batch start weights, and the inner-loss gradient
 // w.r.t. each layer's pre-activation (LN-fused L2 in closed form, then back through the layers).
 MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, double eps,
-                             bool second, Seg& g) {
+                              bool second, Seg& g) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
   const float D = static_cast<float>(f);
@@ -150,8 +150,8 @@ MT_SIMD_TARGET void keys_pass(const ScanStream& s, const std::vector<int64_t>& d
 // 2. Rows x0 (augmented, row stride f + 1) through the inner model at the dual-form per-row weights of
 // token factors t (keys j <= i, or j < i when strict): pre-activations in Zq, the last layer's in
 // Zq[n-1]. P, IG and DAq are kept for the backward.
-MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, const float* x0,
-                              const float* t, bool strict, bool g_live, Seg& g) {
+MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m,
+                               const float* x0, const float* t, bool strict, bool g_live, Seg& g) {
   const size_t n = d.size() - 1;
   const float* lr = s.lr + t0;
   for (size_t l = 0; l < n; ++l) {
@@ -179,7 +179,7 @@ MT_SIMD_TARGET void query_pass(const ScanStream& s, const std::vector<int64_t>& 
 
 // 3. The gradient sums, in place: G_l = G_l (when live, else 0) + sum_j lr_j X_l,j^T GZ_l,j.
 MT_SIMD_TARGET void grad_sums(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool g_live,
-                             Seg& g) {
+                              Seg& g) {
   const size_t n = d.size() - 1;
   for (size_t l = 0; l < n; ++l) {
     const int64_t din = d[l] + 1, dout = d[l + 1];
@@ -192,8 +192,8 @@ MT_SIMD_TARGET void grad_sums(const ScanStream& s, const std::vector<int64_t>& d
 }
 
 // The probes' inner loss of key rows t0.. from the last layer's pre-activations z (rows of f).
-MT_SIMD_TARGET void losses(const ScanStream& s, int64_t f, int64_t t0, int64_t m, const float* z, double eps, float* xhat,
-                          float* dst) {
+MT_SIMD_TARGET void losses(const ScanStream& s, int64_t f, int64_t t0, int64_t m, const float* z, double eps,
+                           float* xhat, float* dst) {
   for (int64_t i = 0; i < m; ++i) dst[t0 + i] = inner_loss(s.xka, s.xv, s.lnw, s.lnb, f, t0 + i, z + i * f, eps, xhat);
 }
 
@@ -207,7 +207,7 @@ int64_t scan_keys_scratch(int64_t K, const std::vector<int64_t>& d) {
 }
 
 MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>& d, int64_t t0, int64_t m, bool commit,
-                                bool g_live, double eps, float* scratch, float* keys) {
+                                 bool g_live, double eps, float* scratch, float* keys) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
   thread_local Seg g;  // its vectors keep their storage: no allocation per segment
@@ -246,8 +246,8 @@ MT_SIMD_TARGET bool scan_segment(const ScanStream& s, const std::vector<int64_t>
 }
 
 MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamGrads& gr, const std::vector<int64_t>& d,
-                                         int64_t t0, int64_t m, bool commit, bool g_live, double eps, float* scratch,
-                                         float* keys) {
+                                          int64_t t0, int64_t m, bool commit, bool g_live, double eps, float* scratch,
+                                          float* keys) {
   const size_t n = d.size() - 1;
   const int64_t f = d[0], fa = f + 1;
   const float D = static_cast<float>(f);
@@ -276,7 +276,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
     const float* X = key_rows(s, g, d, l, t0);
     float* dX = dXp(l);
     times_wt(m, din, dout, g.GZ[l], dout, R, dout, g.U, din, 1.f, false, g);  // U_j = R gz_j
-    float dtl = 0.f;  // d/dt_last of W' (commit): -<S, R>
+    float dtl = 0.f;                                                          // d/dt_last of W' (commit): -<S, R>
     for (int64_t j = 0; j < m; ++j) {
       const float q = dot(X + j * din, g.U + j * din, din);  // x_j^T R gz_j
       gr.dlr[t0 + j] += c * q;
@@ -347,7 +347,7 @@ MT_SIMD_TARGET void scan_segment_backward(const ScanStream& s, const ScanStreamG
       gemm(din, dout, m, inp, 1, din, g.tdz, dout, gr.dG[l], dout, -1.f, true);
     }
     gemm(m, din, m, g.Mq, m, 1, X, din, g.dInp, din, -1.f, true);
-    gemm(din, dout, m, inp, 1, din, dZ, dout, gr.dW[l], dout, 1.f, true);   // dW += inp^T dZ
+    gemm(din, dout, m, inp, 1, din, dZ, dout, gr.dW[l], dout, 1.f, true);  // dW += inp^T dZ
     gemm(m, din, m, g.Mq, 1, m, inp, din, dXp(l), din, -1.f, true);        // dX -= Mq^T inp
     gemm(m, dout, m, g.EP, 1, m, dZ, dout, g.dGZ[l], dout, -1.f, true);    // dGZ -= (E P)^T dZ
     if (l > 0) {

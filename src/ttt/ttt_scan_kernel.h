@@ -23,9 +23,9 @@ struct ScanStream {
   const float* tok = nullptr;  // [L] token factor (shared by all streams)
   const float* lnw = nullptr;  // [f] inner LayerNorm
   const float* lnb = nullptr;  // [f]
-  float* out = nullptr;  // [L, f]: XQ + LN(f_res(XQ)); nullptr: advance the state only
-  std::vector<float*> W, G;  // per layer [d_l + 1, d_{l+1}] state (bias as the last row) and gradient sum,
-                             // advanced in place
+  float* out = nullptr;        // [L, f]: XQ + LN(f_res(XQ)); nullptr: advance the state only
+  std::vector<float*> W, G;    // per layer [d_l + 1, d_{l+1}] state (bias as the last row) and gradient sum,
+                               // advanced in place
   // Inner-loss probes (null / empty when not wanted): the previous token factor per token, the learned
   // initial weights per layer, and the per-token losses written.
   const float* tokprev = nullptr;  // [L]

@@ -46,7 +46,7 @@ std::string error_message(const std::exception& e);
 
 }  // namespace mt
 
-#define MT_CHECK(cond, ...) \
-  do {                      \
+#define MT_CHECK(cond, ...)               \
+  do {                                    \
     if (!(cond)) ::mt::fail(__VA_ARGS__); \
   } while (0)

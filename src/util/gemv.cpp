@@ -15,8 +15,8 @@ namespace {
 // row is read once, in one sequential stream per thread (which the hardware prefetcher follows), and
 // dotted with every input row (two accumulators per input row: enough to outrun memory).
 template <int M>
-MT_SIMD_TARGET void gemm_rows(const float* W, const float* x, int64_t in, float* y, int64_t out,
-                              int64_t r0, int64_t r1) {
+MT_SIMD_TARGET void gemm_rows(const float* W, const float* x, int64_t in, float* y, int64_t out, int64_t r0,
+                              int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* w = W + r * in;
     __m256 a[M][2];

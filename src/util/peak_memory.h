@@ -26,7 +26,8 @@ class PeakMemory {
 
  private:
   struct Info : c10::MemoryReportingInfoBase {
-    Info(c10::DeviceType t, c10::DebugInfoBase* outer) : type(t), parent(dynamic_cast<c10::MemoryReportingInfoBase*>(outer)) {}
+    Info(c10::DeviceType t, c10::DebugInfoBase* outer)
+        : type(t), parent(dynamic_cast<c10::MemoryReportingInfoBase*>(outer)) {}
     c10::DeviceType type;
     c10::MemoryReportingInfoBase* parent;  // the shadowed reporter (outlives this scope), or null
     std::atomic<int64_t> cur{0}, peak{0};
@@ -35,8 +36,7 @@ class PeakMemory {
       if (d.type() != type) return;
       int64_t now = cur.fetch_add(size) + size;
       int64_t p = peak.load();
-      while (now > p && !peak.compare_exchange_weak(p, now)) {
-      }
+      while (now > p && !peak.compare_exchange_weak(p, now)) {}
     }
     bool memoryProfilingEnabled() const override { return true; }
   };

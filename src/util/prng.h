@@ -4,7 +4,7 @@
 // and generated datasets must be reproducible so that resumed runs and saved datasets stay comparable.
 #include <cstdint>
 
-namespace mt::train {
+namespace mt::util {
 
 struct SplitMix64 {
   uint64_t state;
@@ -34,4 +34,4 @@ struct SplitMix64 {
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
 };
 
-}  // namespace mt::train
+}  // namespace mt::util

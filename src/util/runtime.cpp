@@ -1,15 +1,15 @@
 #include "util/runtime.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
-#include <ATen/Context.h>
 #include <torch/version.h>
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <cstdio>
-#include <unistd.h>
 #include <cstdlib>
 #include <mutex>
 #include <set>
@@ -81,7 +81,9 @@ std::string cache_dir(const std::string& sub) {
   const char* c = std::getenv("MOSHI_TTT_CACHE");
   const char* x = std::getenv("XDG_CACHE_HOME");
   const char* h = std::getenv("HOME");
-  const std::string root = c ? std::string(c) : x ? std::string(x) + "/moshi-ttt" : std::string(h ? h : ".") + "/.cache/moshi-ttt";
+  const std::string root = c   ? std::string(c)
+                           : x ? std::string(x) + "/moshi-ttt"
+                               : std::string(h ? h : ".") + "/.cache/moshi-ttt";
   return sub.empty() ? root : root + "/" + sub;
 }
 

@@ -63,8 +63,8 @@ namespace detail {
 // R rows (R <= 4) of gemm below: 16 columns at a time in 2R registers while the K rows of B stream past.
 template <int R>
 MT_SIMD_TARGET inline void gemm_rows(int64_t N, int64_t K, const float* __restrict A, int64_t ars, int64_t acs,
-                                    const float* __restrict B, int64_t ldb, float* __restrict C, int64_t ldc, float alpha,
-                                    bool accumulate) {
+                                     const float* __restrict B, int64_t ldb, float* __restrict C, int64_t ldc,
+                                     float alpha, bool accumulate) {
   const __m256 al = _mm256_set1_ps(alpha);
   int64_t j0 = 0;
   for (; j0 + 16 <= N; j0 += 16) {
@@ -81,7 +81,8 @@ MT_SIMD_TARGET inline void gemm_rows(int64_t N, int64_t K, const float* __restri
     for (int r = 0; r < R; ++r) {
       float* c = C + r * ldc + j0;
       _mm256_storeu_ps(c, accumulate ? _mm256_fmadd_ps(al, c0[r], _mm256_loadu_ps(c)) : _mm256_mul_ps(al, c0[r]));
-      _mm256_storeu_ps(c + 8, accumulate ? _mm256_fmadd_ps(al, c1[r], _mm256_loadu_ps(c + 8)) : _mm256_mul_ps(al, c1[r]));
+      _mm256_storeu_ps(c + 8,
+                       accumulate ? _mm256_fmadd_ps(al, c1[r], _mm256_loadu_ps(c + 8)) : _mm256_mul_ps(al, c1[r]));
     }
   }
   for (; j0 + 8 <= N; j0 += 8) {
@@ -110,10 +111,11 @@ MT_SIMD_TARGET inline void gemm_rows(int64_t N, int64_t K, const float* __restri
 // C[M, N] = alpha A B (+ C when accumulating), for the small matrices of the TTT kernels. A's element
 // (i, k) is A[i * ars + k * acs] (a transposed operand: ars = 1, acs = its row length); B and C are
 // row-major with leading dimensions ldb and ldc.
-MT_SIMD_TARGET inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
-                               int64_t ldb, float* C, int64_t ldc, float alpha, bool accumulate) {
+MT_SIMD_TARGET inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t acs,
+                                const float* B, int64_t ldb, float* C, int64_t ldc, float alpha, bool accumulate) {
   int64_t i = 0;
-  for (; i + 4 <= M; i += 4) detail::gemm_rows<4>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate);
+  for (; i + 4 <= M; i += 4)
+    detail::gemm_rows<4>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate);
   switch (M - i) {
     case 3: detail::gemm_rows<3>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate); break;
     case 2: detail::gemm_rows<2>(N, K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, alpha, accumulate); break;
@@ -137,7 +139,7 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, i
 // in 8 x 8 register tiles (a scalar transpose stores with a stride of `rows` floats, and for widths
 // like 64 or 256 those stores alias in the cache: it ran ~10x slower here).
 MT_SIMD_TARGET inline void transpose(const float* __restrict src, int64_t rows, int64_t cols, int64_t lds,
-                                    float* __restrict dst) {
+                                     float* __restrict dst) {
   int64_t r0 = 0;
 #ifdef MT_SIMD_X86
   for (; r0 + 8 <= rows; r0 += 8) {
@@ -183,10 +185,9 @@ MT_SIMD_TARGET inline float ln_row(const float* __restrict z, int64_t f, double 
   return sd;
 }
 
-
 // The probes' inner loss of key row t: 1/2 ||LN(z) - (xv_t - xk_t)||^2 (xka rows of f + 1).
 MT_SIMD_TARGET inline float inner_loss(const float* xka, const float* xv, const float* lnw, const float* lnb, int64_t f,
-                                      int64_t t, const float* z, double eps, float* xhat) {
+                                       int64_t t, const float* z, double eps, float* xhat) {
   const float* xk = xka + t * (f + 1);
   const float* x = xv + t * f;
   ln_row(z, f, eps, xhat);
@@ -232,7 +233,7 @@ MT_SIMD_TARGET inline __m256 tanh8(__m256 u) {
 // a = gelu_tanh(z) and, when da is given, da = its derivative (the reference's gelu_bwd constants).
 // dda (optional): the derivative of that derivative formula (what autograd takes through it).
 MT_SIMD_TARGET inline void gelu_row(const float* __restrict z, int64_t n, float* __restrict a, float* __restrict da,
-                                   float* __restrict dda = nullptr) {
+                                    float* __restrict dda = nullptr) {
   int64_t i = 0;
 #ifdef MT_SIMD_X86
   const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), c0 = _mm256_set1_ps(0.79788456f),

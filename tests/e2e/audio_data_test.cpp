@@ -41,7 +41,8 @@ at::Tensor synthesize(const TempDir& d, const std::vector<Word>& words, std::vec
     const std::string w = d.file("w" + std::to_string(i) + ".wav");
     const char* voice = words[i].channel == 0 ? "en+m3" : "en+f3";
     std::string out;
-    if (run("espeak-ng -v " + std::string(voice) + " -s 170 -w " + w + " '" + words[i].text + "'", &out) != 0) return {};
+    if (run("espeak-ng -v " + std::string(voice) + " -s 170 -w " + w + " '" + words[i].text + "'", &out) != 0)
+      return {};
     mt::audio::Audio a = mt::audio::read_audio(w);
     rate = a.sample_rate;
     clips.push_back(a.samples[0]);
@@ -67,10 +68,18 @@ std::string spm_tokenizer_line(const TempDir& d, const std::string& sentence, in
     std::ofstream c(d.file("corpus.txt"));
     for (int i = 0; i < 300; ++i) c << sentence << "\n";
   }
-  const auto status = sentencepiece::SentencePieceTrainer::Train(std::unordered_map<std::string, std::string>{
-      {"input", d.file("corpus.txt")}, {"model_prefix", d.file("spm")}, {"vocab_size", std::to_string(vocab)},
-      {"hard_vocab_limit", "false"}, {"model_type", "unigram"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
-      {"pad_id", "3"}, {"minloglevel", "2"}, {"num_threads", "1"}});
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      std::unordered_map<std::string, std::string>{{"input", d.file("corpus.txt")},
+                                                   {"model_prefix", d.file("spm")},
+                                                   {"vocab_size", std::to_string(vocab)},
+                                                   {"hard_vocab_limit", "false"},
+                                                   {"model_type", "unigram"},
+                                                   {"unk_id", "0"},
+                                                   {"bos_id", "1"},
+                                                   {"eos_id", "2"},
+                                                   {"pad_id", "3"},
+                                                   {"minloglevel", "2"},
+                                                   {"num_threads", "1"}});
   EXPECT_TRUE(status.ok()) << status.ToString();
   return "\n  tokenizer_path: " + d.file("spm.model");
 }
@@ -79,10 +88,11 @@ std::string spm_tokenizer_line(const TempDir& d, const std::string& sentence, in
 }  // namespace
 
 TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
-  if (run("command -v espeak-ng >/dev/null") != 0) GTEST_SKIP() << "espeak-ng not installed (scripts/setup.sh installs it)";
+  if (run("command -v espeak-ng >/dev/null") != 0)
+    GTEST_SKIP() << "espeak-ng not installed (scripts/setup.sh installs it)";
   TempDir d;
-  const std::vector<Word> words = {{"hello", 0, 0.10}, {"there", 1, 0.90}, {"moshi", 0, 1.70},
-                                   {"speaks", 0, 2.40}, {"again", 1, 3.20}};
+  const std::vector<Word> words = {
+      {"hello", 0, 0.10}, {"there", 1, 0.90}, {"moshi", 0, 1.70}, {"speaks", 0, 2.40}, {"again", 1, 3.20}};
   std::vector<double> ends;
   int64_t rate = 0;
   at::Tensor stereo = synthesize(d, words, ends, rate);
@@ -96,7 +106,8 @@ TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
     if (words[i].channel == 0) al.push_back({words[i].text, {words[i].start, ends[i]}, "SPEAKER_MAIN"});
   std::ofstream(d.file("ds/audio/dialogue.json")) << nlohmann::json{{"alignments", al}}.dump();
   const double dur = static_cast<double>(stereo.size(1)) / static_cast<double>(rate);
-  std::ofstream(d.file("ds/data.jsonl")) << nlohmann::json{{"path", "audio/dialogue.wav"}, {"duration", dur}}.dump() << "\n";
+  std::ofstream(d.file("ds/data.jsonl")) << nlohmann::json{{"path", "audio/dialogue.wav"}, {"duration", dur}}.dump()
+                                         << "\n";
 
   // A SentencePiece model small enough for the tiny LM's 64 text ids.
   std::string tok_line;
@@ -111,8 +122,8 @@ TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
     std::stringstream hs;
     hs << h.rdbuf();
     f << hs.str() << "\nmoshi_paths:\n  mimi_path: " << ref << "/model.safetensors\n  mimi_config_path: " << ref
-      << "/config.json" << tok_line << "\nrun_dir: " << d.file("run") << "\ndata:\n  train_data: " << d.file("ds/data.jsonl")
-      << "\n  token_cache: " << d.file("cache")
+      << "/config.json" << tok_line << "\nrun_dir: " << d.file("run")
+      << "\ndata:\n  train_data: " << d.file("ds/data.jsonl") << "\n  token_cache: " << d.file("cache")
       << "\nduration_sec: 1.6\nbatch_size: 1\nmax_steps: 3\nseed: 1\noptim:\n  lr: 0.002\nparam_dtype: float32\n"
          "gradient_checkpointing: false\nlog_freq: 1\n";
   }
@@ -151,7 +162,9 @@ TEST(AudioData, EspeakDialogueEncodesCachesAndTrains) {
   // Moshi's channel is silent where only the user speaks and vice versa: the two code groups differ.
   EXPECT_FALSE(codes.narrow(0, 1, 2).equal(codes.narrow(0, 3, 2)));
   // A second run reads the cache instead of encoding again.
-  ASSERT_EQ(run(cli() + " train --quiet --config " + d.file("train.yaml") + " --set run_dir=" + d.file("run2"), &out), 0) << out;
+  ASSERT_EQ(run(cli() + " train --quiet --config " + d.file("train.yaml") + " --set run_dir=" + d.file("run2"), &out),
+            0)
+      << out;
   EXPECT_NE(out.find("0 encoded now, 1 from the cache"), std::string::npos) << out;
 }
 
@@ -181,9 +194,10 @@ TEST(AudioData, MonoWithoutAlignmentsIsAudioOnlyOnBothStreams) {
     std::stringstream hs;
     hs << h.rdbuf();
     f << hs.str() << "\nmoshi_paths:\n  mimi_path: " << ref << "/model.safetensors\n  mimi_config_path: " << ref
-      << "/config.json" << tok_line << "\nrun_dir: " << d.file("run_" + user_stream) << "\ndata:\n  train_data: "
-      << d.file("ds/data.jsonl") << "\n  token_cache: " << d.file("cache_" + user_stream) << "\n  shuffle: false\n  user_stream: "
-      << user_stream << "\nduration_sec: 1.6\nbatch_size: 1\nmax_steps: 3\nseed: 1\noptim:\n  lr: 0.002\nparam_dtype: float32\n"
+      << "/config.json" << tok_line << "\nrun_dir: " << d.file("run_" + user_stream)
+      << "\ndata:\n  train_data: " << d.file("ds/data.jsonl") << "\n  token_cache: " << d.file("cache_" + user_stream)
+      << "\n  shuffle: false\n  user_stream: " << user_stream
+      << "\nduration_sec: 1.6\nbatch_size: 1\nmax_steps: 3\nseed: 1\noptim:\n  lr: 0.002\nparam_dtype: float32\n"
       << "gradient_checkpointing: false\nlog_freq: 1\n";
   };
   auto shard_of = [&](const std::string& cache) {

@@ -26,19 +26,24 @@ TEST(Codec, EncodeDecodeStereoRoundTripAndStreamingCodesAgree) {
   at::Tensor wav = at::stack({0.3 * at::sin(2 * M_PI * 220 * t), 0.2 * at::sin(2 * M_PI * (330 + 200 * t) * t)});
   mt::audio::write_wav(d.file("in.wav"), wav, 16000);
   std::string out;
-  ASSERT_EQ(run(cli() + " encode " + d.file("in.wav") + " " + d.file("codes.safetensors") + mimi_args(), &out), 0) << out;
+  ASSERT_EQ(run(cli() + " encode " + d.file("in.wav") + " " + d.file("codes.safetensors") + mimi_args(), &out), 0)
+      << out;
   EXPECT_NE(out.find("real time"), std::string::npos) << out;
   at::Tensor codes = mt::io::load_all(d.file("codes.safetensors")).at("codes");
   // 1 s at 24 kHz = 12.5 frames, padded to 13; 8 codebooks; one row per channel.
   ASSERT_EQ(codes.sizes(), (std::vector<int64_t>{2, 8, 13}));
   EXPECT_EQ(codes.scalar_type(), at::kLong);
   EXPECT_FALSE(codes[0].equal(codes[1])) << "the two channels must be encoded separately";
-  ASSERT_EQ(run(cli() + " encode --streaming " + d.file("in.wav") + " " + d.file("codes_s.safetensors") + mimi_args(), &out), 0)
+  ASSERT_EQ(
+      run(cli() + " encode --streaming " + d.file("in.wav") + " " + d.file("codes_s.safetensors") + mimi_args(), &out),
+      0)
       << out;
   at::Tensor cs = mt::io::load_all(d.file("codes_s.safetensors")).at("codes");
   ASSERT_EQ(cs.sizes(), codes.sizes());
-  EXPECT_GE(cs.eq(codes).to(at::kDouble).mean().item<double>(), 0.8) << "streaming codes drifted far from whole-signal ones";
-  ASSERT_EQ(run(cli() + " decode " + d.file("codes.safetensors") + " " + d.file("out.wav") + mimi_args(), &out), 0) << out;
+  EXPECT_GE(cs.eq(codes).to(at::kDouble).mean().item<double>(), 0.8)
+      << "streaming codes drifted far from whole-signal ones";
+  ASSERT_EQ(run(cli() + " decode " + d.file("codes.safetensors") + " " + d.file("out.wav") + mimi_args(), &out), 0)
+      << out;
   mt::audio::Audio back = mt::audio::read_audio(d.file("out.wav"));
   EXPECT_EQ(back.sample_rate, 24000);
   EXPECT_EQ(back.channels(), 2);
@@ -53,12 +58,15 @@ TEST(Codec, BadInputsGiveOneClearError) {
   EXPECT_NE(out.find("missing.wav"), std::string::npos) << out;
   EXPECT_EQ(out.find("frame #"), std::string::npos) << out;
   // Codes outside the codebook range are refused before decoding.
-  mt::io::save(d.file("bad.safetensors"), std::map<std::string, at::Tensor>{{"codes", at::full({1, 8, 3}, 4096, at::kLong)}});
+  mt::io::save(d.file("bad.safetensors"),
+               std::map<std::string, at::Tensor>{{"codes", at::full({1, 8, 3}, 4096, at::kLong)}});
   EXPECT_EQ(run(cli() + " decode " + d.file("bad.safetensors") + " " + d.file("o.wav") + mimi_args(), &out), 1);
   EXPECT_NE(out.find("codes outside [0, 64)"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(d.file("o.wav")));
   // A wrong checkpoint names the tensor.
-  EXPECT_EQ(run(cli() + " encode " + d.file("bad.safetensors") + " x.safetensors --mimi " + d.file("bad.safetensors"), &out), 1);
+  EXPECT_EQ(
+      run(cli() + " encode " + d.file("bad.safetensors") + " x.safetensors --mimi " + d.file("bad.safetensors"), &out),
+      1);
   EXPECT_NE(out.find("missing tensor"), std::string::npos) << out;
 }
 
@@ -67,12 +75,15 @@ TEST(Codec, BadInputsGiveOneClearError) {
 TEST(Codec, FullDuplexGenerateWritesAudioAndText) {
   TempDir d;
   std::string out;
-  ASSERT_EQ(run(cli() + " init " + d.file("tiny") + " --config " + std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml", &out), 0)
+  ASSERT_EQ(
+      run(cli() + " init " + d.file("tiny") + " --config " + std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml",
+          &out),
+      0)
       << out;
   at::Tensor t = at::arange(2 * 16000, at::kFloat) / 16000.0;
   mt::audio::write_wav(d.file("user.wav"), (0.3 * at::sin(2 * M_PI * 220 * t)).unsqueeze(0), 16000);
-  ASSERT_EQ(run(cli() + " generate --model " + d.file("tiny") + " --user " + d.file("user.wav") + " --out " + d.file("moshi.wav") +
-                    " --text " + d.file("moshi.txt") + " --seed 3" + mimi_args(),
+  ASSERT_EQ(run(cli() + " generate --model " + d.file("tiny") + " --user " + d.file("user.wav") + " --out " +
+                    d.file("moshi.wav") + " --text " + d.file("moshi.txt") + " --seed 3" + mimi_args(),
                 &out),
             0)
       << out;

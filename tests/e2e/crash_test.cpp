@@ -26,16 +26,17 @@ using mt::test::TempDir;
 
 namespace {
 
-
 std::string make_data(TempDir& d) {
   std::vector<std::pair<std::string, at::Tensor>> files;
   at::Generator g = at::detail::createCPUGenerator(5);
-  for (int i = 0; i < 6; ++i) files.emplace_back("f" + std::to_string(i), at::randint(64, {5, 60 + 5 * i}, g, at::kLong));
+  for (int i = 0; i < 6; ++i)
+    files.emplace_back("f" + std::to_string(i), at::randint(64, {5, 60 + 5 * i}, g, at::kLong));
   mt::train::write_token_dataset(d.file("data"), files);
   return d.file("data/index.jsonl");
 }
 
-std::string write_config(TempDir& d, const std::string& name, const std::string& data, int64_t steps, int64_t ckpt_freq) {
+std::string write_config(TempDir& d, const std::string& name, const std::string& data, int64_t steps,
+                         int64_t ckpt_freq) {
   std::ofstream f(d.file(name));
   f << slurp(std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml") << "\nrun_dir: " << d.file(name + ".run")
     << "\noverwrite_run_dir: true\ndata:\n  train_data: " << data
@@ -130,7 +131,8 @@ TEST(Crash, SigkillAtAnyMomentLeavesAResumableCheckpoint) {
     const auto t0 = std::chrono::steady_clock::now();
     int status = 0;
     bool exited = false;
-    while (logged_steps(d.file("b.yaml.run")) < 4 * (i + 1) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    while (logged_steps(d.file("b.yaml.run")) < 4 * (i + 1) &&
+           std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
       if (waitpid(pid, &status, WNOHANG) == pid) {
         exited = true;
         break;

@@ -3,10 +3,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -34,7 +34,8 @@ std::string write_config(TempDir& d, const std::string& name, const std::string&
   f << "preset: tiny\nttt:\n  enable: true\n  variant: hybrid\n  layers: \"1\"\n  type: linear\n  mini_batch_size: 4\n"
     << "run_dir: " << d.file(name + ".run") << "\ndata:\n  train_data: " << train << "\n  eval_data: " << eval
     << "\n  shuffle: true\nduration_sec: 1.6\nbatch_size: 2\nmax_steps: 6\nseed: 1\ndo_eval: true\neval_freq: 3\n"
-       "eval_batches: 2\nckpt_freq: 3\noptim:\n  lr: 0.002\n  pct_start: 0.3\nfull_finetuning: true\nparam_dtype: float32\n"
+       "eval_batches: 2\nckpt_freq: 3\noptim:\n  lr: 0.002\n  pct_start: 0.3\nfull_finetuning: true\nparam_dtype: "
+       "float32\n"
        "log_freq: 1\n";
   return d.file(name);
 }
@@ -71,12 +72,14 @@ TEST(DataParallel, TwoRanksMatchOneProcessWithTheirJointBatch) {
   EXPECT_LT(rel(b[0]["loss"].get<double>(), a[0]["loss"].get<double>()), 1e-6);
   EXPECT_LT(rel(b[0]["grad_norm"].get<double>(), a[0]["grad_norm"].get<double>()), 1e-5);
   for (size_t k = 0; k < a[0]["per_codebook"].size(); ++k)
-    EXPECT_LT(rel(b[0]["per_codebook"][k].get<double>(), a[0]["per_codebook"][k].get<double>()), 1e-6) << "codebook " << k;
+    EXPECT_LT(rel(b[0]["per_codebook"][k].get<double>(), a[0]["per_codebook"][k].get<double>()), 1e-6)
+        << "codebook " << k;
   EXPECT_EQ(b[0]["real_tokens"], a[0]["real_tokens"]) << "token counts are summed over the ranks";
   // Later steps: AdamW turns the rounding noise of near-zero gradients into +-lr updates (measured 1e-4
   // relative on the loss by step 2), so 2e-3 relative; a rank that trained on other data or missed the
   // all-reduce is off by far more (the loss moves ~5% per step here).
-  for (size_t i = 1; i < 6; ++i) EXPECT_LT(rel(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()), 2e-3) << "step " << i + 1;
+  for (size_t i = 1; i < 6; ++i)
+    EXPECT_LT(rel(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()), 2e-3) << "step " << i + 1;
   auto ea = metrics(d.file("one.yaml.run"), "eval"), eb = metrics(d.file("two.yaml.run"), "eval");
   ASSERT_EQ(ea.size(), 2u);
   ASSERT_EQ(eb.size(), 2u);
@@ -127,7 +130,10 @@ TEST(DataParallel, LaunchErrorsAreNamed) {
   // A rank that fails (rank 1 has no file of a one-file dataset) stops the others, and is named.
   std::vector<std::pair<std::string, at::Tensor>> one{{"only", at::randint(64, {5, 40}, at::kLong)}};
   mt::train::write_token_dataset(d.file("one"), one);
-  EXPECT_NE(run(cli() + " train --quiet --nproc 2 --config " + c + " --set data.train_data=" + d.file("one/index.jsonl"), &out), 0)
+  EXPECT_NE(
+      run(cli() + " train --quiet --nproc 2 --config " + c + " --set data.train_data=" + d.file("one/index.jsonl"),
+          &out),
+      0)
       << out;
   EXPECT_NE(out.find("(rank 1): error: TokenLoader: rank 1"), std::string::npos) << out;
   EXPECT_NE(out.find("rank 1 of 2 exited with code 1"), std::string::npos) << out;
@@ -141,8 +147,8 @@ TEST(DataParallel, DifferentStartingWeightsAreRefused) {
   std::string out;
   const std::string port = std::to_string(20000 + (::getpid() % 20000));
   const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " ";
-  const std::string cmd = "(" + env + "RANK=0 " + cli() + " train --quiet --config " + c + " --set init_seed=1 & " + env +
-                          "RANK=1 " + cli() + " train --quiet --config " + c + " --set init_seed=2; wait)";
+  const std::string cmd = "(" + env + "RANK=0 " + cli() + " train --quiet --config " + c + " --set init_seed=1 & " +
+                          env + "RANK=1 " + cli() + " train --quiet --config " + c + " --set init_seed=2; wait)";
   run(cmd, &out);
   EXPECT_NE(out.find("starts from other weights than rank 0"), std::string::npos) << out;
 }

@@ -32,7 +32,6 @@ nlohmann::json read_json(const std::string& p) {
   return nlohmann::json::parse(in);
 }
 
-
 bool have_espeak() { return run("command -v espeak-ng >/dev/null") == 0; }
 
 }  // namespace
@@ -48,7 +47,10 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
       << out;
   const std::string common = model_args() + mimi_args() + " --cache " + d.file("cache") + " --quiet --bootstrap 200";
   for (const std::string task : {"swuggy", "sblimp", "sstory", "tstory"}) {
-    ASSERT_EQ(run(cli() + " eval paired --task " + task + " --data " + d.file("sets") + " --out " + d.file("run1") + common, &out), 0)
+    ASSERT_EQ(
+        run(cli() + " eval paired --task " + task + " --data " + d.file("sets") + " --out " + d.file("run1") + common,
+            &out),
+        0)
         << out;
     EXPECT_NE(out.find("accuracy"), std::string::npos) << out;
     EXPECT_NE(out.find("synthetic"), std::string::npos) << "the synthetic label must show: " << out;
@@ -65,17 +67,21 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
     for (const char* red : {"mean", "sum", "semantic", "weighted"}) EXPECT_TRUE(s["by_reduction"].contains(red)) << red;
     EXPECT_TRUE(s["longer_clip_wins"]["score"].is_number());
     // Second run into another folder: every file from the cache, the same numbers.
-    ASSERT_EQ(run(cli() + " eval paired --task " + task + " --data " + d.file("sets") + " --out " + d.file("run2") + common, &out), 0)
+    ASSERT_EQ(
+        run(cli() + " eval paired --task " + task + " --data " + d.file("sets") + " --out " + d.file("run2") + common,
+            &out),
+        0)
         << out;
     const auto s2 = read_json(d.file("run2/eval/" + task + "/summary.json"));
     EXPECT_EQ(s2["files"]["encoded_now"].get<int64_t>(), 0) << task;
     EXPECT_EQ(s2["result"].dump(), s["result"].dump()) << task;
     EXPECT_EQ(s2["by_reduction"].dump(), s["by_reduction"].dump()) << task;
-    EXPECT_EQ(slurp(d.file("run1/eval/" + task + "/items.csv")), slurp(d.file("run2/eval/" + task + "/items.csv"))) << task;
+    EXPECT_EQ(slurp(d.file("run1/eval/" + task + "/items.csv")), slurp(d.file("run2/eval/" + task + "/items.csv")))
+        << task;
   }
   // The ZeroSpeech files.
-  for (const char* f : {"score_lexical_dev_by_pair.csv", "score_lexical_dev_by_frequency.csv", "score_lexical_dev_by_length.csv",
-                        "submission/lexical/dev.txt"})
+  for (const char* f : {"score_lexical_dev_by_pair.csv", "score_lexical_dev_by_frequency.csv",
+                        "score_lexical_dev_by_length.csv", "submission/lexical/dev.txt"})
     EXPECT_TRUE(fs::exists(d.file(std::string("run1/eval/swuggy/") + f))) << f;
   EXPECT_TRUE(fs::exists(d.file("run1/eval/sblimp/score_syntactic_dev_by_type.csv")));
   // One submission line per file.
@@ -94,7 +100,8 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
       fs::copy_file(e.path(), d.file("official/lexical/test/" + e.path().filename().string()));
       ++copied;
     }
-  ASSERT_EQ(run(cli() + " eval paired --task swuggy --split test --data " + d.file("official") + " --out " + d.file("run5") + common,
+  ASSERT_EQ(run(cli() + " eval paired --task swuggy --split test --data " + d.file("official") + " --out " +
+                    d.file("run5") + common,
                 &out),
             0)
       << out;
@@ -104,12 +111,15 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
   for (std::string l; std::getline(tsub, l);) ++tlines;
   EXPECT_EQ(tlines, 6);
   for (int i = 0; i < 4; ++i) {
-    fs::copy_file(d.file("sets/sstory/" + std::to_string(i) + "_pos.wav"), d.file("official/flat/" + std::to_string(2 * i) + "_a.wav"));
+    fs::copy_file(d.file("sets/sstory/" + std::to_string(i) + "_pos.wav"),
+                  d.file("official/flat/" + std::to_string(2 * i) + "_a.wav"));
     fs::copy_file(d.file("sets/sstory/" + std::to_string(i) + "_neg.wav"),
                   d.file("official/flat/" + std::to_string(2 * i + 1) + "_b.wav"));
   }
-  ASSERT_EQ(run(cli() + " eval paired --task sstory --data " + d.file("official/flat") + " --out " + d.file("run5") + common, &out),
-            0)
+  ASSERT_EQ(
+      run(cli() + " eval paired --task sstory --data " + d.file("official/flat") + " --out " + d.file("run5") + common,
+          &out),
+      0)
       << out;
   // Same clips, same pairs: the same accuracy as with the manifest.
   EXPECT_EQ(read_json(d.file("run5/eval/sstory/summary.json"))["result"]["score"],
@@ -121,7 +131,9 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
     if (e.path().extension() == ".wav") victim = e.path().stem().string();
   ASSERT_FALSE(victim.empty());
   fs::remove(d.file("sets/lexical/dev/" + victim + ".wav"));
-  ASSERT_EQ(run(cli() + " eval paired --task swuggy --data " + d.file("sets") + " --out " + d.file("run3") + common, &out), 0) << out;
+  ASSERT_EQ(
+      run(cli() + " eval paired --task swuggy --data " + d.file("sets") + " --out " + d.file("run3") + common, &out), 0)
+      << out;
   const auto s3 = read_json(d.file("run3/eval/swuggy/summary.json"));
   EXPECT_EQ(s3["files"]["missing"].get<int64_t>(), 1);
   EXPECT_NE(s3["missing"].dump().find(victim), std::string::npos);
@@ -129,11 +141,15 @@ TEST(Eval, PairedOnSyntheticSetsIsReproducibleCachedAndHonestAboutMissingFiles) 
   EXPECT_EQ(s3["result"]["pairs"].get<int64_t>(), 8 * 2 - 1);
 
   // Errors are one clear line: a wrong task, a folder with no data, a placement this LM cannot score.
-  EXPECT_NE(run(cli() + " eval paired --task swug --data " + d.file("sets") + " --out " + d.file("run4") + common, &out), 0);
+  EXPECT_NE(
+      run(cli() + " eval paired --task swug --data " + d.file("sets") + " --out " + d.file("run4") + common, &out), 0);
   EXPECT_NE(out.find("--task must be"), std::string::npos) << out;
-  EXPECT_NE(run(cli() + " eval paired --task sblimp --data " + d.file("cache") + " --out " + d.file("run4") + common, &out), 0);
+  EXPECT_NE(
+      run(cli() + " eval paired --task sblimp --data " + d.file("cache") + " --out " + d.file("run4") + common, &out),
+      0);
   EXPECT_NE(out.find("no sblimp data found"), std::string::npos) << out;
-  EXPECT_NE(run(cli() + " eval paired --task sstory --placement user --data " + d.file("sets") + " --out " + d.file("run4") + common,
+  EXPECT_NE(run(cli() + " eval paired --task sstory --placement user --data " + d.file("sets") + " --out " +
+                    d.file("run4") + common,
                 &out),
             0);
   EXPECT_NE(out.find("cannot be scored"), std::string::npos) << out;
@@ -143,8 +159,9 @@ TEST(Eval, LongContextProbesAndReport) {
   if (!have_espeak()) GTEST_SKIP() << "espeak-ng not installed (scripts/setup.sh installs it)";
   TempDir d;
   std::string out;
-  ASSERT_EQ(run(cli() + " eval make-sets --quiet --out " + d.file("sets") + " --voices en-us+m3 --lexical-words 0 "
-                        "--syntactic-pairs 0 --stories 3",
+  ASSERT_EQ(run(cli() + " eval make-sets --quiet --out " + d.file("sets") +
+                    " --voices en-us+m3 --lexical-words 0 "
+                    "--syntactic-pairs 0 --stories 3",
                 &out),
             0)
       << out;
@@ -153,7 +170,8 @@ TEST(Eval, LongContextProbesAndReport) {
     l << "# the story files\n";
     for (const char* f : {"0_pos", "1_pos", "2_pos"}) l << "sets/sstory/" << f << ".wav\n";
   }
-  const std::string common = model_args() + mimi_args() + " --cache " + d.file("cache") + " --quiet --bootstrap 100 --chunk 4";
+  const std::string common =
+      model_args() + mimi_args() + " --cache " + d.file("cache") + " --quiet --bootstrap 100 --chunk 4";
   ASSERT_EQ(run(cli() + " eval ttt-probe --data " + d.file("list.txt") + " --out " + d.file("run") +
                     " --control ttt-reset:16,no-ttt" + common,
                 &out),
@@ -177,8 +195,8 @@ TEST(Eval, LongContextProbesAndReport) {
   EXPECT_EQ(slurp(d.file("run/eval/long_context/curve.csv")), curve);
 
   // A paired result in the same run folder, then the report.
-  ASSERT_EQ(run(cli() + " eval paired --task sstory --data " + d.file("sets") + " --out " + d.file("run") + model_args() +
-                    mimi_args() + " --cache " + d.file("cache") + " --quiet",
+  ASSERT_EQ(run(cli() + " eval paired --task sstory --data " + d.file("sets") + " --out " + d.file("run") +
+                    model_args() + mimi_args() + " --cache " + d.file("cache") + " --quiet",
                 &out),
             0)
       << out;

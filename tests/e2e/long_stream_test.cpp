@@ -31,8 +31,8 @@ TEST(LongStream, OneHourOfGenerationAndScoringKeepsMemoryFlat) {
   at::Generator g = at::detail::createCPUGenerator(1);
   at::Tensor codes = at::randint(64, {5, 45000}, g, at::kLong);
   mt::io::save(d.file("long.safetensors"), std::vector<std::pair<std::string, at::Tensor>>{{"codes", codes}});
-  ASSERT_EQ(run(cli() + " eval long-context --quiet --bootstrap 20 --chunk 32 --data " + d.file("long.safetensors") + " --out " +
-                    d.file("run") + model,
+  ASSERT_EQ(run(cli() + " eval long-context --quiet --bootstrap 20 --chunk 32 --data " + d.file("long.safetensors") +
+                    " --out " + d.file("run") + model,
                 &out),
             0)
       << out;

@@ -25,7 +25,8 @@ namespace {
 std::string make_data(TempDir& d) {
   std::vector<std::pair<std::string, at::Tensor>> files;
   at::Generator g = at::detail::createCPUGenerator(3);
-  for (int i = 0; i < 6; ++i) files.emplace_back("f" + std::to_string(i), at::randint(64, {5, 50 + 7 * i}, g, at::kLong));
+  for (int i = 0; i < 6; ++i)
+    files.emplace_back("f" + std::to_string(i), at::randint(64, {5, 50 + 7 * i}, g, at::kLong));
   mt::train::write_token_dataset(d.file("data"), files);
   return d.file("data/index.jsonl");
 }
@@ -57,7 +58,8 @@ class TrainConfigs : public ::testing::TestWithParam<std::string> {};
 TEST_P(TrainConfigs, TrainsAndItsCheckpointScores) {
   TempDir d;
   const std::string data = make_data(d);
-  const std::string cfg = write_config(d, "t.yaml", slurp(std::string(MT_SOURCE_DIR) + "/configs/" + GetParam() + ".yaml"), data);
+  const std::string cfg =
+      write_config(d, "t.yaml", slurp(std::string(MT_SOURCE_DIR) + "/configs/" + GetParam() + ".yaml"), data);
   std::string out;
   ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=2", &out), 0) << out;
   auto m = metrics(d.file("t.yaml.run"));
@@ -74,11 +76,13 @@ TEST_P(TrainConfigs, TrainsAndItsCheckpointScores) {
   ASSERT_TRUE(fs::exists(ck + "/model.yaml")) << out;
   at::Tensor codes = at::randint(64, {1, 5, 30}, at::kLong);
   mt::io::save(d.file("codes.safetensors"), std::vector<std::pair<std::string, at::Tensor>>{{"codes", codes}});
-  ASSERT_EQ(run(cli() + " score --model " + ck + " --codes " + d.file("codes.safetensors") + " --diagnostics", &out), 0) << out;
+  ASSERT_EQ(run(cli() + " score --model " + ck + " --codes " + d.file("codes.safetensors") + " --diagnostics", &out), 0)
+      << out;
   EXPECT_NE(out.find("TTT diagnostics"), std::string::npos) << out;
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, TrainConfigs, ::testing::Values("tiny-hybrid", "tiny-hybrid-mlp", "tiny-adapter", "tiny-inplace"),
+INSTANTIATE_TEST_SUITE_P(Configs, TrainConfigs,
+                         ::testing::Values("tiny-hybrid", "tiny-hybrid-mlp", "tiny-adapter", "tiny-inplace"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (auto& c : n)
@@ -89,7 +93,8 @@ INSTANTIATE_TEST_SUITE_P(Configs, TrainConfigs, ::testing::Values("tiny-hybrid",
 TEST(Train, ResumeIsBitIdentical) {
   TempDir d;
   const std::string data = make_data(d);
-  const std::string model = slurp(std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml") + "\nlora:\n  enable: true\n  rank: 2\n  targets: [depformer.]\n";
+  const std::string model = slurp(std::string(MT_SOURCE_DIR) + "/configs/tiny-hybrid.yaml") +
+                            "\nlora:\n  enable: true\n  rank: 2\n  targets: [depformer.]\n";
   const std::string a = write_config(d, "a.yaml", model, data), b = write_config(d, "b.yaml", model, data);
   std::string out;
   ASSERT_EQ(run(cli() + " train --quiet --config " + a, &out), 0) << out;
@@ -124,7 +129,10 @@ TEST(Train, OverridesAndFieldErrors) {
   EXPECT_NE(out.find("batch_size"), std::string::npos) << out;
   EXPECT_EQ(run(cli() + " train --quiet --config " + cfg + " --set full_finetuning=false", &out), 1) << out;
   EXPECT_NE(out.find("nothing to train"), std::string::npos) << out;
-  ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=10 --stop-at-step 2 --set optim.lr=0.01", &out), 0) << out;
+  ASSERT_EQ(
+      run(cli() + " train --quiet --config " + cfg + " --set max_steps=10 --stop-at-step 2 --set optim.lr=0.01", &out),
+      0)
+      << out;
   auto m = metrics(d.file("c.yaml.run"));
   ASSERT_EQ(m.size(), 2u);
   // OneCycle with max lr 0.01 over 10 steps, pct_start 0.3: the first step uses max/25.
@@ -137,7 +145,10 @@ TEST(Train, NonFiniteStepsAreSkippedThenStopTheRun) {
   const std::string cfg = write_config(d, "n.yaml", "preset: tiny\nfull_finetuning: true\nmax_bad_steps: 1\n", data);
   std::string out;
   // An absurd learning rate blows the weights up after the first steps.
-  EXPECT_EQ(run(cli() + " train --config " + cfg + " --set optim.lr=1e30 --set optim.pct_start=0.01 --set max_norm=0", &out), 1) << out;
+  EXPECT_EQ(
+      run(cli() + " train --config " + cfg + " --set optim.lr=1e30 --set optim.pct_start=0.01 --set max_norm=0", &out),
+      1)
+      << out;
   EXPECT_NE(out.find("non-finite"), std::string::npos) << out;
   EXPECT_NE(out.find("training stopped"), std::string::npos) << out;
   auto m = metrics(d.file("n.yaml.run"));
@@ -151,8 +162,8 @@ TEST(Demo, ShortRunWritesTheReport) {
   TempDir d;
   std::string out;
   ASSERT_EQ(run(cli() + " demo --quiet --steps 12 --threads 2 --run-dir " + d.file("demo"), &out), 0) << out;
-  for (const char* f : {"report/summary.md", "report/summary.json", "report/training_curves.png", "report/loss_by_position.png",
-                        "baseline/metrics.jsonl", "ttt/metrics.jsonl"})
+  for (const char* f : {"report/summary.md", "report/summary.json", "report/training_curves.png",
+                        "report/loss_by_position.png", "baseline/metrics.jsonl", "ttt/metrics.jsonl"})
     EXPECT_TRUE(fs::exists(d.file(std::string("demo/") + f))) << f << "\n" << out;
   auto j = nlohmann::json::parse(slurp(d.file("demo/report/summary.json")));
   EXPECT_TRUE(j["baseline_recall_ce"].is_number() && j["ttt_recall_ce"].is_number()) << j.dump();

@@ -24,7 +24,11 @@ TEST_P(ConfigE2E, InitLoadOverBaseScoreWholeEqualsStreamedWithDiagnostics) {
   std::string out;
   ASSERT_EQ(run(cli() + " init " + d.file("m") + " --seed 4 --config " + cfg, &out), 0) << out;
   const std::string score = cli() + " score --threads 1 --codes " + d.file("codes.safetensors");
-  ASSERT_EQ(run(score + " --model " + d.file("m") + " --out " + d.file("a.safetensors") + " --diagnostics-out " + d.file("a.json"), &out), 0) << out;
+  ASSERT_EQ(run(score + " --model " + d.file("m") + " --out " + d.file("a.safetensors") + " --diagnostics-out " +
+                    d.file("a.json"),
+                &out),
+            0)
+      << out;
   EXPECT_NE(out.find("TTT diagnostics"), std::string::npos) << out;
   ASSERT_EQ(run(score + " --model " + d.file("m") + " --streaming --chunk 7 --out " + d.file("b.safetensors") +
                     " --diagnostics-out " + d.file("b.json"),
@@ -35,14 +39,17 @@ TEST_P(ConfigE2E, InitLoadOverBaseScoreWholeEqualsStreamedWithDiagnostics) {
   at::Tensor m = a.get("mask");
   EXPECT_LT((a.get("ce") - b.get("ce")).abs().masked_select(m).max().item<float>(), 1e-4);
   // Whole and streamed passes report the same diagnostics, and name every TTT unit.
-  auto ja = nlohmann::json::parse(std::ifstream(d.file("a.json"))), jb = nlohmann::json::parse(std::ifstream(d.file("b.json")));
+  auto ja = nlohmann::json::parse(std::ifstream(d.file("a.json"))),
+       jb = nlohmann::json::parse(std::ifstream(d.file("b.json")));
   ASSERT_EQ(ja.size(), jb.size());
   ASSERT_GE(ja.size(), 1u);
   for (size_t i = 0; i < ja.size(); ++i) {
     EXPECT_EQ(ja[i]["unit"], jb[i]["unit"]);
     if (!ja[i]["state_change"].is_null())
-      EXPECT_NEAR(ja[i]["state_change"].get<double>(), jb[i]["state_change"].get<double>(), 1e-3 * (1 + ja[i]["state_change"].get<double>()));
-    if (!ja[i]["loss_after"].is_null()) EXPECT_NEAR(ja[i]["loss_after"].get<double>(), jb[i]["loss_after"].get<double>(), 1e-3);
+      EXPECT_NEAR(ja[i]["state_change"].get<double>(), jb[i]["state_change"].get<double>(),
+                  1e-3 * (1 + ja[i]["state_change"].get<double>()));
+    if (!ja[i]["loss_after"].is_null())
+      EXPECT_NEAR(ja[i]["loss_after"].get<double>(), jb[i]["loss_after"].get<double>(), 1e-3);
   }
   // The same config loads over a base checkpoint (no TTT / LoRA tensors): they are initialised and said so.
   ASSERT_EQ(run(cli() + " init --preset tiny --out " + d.file("base.safetensors"), &out), 0) << out;

@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -63,7 +63,6 @@ std::string put(const std::string& name, const void* data, size_t size) {
   return p.string();
 }
 std::string put(const std::string& name, const std::string& bytes) { return put(name, bytes.data(), bytes.size()); }
-
 
 // --- the targets ---------------------------------------------------------------------------------
 
@@ -172,7 +171,8 @@ void run_codes(const uint8_t* data, size_t size) {
     if (c.dim() != 3 || c.scalar_type() != at::kLong) g_handler("codes: read_codes returned a bad tensor");
   });
   // The same bytes as the shard of a token dataset.
-  static const std::string index = put("codes_index.jsonl", std::string("{\"path\": \"codes.safetensors\", \"file_id\": \"c\"}\n"));
+  static const std::string index =
+      put("codes_index.jsonl", std::string("{\"path\": \"codes.safetensors\", \"file_id\": \"c\"}\n"));
   guarded("codes", {"codes.safetensors", "codes_index.jsonl", "\"c\""}, [&] { walk_index(index); });
 }
 
@@ -227,14 +227,13 @@ int write_seeds(const std::string& dir) {
   at::Generator g = at::detail::createCPUGenerator(7);
   {
     const fs::path d = dir_of("safetensors");
-    put_seed(d / "dtypes.safetensors",
-             io::to_bytes({{"w", at::randn({3, 4}, g)},
-                                {"h", at::randn({2}, g).to(at::kHalf)},
-                                {"b", at::randn({5}, g).to(at::kBFloat16)},
-                                {"i", at::arange(6, at::kLong).view({2, 3})},
-                                {"m", at::ones({4}, at::kBool)},
-                                {"s", at::zeros({0, 3})}},
-                               {{"format", "pt"}, {"note", "seed"}}));
+    put_seed(d / "dtypes.safetensors", io::to_bytes({{"w", at::randn({3, 4}, g)},
+                                                     {"h", at::randn({2}, g).to(at::kHalf)},
+                                                     {"b", at::randn({5}, g).to(at::kBFloat16)},
+                                                     {"i", at::arange(6, at::kLong).view({2, 3})},
+                                                     {"m", at::ones({4}, at::kBool)},
+                                                     {"s", at::zeros({0, 3})}},
+                                                    {{"format", "pt"}, {"note", "seed"}}));
     put_seed(d / "scalar.safetensors", io::to_bytes({{"x", at::tensor(1.5)}}));
     put_seed(d / "empty.safetensors", io::to_bytes({}));
   }
@@ -255,9 +254,11 @@ int write_seeds(const std::string& dir) {
   {
     const fs::path d = dir_of("jsonl_index");
     put_seed(d / "tokens.jsonl", "{\"path\": \"a.safetensors\", \"file_id\": \"a\"}\n");
-    put_seed(d / "tokens2.jsonl",
-             "{\"path\": \"a.safetensors\", \"file_id\": \"a\"}\n\n{\"path\": \"./a.safetensors\", \"file_id\": \"b\"}\n");
-    put_seed(d / "audio.jsonl", "{\"path\": \"x.wav\", \"duration\": 12.5}\n{\"path\": \"/abs/y.wav\", \"duration\": 0.08}\n");
+    put_seed(
+        d / "tokens2.jsonl",
+        "{\"path\": \"a.safetensors\", \"file_id\": \"a\"}\n\n{\"path\": \"./a.safetensors\", \"file_id\": \"b\"}\n");
+    put_seed(d / "audio.jsonl",
+             "{\"path\": \"x.wav\", \"duration\": 12.5}\n{\"path\": \"/abs/y.wav\", \"duration\": 0.08}\n");
   }
   {
     const fs::path d = dir_of("alignments");

@@ -12,11 +12,10 @@
 using namespace mt;
 using namespace mt::ttt;
 
-
 TEST(InPlaceGpu, ReferenceCasePassesOnCuda) {
   REQUIRE_CUDA();
-  eval::register_builtin_kinds();
-  eval::CaseResult r = eval::run_case(test::reference_dir() + "/inplace/inplace_small", {"cuda", false});
+  ref::register_builtin_kinds();
+  ref::CaseResult r = ref::run_case(test::reference_dir() + "/inplace/inplace_small", {"cuda", false});
   ASSERT_FALSE(r.skipped);
   for (const auto& c : r.checks) EXPECT_TRUE(c.pass) << c.name << " ratio " << c.worst_ratio << " " << c.note;
 }
@@ -47,7 +46,8 @@ TEST(InPlaceGpu, ForwardBackwardStreamingMatchCpu) {
     (yc * g).sum().backward();
     (yg * g.cuda()).sum().backward();
     auto close = [&](const at::Tensor& a, const at::Tensor& b, const std::string& what) {
-      EXPECT_LT(test::max_abs_diff(a.cpu(), b), 2e-5 * b.abs().max().item<double>()) << strategy_name(strat) << " " << what;
+      EXPECT_LT(test::max_abs_diff(a.cpu(), b), 2e-5 * b.abs().max().item<double>())
+          << strategy_name(strat) << " " << what;
     };
     close(xg.grad(), xc.grad(), "grad.x");
     close(tg.grad(), tc.grad(), "grad.t");

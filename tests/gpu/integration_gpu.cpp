@@ -42,8 +42,9 @@ TEST_P(IntegrationGpu, CudaMatchesCpuWholeAndStreamed) {
   EXPECT_LT((a.text_logits - s.text_logits.cpu()).abs().masked_select(m).max().item<double>(), 2e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Variants, IntegrationGpu,
-    ::testing::Values(std::make_tuple("variant: hybrid\ntype: mlp\nmini_batch_size: 8", ""),
-                      std::make_tuple("variant: adapter\nadapter_rank: 8", "enable: true\nrank: 4\ntargets: [layers.0.]"),
-                      std::make_tuple("variant: inplace\ninplace_chunk_size: 8\ninplace_lr: 0.1", "")));
+INSTANTIATE_TEST_SUITE_P(Variants, IntegrationGpu,
+                         ::testing::Values(std::make_tuple("variant: hybrid\ntype: mlp\nmini_batch_size: 8", ""),
+                                           std::make_tuple("variant: adapter\nadapter_rank: 8",
+                                                           "enable: true\nrank: 4\ntargets: [layers.0.]"),
+                                           std::make_tuple("variant: inplace\ninplace_chunk_size: 8\ninplace_lr: 0.1",
+                                                           "")));

@@ -3,21 +3,20 @@
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
-#include "reference/check_reference.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
+#include "reference/check_reference.h"
 #include "test_util.h"
 #include "util/runtime.h"
 
 using namespace mt;
 using namespace mt::lm;
 
-
 TEST(LMGpu, ReferenceCasesPassOnCuda) {
   REQUIRE_CUDA();
-  eval::register_builtin_kinds();
+  ref::register_builtin_kinds();
   for (const char* name : {"kyutai_test_lm", "lm_small_stream"}) {
-    eval::CaseResult r = eval::run_case(test::reference_dir() + "/lm/" + name, {"cuda", false});
+    ref::CaseResult r = ref::run_case(test::reference_dir() + "/lm/" + name, {"cuda", false});
     EXPECT_TRUE(r.pass()) << name << ": worst " << r.worst()->name << " " << r.worst()->worst_ratio;
   }
 }

@@ -1,7 +1,7 @@
 // Tests of audio I/O and resampling (src/audio/audio_io.{h,cpp}): wav round trips (16-bit and
-// float, clipping, channel order, atomic replace), flac and ogg files written with libsndfile
-// directly, soxr resampling checked by projecting onto sin/cos at the tone's frequency, and the
-// error messages for missing, non-audio and empty files.
+// float, clipping, channel order, atomic replace, 16-bit samples written as they are), header info,
+// flac and ogg files written with libsndfile directly, soxr resampling checked by projecting onto
+// sin/cos at the tone's frequency, and the error messages for missing, non-audio and empty files.
 #include "audio/audio_io.h"
 
 #include <ATen/ATen.h>
@@ -141,10 +141,62 @@ TEST(AudioIo, WriteErrorsNameTheFile) {
   TempDir d;
   const std::string nodir = d.file("no/such/dir/x.wav");
   expect_error([&] { mt::audio::write_wav(nodir, at::zeros({1, 10}), 24000); }, {nodir});
-  expect_error([&] { mt::audio::write_wav(d.file("b.wav"), at::zeros({1, 2, 3}), 24000); },
-               {"b.wav", "[1, 2, 3]"});
+  expect_error([&] { mt::audio::write_wav(d.file("b.wav"), at::zeros({1, 2, 3}), 24000); }, {"b.wav", "[1, 2, 3]"});
   expect_error([&] { mt::audio::write_wav(d.file("c.wav"), at::zeros({1, 10}), 0); }, {"c.wav", "sample rate"});
   EXPECT_FALSE(fs::exists(d.file("b.wav")));
+}
+
+TEST(AudioIo, WavPcm16FromSamplesIsExactAndCanonical) {
+  TempDir d;
+  const std::vector<int16_t> q = {0, 1, -1, 32767, -32768, 1234, -4321};
+  const std::string path = d.file("q.wav");
+  mt::audio::write_wav_pcm16(path, q, 22050);
+  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_EQ(fs::file_size(path), 44u + 2u * q.size());  // canonical 16-bit mono wav, as espeak-ng writes
+  Audio a = mt::audio::read_audio(path);
+  EXPECT_EQ(a.sample_rate, 22050);
+  ASSERT_EQ(a.samples.sizes(), (std::vector<int64_t>{1, int64_t(q.size())}));
+  for (size_t i = 0; i < q.size(); ++i) EXPECT_EQ(a.samples[0][int64_t(i)].item<float>() * 32768.0f, float(q[i])) << i;
+  // The same values through write_wav give the same bytes.
+  at::Tensor x = at::empty({int64_t(q.size())}, at::kFloat);
+  for (size_t i = 0; i < q.size(); ++i) x[int64_t(i)] = float(q[i]) / 32768.0f;
+  mt::audio::write_wav(d.file("t.wav"), x, 22050);
+  EXPECT_EQ(mt::test::slurp(path), mt::test::slurp(d.file("t.wav")));
+
+  // Stereo: interleaved frames, left first.
+  mt::audio::write_wav_pcm16(d.file("s.wav"), {100, -100, 200, -200}, 8000, 2);
+  Audio s = mt::audio::read_audio(d.file("s.wav"));
+  ASSERT_EQ(s.samples.sizes(), (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(s.samples[0][1].item<float>() * 32768.0f, 200.0f);
+  EXPECT_EQ(s.samples[1][0].item<float>() * 32768.0f, -100.0f);
+
+  expect_error([&] { mt::audio::write_wav_pcm16(d.file("odd.wav"), {1, 2, 3}, 8000, 2); }, {"odd.wav", "frames"});
+  expect_error([&] { mt::audio::write_wav_pcm16(d.file("r.wav"), {1}, 0); }, {"r.wav", "sample rate"});
+  EXPECT_FALSE(fs::exists(d.file("odd.wav")));
+}
+
+TEST(AudioIo, InfoReadsTheHeaderOnly) {
+  TempDir d;
+  mt::audio::write_wav(d.file("p.wav"), at::zeros({2, 300}), 16000);
+  auto i = mt::audio::read_audio_info(d.file("p.wav"));
+  EXPECT_TRUE(i.wav);
+  EXPECT_EQ(i.pcm_bits, 16);
+  EXPECT_EQ(i.channels, 2);
+  EXPECT_EQ(i.frames, 300);
+  EXPECT_EQ(i.sample_rate, 16000);
+  mt::audio::write_wav(d.file("f.wav"), at::zeros({1, 10}), 8000, mt::audio::WavFormat::Float32);
+  i = mt::audio::read_audio_info(d.file("f.wav"));
+  EXPECT_TRUE(i.wav);
+  EXPECT_EQ(i.pcm_bits, 0);
+  write_with_sndfile(d.file("a.flac"), at::zeros({1, 100}), 44100, SF_FORMAT_FLAC | SF_FORMAT_PCM_24);
+  i = mt::audio::read_audio_info(d.file("a.flac"));
+  EXPECT_FALSE(i.wav);
+  EXPECT_EQ(i.pcm_bits, 24);
+  EXPECT_EQ(i.sample_rate, 44100);
+  // An empty wav has a header to read; read_audio refuses it, read_audio_info does not.
+  write_with_sndfile(d.file("e.wav"), at::zeros({1, 0}), 24000, SF_FORMAT_WAV | SF_FORMAT_PCM_16);
+  EXPECT_EQ(mt::audio::read_audio_info(d.file("e.wav")).frames, 0);
+  expect_error([&] { mt::audio::read_audio_info(d.file("missing.wav")); }, {"missing.wav", "cannot read audio"});
 }
 
 // ---- other formats, written by libsndfile directly ---------------------------------------------------

@@ -97,7 +97,7 @@ std::vector<std::string> file_sequence(const std::vector<TokenFile>& files, Load
 TEST(TokenIndex, RoundTrip) {
   TempDir d;
   Named files = tagged_files({5, 12, 1});
-  files[1].first = "speaker 1/take#2";  // sanitized into a file name, kept verbatim as the id
+  files[1].first = "speaker 1/take#2";                            // sanitized into a file name, kept verbatim as the id
   files.emplace_back("speaker_1_take_2", tagged_codes(3, 3, 4));  // sanitizes to the same name
   auto index = write_and_read(d, files);
   ASSERT_EQ(index.size(), files.size());
@@ -129,8 +129,9 @@ TEST(TokenIndex, NarrowIntegerShardsLoadAsInt64) {
   at::Tensor c32 = tagged_codes(0, 2, 7).to(at::kInt), c16 = (tagged_codes(0, 2, 3) + 7).to(at::kShort);
   mt::io::save(d.file("ds/a.safetensors"), Named{{"codes", c32}});
   mt::io::save(d.file("ds/b.safetensors"), Named{{"codes", c16}});
-  write_text(d.file("ds/index.jsonl"), "{\"path\": \"a.safetensors\", \"file_id\": \"a\"}\n"
-                                       "{\"path\": \"b.safetensors\", \"file_id\": \"b\"}\n");
+  write_text(d.file("ds/index.jsonl"),
+             "{\"path\": \"a.safetensors\", \"file_id\": \"a\"}\n"
+             "{\"path\": \"b.safetensors\", \"file_id\": \"b\"}\n");
   auto index = mt::train::read_token_index(d.file("ds/index.jsonl"));
   LoaderConfig cfg;
   cfg.batch_size = 2, cfg.chunk_frames = 8, cfg.shuffle = false, cfg.infinite = false;
@@ -179,16 +180,28 @@ TEST(TokenIndex, BadLinesNameTheLineOrShard) {
 
 TEST(TokenIndex, WriterRejectsBadInput) {
   TempDir d;
-  expect_error([&] { mt::train::write_token_dataset(d.file("a"), {{"x", at::zeros({4}, at::kLong)}}); },
-               {"\"x\"", "2-D"});
-  expect_error([&] { mt::train::write_token_dataset(d.file("b"), {{"x", at::zeros({2, 4}, at::kFloat)}}); },
-               {"\"x\"", "integers"});
-  expect_error([&] {
-    mt::train::write_token_dataset(d.file("c"), {{"x", at::zeros({2, 4}, at::kLong)}, {"x", at::zeros({2, 4}, at::kLong)}});
-  }, {"duplicate file_id \"x\""});
-  expect_error([&] {
-    mt::train::write_token_dataset(d.file("e"), {{"x", at::zeros({2, 4}, at::kLong)}, {"y", at::zeros({3, 4}, at::kLong)}});
-  }, {"\"y\"", "K = 3"});
+  expect_error(
+      [&] {
+        mt::train::write_token_dataset(d.file("a"), {{"x", at::zeros({4}, at::kLong)}});
+      },
+      {"\"x\"", "2-D"});
+  expect_error(
+      [&] {
+        mt::train::write_token_dataset(d.file("b"), {{"x", at::zeros({2, 4}, at::kFloat)}});
+      },
+      {"\"x\"", "integers"});
+  expect_error(
+      [&] {
+        mt::train::write_token_dataset(d.file("c"),
+                                       {{"x", at::zeros({2, 4}, at::kLong)}, {"x", at::zeros({2, 4}, at::kLong)}});
+      },
+      {"duplicate file_id \"x\""});
+  expect_error(
+      [&] {
+        mt::train::write_token_dataset(d.file("e"),
+                                       {{"x", at::zeros({2, 4}, at::kLong)}, {"y", at::zeros({3, 4}, at::kLong)}});
+      },
+      {"\"y\"", "K = 3"});
 }
 
 // ---- loader -----------------------------------------------------------------------------------------
@@ -258,10 +271,10 @@ TEST(TokenLoader, SlotsTakeFilesInOrderAndResetAtEveryFileStart) {
   cfg.batch_size = 2, cfg.chunk_frames = 8, cfg.shuffle = false, cfg.infinite = true;
   TokenLoader l(index, cfg);
   // Order f0 f1 f2 f3 f0 f1 ...; f0 = 2 windows, f1 = 1, f2 = 3, f3 = 1.
-  const std::vector<std::vector<std::string>> ids = {{"f0", "f1"}, {"f0", "f2"}, {"f3", "f2"}, {"f0", "f2"},
-                                                     {"f0", "f1"}, {"f2", "f3"}};
-  const std::vector<std::vector<bool>> resets = {{true, true}, {false, true}, {true, false}, {true, false},
-                                                 {false, true}, {true, true}};
+  const std::vector<std::vector<std::string>> ids = {{"f0", "f1"}, {"f0", "f2"}, {"f3", "f2"},
+                                                     {"f0", "f2"}, {"f0", "f1"}, {"f2", "f3"}};
+  const std::vector<std::vector<bool>> resets = {{true, true},  {false, true}, {true, false},
+                                                 {true, false}, {false, true}, {true, true}};
   const std::vector<int64_t> epochs = {0, 0, 0, 1, 1, 1};
   for (size_t i = 0; i < ids.size(); ++i) {
     TokenBatch b;
@@ -649,7 +662,8 @@ TEST(AudioIndex, ReadsEntriesAndNamesBadLines) {
     std::ofstream(d.file("a.jsonl")) << text;
     return d.file("a.jsonl");
   };
-  const auto e = mt::train::read_audio_index(write("{\"path\": \"x.wav\", \"duration\": 2.5}\n\n{\"path\": \"/abs/y.wav\", \"duration\": 1}\n"));
+  const auto e = mt::train::read_audio_index(
+      write("{\"path\": \"x.wav\", \"duration\": 2.5}\n\n{\"path\": \"/abs/y.wav\", \"duration\": 1}\n"));
   ASSERT_EQ(e.size(), 2u);
   EXPECT_EQ(e[0].path, (d.path / "x.wav").string());
   EXPECT_EQ(e[0].id, "x.wav");

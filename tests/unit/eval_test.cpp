@@ -59,18 +59,19 @@ double nan_max_diff(const at::Tensor& a, const at::Tensor& b) {
 TEST(EvalStreamingCE, ChunkedEqualsWholeSequenceWithAbsentTokens) {
   LMModel m = ttt_model();
   at::Tensor codes = random_codes(m->cfg, 2, 23, 7);
-  codes.select(1, 0).narrow(1, 5, 3).fill_(-1);      // absent text
-  codes.select(1, 2).narrow(1, 10, 2).fill_(-1);     // an absent delayed audio codebook
+  codes.select(1, 0).narrow(1, 5, 3).fill_(-1);   // absent text
+  codes.select(1, 2).narrow(1, 10, 2).fill_(-1);  // an absent delayed audio codebook
   at::InferenceMode im;
   const at::Tensor whole = eval::stream_cross_entropy(m->cfg, m->forward(codes), codes);
   for (int64_t chunk : {1, 4, 5}) {
     TransformerState st = m->make_state(2, chunk);
     int64_t calls = 0, last_end = 0;
-    const at::Tensor ce = eval::streaming_cross_entropy(*m, codes, st, false, [&](int64_t end, const std::vector<LayerProbes>&) {
-      ++calls;
-      EXPECT_GT(end, last_end);
-      last_end = end;
-    });
+    const at::Tensor ce =
+        eval::streaming_cross_entropy(*m, codes, st, false, [&](int64_t end, const std::vector<LayerProbes>&) {
+          ++calls;
+          EXPECT_GT(end, last_end);
+          last_end = end;
+        });
     EXPECT_EQ(calls, (23 + chunk - 1) / chunk);
     EXPECT_EQ(last_end, 23);
     // float32 logits through different kernels (one call vs chunks): rounding only.
@@ -94,15 +95,15 @@ TEST(EvalPaired, PlacementPutsTheClipInMoshisStreamAndPadsText) {
   o.placement = "user";
   mt::test::expect_error([&] { eval::clip_codebooks(c, "user"); }, std::vector<std::string>{"cannot be scored"});
   o.placement = "sideways";
-  mt::test::expect_error([&] { eval::clip_codebooks(c, "sideways"); }, std::vector<std::string>{"--placement must be moshi or user"});
+  mt::test::expect_error([&] { eval::clip_codebooks(c, "sideways"); },
+                         std::vector<std::string>{"--placement must be moshi or user"});
 }
 
 TEST(EvalPaired, BatchingChangesNoScoreAndReductionsAgree) {
   LMModel m = ttt_model();
   std::vector<at::Tensor> clips;
   at::Generator g = at::detail::createCPUGenerator(11);
-  for (int64_t len : {7, 3, 12, 9, 12, 1, 5})
-    clips.push_back(at::randint(m->cfg.card, {2, len}, g, at::kLong));
+  for (int64_t len : {7, 3, 12, 9, 12, 1, 5}) clips.push_back(at::randint(m->cfg.card, {2, len}, g, at::kLong));
   eval::ScoringOptions one, many;
   one.batch = 1;
   many.batch = 4;
@@ -120,7 +121,8 @@ TEST(EvalPaired, BatchingChangesNoScoreAndReductionsAgree) {
         EXPECT_TRUE(std::isnan(b[i].score[r]));
         continue;
       }
-      EXPECT_NEAR(a[i].score[r], b[i].score[r], 1e-4 * std::max(1.0, std::abs(a[i].score[r]))) << "clip " << i << " r " << r;
+      EXPECT_NEAR(a[i].score[r], b[i].score[r], 1e-4 * std::max(1.0, std::abs(a[i].score[r])))
+          << "clip " << i << " r " << r;
     }
     // sum = mean x tokens; all scores are log-probabilities (<= 0).
     EXPECT_NEAR(a[i].score[1], a[i].score[0] * static_cast<double>(a[i].tokens), 1e-6 * std::abs(a[i].score[1]) + 1e-9);
@@ -152,10 +154,11 @@ TEST(EvalLongContext, ControlsBehaveAsDefinedAndNoTTTRestoresTheModel) {
   std::vector<std::string> files;
   for (int i = 0; i < 2; ++i) {
     const std::string f = d.file("f" + std::to_string(i) + ".safetensors");
-    io::save(f, std::vector<std::pair<std::string, at::Tensor>>{{"codes", random_codes(m->cfg, 1, 40 + 8 * i, 20 + i)[0]}});
+    io::save(
+        f, std::vector<std::pair<std::string, at::Tensor>>{{"codes", random_codes(m->cfg, 1, 40 + 8 * i, 20 + i)[0]}});
     files.push_back(f);
   }
-  const at::Tensor alpha_before = m->transformer->layer_ptrs[1]->ttt->gating_alpha.clone();
+  const at::Tensor alpha_before = hybrid_of(*m->transformer->layer_ptrs[1])->gating_alpha.clone();
   eval::LongContextOptions o;
   o.variants = {"persist", "ttt-reset:64", "ttt-reset:8", "reset:8", "no-ttt"};
   o.chunk = 4;
@@ -165,7 +168,7 @@ TEST(EvalLongContext, ControlsBehaveAsDefinedAndNoTTTRestoresTheModel) {
   o.quiet = true;
   o.out_dir = d.file("run");
   const nlohmann::json s = eval::run_long_context(*m, files, nullptr, o);
-  EXPECT_TRUE(at::equal(alpha_before, m->transformer->layer_ptrs[1]->ttt->gating_alpha));
+  EXPECT_TRUE(at::equal(alpha_before, hybrid_of(*m->transformer->layer_ptrs[1])->gating_alpha));
   auto mean_of = [&](const std::string& name) {
     for (const auto& v : s["variants"])
       if (v["name"] == name) return v["mean_loss"].get<double>();
@@ -202,9 +205,11 @@ TEST(EvalLongContext, ControlsBehaveAsDefinedAndNoTTTRestoresTheModel) {
     EXPECT_TRUE(std::filesystem::exists(d.file(std::string("run/eval/long_context/") + f))) << f;
   // Bad controls are named.
   o.variants = {"ttt-reset:6"};
-  mt::test::expect_error([&] { eval::run_long_context(*m, files, nullptr, o); }, std::vector<std::string>{"multiple of --chunk"});
+  mt::test::expect_error([&] { eval::run_long_context(*m, files, nullptr, o); },
+                         std::vector<std::string>{"multiple of --chunk"});
   o.variants = {"sometimes"};
-  mt::test::expect_error([&] { eval::run_long_context(*m, files, nullptr, o); }, std::vector<std::string>{"unknown control"});
+  mt::test::expect_error([&] { eval::run_long_context(*m, files, nullptr, o); },
+                         std::vector<std::string>{"unknown control"});
 }
 
 // pitfalls.md row 10: loss-by-position evaluation compared with targets two frames ahead, ignored the
@@ -219,9 +224,7 @@ TEST(Pitfalls, Row10_LossByPositionEqualsScoreWithTheModelsDelays) {
   const at::Tensor ref = eval::stream_cross_entropy(m->cfg, m->forward(codes), codes);  // what `score` writes
   TransformerState st = m->make_state(1, 7);
   const at::Tensor ce = eval::streaming_cross_entropy(*m, codes, st);
-  auto matches = [&](const at::Tensor& a) {
-    return at::equal(a.isnan(), ref.isnan()) && nan_max_diff(a, ref) < 2e-4;
-  };
+  auto matches = [&](const at::Tensor& a) { return at::equal(a.isnan(), ref.isnan()) && nan_max_diff(a, ref) < 2e-4; };
   EXPECT_TRUE(matches(ce));
   for (int64_t t = 0; t < 30; ++t) EXPECT_EQ(std::isnan(ce[0][0][t].item<float>()), t >= 11 && t <= 13) << t;
   // Delays from the model (tiny: {0, 0, 1, 0, 1}): the delayed audio codebook's last position is not scored.
@@ -229,7 +232,8 @@ TEST(Pitfalls, Row10_LossByPositionEqualsScoreWithTheModelsDelays) {
   EXPECT_FALSE(std::isnan(ce[0][1][29].item<float>()));
   // The broken variant: targets taken two frames ahead.
   at::Tensor ahead = codes.roll(-2, 2);
-  const at::Tensor broken = eval::masked_cross_entropy(m->forward(codes).logits, ahead.narrow(1, 1, 2), m->forward(codes).mask);
+  const at::Tensor broken =
+      eval::masked_cross_entropy(m->forward(codes).logits, ahead.narrow(1, 1, 2), m->forward(codes).mask);
   at::Tensor broken_all = ref.clone();
   broken_all.narrow(1, 1, 2).copy_(broken);
   EXPECT_FALSE(matches(broken_all)) << "the check must catch targets two frames ahead";
@@ -259,7 +263,9 @@ TEST(Pitfalls, Row15_ProbesAgreeBetweenWholeAndStreamingPathsOnePerToken) {
       last_norm = p.at(1).hybrid.w_delta_norm;
     });
     if (l0.empty() || !l0[0].defined()) return "no probes from the streaming path";
-    auto same = [](const at::Tensor& a, const at::Tensor& b) { return a.sizes() == b.sizes() && at::allclose(a, b, 1e-4, 1e-5); };
+    auto same = [](const at::Tensor& a, const at::Tensor& b) {
+      return a.sizes() == b.sizes() && at::allclose(a, b, 1e-4, 1e-5);
+    };
     if (!same(at::cat(l0, -1), whole[1].hybrid.l0) || !same(at::cat(lprev, -1), whole[1].hybrid.lprev) ||
         !same(at::cat(lafter, -1), whole[1].hybrid.lafter))
       return "streaming and whole-sequence probes differ";

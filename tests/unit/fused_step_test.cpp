@@ -4,11 +4,11 @@
 // and other dtypes on the general path.
 #include <gtest/gtest.h>
 
-#include "nn/attention_step.h"
-#include "util/fused.h"
 #include "lm/lm_model.h"
+#include "nn/attention_step.h"
 #include "nn/transformer.h"
 #include "test_util.h"
+#include "util/fused.h"
 
 using namespace mt;
 
@@ -16,8 +16,8 @@ namespace {
 
 using FusedOff = util::FusedKernelsOff;  // runs a scope on the general path
 
-lm::TransformerConfig attn_config(const std::string& pos, std::optional<int64_t> context) {
-  lm::TransformerConfig c;
+nn::TransformerConfig attn_config(const std::string& pos, std::optional<int64_t> context) {
+  nn::TransformerConfig c;
   c.d_model = 48;
   c.num_heads = 3;  // head_dim 16
   c.num_layers = 1;
@@ -28,16 +28,16 @@ lm::TransformerConfig attn_config(const std::string& pos, std::optional<int64_t>
   return c;
 }
 
-lm::Attention random_attention(const lm::TransformerConfig& c, uint64_t seed) {
-  lm::Attention a(c);
+nn::Attention random_attention(const nn::TransformerConfig& c, uint64_t seed) {
+  nn::Attention a(c);
   at::Generator g = at::detail::createCPUGenerator(seed);
   at::NoGradGuard ng;
   for (auto& p : a->parameters()) p.copy_(at::randn(p.sizes(), g) * 0.3);
   return a;
 }
 
-lm::KVCache make_cache(int64_t B, const lm::TransformerConfig& c, int64_t cap) {
-  lm::KVCache k;
+nn::KVCache make_cache(int64_t B, const nn::TransformerConfig& c, int64_t cap) {
+  nn::KVCache k;
   k.capacity = cap;
   k.k = at::zeros({B, c.num_heads, cap, c.head_dim()});
   k.v = at::zeros({B, c.num_heads, cap, c.head_dim()});
@@ -47,10 +47,10 @@ lm::KVCache make_cache(int64_t B, const lm::TransformerConfig& c, int64_t cap) {
 // Streams `steps` single-query steps through the fused and the general path, each with its own cache;
 // slot 1 of the batch restarts at `restart` (its offset back to 0, its cache rows cleared), so the two
 // slots sit at different positions. Returns the worst output and cache difference.
-double fused_vs_general(const lm::TransformerConfig& c, int64_t cap, int64_t steps, int64_t restart, uint64_t seed) {
+double fused_vs_general(const nn::TransformerConfig& c, int64_t cap, int64_t steps, int64_t restart, uint64_t seed) {
   const int64_t B = 2;
-  lm::Attention a = random_attention(c, seed);
-  lm::KVCache kf = make_cache(B, c, cap), kg = make_cache(B, c, cap);
+  nn::Attention a = random_attention(c, seed);
+  nn::KVCache kf = make_cache(B, c, cap), kg = make_cache(B, c, cap);
   at::Tensor off = at::zeros({B}, at::kLong);
   int64_t off_cpu = 0;
   at::Generator g = at::detail::createCPUGenerator(seed + 1);
@@ -65,16 +65,22 @@ double fused_vs_general(const lm::TransformerConfig& c, int64_t cap, int64_t ste
       }
     }
     const at::Tensor x = at::randn({B, 1, c.d_model}, g);
-    EXPECT_TRUE(lm::fused_attention_step_applies(at::zeros({B, 1, 3 * c.d_model}), &kf));
-    const at::Tensor yf = a->forward(x, off, off_cpu, &kf, nullptr, nullptr);
+    EXPECT_TRUE(nn::fused_attention_step_applies(at::zeros({B, 1, 3 * c.d_model}), &kf));
+    nn::StepContext cf, cg;
+    cf.offsets = cg.offsets = off;
+    cf.offset_cpu = cg.offset_cpu = off_cpu;
+    cf.cache = &kf;
+    cg.cache = &kg;
+    const at::Tensor yf = a->forward(x, cf);
     at::Tensor yg;
     {
       FusedOff general;
-      EXPECT_FALSE(lm::fused_attention_step_applies(at::zeros({B, 1, 3 * c.d_model}), &kg));
-      yg = a->forward(x, off, off_cpu, &kg, nullptr, nullptr);
+      EXPECT_FALSE(nn::fused_attention_step_applies(at::zeros({B, 1, 3 * c.d_model}), &kg));
+      yg = a->forward(x, cg);
     }
     EXPECT_TRUE(yf.isfinite().all().item<bool>());
-    worst = std::max({worst, test::max_abs_diff(yf, yg), test::max_abs_diff(kf.k, kg.k), test::max_abs_diff(kf.v, kg.v)});
+    worst =
+        std::max({worst, test::max_abs_diff(yf, yg), test::max_abs_diff(kf.k, kg.k), test::max_abs_diff(kf.v, kg.v)});
     off.add_(1);
     off_cpu += 1;
   }
@@ -99,20 +105,20 @@ TEST(FusedStep, AttentionEqualsTheGeneralPathForEveryPositionalKind) {
 
 TEST(FusedStep, AttentionWithYarnAndLargePositionsEqualsTheGeneralPath) {
   if (!util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused attention step needs AVX2 + FMA";
-  lm::TransformerConfig c = attn_config("rope", 6);
+  nn::TransformerConfig c = attn_config("rope", 6);
   c.rope_scaling.type = "yarn";
   c.rope_scaling.factor = 4.0;
   c.rope_scaling.original_context = 16;
   EXPECT_LT(fused_vs_general(c, 6, 40, 25, 21), 2e-5);
   // Positions in the thousands (a long conversation): angles in float32 on both paths.
-  lm::TransformerConfig p = attn_config("rope", 3);
+  nn::TransformerConfig p = attn_config("rope", 3);
   EXPECT_LT(fused_vs_general(p, 3, 3005, 2990, 22), 5e-5);
 }
 
 TEST(FusedStep, RmsNormEqualsTheGeneralPath) {
   at::Generator g = at::detail::createCPUGenerator(5);
   for (const char* kind : {"rms_norm", "rms_norm_f32"}) {
-    lm::Norm n(kind, 40);
+    nn::Norm n(kind, 40);
     {
       at::NoGradGuard ng;
       n->alpha.copy_(at::rand({1, 1, 40}, g) + 0.5);
@@ -129,20 +135,20 @@ TEST(FusedStep, RmsNormEqualsTheGeneralPath) {
 
 TEST(FusedStep, TrainingAndOtherDtypesKeepTheGeneralPath) {
   if (!util::cpu_has_avx2_fma()) GTEST_SKIP() << "the fused attention step needs AVX2 + FMA";
-  lm::TransformerConfig c = attn_config("rope", 4);
-  lm::KVCache k = make_cache(1, c, 4);
+  nn::TransformerConfig c = attn_config("rope", 4);
+  nn::KVCache k = make_cache(1, c, 4);
   const at::Tensor qkv = at::randn({1, 1, 3 * c.d_model});
-  EXPECT_TRUE(lm::fused_attention_step_applies(qkv, &k));
-  EXPECT_FALSE(lm::fused_attention_step_applies(qkv.clone().requires_grad_(true), &k)) << "autograd needs the graph";
-  EXPECT_FALSE(lm::fused_attention_step_applies(at::randn({1, 2, 3 * c.d_model}), &k)) << "two queries";
-  EXPECT_FALSE(lm::fused_attention_step_applies(qkv.to(at::kDouble), &k));
-  EXPECT_FALSE(lm::fused_attention_step_applies(qkv, nullptr)) << "no cache: whole-sequence forward";
-  lm::KVCache kb = k;
+  EXPECT_TRUE(nn::fused_attention_step_applies(qkv, &k));
+  EXPECT_FALSE(nn::fused_attention_step_applies(qkv.clone().requires_grad_(true), &k)) << "autograd needs the graph";
+  EXPECT_FALSE(nn::fused_attention_step_applies(at::randn({1, 2, 3 * c.d_model}), &k)) << "two queries";
+  EXPECT_FALSE(nn::fused_attention_step_applies(qkv.to(at::kDouble), &k));
+  EXPECT_FALSE(nn::fused_attention_step_applies(qkv, nullptr)) << "no cache: whole-sequence forward";
+  nn::KVCache kb = k;
   kb.k = kb.k.to(at::kBFloat16);
-  EXPECT_FALSE(lm::fused_attention_step_applies(qkv, &kb));
+  EXPECT_FALSE(nn::fused_attention_step_applies(qkv, &kb));
 
   // RMSNorm with a gradient wanted: the general path, and the gradient flows.
-  lm::Norm n("rms_norm", 8);
+  nn::Norm n("rms_norm", 8);
   const at::Tensor x = at::randn({1, 1, 8}).requires_grad_(true);
   n->forward(x).sum().backward();
   ASSERT_TRUE(x.grad().defined());

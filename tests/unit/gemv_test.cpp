@@ -26,7 +26,8 @@ double worst_relative_error(const at::Tensor& y, const at::Tensor& w, const at::
 }  // namespace
 
 TEST(Gemv, EqualsFloat64ProductOnEveryTailAndSplit) {
-  if (!fast_gemv_applies(at::ones({1, 8}), at::ones({4, 8}))) GTEST_SKIP() << "this CPU lacks AVX2/FMA: at::linear is used";
+  if (!fast_gemv_applies(at::ones({1, 8}), at::ones({4, 8})))
+    GTEST_SKIP() << "this CPU lacks AVX2/FMA: at::linear is used";
   at::manual_seed(0);
   for (int64_t rows : {1, 2, 3, 4})
     for (int64_t in : {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 512, 2113})
@@ -56,8 +57,8 @@ TEST(Gemv, ThreadSplitsAgree) {
 TEST(Gemv, TakenOnlyWhereValid) {
   at::Tensor w = at::randn({6, 8}), x = at::randn({1, 8});
   const bool cpu_ok = fast_gemv_applies(at::ones({1, 8}), at::ones({4, 8}));
-  EXPECT_EQ(fast_gemv_applies(at::randn({2, 2, 8}), w), cpu_ok);         // four rows: still streamed once
-  EXPECT_FALSE(fast_gemv_applies(at::randn({5, 8}), w));                 // five rows: a GEMM
+  EXPECT_EQ(fast_gemv_applies(at::randn({2, 2, 8}), w), cpu_ok);          // four rows: still streamed once
+  EXPECT_FALSE(fast_gemv_applies(at::randn({5, 8}), w));                  // five rows: a GEMM
   EXPECT_FALSE(fast_gemv_applies(at::randn({8, 2}).t(), w));              // non-contiguous input rows
   EXPECT_FALSE(fast_gemv_applies(x, at::randn({8, 6}).t()));              // non-contiguous weight
   EXPECT_FALSE(fast_gemv_applies(x.to(at::kDouble), w.to(at::kDouble)));  // not float32

@@ -44,7 +44,8 @@ TEST(HybridConfig, FieldsAreCheckedByName) {
   EXPECT_NE(err("enable: true\nlayers: \"1\"\nvariant: lora").find("ttt.variant"), std::string::npos);
   EXPECT_NE(err("enable: true\nlayers: \"1\"\nmini_batch_size: many").find("ttt.mini_batch_size"), std::string::npos);
   EXPECT_NE(err("enable: true").find("no layer chosen"), std::string::npos);
-  TTTIntegrationConfig c = TTTIntegrationConfig::from_yaml(YAML::Load("enable: true\nstart_layer: 1\nlayer_frequency: 2"));
+  TTTIntegrationConfig c =
+      TTTIntegrationConfig::from_yaml(YAML::Load("enable: true\nstart_layer: 1\nlayer_frequency: 2"));
   EXPECT_EQ(c.layer_indices(6), (std::vector<int64_t>{1, 3, 5}));
 }
 
@@ -72,10 +73,11 @@ TEST_P(HybridStreaming, StepsEqualForwardAcrossAReset) {
   for (int64_t t = 0; t < 5; ++t) m->forward_text(seq.narrow(2, t, 1).flip(0), &st);
   st.reset();
   std::vector<at::Tensor> outs;
-  for (int64_t t = 0; t < T; t += chunk) outs.push_back(m->forward_text(seq.narrow(2, t, std::min(chunk, T - t)), &st).first);
+  for (int64_t t = 0; t < T; t += chunk)
+    outs.push_back(m->forward_text(seq.narrow(2, t, std::min(chunk, T - t)), &st).first);
   EXPECT_LT(test::max_abs_diff(at::cat(outs, 1), whole), 5e-5);
   // The TTT state really moved away from its initial weights.
-  EXPECT_GT(st.ttt[1].hybrid.position[0], 0);
+  EXPECT_GT(hybrid_state(st.addons[1])->position[0], 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, HybridStreaming,
@@ -95,7 +97,9 @@ TEST(HybridLoad, BaseCheckpointLoadsAndInitialisesTTT) {
   }
   // A file with some TTT tensors but not all is an error naming one that is missing.
   auto sd = m->state_dict();
-  sd.erase(std::remove_if(sd.begin(), sd.end(), [](auto& kv) { return kv.first.find("ttt.gating_alpha") != std::string::npos; }), sd.end());
+  sd.erase(std::remove_if(sd.begin(), sd.end(),
+                          [](auto& kv) { return kv.first.find("ttt.gating_alpha") != std::string::npos; }),
+           sd.end());
   io::save(d.file("partial.safetensors"), sd);
   try {
     load_lm(base_cfg(), d.file("partial.safetensors"), at::kFloat, hybrid("linear"));

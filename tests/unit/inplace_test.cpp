@@ -7,8 +7,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "reference/check_reference.h"
 #include "io/safetensors.h"
+#include "reference/check_reference.h"
 #include "test_util.h"
 #include "ttt/inplace.h"
 #include "ttt_test_util.h"
@@ -52,7 +52,9 @@ struct Slow {
   at::Tensor chunk_targets(const at::Tensor& tc) const {  // [C, D] -> [C, D]
     const int64_t k = c.conv_kernel, a = c.lookahead();
     at::Tensor in = at::constant_pad_nd(tc.t().unsqueeze(0), {k - 1 - a, a});  // [1, D, C + k - 1]
-    at::Tensor v = at::conv1d(in, conv, at::Tensor(), at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, c.dim).squeeze(0).t();
+    at::Tensor v = at::conv1d(in, conv, at::Tensor(), at::IntArrayRef{1}, at::IntArrayRef{0}, at::IntArrayRef{1}, c.dim)
+                       .squeeze(0)
+                       .t();
     return c.use_proj ? at::mm(v, proj) : v;
   }
   // y [B, T, D]; *w_final: row 0's W after every complete chunk.
@@ -114,20 +116,25 @@ void write_case(const std::string& dir, const InPlaceConfig& c, int64_t B, int64
   io::save(dir + "/weights.safetensors", f32(w));
   io::save(dir + "/inputs.safetensors", f32({{"x", x}, {"t", t}, {"grad_out", g}}));
   io::save(dir + "/outputs.safetensors", f32(out));
-  nlohmann::json j = {{"dim", c.dim},         {"hidden", c.hidden},         {"chunk", c.chunk_size},
-                      {"lr", c.lr},           {"use_proj", c.use_proj},     {"activation", "silu"},
-                      {"conv_kernel", c.conv_kernel}, {"conv_lookahead", c.conv_lookahead}};
+  nlohmann::json j = {{"dim", c.dim},
+                      {"hidden", c.hidden},
+                      {"chunk", c.chunk_size},
+                      {"lr", c.lr},
+                      {"use_proj", c.use_proj},
+                      {"activation", "silu"},
+                      {"conv_kernel", c.conv_kernel},
+                      {"conv_lookahead", c.conv_lookahead}};
   std::ofstream(dir + "/config.json") << j.dump(1);
 }
 
 }  // namespace
 
 TEST(InPlace, OfficialReferenceCasePasses) {
-  eval::register_builtin_kinds();
+  ref::register_builtin_kinds();
   const std::string dir = test::reference_dir() + "/inplace/inplace_small";
   if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no reference case at " << dir;
-  ASSERT_EQ(eval::detect_kind(dir), "inplace");
-  eval::CaseResult r = eval::run_case(dir, {});
+  ASSERT_EQ(ref::detect_kind(dir), "inplace");
+  ref::CaseResult r = ref::run_case(dir, {});
   ASSERT_FALSE(r.skipped);
   std::vector<std::string> names;
   for (const auto& c : r.checks) {
@@ -142,7 +149,7 @@ TEST(InPlace, OfficialReferenceCasePasses) {
 // Unseen cases of the same layout (other chunk sizes, T not a multiple of the chunk, no projection,
 // batch > 1, another conv kernel/look-ahead): made by the slow loop, run through check-reference.
 TEST(InPlace, UnseenCasesPassCheckReference) {
-  eval::register_builtin_kinds();
+  ref::register_builtin_kinds();
   test::TempDir tmp;
   struct Case {
     const char* name;
@@ -151,18 +158,18 @@ TEST(InPlace, UnseenCasesPassCheckReference) {
   };
   const std::vector<Case> cases = {
       {"c3_t10_proj_b2", small_cfg(6, 10, 3, true), 2, 10},
-      {"c5_t5_noproj_b1", small_cfg(5, 7, 5, false), 1, 5},     // one chunk: W0 only
+      {"c5_t5_noproj_b1", small_cfg(5, 7, 5, false), 1, 5},  // one chunk: W0 only
       {"c2_t9_proj_b3_k3", small_cfg(4, 9, 2, true, 3, 1), 3, 9},
       {"c4_t16_noproj_b2", small_cfg(8, 12, 4, false), 2, 16},  // T a multiple of the chunk
       {"c6_t23_proj_b2_causal", small_cfg(5, 8, 6, true, 4, 0), 2, 23},
-      {"c1_t5_proj_b2", small_cfg(3, 4, 1, true), 2, 5},        // chunk of one token
+      {"c1_t5_proj_b2", small_cfg(3, 4, 1, true), 2, 5},  // chunk of one token
   };
   uint64_t seed = 100;
   for (const auto& k : cases) {
     const std::string dir = tmp.file(k.name);
     write_case(dir, k.c, k.B, k.T, seed += 10);
-    ASSERT_EQ(eval::detect_kind(dir), "inplace");
-    eval::CaseResult r = eval::run_case(dir, {});
+    ASSERT_EQ(ref::detect_kind(dir), "inplace");
+    ref::CaseResult r = ref::run_case(dir, {});
     for (const auto& c : r.checks)
       EXPECT_TRUE(c.pass) << k.name << " " << c.name << ": max err " << c.max_abs_err << " ratio " << c.worst_ratio
                           << " " << c.note;
@@ -238,7 +245,8 @@ TEST(InPlace, StreamingAnyStepSizesEqualsForward) {
     at::Tensor want = m->forward(x, t);
     at::Tensor wf;
     make_slow(c, w).forward(x, t, &wf);
-    for (std::vector<int64_t> sizes : std::vector<std::vector<int64_t>>{{1}, {3}, {7}, {16}, {1, 3, 7, 16}, {5, 2, 9}}) {
+    for (std::vector<int64_t> sizes :
+         std::vector<std::vector<int64_t>>{{1}, {3}, {7}, {16}, {1, 3, 7, 16}, {5, 2, 9}}) {
       at::NoGradGuard ng;
       InPlaceState st = m->make_state(B);
       std::vector<at::Tensor> ys;

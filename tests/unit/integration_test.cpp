@@ -36,10 +36,17 @@ const std::vector<Variant>& variants() {
       {"hybrid_mlp", "variant: hybrid\ntype: mlp\nmini_batch_size: 3", ""},
       {"hybrid_parallel", "variant: hybrid\ntype: linear\nmini_batch_size: 4\nplacement: parallel", ""},
       {"hybrid_before_attention", "variant: hybrid\ntype: mlp\nmini_batch_size: 3\nplacement: before_attention", ""},
-      {"adapter", "variant: adapter\nadapter_rank: 4\nmini_batch_size: 4\nadapter_targets: [self_attn.in_proj, self_attn.out_proj, gating.linear_out]", ""},
-      {"adapter_lora", "variant: adapter\nadapter_rank: 4\nmini_batch_size: 2", "enable: true\nrank: 3\ntargets: [layers.0., depformer]"},
+      {"adapter",
+       "variant: adapter\nadapter_rank: 4\nmini_batch_size: 4\nadapter_targets: [self_attn.in_proj, "
+       "self_attn.out_proj, gating.linear_out]",
+       ""},
+      {"adapter_lora", "variant: adapter\nadapter_rank: 4\nmini_batch_size: 2",
+       "enable: true\nrank: 3\ntargets: [layers.0., depformer]"},
       {"inplace_embeddings", "variant: inplace\ninplace_chunk_size: 4\ninplace_lr: 0.5\ninplace_lookahead: 2", ""},
-      {"inplace_ffn_input", "variant: inplace\ninplace_chunk_size: 5\ninplace_lr: 0.5\ninplace_conv_kernel: 3\ninplace_lookahead: 1\ninplace_target: ffn_input", ""},
+      {"inplace_ffn_input",
+       "variant: inplace\ninplace_chunk_size: 5\ninplace_lr: 0.5\ninplace_conv_kernel: 3\ninplace_lookahead: "
+       "1\ninplace_target: ffn_input",
+       ""},
       {"lora_only", "", "enable: true\nrank: 2\nscaling: 2.0"},
   };
   return v;
@@ -49,7 +56,9 @@ TTTIntegrationConfig ttt_of(const Variant& v) {
   if (v.ttt_yaml.empty()) return {};
   return TTTIntegrationConfig::from_yaml(YAML::Load("enable: true\nlayers: \"1,2\"\n" + v.ttt_yaml));
 }
-LoRAConfig lora_of(const Variant& v) { return v.lora_yaml.empty() ? LoRAConfig{} : LoRAConfig::from_yaml(YAML::Load(v.lora_yaml)); }
+LoRAConfig lora_of(const Variant& v) {
+  return v.lora_yaml.empty() ? LoRAConfig{} : LoRAConfig::from_yaml(YAML::Load(v.lora_yaml));
+}
 
 // A model whose new tensors are far from their no-op initial values, so every TTT path matters.
 LMModel make(const Variant& v, uint64_t seed = 3) {
@@ -177,40 +186,44 @@ TEST_P(Integration, SlotsResetIndependently) {
   auto [wa, tla] = m->forward_text(sa.narrow(2, 0, T));
   auto [wb, tlb] = m->forward_text(sb.narrow(2, 0, T + pre));
   EXPECT_LT(test::max_abs_diff(at::cat(outs0, 1), tla.select(0, 0)), 5e-5) << v().name << ": the reset slot";
-  EXPECT_LT(test::max_abs_diff(at::cat(outs1, 1), tlb.select(0, 0).narrow(1, pre, T)), 5e-5) << v().name << ": the slot that went on";
+  EXPECT_LT(test::max_abs_diff(at::cat(outs1, 1), tlb.select(0, 0).narrow(1, pre, T)), 5e-5)
+      << v().name << ": the slot that went on";
 }
 
 TEST_P(Integration, StateAfterStreamingEqualsStateAfterAWholePass) {
   LMModel m = make(v());
-  if (!m->transformer->has_ttt()) GTEST_SKIP() << "no TTT state";
+  if (!m->transformer->has_addons()) GTEST_SKIP() << "no TTT state";
   at::InferenceMode im;
   const int64_t T = 17;
   at::Generator g = at::detail::createCPUGenerator(9);
   at::Tensor x = at::randn({2, T, m->cfg.dim}, g);
-  std::vector<LayerTTTState> whole = m->transformer->make_ttt_states(2);
+  std::vector<nn::LayerState> whole = m->transformer->make_layer_states(2);
   std::vector<LayerProbes> pw;
-  m->transformer->forward(x, &whole, &pw);
+  const nn::ProbeFn fw = probe_collector(*m->transformer, pw);
+  m->transformer->forward(x, &whole, &fw);
   TransformerState st = m->transformer->make_state(2, 1);
   std::vector<LayerProbes> ps;
-  for (int64_t t = 0; t < T; ++t) m->transformer->step(x.narrow(1, t, 1), st, &ps);
+  const nn::ProbeFn fs = probe_collector(*m->transformer, ps);
+  for (int64_t t = 0; t < T; ++t) m->transformer->step(x.narrow(1, t, 1), st, &fs);
   for (size_t l = 1; l < 3; ++l) {
-    const LayerTTTState &a = whole[l], &b = st.ttt[l];
-    if (a.hybrid.batch) {
-      EXPECT_EQ(a.hybrid.position, b.hybrid.position);
-      EXPECT_LT(test::max_abs_diff(a.hybrid.W[0], b.hybrid.W[0]), 5e-5);
+    const nn::LayerState &a = whole[l], &b = st.addons[l];
+    if (const ttt::TTTState* ha = hybrid_state(a), *hb = hybrid_state(b); ha) {
+      EXPECT_EQ(ha->position, hb->position);
+      EXPECT_LT(test::max_abs_diff(ha->W[0], hb->W[0]), 5e-5);
       EXPECT_LT(test::max_abs_diff(pw[l].hybrid.w_delta_norm, ps[l].hybrid.w_delta_norm), 1e-4);
       EXPECT_GT(ps[l].hybrid.w_delta_norm.min().item<double>(), 0) << "state never moved";
     }
-    for (size_t j = 0; j < a.adapters.size(); ++j) {
-      EXPECT_LT(test::max_abs_diff(a.adapters[j].W[0], b.adapters[j].W[0]), 5e-5);
+    const auto aa = adapter_states(a), ab = adapter_states(b);
+    for (size_t j = 0; j < aa.size(); ++j) {
+      EXPECT_LT(test::max_abs_diff(aa[j]->W[0], ab[j]->W[0]), 5e-5);
       EXPECT_GT(ps[l].adapters[j].w_delta_norm.min().item<double>(), 0) << "adapter state never moved";
     }
-    if (a.inplace.batch()) {
-      EXPECT_LT(test::max_abs_diff(a.inplace.dw, b.inplace.dw), 5e-5);
-      EXPECT_EQ(a.inplace.pos, b.inplace.pos);
+    if (const ttt::InPlaceState* ia = inplace_state(a), *ib = inplace_state(b); ia) {
+      EXPECT_LT(test::max_abs_diff(ia->dw, ib->dw), 5e-5);
+      EXPECT_EQ(ia->pos, ib->pos);
       EXPECT_GT(ps[l].inplace_dw_norm.min().item<double>(), 0) << "In-Place fast weight never updated while streaming";
       EXPECT_LT(test::max_abs_diff(pw[l].inplace_dw_norm, ps[l].inplace_dw_norm), 1e-4);
-      EXPECT_EQ(ps[l].inplace_updates, T / m->transformer->layer_ptrs[l]->inplace->cfg.chunk_size);
+      EXPECT_EQ(ps[l].inplace_updates, T / inplace_of(*m->transformer->layer_ptrs[l])->inner().cfg.chunk_size);
     }
   }
 }
@@ -236,7 +249,9 @@ TEST_P(Integration, BaseCheckpointLoadsWithNewTensorsInitialised) {
   if (v().name.rfind("hybrid", 0) != 0) {
     at::InferenceMode im;
     at::Tensor codes = random_codes(m, 1, 12, 4);
-    EXPECT_LT(test::max_abs_diff(m->forward(codes).text_logits.nan_to_num(0), base->forward(codes).text_logits.nan_to_num(0)), 1e-5);
+    EXPECT_LT(
+        test::max_abs_diff(m->forward(codes).text_logits.nan_to_num(0), base->forward(codes).text_logits.nan_to_num(0)),
+        1e-5);
   }
   // A file with some of the new tensors but not all is an error naming a missing one.
   auto sd = m->state_dict();
@@ -267,9 +282,11 @@ TEST_P(Integration, EveryNewParameterGetsAGradient) {
   for (auto& kv : m->named_parameters()) {
     if (!is_ttt_param(kv.key()) && !is_lora_param(kv.key())) continue;
     const at::Tensor& gr = kv.value().grad();
-    if (!gr.defined() || !gr.isfinite().all().item<bool>() || gr.abs().sum().item<double>() == 0) missing.push_back(kv.key());
+    if (!gr.defined() || !gr.isfinite().all().item<bool>() || gr.abs().sum().item<double>() == 0)
+      missing.push_back(kv.key());
   }
-  EXPECT_TRUE(missing.empty()) << v().name << ": no gradient for " << missing.size() << " tensors, first " << missing.front();
+  EXPECT_TRUE(missing.empty()) << v().name << ": no gradient for " << missing.size() << " tensors, first "
+                               << missing.front();
 }
 
 // Training over consecutive chunks of one file: the TTT state carries from chunk to chunk (outputs
@@ -277,10 +294,10 @@ TEST_P(Integration, EveryNewParameterGetsAGradient) {
 // boundary gives that slot a fresh start while the other slot keeps its state.
 TEST_P(Integration, StatesPersistAcrossTrainingChunks) {
   LMModel m = make(v());
-  if (!m->transformer->has_ttt()) GTEST_SKIP() << "no TTT state";
+  if (!m->transformer->has_addons()) GTEST_SKIP() << "no TTT state";
   for (auto& p : m->parameters()) p.set_requires_grad(true);
   at::Tensor a = random_codes(m, 2, 12, 31), b = random_codes(m, 2, 12, 32);
-  std::vector<LayerTTTState> st = m->transformer->make_ttt_states(2);
+  std::vector<nn::LayerState> st = m->transformer->make_layer_states(2);
   // Chunk a is trained (its graph freed by the backward), then the state is detached: the backward of
   // chunk b must not reach into chunk a's graph (it would throw: "backward through the graph a second time").
   m->forward(a, nullptr, &st).text_logits.nan_to_num(0).pow(2).mean().backward();
@@ -289,9 +306,10 @@ TEST_P(Integration, StatesPersistAcrossTrainingChunks) {
   EXPECT_NO_THROW(carried.text_logits.nan_to_num(0).pow(2).mean().backward()) << v().name;
   LMOutput fresh = m->forward(b);
   const at::Tensor mk = fresh.text_mask;
-  EXPECT_GT(masked_diff(carried.text_logits.detach(), fresh.text_logits.detach(), mk), 1e-6) << v().name << ": state not carried";
+  EXPECT_GT(masked_diff(carried.text_logits.detach(), fresh.text_logits.detach(), mk), 1e-6)
+      << v().name << ": state not carried";
   // A reset of slot 0 at a file boundary: slot 0 equals a fresh start, slot 1 still carries.
-  std::vector<LayerTTTState> st2 = m->transformer->make_ttt_states(2);
+  std::vector<nn::LayerState> st2 = m->transformer->make_layer_states(2);
   {
     at::NoGradGuard ng;
     m->forward(a, nullptr, &st2);
@@ -340,20 +358,19 @@ TEST(Hybrid, PlacementsLoadTheSameWeightsAndDiffer) {
 }
 
 TEST(Adapter, ParameterCountMatchesLoRAOfTheSameRank) {
-  TTTIntegrationConfig t = TTTIntegrationConfig::from_yaml(
-      YAML::Load("enable: true\nvariant: adapter\nlayers: \"2\"\nadapter_rank: 8\nadapter_targets: [self_attn.in_proj]"));
+  TTTIntegrationConfig t = TTTIntegrationConfig::from_yaml(YAML::Load(
+      "enable: true\nvariant: adapter\nlayers: \"2\"\nadapter_rank: 8\nadapter_targets: [self_attn.in_proj]"));
   LMModel m(base_cfg(), t);
   int64_t n = 0;
   for (auto& kv : m->named_parameters())
     if (is_ttt_param(kv.key())) n += kv.value().numel();
-  const int64_t D = base_cfg().dim, lora = lora_parameters(D, 3 * D, 8);
+  const int64_t D = base_cfg().dim, lora = nn::lora_parameters(D, 3 * D, 8);
   ttt::TTTConfig inner;
   inner.hidden_size = 8;
   inner.num_attention_heads = 1;
   EXPECT_EQ(n, adapter_parameters(D, 3 * D, inner));
-  EXPECT_EQ(m->transformer->layer_ptrs[2]->self_attn->in_projs->ptr<LinearImpl>(0)->ttt_adapter->down->weight.numel() +
-                m->transformer->layer_ptrs[2]->self_attn->in_projs->ptr<LinearImpl>(0)->ttt_adapter->up->weight.numel(),
-            lora);
+  const auto* adapter = adapters_of(*m->transformer->layer_ptrs[2]).at(0);
+  EXPECT_EQ(adapter->down->weight.numel() + adapter->up->weight.numel(), lora);
   EXPECT_LT(n - lora, 8 * 8 * 7);  // only the r×r TTT layer on top
 }
 
@@ -367,7 +384,8 @@ TEST(Adapter, ConfigErrorsNameTheField) {
     }
     return std::string();
   };
-  EXPECT_NE(err("variant: adapter\nadapter_targets: [self_attn.q_proj]").find("ttt.adapter_targets"), std::string::npos);
+  EXPECT_NE(err("variant: adapter\nadapter_targets: [self_attn.q_proj]").find("ttt.adapter_targets"),
+            std::string::npos);
   EXPECT_NE(err("variant: adapter\nadapter_rank: 3").find("adapter"), std::string::npos);  // RoPE needs an even width
   EXPECT_NE(err("variant: hybrid", "enable: true\ntargets: [nothing_matches]").find("lora.targets"), std::string::npos);
   EXPECT_NE(err("variant: inplace\ninplace_lookahead: 7").find("ttt.inplace_lookahead"), std::string::npos);
@@ -399,7 +417,8 @@ TEST(GradientCheckpointing, SameGradientsWithAndWithout) {
     EXPECT_DOUBLE_EQ(loss[0], loss[1]);
     for (auto& [n, g] : grads[0]) {
       ASSERT_TRUE(g.defined()) << n;
-      ASSERT_TRUE(grads[1][n].defined()) << n << " lost its gradient under checkpointing (frozen embeddings: " << freeze_embeddings << ")";
+      ASSERT_TRUE(grads[1][n].defined()) << n << " lost its gradient under checkpointing (frozen embeddings: "
+                                         << freeze_embeddings << ")";
       EXPECT_LT(test::max_abs_diff(g, grads[1][n]), 1e-6) << n;
     }
   }

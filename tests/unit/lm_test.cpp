@@ -59,8 +59,13 @@ LMModel make_model(const LMConfig& c, uint64_t seed = 1) {
 }  // namespace
 
 TEST(LMConfig, DefaultsFollowTheReference) {
-  LMConfig c = LMConfig::from_json(nlohmann::json{{"n_q", 3}, {"dep_q", 3}, {"delays", {0, 1, 2, 4}}, {"num_layers", 2},
-                                                  {"depformer_num_heads", 1}, {"dim", 16}, {"num_heads", 1}});
+  LMConfig c = LMConfig::from_json(nlohmann::json{{"n_q", 3},
+                                                  {"dep_q", 3},
+                                                  {"delays", {0, 1, 2, 4}},
+                                                  {"num_layers", 2},
+                                                  {"depformer_num_heads", 1},
+                                                  {"dim", 16},
+                                                  {"num_heads", 1}});
   EXPECT_EQ(c.norm, "layer_norm");
   EXPECT_EQ(c.positional_embedding, "sin");
   EXPECT_EQ(c.depformer_pos_emb, "sin");
@@ -81,8 +86,8 @@ TEST(LMConfig, Moshiko7bPresetShapes) {
 
 TEST(LMConfig, BadValuesNameTheField) {
   auto expect_msg = [](nlohmann::json j, const std::string& needle) {
-    nlohmann::json base = {{"n_q", 2}, {"dep_q", 1}, {"delays", {0, 0, 1}}, {"num_layers", 1}, {"dim", 16},
-                           {"num_heads", 2}, {"depformer_num_heads", 1}};
+    nlohmann::json base = {{"n_q", 2},  {"dep_q", 1},     {"delays", {0, 0, 1}},     {"num_layers", 1},
+                           {"dim", 16}, {"num_heads", 2}, {"depformer_num_heads", 1}};
     base.update(j);
     try {
       LMConfig::from_json(base, "cfg.json");
@@ -110,12 +115,13 @@ TEST(LMConfig, JsonRoundTrip) {
 
 // Streaming (teacher forced, one step or a chunk at a time) gives the whole-sequence outputs, for
 // every positional embedding and norm, with the KV ring buffer wrapping (context 5 < T).
-class StreamingEqualsForward : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string, int64_t>> {};
+class StreamingEqualsForward
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string, int64_t>> {};
 
 TEST_P(StreamingEqualsForward, TemporalAndDepformer) {
   auto [pos, norm, gating, chunk] = GetParam();
   LMConfig c = small_cfg(pos, norm, gating, pos == "rope" ? "none" : "sin");
-  if (pos == "sin") c.layer_scale = 0.3;  // LayerScale on both residual branches
+  if (pos == "sin") c.layer_scale = 0.3;                              // LayerScale on both residual branches
   if (pos == "none") c.depformer_weights_per_step_schedule = {0, 0};  // weight sharing across steps
   LMModel m = make_model(c);
   if (c.layer_scale) {
@@ -151,13 +157,12 @@ TEST_P(StreamingEqualsForward, TemporalAndDepformer) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Variants, StreamingEqualsForward,
-    ::testing::Values(std::make_tuple("rope", "rms_norm_f32", "silu", int64_t{1}),
-                      std::make_tuple("rope", "rms_norm_f32", "silu", int64_t{3}),
-                      std::make_tuple("sin", "layer_norm", "none", int64_t{1}),
-                      std::make_tuple("sin_rope", "rms_norm", "gelu", int64_t{2}),
-                      std::make_tuple("none", "layer_norm_f32", "silu", int64_t{5})));
+INSTANTIATE_TEST_SUITE_P(Variants, StreamingEqualsForward,
+                         ::testing::Values(std::make_tuple("rope", "rms_norm_f32", "silu", int64_t{1}),
+                                           std::make_tuple("rope", "rms_norm_f32", "silu", int64_t{3}),
+                                           std::make_tuple("sin", "layer_norm", "none", int64_t{1}),
+                                           std::make_tuple("sin_rope", "rms_norm", "gelu", int64_t{2}),
+                                           std::make_tuple("none", "layer_norm_f32", "silu", int64_t{5})));
 
 TEST(LMModel, ForwardMasksFollowDelaysAndZeroTokens) {
   LMConfig c = small_cfg();
@@ -226,9 +231,12 @@ TEST(LMLoad, FusedAttentionNamesSplitPerStep) {
     for (auto& [n, t] : sd) {
       auto p = n.find("self_attn.in_projs.");
       auto q = n.find("self_attn.out_projs.");
-      if (p != std::string::npos) fused[n.substr(0, p) + "self_attn.in_proj_weight"].push_back(t);
-      else if (q != std::string::npos) fused[n.substr(0, q) + "self_attn.out_proj.weight"].push_back(t);
-      else out.emplace_back(n, t);
+      if (p != std::string::npos)
+        fused[n.substr(0, p) + "self_attn.in_proj_weight"].push_back(t);
+      else if (q != std::string::npos)
+        fused[n.substr(0, q) + "self_attn.out_proj.weight"].push_back(t);
+      else
+        out.emplace_back(n, t);
     }
     for (auto& [n, ts] : fused) out.emplace_back(n, at::cat(ts, 0));
     sd = out;
@@ -249,7 +257,8 @@ TEST(LMLoad, MissingExtraAndMisShapedTensorsAreNamed) {
   EXPECT_NE(e.find("missing tensor 'out_norm.alpha'"), std::string::npos) << e;
   EXPECT_NE(e.find("missing.safetensors"), std::string::npos) << e;
 
-  std::string extra = save_model(m, d, "extra.safetensors", [](auto& sd) { sd.emplace_back("lora.A", at::zeros({2})); });
+  std::string extra =
+      save_model(m, d, "extra.safetensors", [](auto& sd) { sd.emplace_back("lora.A", at::zeros({2})); });
   e = load_error(c, extra);
   EXPECT_NE(e.find("unexpected tensor 'lora.A'"), std::string::npos) << e;
 

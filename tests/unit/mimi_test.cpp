@@ -4,9 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/safetensors.h"
 #include "mimi/mimi.h"
 #include "reference/mimi_case.h"
-#include "io/safetensors.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -15,9 +15,7 @@ using namespace mt::mimi;
 
 namespace {
 
-MimiConfig small_config() {
-  return MimiConfig::from_file(test::reference_dir() + "/mimi/mimi_small/config.json");
-}
+MimiConfig small_config() { return MimiConfig::from_file(test::reference_dir() + "/mimi/mimi_small/config.json"); }
 
 double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
@@ -117,9 +115,13 @@ TEST(Mimi, EncodePadsToWholeFramesAndStepRejectsPartialFrames) {
   at::Tensor wav = at::randn({1, 1, 1920 * 2 + 100});
   EXPECT_EQ(m->encode(wav).size(2), 3);
   MimiState st = m->make_state(1);
-  EXPECT_NE(error_of([&] { m->encode_step(at::zeros({1, 1, 1000}), st); }).find("whole number of 1920-sample frames"),
+  EXPECT_NE(error_of([&] {
+              m->encode_step(at::zeros({1, 1, 1000}), st);
+            }).find("whole number of 1920-sample frames"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { m->decode(at::full({1, 8, 2}, 64, at::kLong)); }).find("codes outside [0, 64)"),
+  EXPECT_NE(error_of([&] {
+              m->decode(at::full({1, 8, 2}, 64, at::kLong));
+            }).find("codes outside [0, 64)"),
             std::string::npos);
 }
 
@@ -131,14 +133,18 @@ TEST(Mimi, LoaderIsStrictAndNamesTheTensor) {
   {
     auto t = tensors;
     t.erase("decoder.model.14.conv.conv.bias");
-    EXPECT_NE(error_of([&] { m->load(t, "x.safetensors"); }).find("x.safetensors: missing tensor 'decoder.model.14.conv.conv.bias'"),
+    EXPECT_NE(error_of([&] {
+                m->load(t, "x.safetensors");
+              }).find("x.safetensors: missing tensor 'decoder.model.14.conv.conv.bias'"),
               std::string::npos);
   }
   {
     auto t = tensors;
     t["downsample.conv.conv.conv.weight"] = at::zeros({32, 32, 3});
     std::string e = error_of([&] { m->load(t, "x"); });
-    EXPECT_NE(e.find("'downsample.conv.conv.conv.weight': expected shape [32, 32, 4], got [32, 32, 3]"), std::string::npos) << e;
+    EXPECT_NE(e.find("'downsample.conv.conv.conv.weight': expected shape [32, 32, 4], got [32, 32, 3]"),
+              std::string::npos)
+        << e;
   }
   {
     auto t = tensors;
@@ -150,7 +156,8 @@ TEST(Mimi, LoaderIsStrictAndNamesTheTensor) {
     const std::string p = "encoder_transformer.transformer.layers.0.self_attn.";
     t[p + "in_proj_weight"] = t.at(p + "in_projs.0.weight");
     t.erase(p + "in_projs.0.weight");
-    t["quantizer.rvq_first.vq.layers.0._codebook.embed_sum"] = t.at("quantizer.rvq_first.vq.layers.0._codebook.embedding_sum");
+    t["quantizer.rvq_first.vq.layers.0._codebook.embed_sum"] =
+        t.at("quantizer.rvq_first.vq.layers.0._codebook.embedding_sum");
     t.erase("quantizer.rvq_first.vq.layers.0._codebook.embedding_sum");
     Mimi m2(small_config());
     EXPECT_NO_THROW(m2->load(t, "old"));

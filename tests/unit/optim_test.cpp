@@ -142,8 +142,10 @@ TEST(OneCycle, EndpointsAndMomentum) {
   EXPECT_NEAR(s.lr_at(99), 1e-3 / 25 / 1e4, 1e-18);
   EXPECT_NEAR(s.momentum_at(99), 0.95, 1e-15);
   for (int64_t k = 1; k < 100; ++k) {
-    if (k <= 29) EXPECT_GT(s.lr_at(k), s.lr_at(k - 1)) << k;
-    else EXPECT_LT(s.lr_at(k), s.lr_at(k - 1)) << k;
+    if (k <= 29)
+      EXPECT_GT(s.lr_at(k), s.lr_at(k - 1)) << k;
+    else
+      EXPECT_LT(s.lr_at(k), s.lr_at(k - 1)) << k;
   }
   EXPECT_NO_THROW(s.lr_at(100));  // PyTorch still computes step == total_steps
   EXPECT_NE(error_of([&] { s.lr_at(101); }).find("101"), std::string::npos);
@@ -250,8 +252,7 @@ struct Rig {
 Rig make_rig(const std::vector<at::Tensor>& values) {
   Rig r;
   for (const auto& v : values) r.params.push_back(leaf(v));
-  r.groups = {{"base", {{"x", r.params[0]}, {"y", r.params[1]}}, 1e-2, 0.1},
-              {"ttt", {{"z", r.params[2]}}, 1e-1, 0.0}};
+  r.groups = {{"base", {{"x", r.params[0]}, {"y", r.params[1]}}, 1e-2, 0.1}, {"ttt", {{"z", r.params[2]}}, 1e-1, 0.0}};
   return r;
 }
 

@@ -13,15 +13,15 @@
 #include <regex>
 #include <set>
 
-#include "reference/check_reference.h"
 #include "lm/lm_model.h"
+#include "lm_test_util.h"
+#include "reference/check_reference.h"
 #include "test_util.h"
 #include "train/data.h"
 #include "train/loss.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 #include "ttt/inplace.h"
-#include "lm_test_util.h"
 #include "ttt_test_util.h"
 #include "util/pitfall_switch.h"
 #include "util/runtime.h"
@@ -108,11 +108,11 @@ TEST(Pitfalls, Row01_NoTokenSeesALaterTokenOfItsMiniBatch) {
 
 // Row 2: the TTT output bypassed post-norm and o_proj. Parity with the ttt-lm-pytorch cases.
 TEST(Pitfalls, Row02_OutputGoesThroughPostNormAndOProjAsTheReference) {
-  eval::register_builtin_kinds();
+  ref::register_builtin_kinds();
   for (const char* c : {"ttt/ttt_linear_small", "ttt/ttt_mlp_small"}) {
     const std::string dir = test::reference_dir() + "/" + c;
     if (!fs::exists(dir)) GTEST_SKIP() << "no reference case " << dir;
-    const eval::CaseResult ok = eval::run_case(dir, {});
+    const ref::CaseResult ok = ref::run_case(dir, {});
     ASSERT_FALSE(ok.skipped) << ok.skip_reason;
     EXPECT_TRUE(ok.pass()) << c;
     Reintroduce broken(2);
@@ -120,7 +120,7 @@ TEST(Pitfalls, Row02_OutputGoesThroughPostNormAndOProjAsTheReference) {
     // gradient, which the gradient comparison refuses outright).
     bool caught = false;
     try {
-      caught = !eval::run_case(dir, {}).pass();
+      caught = !ref::run_case(dir, {}).pass();
     } catch (const std::exception&) {
       caught = true;
     }
@@ -132,12 +132,12 @@ TEST(Pitfalls, Row02_OutputGoesThroughPostNormAndOProjAsTheReference) {
 // runs init -> train step (forward, loss, backward) -> streaming score; the e2e tier does the same
 // through the CLI with the shipped configs (TrainConfigs.TrainsAndItsCheckpointScores).
 TEST(Pitfalls, Row03_EveryConfigVariantInitsTrainsAndScores) {
-  const std::vector<std::string> variants = {
-      "variant: hybrid\ntype: linear\nmini_batch_size: 4", "variant: hybrid\ntype: mlp\nmini_batch_size: 4",
-      "variant: hybrid\ntype: mlp\nmlp_layers: 3\nmini_batch_size: 4",
-      "variant: adapter\ntype: linear\nadapter_rank: 4\nmini_batch_size: 4",
-      "variant: adapter\ntype: mlp\nadapter_rank: 4\nmini_batch_size: 4",
-      "variant: inplace\ninplace_chunk_size: 4"};
+  const std::vector<std::string> variants = {"variant: hybrid\ntype: linear\nmini_batch_size: 4",
+                                             "variant: hybrid\ntype: mlp\nmini_batch_size: 4",
+                                             "variant: hybrid\ntype: mlp\nmlp_layers: 3\nmini_batch_size: 4",
+                                             "variant: adapter\ntype: linear\nadapter_rank: 4\nmini_batch_size: 4",
+                                             "variant: adapter\ntype: mlp\nadapter_rank: 4\nmini_batch_size: 4",
+                                             "variant: inplace\ninplace_chunk_size: 4"};
   auto run_all = [&](std::vector<std::string>* failed) {
     for (const auto& v : variants) {
       try {
@@ -246,15 +246,16 @@ TEST(Pitfalls, Row07_EachSlotResetsWhenItsOwnFileStarts) {
   auto run = [&] {
     train::TokenLoader loader(train::read_token_index((d.path / "index.jsonl").string()), lc);
     const ttt::TTTLayer layer = test::perturbed_layer(test::small_config("linear", 8, 2, 4), 41);
-    std::vector<lm::LayerTTTState> st(1);
-    st[0].hybrid = layer.init_state(2);
+    std::vector<nn::LayerState> st(1);
+    st[0].add("hybrid", std::make_unique<lm::HybridState>(2));
+    ttt::TTTState& hs = *lm::hybrid_state(st[0]);
     train::TokenBatch b;
     std::vector<std::vector<int64_t>> positions;  // per batch, per slot: tokens the slot's state has seen
     at::NoGradGuard ng;
     while (loader.next(b)) {
       train::apply_resets(st, b.reset);
-      layer.forward(at::randn({2, 4, 8}, at::kDouble), st[0].hybrid);
-      positions.push_back(st[0].hybrid.position);
+      layer.forward(at::randn({2, 4, 8}, at::kDouble), hs);
+      positions.push_back(hs.position);
     }
     return positions;
   };
@@ -350,7 +351,8 @@ TEST(Pitfalls, Row14_OneImplementationPerConceptNoMachinePathsVersionNamesTheBui
       if (scan(test::slurp(e.path().string()))) found.push_back(rel);
       if (std::string(top) == "src") {
         const std::string stem = e.path().filename().string();
-        EXPECT_TRUE(names.emplace(stem, rel).second) << "two files named " << stem << ": " << names[stem] << ", " << rel;
+        EXPECT_TRUE(names.emplace(stem, rel).second)
+            << "two files named " << stem << ": " << names[stem] << ", " << rel;
       }
     }
   }

@@ -54,8 +54,7 @@ std::string raw_file(const std::string& header, const std::string& data = "", in
   return u64le(length < 0 ? header.size() : static_cast<uint64_t>(length)) + header + data;
 }
 
-void write_raw(const std::string& path, const std::string& header, const std::string& data = "",
-               int64_t length = -1) {
+void write_raw(const std::string& path, const std::string& header, const std::string& data = "", int64_t length = -1) {
   write_bytes(path, raw_file(header, data, length));
 }
 
@@ -121,7 +120,7 @@ struct DType {
   size_t size;
 };
 const DType kTorchDTypes[] = {
-    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2},
+    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},  {"BF16", at::kBFloat16, 2},
     {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"I16", at::kShort, 2}, {"I8", at::kChar, 1},
     {"U8", at::kByte, 1},    {"BOOL", at::kBool, 1},
 };
@@ -166,12 +165,12 @@ TEST_P(SafetensorsRoundTrip, ShapesScalarsEmptyAndNonContiguous) {
   at::Tensor base = sample(d.type, {4, 6}, 1);
   std::vector<std::pair<std::string, at::Tensor>> ts = {
       {"matrix", sample(d.type, {3, 5}, 2)},
-      {"scalar", sample(d.type, {}, 3)},                    // 0-d
+      {"scalar", sample(d.type, {}, 3)},  // 0-d
       {"empty", at::empty({0, 7}, at::TensorOptions().dtype(d.type))},
       {"empty_middle", at::empty({2, 0, 3}, at::TensorOptions().dtype(d.type))},
       {"vector", sample(d.type, {17}, 4)},
-      {"transposed", base.t()},                             // non-contiguous
-      {"strided", base.slice(1, 0, 6, 2)},                  // step 2 along the last dim
+      {"transposed", base.t()},                                // non-contiguous
+      {"strided", base.slice(1, 0, 6, 2)},                     // step 2 along the last dim
       {"expanded", sample(d.type, {1, 3}, 5).expand({4, 3})},  // stride 0
       {"rank5", sample(d.type, {2, 1, 3, 1, 2}, 6)},
   };
@@ -418,7 +417,8 @@ TEST(Safetensors, ViewOfUnalignedDataIsCorrect) {
   TempDir tmp;
   const std::string path = tmp.file("unaligned.safetensors");
   // A header of odd length (valid; other writers do not always pad) leaves the data unaligned.
-  std::string header = R"({"d":{"dtype":"F64","shape":[3],"data_offsets":[0,24]},"f":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})";
+  std::string header =
+      R"({"d":{"dtype":"F64","shape":[3],"data_offsets":[0,24]},"f":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})";
   if (header.size() % 2 == 0) header += " ";
   std::string data(32, '\0');
   double dv[3] = {1.5, -2.25, 1e300};
@@ -450,8 +450,10 @@ TEST(Safetensors, LookupErrorsNameFileTensorAndShapes) {
 TEST(Safetensors, DTypeUnknownToLibtorchOpensButGetNamesFileAndTensor) {
   TempDir tmp;
   const std::string path = tmp.file("u16.safetensors");
-  write_raw(path, R"({"u":{"dtype":"U16","shape":[2],"data_offsets":[0,4]},"f":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-            std::string(8, '\0'));
+  write_raw(
+      path,
+      R"({"u":{"dtype":"U16","shape":[2],"data_offsets":[0,4]},"f":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+      std::string(8, '\0'));
   SafeTensors f(path);
   EXPECT_EQ(f.info("u").dtype, "U16");
   EXPECT_EQ(f.get("f").item<float>(), 0.f);
@@ -467,8 +469,16 @@ TEST(SafetensorsWriter, RejectsBadNamesAndDTypesWithoutCreatingAFile) {
   const std::string path = tmp.file("bad.safetensors");
   expect_error([&] { mt::io::save(path, Named{{"", at::ones({1})}}); }, {path, "name"});
   expect_error([&] { mt::io::save(path, Named{{"__metadata__", at::ones({1})}}); }, {path, "__metadata__"});
-  expect_error([&] { mt::io::save(path, Named{{"a", at::ones({1})}, {"a", at::ones({2})}}); }, {path, "duplicate", "'a'"});
-  expect_error([&] { mt::io::save(path, Named{{"c", at::ones({2}, at::kComplexFloat)}}); }, {path, "'c'", "ComplexFloat"});
+  expect_error(
+      [&] {
+        mt::io::save(path, Named{{"a", at::ones({1})}, {"a", at::ones({2})}});
+      },
+      {path, "duplicate", "'a'"});
+  expect_error(
+      [&] {
+        mt::io::save(path, Named{{"c", at::ones({2}, at::kComplexFloat)}});
+      },
+      {path, "'c'", "ComplexFloat"});
   expect_error([&] { mt::io::save(path, Named{{"u", at::Tensor()}}); }, {path, "'u'"});
   expect_error([&] { mt::io::save(path, Named{{std::string("bad\xff", 4), at::ones({1})}}); }, {path});
   expect_error([&] { mt::io::save(path, Named{{"a", at::ones({1})}}, {{"k", std::string("\xc3", 1)}}); }, {path});
@@ -521,7 +531,11 @@ TEST(SafetensorsWriter, FailedWritesLeaveTheOldFileUntouched) {
   // Fails at the rename: the target is a folder that is not empty.
   fs::create_directory(tmp.file("dir.safetensors"));
   write_bytes(tmp.file("dir.safetensors/inside"), "x");
-  expect_error([&] { mt::io::save(tmp.file("dir.safetensors"), Named{{"a", at::ones({1})}}); }, {"dir.safetensors", "rename"});
+  expect_error(
+      [&] {
+        mt::io::save(tmp.file("dir.safetensors"), Named{{"a", at::ones({1})}});
+      },
+      {"dir.safetensors", "rename"});
   EXPECT_TRUE(fs::is_directory(tmp.file("dir.safetensors")));
 
   EXPECT_EQ(read_bytes(path), before);
@@ -589,10 +603,10 @@ TEST(SafetensorsCorrupt, HeaderLengthPastEndOfFile) {
 TEST(SafetensorsCorrupt, HeaderNotJson) {
   TempDir tmp;
   const std::string p = tmp.file("nj.safetensors");
-  for (std::string h : {std::string(""), std::string("{not json"), std::string("{\"t\":"), std::string("{} trailing"),
-                        std::string("\xff\xfe{}", 4), std::string("{\"t\":{\"dtype\":\"F\xff\"}}"),
-                        std::string("{}\0\0\0", 5), std::string("{}\0garbage", 10),
-                        std::string("{\"__metadata__\":{\"a\":\"b\0c\"}}", 28)}) {
+  for (std::string h :
+       {std::string(""), std::string("{not json"), std::string("{\"t\":"), std::string("{} trailing"),
+        std::string("\xff\xfe{}", 4), std::string("{\"t\":{\"dtype\":\"F\xff\"}}"), std::string("{}\0\0\0", 5),
+        std::string("{}\0garbage", 10), std::string("{\"__metadata__\":{\"a\":\"b\0c\"}}", 28)}) {
     write_raw(p, h);
     expect_open_error(p, {"not valid JSON"});
   }
@@ -746,32 +760,37 @@ TEST(SafetensorsCorrupt, OverlappingTensors) {
   TempDir tmp;
   const std::string p = tmp.file("ov.safetensors");
   const std::string d(64, '\0');
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-            d);
+  write_raw(
+      p,
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      d);
   expect_open_error(p, {"'a'", "'b'", "overlap"});
   // Same range twice.
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
-            d);
+  write_raw(
+      p,
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
+      d);
   expect_open_error(p, {"'a'", "'b'", "overlap"});
   // One inside a non-adjacent earlier one.
-  write_raw(p,
-            R"({"big":{"dtype":"U8","shape":[32],"data_offsets":[0,32]},"x":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},)"
-            R"("y":{"dtype":"U8","shape":[2],"data_offsets":[10,12]}})",
-            d);
+  write_raw(
+      p,
+      R"({"big":{"dtype":"U8","shape":[32],"data_offsets":[0,32]},"x":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},)"
+      R"("y":{"dtype":"U8","shape":[2],"data_offsets":[10,12]}})",
+      d);
   expect_open_error(p, {"'big'", "overlap"});
   // An empty tensor between two overlapping ones must not hide the overlap.
-  write_raw(p,
-            R"({"big":{"dtype":"U8","shape":[32],"data_offsets":[0,32]},"e":{"dtype":"U8","shape":[0],"data_offsets":[3,3]},)"
-            R"("c":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})",
-            d);
+  write_raw(
+      p,
+      R"({"big":{"dtype":"U8","shape":[32],"data_offsets":[0,32]},"e":{"dtype":"U8","shape":[0],"data_offsets":[3,3]},)"
+      R"("c":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})",
+      d);
   expect_open_error(p, {"'big'", "'c'", "overlap"});
   // Touching is fine; empty tensors inside another are fine.
-  write_raw(p,
-            R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[8],"data_offsets":[8,16]},)"
-            R"("e":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}})",
-            d);
+  write_raw(
+      p,
+      R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[8],"data_offsets":[8,16]},)"
+      R"("e":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}})",
+      d);
   EXPECT_NO_THROW(SafeTensors{p});
 }
 
@@ -803,11 +822,11 @@ TEST(SafetensorsFuzz, MutatedFilesLoadOrThrowMtError) {
   const std::string good = tmp.file("good.safetensors");
   mt::io::save(good,
                Named{{"f32", at::randn({3, 4})},
-                {"i64", at::arange(5, at::kLong)},
-                {"bool", at::rand({7}) > 0.5},
-                {"bf16", at::randn({2, 2}).to(at::kBFloat16)},
-                {"scalar", at::tensor(3.0, at::kDouble)},
-                {"empty", at::empty({0, 3})}},
+                     {"i64", at::arange(5, at::kLong)},
+                     {"bool", at::rand({7}) > 0.5},
+                     {"bf16", at::randn({2, 2}).to(at::kBFloat16)},
+                     {"scalar", at::tensor(3.0, at::kDouble)},
+                     {"empty", at::empty({0, 3})}},
                {{"format", "pt"}, {"n", "6"}});
   const std::string base = read_bytes(good);
   uint64_t hlen = 0;
@@ -843,12 +862,16 @@ TEST(SafetensorsFuzz, MutatedFilesLoadOrThrowMtError) {
       std::memcpy(&b[0], &n, 8);
     } else if (kind == 5) {  // bytes inserted or deleted somewhere
       size_t at = pick(b.size());
-      if (rng() & 1) b.insert(at, std::string(1 + pick(8), static_cast<char>(rng())));
-      else b.erase(at, 1 + pick(8));
+      if (rng() & 1)
+        b.insert(at, std::string(1 + pick(8), static_cast<char>(rng())));
+      else
+        b.erase(at, 1 + pick(8));
     } else {  // header text spliced: a random chunk of the header duplicated or removed
       size_t a = 8 + pick(hlen), len = 1 + pick(16);
-      if (rng() & 1) b.insert(8 + pick(hlen), b.substr(a, len));
-      else b.erase(a, std::min<size_t>(len, 8 + hlen - a));
+      if (rng() & 1)
+        b.insert(8 + pick(hlen), b.substr(a, len));
+      else
+        b.erase(a, std::min<size_t>(len, 8 + hlen - a));
     }
     write_bytes(path, b);
     try {

@@ -1,11 +1,12 @@
 // Synthetic espeak-ng test sets (src/eval/synthetic_sets.h): official layouts, pairing, non-word rules,
-// story manifests and determinism. Needs the espeak-ng binary; skipped without it. No libtorch here.
+// story manifests, wav format and determinism. Needs the espeak-ng binary; skipped without it.
 #include "eval/synthetic_sets.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "util/error.h"
+#include "util/prng.h"
 
 namespace fs = std::filesystem;
 using mt::eval::SyntheticOptions;
@@ -102,12 +104,25 @@ std::vector<std::string> split_ws(const std::string& s) {
   return r;
 }
 
+uint32_t le(const std::string& d, size_t at, int bytes) {
+  uint32_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(d[at + size_t(i)]);
+  return v;
+}
+
+// A canonical 16-bit PCM mono wav at espeak-ng's 22,050 Hz (what the README promises), whole.
 void expect_wav(const fs::path& p) {
   ASSERT_TRUE(fs::exists(p)) << p;
   std::string d = slurp(p);
   ASSERT_GT(d.size(), 44u) << p;
   EXPECT_EQ(d.substr(0, 4), "RIFF") << p;
-  EXPECT_EQ(d.substr(8, 4), "WAVE") << p;
+  EXPECT_EQ(d.substr(8, 8), "WAVEfmt ") << p;
+  EXPECT_EQ(le(d, 20, 2), 1u) << p << ": PCM";
+  EXPECT_EQ(le(d, 22, 2), 1u) << p << ": channels";
+  EXPECT_EQ(le(d, 24, 4), 22050u) << p << ": sample rate";
+  EXPECT_EQ(le(d, 34, 2), 16u) << p << ": bits";
+  EXPECT_EQ(d.substr(36, 4), "data") << p;
+  EXPECT_EQ(le(d, 40, 4), d.size() - 44) << p << ": data size";
 }
 
 // All regular files under root (relative paths, sorted).
@@ -176,16 +191,19 @@ void check_pairing(const std::vector<Row>& rows, size_t n_voices, size_t n_ids) 
 }  // namespace
 
 TEST(SyntheticSets, SplitmixIdsAreLettersAndDeterministic) {
-  uint64_t a = 42, b = 42, c = 43;
+  mt::util::SplitMix64 a(42), b(42), c(43);
   std::string x = mt::eval::random_letters_id(a), y = mt::eval::random_letters_id(b),
               z = mt::eval::random_letters_id(c);
   EXPECT_EQ(x, y);
   EXPECT_NE(x, z);
+  EXPECT_NE(mt::eval::random_letters_id(a), x);  // the stream moves on
   ASSERT_EQ(x.size(), 11u);
   for (char ch : x) EXPECT_TRUE((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) << x;
-  uint64_t s = 0;  // reference values of splitmix64 from state 0
-  EXPECT_EQ(mt::eval::splitmix64_next(s), 0xE220A8397B1DCDAFull);
-  EXPECT_EQ(mt::eval::splitmix64_next(s), 0x6E789E6AA1B965F4ull);
+  EXPECT_EQ(mt::eval::random_letters_id(a, 4).size(), 4u);
+  // The sets draw from util/prng.h's generator: reference values of splitmix64 from state 0.
+  mt::util::SplitMix64 s(0);
+  EXPECT_EQ(s.next(), 0xE220A8397B1DCDAFull);
+  EXPECT_EQ(s.next(), 0x6E789E6AA1B965F4ull);
 }
 
 TEST(SyntheticSets, LayoutsPairsNonwordsStoriesAndDeterminism) {
@@ -263,8 +281,8 @@ TEST(SyntheticSets, LayoutsPairsNonwordsStoriesAndDeterminism) {
       EXPECT_FALSE(r.at("transcription").empty());
       types.insert(r.at("type"));
     }
-    EXPECT_EQ(types, (std::set<std::string>{"subject_verb_agreement", "determiner_noun_agreement",
-                                            "anaphor_agreement", "irregular_forms"}));
+    EXPECT_EQ(types, (std::set<std::string>{"subject_verb_agreement", "determiner_noun_agreement", "anaphor_agreement",
+                                            "irregular_forms"}));
     check_pairing(rows, 2, 4);
     for (size_t i = 0; i + 1 < rows.size(); i += 2) {
       EXPECT_NE(rows[i].at("transcription"), rows[i + 1].at("transcription"));

@@ -189,8 +189,8 @@ TEST(TextAlignments, ErrorsNameTheFileAndEntry) {
 }
 
 TEST(TextAlignments, SelectsWordsStartingInTheSegmentAndShiftsThem) {
-  std::vector<WordAlignment> all = {W("w0", 0.5, 1.2), W("w1", 1.0, 1.5), W("w2", 1.99, 2.4),
-                                    W("w3", 2.0, 2.1), W("w4", 4.0, 4.5)};
+  std::vector<WordAlignment> all = {W("w0", 0.5, 1.2), W("w1", 1.0, 1.5), W("w2", 1.99, 2.4), W("w3", 2.0, 2.1),
+                                    W("w4", 4.0, 4.5)};
   auto sel = mt::text::select_alignments(all, 1.0, 1.0);  // [1.0, 2.0)
   ASSERT_EQ(sel.size(), 2u);
   EXPECT_EQ(sel[0].word, "w1");
@@ -198,13 +198,12 @@ TEST(TextAlignments, SelectsWordsStartingInTheSegmentAndShiftsThem) {
   EXPECT_DOUBLE_EQ(sel[0].end_s, 0.5);
   EXPECT_EQ(sel[1].word, "w2");
   EXPECT_NEAR(sel[1].start_s, 0.99, 1e-12);
-  EXPECT_NEAR(sel[1].end_s, 1.4, 1e-12);  // may run past the segment; the stream truncates
+  EXPECT_NEAR(sel[1].end_s, 1.4, 1e-12);                             // may run past the segment; the stream truncates
   EXPECT_EQ(mt::text::select_alignments(all, 2.0, 3.0).size(), 2u);  // w3, w4
   EXPECT_TRUE(mt::text::select_alignments(all, 5.0, 10.0).empty());
   // Selected + shifted words give the segment's stream: w1 at frame 0, w2 at 0.99 * 12.5 -> 12.
-  auto stream = mt::text::build_token_stream(sel, 13, [](const std::string& w) {
-    return std::vector<int>{w == "w1" ? 11 : 22};
-  });
+  auto stream =
+      mt::text::build_token_stream(sel, 13, [](const std::string& w) { return std::vector<int>{w == "w1" ? 11 : 22}; });
   Stream expect(13, P);
   expect[0] = 11;
   expect[11] = E;
@@ -238,16 +237,18 @@ std::string train_model(const TempDir& d, const std::string& name, bool newline_
   const std::string corpus = d.file("corpus.txt");
   {
     std::ofstream f(corpus);
-    const char* words[] = {"hello", "world", "the", "quick", "brown", "fox", "jumps", "over",
-                           "lazy", "dog", "moshi", "speaks", "listens", "talks", "again"};
+    const char* words[] = {"hello", "world", "the",   "quick",  "brown",   "fox",   "jumps", "over",
+                           "lazy",  "dog",   "moshi", "speaks", "listens", "talks", "again"};
     for (int i = 0; i < 400; ++i) {
       for (int j = 0; j < 7; ++j) f << words[(i * 7 + j * 3) % 15] << (j < 6 ? " " : "\n");
     }
   }
-  std::unordered_map<std::string, std::string> args = {
-      {"input", corpus}, {"model_prefix", d.file(name)}, {"vocab_size", "64"}, {"hard_vocab_limit", "false"},
-      {"model_type", "unigram"}, {"character_coverage", "1.0"}, {"unk_id", "0"}, {"bos_id", "1"},
-      {"eos_id", "2"}, {"pad_id", "3"}, {"minloglevel", "2"}, {"num_threads", "1"}};
+  std::unordered_map<std::string, std::string> args = {{"input", corpus},         {"model_prefix", d.file(name)},
+                                                       {"vocab_size", "64"},      {"hard_vocab_limit", "false"},
+                                                       {"model_type", "unigram"}, {"character_coverage", "1.0"},
+                                                       {"unk_id", "0"},           {"bos_id", "1"},
+                                                       {"eos_id", "2"},           {"pad_id", "3"},
+                                                       {"minloglevel", "2"},      {"num_threads", "1"}};
   if (newline_symbol) {
     args["user_defined_symbols"] = "\n";
     args["remove_extra_whitespaces"] = "false";

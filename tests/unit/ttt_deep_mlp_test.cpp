@@ -121,10 +121,17 @@ TEST_P(DeepMlp, DualFormEqualsTokenByTokenPrimalForm) {
   sp.K = K;
   at::NoGradGuard ng;
   auto first3 = [](const at::Tensor& t) { return t.narrow(t.dim() == 1 ? 0 : 1, 0, 3).contiguous(); };
-  auto head = ttt::detail::scan(sp, {first3(in.XQa), first3(in.XKa), first3(in.XV), first3(in.lr), first3(in.tok),
-                                     in.lnw, in.lnb, in.W, in.G});
-  ScanInputs tail{in.XQa.narrow(1, 3, 7).contiguous(), in.XKa.narrow(1, 3, 7).contiguous(), in.XV.narrow(1, 3, 7).contiguous(),
-                  in.lr.narrow(1, 3, 7).contiguous(), in.tok.narrow(0, 3, 7).contiguous(), in.lnw, in.lnb, head.W, head.G};
+  auto head = ttt::detail::scan(
+      sp, {first3(in.XQa), first3(in.XKa), first3(in.XV), first3(in.lr), first3(in.tok), in.lnw, in.lnb, in.W, in.G});
+  ScanInputs tail{in.XQa.narrow(1, 3, 7).contiguous(),
+                  in.XKa.narrow(1, 3, 7).contiguous(),
+                  in.XV.narrow(1, 3, 7).contiguous(),
+                  in.lr.narrow(1, 3, 7).contiguous(),
+                  in.tok.narrow(0, 3, 7).contiguous(),
+                  in.lnw,
+                  in.lnb,
+                  head.W,
+                  head.G};
   auto p_all = primal(in, K, 0);
   sp.s0 = 3;
   auto o_tail = ttt::detail::scan(sp, tail);
@@ -139,8 +146,8 @@ TEST(DeepMlp, ParametersAndStateHaveOneEntryPerInnerLayer) {
   std::vector<std::string> inner;
   for (const auto& [n, shape] : ttt::TTTLayer::expected_parameters(cfg))
     if (n.size() == 2 && (n[0] == 'W' || n[0] == 'b')) inner.push_back(n + mt::shape_str(shape));
-  const std::vector<std::string> want{"W1[2, 8, 32]", "b1[2, 1, 32]", "W2[2, 32, 32]", "b2[2, 1, 32]",
-                                      "W3[2, 32, 8]", "b3[2, 1, 8]"};
+  const std::vector<std::string> want{"W1[2, 8, 32]", "b1[2, 1, 32]", "W2[2, 32, 32]",
+                                      "b2[2, 1, 32]", "W3[2, 32, 8]", "b3[2, 1, 8]"};
   EXPECT_EQ(inner, want);
 
   auto layer = test::perturbed_layer(cfg, 3);

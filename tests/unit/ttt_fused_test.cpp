@@ -1,8 +1,8 @@
 // The hand-fused TTT scan (src/ttt/ttt_scan_kernel.*) against the tensor-op scan
-// on the same float32 inputs, for TTT-Linear and TTT-MLP of 2 and 3 inner layers: whole sequences with remainders, streamed chunks that start inside a mini-batch (live
-// gradient sums), head widths that exercise every vector block and tail, checkpoint groups under
-// autograd (the fused forward fills the saved states the backward starts from), and the cases that
-// must keep the tensor path.
+// on the same float32 inputs, for TTT-Linear and TTT-MLP of 2 and 3 inner layers: whole sequences with remainders,
+// streamed chunks that start inside a mini-batch (live gradient sums), head widths that exercise every vector block and
+// tail, checkpoint groups under autograd (the fused forward fills the saved states the backward starts from), and the
+// cases that must keep the tensor path.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -33,7 +33,8 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
 
 at::Tensor stream(const TTTLayer& layer, const at::Tensor& x, int64_t chunk, TTTState& st) {
   std::vector<at::Tensor> ys;
-  for (int64_t t = 0; t < x.size(1); t += chunk) ys.push_back(layer.step(x.narrow(1, t, std::min(chunk, x.size(1) - t)), st));
+  for (int64_t t = 0; t < x.size(1); t += chunk)
+    ys.push_back(layer.step(x.narrow(1, t, std::min(chunk, x.size(1) - t)), st));
   return at::cat(ys, 1);
 }
 
@@ -134,7 +135,8 @@ TEST_P(TttFusedTypes, ProbesEqualTheTensorPathAndChangeNoOutputBit) {
     }
     EXPECT_TRUE(at::equal(at::cat(yp, 1), at::cat(yn, 1))) << "probes must not change the outputs";
     EXPECT_LT(rel(at::cat(yp, 1), at::cat(yg, 1)), 2e-5);
-    for (auto [f, g, name] : {std::tuple{&l0, &g0, "l0"}, std::tuple{&lp, &gp, "lprev"}, std::tuple{&la, &ga, "lafter"}}) {
+    for (auto [f, g, name] :
+         {std::tuple{&l0, &g0, "l0"}, std::tuple{&lp, &gp, "lprev"}, std::tuple{&la, &ga, "lafter"}}) {
       const at::Tensor pf = at::cat(*f, 2), pg = at::cat(*g, 2);
       EXPECT_TRUE(pf.isfinite().all().item<bool>()) << name;
       EXPECT_LT(rel(pf, pg), 2e-5) << name;
@@ -154,13 +156,14 @@ TEST_P(TttFusedTypes, HandWrittenBackwardEqualsAutogradThroughTheTensorPath) {
   using mt::ttt::detail::ScanSpec;
   double worst = 0;
   for (int64_t f : {4, 40, 64}) {
-    for (auto [L, K, s0] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 0}, {5, 8, 3}, {16, 16, 0}, {21, 8, 0},
-                            {40, 16, 5}, {3, 8, 2}}) {
+    for (auto [L, K, s0] :
+         {std::tuple<int64_t, int64_t, int64_t>{1, 8, 0}, {5, 8, 3}, {16, 16, 0}, {21, 8, 0}, {40, 16, 5}, {3, 8, 2}}) {
       for (int64_t group : {0, 1, 2}) {
         SCOPED_TRACE(mt::str("f=", f, " L=", L, " K=", K, " s0=", s0, " group=", group));
         at::Generator g = at::detail::createCPUGenerator(f * 1000 + L * 10 + group + 7);  // the gradients' draws
         const int64_t N = 3;
-        const ScanInputs in = mt::test::random_scan_inputs(N, L, f, layers, K, f * 1000 + L * 10 + group, s0, at::kFloat);
+        const ScanInputs in =
+            mt::test::random_scan_inputs(N, L, f, layers, K, f * 1000 + L * 10 + group, s0, at::kFloat);
         ScanSpec sp;
         sp.layers = layers;
         sp.K = K;
@@ -223,7 +226,8 @@ TEST(TttFused, Float64KeepsTheTensorPath) {
   };
   const at::Tensor x32 = at::randn({1, 20, 16}, at::detail::createCPUGenerator(3));
   for (const char* type : {"linear", "mlp"}) {
-    EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config(type), 1, at::kDouble), x32.to(at::kDouble))) << type;
+    EXPECT_TRUE(same(mt::test::perturbed_layer(mt::test::small_config(type), 1, at::kDouble), x32.to(at::kDouble)))
+        << type;
     if (mt::util::cpu_has_avx2_fma())
       EXPECT_FALSE(same(mt::test::perturbed_layer(mt::test::small_config(type), 1, at::kFloat), x32)) << type;
   }

@@ -1,7 +1,7 @@
 // Float64 finite differences vs autograd for every parameter and the input. This is where the inner
 // scan's custom backward (group recomputation + autograd per thread chunk) is proven.
-#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -77,11 +77,12 @@ TEST_P(GradCheck, FiniteDifferencesMatchAutograd) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ttt, GradCheck,
-                         ::testing::Values(Case{"linear", false, false, 0, false}, Case{"linear", true, false, 1, false},
-                                           Case{"mlp", false, false, 0, false}, Case{"mlp", true, false, 2, false},
-                                           Case{"linear", true, true, 1, true}, Case{"mlp", false, true, 0, true},
-                                           Case{"mlp", true, false, 1, true}, Case{"mlp3", false, false, 0, false},
-                                           Case{"mlp3", true, true, 1, true}, Case{"mlp5", false, false, 2, true}),
+                         ::testing::Values(Case{"linear", false, false, 0, false},
+                                           Case{"linear", true, false, 1, false}, Case{"mlp", false, false, 0, false},
+                                           Case{"mlp", true, false, 2, false}, Case{"linear", true, true, 1, true},
+                                           Case{"mlp", false, true, 0, true}, Case{"mlp", true, false, 1, true},
+                                           Case{"mlp3", false, false, 0, false}, Case{"mlp3", true, true, 1, true},
+                                           Case{"mlp5", false, false, 2, true}),
                          [](const auto& i) {
                            const auto& p = i.param;
                            return p.type + (p.gate ? "_gate" : "") + (p.share_qk ? "_shareqk" : "") + "_g" +

@@ -1,7 +1,7 @@
 // TTT layer: streaming == whole sequence, checkpoint groups, strict loading, per-slot reset, detach,
 // inner-loss probes.
-#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -22,7 +22,8 @@ at::Tensor randn(std::vector<int64_t> shape, uint64_t seed, at::ScalarType dt = 
   return at::empty(shape, at::kDouble).normal_(0, 1, gen).to(dt);
 }
 
-at::Tensor run_chunks(const TTTLayer& layer, const at::Tensor& x, int64_t chunk, TTTState& st, TTTProbes* pr = nullptr) {
+at::Tensor run_chunks(const TTTLayer& layer, const at::Tensor& x, int64_t chunk, TTTState& st,
+                      TTTProbes* pr = nullptr) {
   std::vector<at::Tensor> ys, l0, lp, la;
   for (int64_t t = 0; t < x.size(1); t += chunk) {
     TTTProbes p;
@@ -68,7 +69,8 @@ TEST_P(StreamMatrix, ChunkedEqualsWhole) {
       EXPECT_LT(max_abs_diff(st.W[0], whole.W[0]), 1e-11);
       EXPECT_LT(max_abs_diff(st.G[0], whole.G[0]), 1e-11);
       ASSERT_EQ(st.W.size(), static_cast<size_t>(cfg.inner_layers()));
-      for (size_t l = 1; l < st.W.size(); ++l) EXPECT_LT(max_abs_diff(st.W[l], whole.W[l]), 1e-11) << "inner layer " << l;
+      for (size_t l = 1; l < st.W.size(); ++l)
+        EXPECT_LT(max_abs_diff(st.W[l], whole.W[l]), 1e-11) << "inner layer " << l;
       EXPECT_EQ(st.position[0], L);
     }
   }

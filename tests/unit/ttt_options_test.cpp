@@ -9,10 +9,10 @@
 #include <fstream>
 
 #include "lm/lm_model.h"
+#include "lm_test_util.h"
 #include "test_util.h"
 #include "train/train_config.h"
 #include "ttt/inplace.h"
-#include "lm_test_util.h"
 #include "ttt_test_util.h"
 #include "util/pitfall_switch.h"
 
@@ -46,7 +46,8 @@ using test::ttt_yaml;
 // A tiny LM with In-Place TTT whose target conv and projection are random (the official zero init
 // would make every update zero).
 lm::LMModel inplace_lm(const std::string& extra) {
-  lm::LMModel m(tiny_lm(), ttt_yaml("variant: inplace\ninplace_chunk_size: 4\ninplace_lr: 1.0\n" + extra), lm::LoRAConfig{});
+  lm::LMModel m(tiny_lm(), ttt_yaml("variant: inplace\ninplace_chunk_size: 4\ninplace_lr: 1.0\n" + extra),
+                lm::LoRAConfig{});
   m->init_weights(1);
   at::NoGradGuard ng;
   at::Generator g = at::detail::createCPUGenerator(9);
@@ -150,10 +151,10 @@ TEST(TttConfig, LayerPresets) {
     lm::LMModel m(tiny_lm(), cfg, lm::LoRAConfig{});
     std::vector<int64_t> with;
     for (size_t l = 0; l < m->transformer->layer_ptrs.size(); ++l)
-      if (m->transformer->layer_ptrs[l]->has_ttt()) with.push_back(static_cast<int64_t>(l));
+      if (lm::has_ttt(*m->transformer->layer_ptrs[l])) with.push_back(static_cast<int64_t>(l));
     EXPECT_EQ(with, (std::vector<int64_t>{1, 2})) << v;
     if (m->depformer)
-      for (const auto& l : m->depformer->layer_ptrs) EXPECT_FALSE(l->has_ttt()) << v;
+      for (const auto& l : m->depformer->layer_ptrs) EXPECT_FALSE(lm::has_ttt(*l)) << v;
   }
 }
 
@@ -173,8 +174,10 @@ TEST(Pitfalls, Row09_EverySetFieldIsReadAndAChangedFieldChangesTheRun) {
   for (const auto& [y, key] : unread)
     test::expect_error([&] { lm::LMModel m(tiny_lm(), ttt_yaml(y), lm::LoRAConfig{}); }, {key});
   // ...while the same fields are accepted where they are read.
-  EXPECT_NO_THROW(lm::LMModel(tiny_lm(), ttt_yaml("variant: inplace\ninplace_delta_clip_fro_norm: 1.0"), lm::LoRAConfig{}));
-  EXPECT_NO_THROW(lm::LMModel(tiny_lm(), ttt_yaml("variant: hybrid\nshare_qk: true\nconv_kernel: 3"), lm::LoRAConfig{}));
+  EXPECT_NO_THROW(
+      lm::LMModel(tiny_lm(), ttt_yaml("variant: inplace\ninplace_delta_clip_fro_norm: 1.0"), lm::LoRAConfig{}));
+  EXPECT_NO_THROW(
+      lm::LMModel(tiny_lm(), ttt_yaml("variant: hybrid\nshare_qk: true\nconv_kernel: 3"), lm::LoRAConfig{}));
 
   const at::Tensor codes = random_codes(tiny_lm(), 1, 12, 3);
   auto clip_changes_logits = [&] {
@@ -196,7 +199,7 @@ TEST(Pitfalls, Row11_TttUpdatesAreCountedPerLayerAndShortSequencesShowNone) {
   auto count = [&](const std::string& v, int64_t T) {
     lm::LMModel m(tiny_lm(), ttt_yaml(v), lm::LoRAConfig{});
     m->init_weights(1);
-    auto st = m->transformer->make_ttt_states(2);
+    auto st = m->transformer->make_layer_states(2);
     at::NoGradGuard ng;
     m->forward(random_codes(m->cfg, 2, T, 4), nullptr, &st);
     std::vector<int64_t> per;
@@ -218,7 +221,8 @@ TEST(Pitfalls, Row11_TttUpdatesAreCountedPerLayerAndShortSequencesShowNone) {
 TEST(Pitfalls, Row09_TrainFieldsOfADisabledFeatureAreErrors) {
   test::TempDir d;
   auto load = [&](const std::string& extra) {
-    std::ofstream(d.file("t.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n" << extra;
+    std::ofstream(d.file("t.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n"
+                                    << extra;
     return train::TrainConfig::load(d.file("t.yaml"));
   };
   std::ofstream(d.file("ok.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n"
@@ -226,6 +230,7 @@ TEST(Pitfalls, Row09_TrainFieldsOfADisabledFeatureAreErrors) {
   EXPECT_NO_THROW(train::TrainConfig::load(d.file("ok.yaml")));
   test::expect_error([&] { load("eval_freq: 5\n"); }, {"eval_freq", "do_eval is false"});
   test::expect_error([&] { load("do_ckpt: false\nckpt_freq: 5\n"); }, {"ckpt_freq", "do_ckpt is false"});
-  std::ofstream(d.file("t.yaml")) << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n  eval_data: y.jsonl\n";
+  std::ofstream(d.file("t.yaml"))
+      << "preset: tiny\nfull_finetuning: true\nrun_dir: r\ndata:\n  train_data: x.jsonl\n  eval_data: y.jsonl\n";
   test::expect_error([&] { train::TrainConfig::load(d.file("t.yaml")); }, {"eval_data", "do_eval is false"});
 }

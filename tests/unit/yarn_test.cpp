@@ -17,8 +17,8 @@ using namespace mt;
 
 namespace {
 
-lm::RopeScaling yarn(double s, int64_t L) {
-  lm::RopeScaling r;
+nn::RopeScaling yarn(double s, int64_t L) {
+  nn::RopeScaling r;
   r.type = "yarn";
   r.factor = s;
   r.original_context = L;
@@ -48,7 +48,7 @@ TEST(Yarn, FrequenciesFollowThePublishedFormula) {
   y2.attention_factor = 1.0;
   EXPECT_EQ(y2.mscale(), 1.0);
   // Off: identity.
-  EXPECT_EQ(lm::RopeScaling{}.scaled_frequency(0.3), 0.3);
+  EXPECT_EQ(nn::RopeScaling{}.scaled_frequency(0.3), 0.3);
 }
 
 TEST(Yarn, RotationUsesTheScaledFrequenciesAndTemperature) {
@@ -59,7 +59,7 @@ TEST(Yarn, RotationUsesTheScaledFrequenciesAndTemperature) {
   at::Tensor q = at::randn({1, 2, T, D}, g, at::kFloat), k = at::randn({1, 2, T, D}, g, at::kFloat);
   at::Tensor pos = (at::arange(T, at::kLong) * 9 + 5).unsqueeze(0);  // positions up to 59 > 40
   at::Tensor q2 = q.clone(), k2 = k.clone();
-  lm::apply_rope(q2, k2, pos, max_period, &y);
+  nn::apply_rope(q2, k2, pos, max_period, &y);
   double worst = 0;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < D / 2; ++i) {
@@ -67,27 +67,29 @@ TEST(Yarn, RotationUsesTheScaledFrequenciesAndTemperature) {
       const double a = static_cast<double>(pos[0][t].item<int64_t>()) * th, m = y.mscale();
       for (int64_t h = 0; h < 2; ++h) {
         const double x0 = q[0][h][t][2 * i].item<double>(), x1 = q[0][h][t][2 * i + 1].item<double>();
-        worst = std::max(worst, std::abs(q2[0][h][t][2 * i].item<double>() - m * (x0 * std::cos(a) - x1 * std::sin(a))));
-        worst = std::max(worst, std::abs(q2[0][h][t][2 * i + 1].item<double>() - m * (x0 * std::sin(a) + x1 * std::cos(a))));
+        worst =
+            std::max(worst, std::abs(q2[0][h][t][2 * i].item<double>() - m * (x0 * std::cos(a) - x1 * std::sin(a))));
+        worst = std::max(worst,
+                         std::abs(q2[0][h][t][2 * i + 1].item<double>() - m * (x0 * std::sin(a) + x1 * std::cos(a))));
       }
     }
   EXPECT_LT(worst, 2e-5);  // float32 angles of positions < 60
   // Without scaling the rotation differs (the check is not vacuous), and "none" is the plain RoPE.
   at::Tensor q3 = q.clone(), k3 = k.clone(), q4 = q.clone(), k4 = k.clone();
-  lm::apply_rope(q3, k3, pos, max_period);
-  lm::RopeScaling none;
-  lm::apply_rope(q4, k4, pos, max_period, &none);
+  nn::apply_rope(q3, k3, pos, max_period);
+  nn::RopeScaling none;
+  nn::apply_rope(q4, k4, pos, max_period, &none);
   EXPECT_GT(test::max_abs_diff(q3, q2), 1e-2);
   EXPECT_TRUE(q3.equal(q4));
 }
 
 TEST(Yarn, ConfigErrorsNameTheField) {
   nlohmann::json j = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 3000}};
-  auto r = lm::RopeScaling::from_json(j, "cfg: rope_scaling");
+  auto r = nn::RopeScaling::from_json(j, "cfg: rope_scaling");
   EXPECT_TRUE(r.on());
   EXPECT_EQ(r.original_context, 3000);
   auto bad = [&](nlohmann::json b, const std::string& what) {
-    test::expect_error([&] { lm::RopeScaling::from_json(b, "cfg: rope_scaling"); }, {"cfg: rope_scaling", what});
+    test::expect_error([&] { nn::RopeScaling::from_json(b, "cfg: rope_scaling"); }, {"cfg: rope_scaling", what});
   };
   bad({{"type", "yarn"}, {"factor", 0.5}, {"original_max_position_embeddings", 3000}}, "factor");
   bad({{"type", "yarn"}, {"factor", 4}}, "original_max_position_embeddings");

@@ -76,8 +76,8 @@ bool any_contains(const std::vector<std::string>& lines, const std::string& part
 }
 
 // A lexical word / non-word pair for one (id, voice): files w<id><voice> and n<id><voice>.
-void add_lex(std::vector<LexicalGold>& g, ItemScores& s, const std::string& id, const std::string& voice,
-             int64_t freq, int64_t len, double sw, double sn) {
+void add_lex(std::vector<LexicalGold>& g, ItemScores& s, const std::string& id, const std::string& voice, int64_t freq,
+             int64_t len, double sw, double sn) {
   LexicalGold w;
   w.id = id;
   w.voice = voice;
@@ -103,9 +103,9 @@ void add_lex(std::vector<LexicalGold>& g, ItemScores& s, const std::string& id, 
 TEST(ZrScore, LexicalTiesAndVoiceAveraging) {
   std::vector<LexicalGold> g;
   ItemScores s;
-  add_lex(g, s, "1", "v1", 10, 4, 2.0, 1.0);   // 1
-  add_lex(g, s, "1", "v2", 10, 4, 0.0, 1.0);   // 0   -> id 1: 0.5
-  add_lex(g, s, "2", "v1", 0, 5, -3.0, -3.0);  // tie -> id 2: 0.5
+  add_lex(g, s, "1", "v1", 10, 4, 2.0, 1.0);     // 1
+  add_lex(g, s, "1", "v2", 10, 4, 0.0, 1.0);     // 0   -> id 1: 0.5
+  add_lex(g, s, "2", "v1", 0, 5, -3.0, -3.0);    // tie -> id 2: 0.5
   add_lex(g, s, "3", "v1", 200, 5, -1.0, -2.0);  // 1 -> id 3: 1
   PairedResult r = score_lexical(g, s, 0);
   EXPECT_EQ(r.task, "lexical");
@@ -329,8 +329,8 @@ TEST(ZrScore, SyntacticByTypeAndFiles) {
   auto g = read_syntactic_gold(d.file("gold.csv"));
   ASSERT_EQ(g.size(), 10u);
   EXPECT_EQ(g[0].transcription, "dogs, they eat");
-  ItemScores s{{"g1a", 2}, {"u1a", 1}, {"g1b", 1}, {"u1b", 2}, {"g2a", 5}, {"u2a", 5},
-               {"g3a", 0}, {"u3a", -1}, {"u4a", 0}};
+  ItemScores s{{"g1a", 2}, {"u1a", 1}, {"g1b", 1},  {"u1b", 2}, {"g2a", 5},
+               {"u2a", 5}, {"g3a", 0}, {"u3a", -1}, {"u4a", 0}};
   PairedResult r = score_syntactic(g, s, 0);
   EXPECT_EQ(r.task, "syntactic");
   EXPECT_EQ(r.ids, 3);
