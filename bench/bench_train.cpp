@@ -54,8 +54,8 @@ void BM_TrainStep(benchmark::State& state) {
   at::Tensor codes = at::randint(2048, {B, m->cfg.num_codebooks(), T}, gen, at::kLong);
   codes.select(1, 0).random_(0, 32000, gen);
   codes = codes.to(bench_device());
-  std::vector<nn::LayerState> st = m->transformer->make_layer_states(B);
-  std::vector<std::vector<nn::LayerState>> states{st};
+  std::vector<std::vector<nn::LayerState>> states;
+  states.push_back(m->transformer->make_layer_states(B));
   int64_t step = 0;
   auto one = [&]() {
     train::train_step(*m, opt, {oc}, step++, {codes}, ttt ? &states : nullptr, {}, train::LossConfig{}, 1.0, params,

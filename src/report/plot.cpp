@@ -225,55 +225,64 @@ void prepare_series(const Chart& c, Scene& sc, const std::string& path) {
   }
 }
 
-// Axis ranges from the data, intervals, reference lines and category ticks; then the caller's limits.
-void fit_axes(const Chart& c, Scene& sc) {
-  const double inf = std::numeric_limits<double>::infinity();
-  double xlo = inf, xhi = -inf, ylo = inf, yhi = -inf;
+// What the axes must show: the data, intervals, reference lines and category ticks.
+struct Extent {
+  double xlo = std::numeric_limits<double>::infinity(), xhi = -xlo, ylo = xlo, yhi = -xlo;
   bool only_lines = true;
+  void x(double v) { xlo = std::min(xlo, v), xhi = std::max(xhi, v); }
+  void y(double v) { ylo = std::min(ylo, v), yhi = std::max(yhi, v); }
+};
+
+// The extent, and the smallest distance between two bars' x (sets the bar width).
+Extent data_extent(const Chart& c, Scene& sc) {
+  Extent e;
   std::vector<double> bar_xs;
-  auto add_y = [&](double y) { ylo = std::min(ylo, y), yhi = std::max(yhi, y); };
   for (const Prep& p : sc.prep)
     for (size_t j = 0; j < p.x.size(); ++j) {
       double x = p.x[j], y = p.s->y[j], lo, hi;
-      if (sc.interval(p, j, &lo, &hi)) add_y(lo), add_y(hi), xlo = std::min(xlo, x), xhi = std::max(xhi, x);
+      if (sc.interval(p, j, &lo, &hi)) e.y(lo), e.y(hi), e.x(x);
       if (!sc.ok(x, y)) continue;
-      xlo = std::min(xlo, x), xhi = std::max(xhi, x), add_y(y);
+      e.x(x), e.y(y);
       if (is_bar(*p.s)) bar_xs.push_back(x);
-      only_lines = only_lines && !is_bar(*p.s) && !is_points(*p.s);
+      e.only_lines = e.only_lines && !is_bar(*p.s) && !is_points(*p.s);
     }
   for (const auto& [y, label] : c.hlines)
-    if (sc.ok(0, y)) add_y(y);
+    if (sc.ok(0, y)) e.y(y);
   for (const auto& [x, label] : c.vlines)
-    if (std::isfinite(x)) xlo = std::min(xlo, x), xhi = std::max(xhi, x);
+    if (std::isfinite(x)) e.x(x);
   for (const auto& [x, label] : c.xticks)
-    if (std::isfinite(x)) xlo = std::min(xlo, x), xhi = std::max(xhi, x);
+    if (std::isfinite(x)) e.x(x);
   std::sort(bar_xs.begin(), bar_xs.end());
   bar_xs.erase(std::unique(bar_xs.begin(), bar_xs.end()), bar_xs.end());
   if (bar_xs.size() >= 2) {
-    sc.bar_gap = inf;
+    sc.bar_gap = std::numeric_limits<double>::infinity();
     for (size_t i = 1; i < bar_xs.size(); ++i) sc.bar_gap = std::min(sc.bar_gap, bar_xs[i] - bar_xs[i - 1]);
   }
-  const bool bars_from_zero = sc.any_bar && !sc.Y.log;
-  if (bars_from_zero) add_y(0);
-  if (!(xlo <= xhi)) xlo = 0, xhi = 1;
-  if (!(ylo <= yhi)) ylo = sc.Y.log ? 1 : 0, yhi = sc.Y.log ? 10 : 1;
+  if (sc.any_bar && !sc.Y.log) e.y(0);  // bars stand on zero
+  if (!(e.xlo <= e.xhi)) e.xlo = 0, e.xhi = 1;
+  if (!(e.ylo <= e.yhi)) e.ylo = sc.Y.log ? 1 : 0, e.yhi = sc.Y.log ? 10 : 1;
+  return e;
+}
 
-  // x: tight for lines, a margin for points, half a bar slot for bars.
-  if (sc.any_bar) xlo -= sc.bar_gap / 2, xhi += sc.bar_gap / 2;
-  if (xlo == xhi) {
-    double d = 0.5 * std::max(1.0, std::fabs(xlo) * 0.1);
-    xlo -= d, xhi += d;
-  } else if (!only_lines && !sc.any_bar) {
-    double m = 0.03 * (xhi - xlo);
-    xlo -= m, xhi += m;
+// x: tight for lines, a margin for points, half a bar slot for bars; then the caller's limits.
+void fit_x(const Chart& c, Scene& sc, Extent e) {
+  if (sc.any_bar) e.xlo -= sc.bar_gap / 2, e.xhi += sc.bar_gap / 2;
+  if (e.xlo == e.xhi) {
+    double d = 0.5 * std::max(1.0, std::fabs(e.xlo) * 0.1);
+    e.xlo -= d, e.xhi += d;
+  } else if (!e.only_lines && !sc.any_bar) {
+    double m = 0.03 * (e.xhi - e.xlo);
+    e.xlo -= m, e.xhi += m;
   }
   const auto xmin = finite_or_none(c.xmin), xmax = finite_or_none(c.xmax);
-  sc.X.lo = xmin.value_or(xlo), sc.X.hi = xmax.value_or(xhi);
+  sc.X.lo = xmin.value_or(e.xlo), sc.X.hi = xmax.value_or(e.xhi);
   if (!(sc.X.lo < sc.X.hi)) sc.X.hi = sc.X.lo + std::max(1.0, std::fabs(sc.X.lo));
+}
 
-  // y: 5% margins, except at a bar chart's zero baseline.
-  const bool log = sc.Y.log;
-  double lo = log ? std::log10(ylo) : ylo, hi = log ? std::log10(yhi) : yhi;
+// y: 5% margins, except at a bar chart's zero baseline; then the caller's limits.
+void fit_y(const Chart& c, Scene& sc, const Extent& e) {
+  const bool log = sc.Y.log, bars_from_zero = sc.any_bar && !log;
+  double lo = log ? std::log10(e.ylo) : e.ylo, hi = log ? std::log10(e.yhi) : e.yhi;
   if (lo == hi) {
     double d = log ? 0.5 : (lo == 0 ? 1 : std::fabs(lo) * 0.1);
     lo -= d, hi += d;
@@ -304,7 +313,9 @@ Scene make_scene(const Chart& c, const std::string& path) {
   Scene sc;
   sc.Y.log = c.logy;
   prepare_series(c, sc, path);
-  fit_axes(c, sc);
+  const Extent e = data_extent(c, sc);
+  fit_x(c, sc, e);
+  fit_y(c, sc, e);
   return sc;
 }
 
@@ -317,9 +328,18 @@ struct Layout {
   double u;                   // size factor: 1 at 1000x600
   double font, small, title;  // text sizes in pixels: axis labels, tick labels and legend, title
   double pad, tick;
-  double x(double v, const Scene& sc) const { return sc.X.px(v); }
-  double y(double v, const Scene& sc) const { return sc.Y.px(v); }
 };
+
+// Whether every drawn x (or y) is a whole number: ticks then step by 1 or more.
+bool whole_numbers(const Scene& sc, bool x_axis) {
+  bool whole = sc.any_data;
+  for (const Prep& p : sc.prep)
+    for (size_t j = 0; j < p.x.size(); ++j) {
+      const double v = x_axis ? p.x[j] : p.s->y[j];
+      whole = whole && (!sc.ok(p.x[j], p.s->y[j]) || v == std::round(v));
+    }
+  return whole;
+}
 
 // Linear ticks at least min_px apart whose labels (plus a gap) fit between them.
 void linear_ticks(Axis& ax, double length_px, double min_px, bool integers, bool horizontal, double font) {
@@ -381,11 +401,7 @@ void x_ticks(const Chart& c, Scene& sc, const Layout& lay) {
   Axis& X = sc.X;
   X.p0 = lay.L, X.p1 = lay.R;
   if (c.xticks.empty()) {
-    bool ints = sc.any_data;
-    for (const Prep& p : sc.prep)
-      for (size_t j = 0; j < p.x.size(); ++j)
-        ints = ints && (!sc.ok(p.x[j], p.s->y[j]) || p.x[j] == std::round(p.x[j]));
-    linear_ticks(X, lay.R - lay.L, 90 * lay.u, ints, true, lay.small);
+    linear_ticks(X, lay.R - lay.L, 90 * lay.u, whole_numbers(sc, true), true, lay.small);
     return;
   }
   X.ticks.clear(), X.labels.clear();
@@ -406,13 +422,8 @@ Layout make_layout(const Chart& c, Scene& sc, const std::string& path) {
   sc.Y.p0 = lay.B, sc.Y.p1 = lay.T;
   if (sc.Y.log)
     log_ticks(sc.Y, lay.T - lay.B, lay.small);
-  else {
-    bool ints = sc.any_data;
-    for (const Prep& p : sc.prep)
-      for (size_t j = 0; j < p.x.size(); ++j)
-        ints = ints && (!sc.ok(p.x[j], p.s->y[j]) || p.s->y[j] == std::round(p.s->y[j]));
-    linear_ticks(sc.Y, lay.T - lay.B, 44 * u, ints, false, lay.small);
-  }
+  else
+    linear_ticks(sc.Y, lay.T - lay.B, 44 * u, whole_numbers(sc, false), false, lay.small);
   double widest = 0;
   for (const auto& l : sc.Y.labels) widest = std::max(widest, text_width(l, lay.small));
   lay.L = lay.pad + (c.ylabel.empty() ? 0 : 1.2 * lay.font + 6 * u) + widest + gap + lay.tick;

@@ -78,8 +78,8 @@ TEST(LMConfig, DefaultsFollowTheReference) {
 TEST(LMConfig, Moshiko7bPresetShapes) {
   LMConfig c = LMConfig::moshiko_7b();
   EXPECT_NO_THROW(c.validate());
-  EXPECT_EQ(gating_hidden(4096, c.transformer().dim_feedforward[0]), 11264);
-  EXPECT_EQ(gating_hidden(1024, c.depformer().dim_feedforward[0]), 2816);
+  EXPECT_EQ(nn::gating_hidden(4096, c.transformer().dim_feedforward[0]), 11264);
+  EXPECT_EQ(nn::gating_hidden(1024, c.depformer().dim_feedforward[0]), 2816);
   EXPECT_EQ(c.num_codebooks(), 17);
   EXPECT_EQ(c.max_delay(), 1);
 }
