@@ -64,24 +64,15 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
     fail("unknown dtype '", dtype, "' (float32, bfloat16)");
   MT_CHECK(weights.empty() || !config.empty() || !model_dir.empty(), weights,
            ": weights given without a config (use --config or --model)");
-  lm::LMConfig lmc;
-  lm::TTTIntegrationConfig ttt;
-  lm::LoRAConfig lora;
-  std::string w_path, lora_path;
-  configs(lmc, ttt, &w_path, &lora, &lora_path);
-  lm::LMModel m{nullptr};
-  if (!w_path.empty()) {
-    int64_t initialised = 0;
-    m = lm::load_lm(lmc, w_path, dt, ttt, &initialised, lora, lora_path);
-    if (origin) *origin = w_path;
-    if (initialised > 0 && origin)
-      *origin += str(" (base checkpoint: ", initialised, " new TTT/LoRA tensors initialised)");
-  } else {
-    m = lm::LMModel(lmc, ttt, lora);
-    m->init_weights(init_seed);
-    m->to(dt);
-    for (auto& p : m->parameters()) p.set_requires_grad(false);
-    if (origin) *origin = str(config.empty() ? "preset " + preset : config, ", random weights (seed ", init_seed, ")");
+  lm::ModelConfigFile mc;
+  configs(mc.lm, mc.ttt, &mc.weights, &mc.lora, &mc.lora_weights);
+  int64_t initialised = 0;
+  lm::LMModel m = lm::build_model(mc, init_seed, dt, &initialised);
+  if (origin && !mc.weights.empty()) {
+    *origin = mc.weights;
+    if (initialised > 0) *origin += str(" (base checkpoint: ", initialised, " new TTT/LoRA tensors initialised)");
+  } else if (origin) {
+    *origin = str(config.empty() ? "preset " + preset : config, ", random weights (seed ", init_seed, ")");
   }
   m->to(dev);
   m->eval();

@@ -209,8 +209,9 @@ DemoResult run_demo(const DemoOptions& o) {
     say(str("demo: ", name, " done, final training loss ", s.last_loss));
     // The trained weights, from the last checkpoint.
     const std::string ck = latest_checkpoint(cfg.run_dir);
-    lm::LMModel m = lm::load_lm(cfg.model.lm, (fs::path(ck) / "consolidated" / "consolidated.safetensors").string(),
-                                at::kFloat, cfg.model.ttt);
+    lm::ModelConfigFile trained = cfg.model;
+    trained.weights = (fs::path(ck) / "consolidated" / "consolidated.safetensors").string();
+    lm::LMModel m = lm::build_model(trained, cfg.init_seed, at::kFloat);
     m->to(parse_device(o.device));
     models.emplace_back(name, m);
   }

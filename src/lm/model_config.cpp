@@ -124,4 +124,15 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   return c;
 }
 
+LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype, int64_t* initialised) {
+  if (!mc.weights.empty()) return load_lm(mc.lm, mc.weights, dtype, mc.ttt, initialised, mc.lora, mc.lora_weights);
+  LMModel m(mc.lm, mc.ttt, mc.lora);
+  m->init_weights(init_seed);
+  m->to(dtype);
+  if (!mc.lora_weights.empty()) m->load_overlay(mc.lora_weights);
+  for (auto& p : m->parameters()) p.set_requires_grad(false);
+  if (initialised) *initialised = 0;
+  return m;
+}
+
 }  // namespace mt::lm

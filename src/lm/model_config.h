@@ -6,6 +6,7 @@
 #include <string>
 
 #include "lm/config.h"
+#include "lm/lm_model.h"
 #include "lm/ttt_config.h"
 
 namespace YAML {
@@ -32,5 +33,12 @@ struct ModelConfigFile {
   static ModelConfigFile from_yaml(const YAML::Node& root, const std::string& path,
                                    const std::set<std::string>& other_fields);
 };
+
+// The LM a model config describes, the one way every command builds it: its weights loaded strictly
+// (TTT / LoRA tensors a base checkpoint lacks get their initial values; *initialised counts them) and
+// its adapter file over them, or, without weights, seeded random weights (and the adapter file).
+// Parameters come out in `dtype` on the CPU with requires_grad off.
+LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype,
+                    int64_t* initialised = nullptr);
 
 }  // namespace mt::lm

@@ -53,7 +53,7 @@ struct TrainConfig {
   bool gradient_checkpointing = true;
   std::string param_dtype = "bfloat16";
   // ours
-  double alpha_weight_decay = 0.0;  // weight decay of the gating α group (pitfall 8: not pulled to 0)
+  double alpha_weight_decay = 0.0;  // weight decay of the gating α group (pitfalls.md row 8: α must not be pulled to 0)
   int64_t max_bad_steps = 10;       // NaN/Inf loss or gradient: skip the step; stop after this many
   std::string device = "cpu";
   int threads = 0;

@@ -12,6 +12,7 @@
 #include "train/distributed.h"
 #include "train/loss.h"
 #include "train/optim.h"
+#include "train/run_folder.h"
 #include "train/train_config.h"
 
 namespace mt::train {
@@ -67,11 +68,5 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
                       const std::vector<at::Tensor>& trainable, bool want_probes,
                       const std::function<void(StepResult&)>& before_clip = {});
-
-// The records of run_dir/metrics.jsonl of one kind ("train" or "eval"), in order; unreadable lines skipped.
-std::vector<nlohmann::json> read_metrics(const std::string& run_dir, const std::string& kind);
-
-// Newest checkpoint folder under run_dir/checkpoints ("" if none).
-std::string latest_checkpoint(const std::string& run_dir);
 
 }  // namespace mt::train

@@ -401,7 +401,9 @@ at::Tensor InPlaceFFNImpl::step(const at::Tensor& x, const at::Tensor& t, InPlac
   at::Tensor y = at::linear(h, gating->linear_out->weight);
   const at::ScalarType acc = acc_dtype();
   const bool uniform = std::all_of(st.pos.begin(), st.pos.end(), [&](int64_t p) { return p == st.pos[0]; });
-  const at::Tensor dw_before = pitfall::on(13) ? st.dw.clone() : at::Tensor();  // tests only: row 13
+  const at::Tensor dw_before = pitfall::on(13)
+                                   ? st.dw.clone()
+                                   : at::Tensor();  // tests only: pitfalls.md row 13 (streaming updates that never run)
   at::Tensor corr = uniform && st.pos[0] + S >= cfg.chunk_size ? step_uniform(h.to(acc), t.to(acc), st)
                                                                : step_segments(h.to(acc), t.to(acc), st);
   st.tokens += S;

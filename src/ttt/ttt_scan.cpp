@@ -20,7 +20,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // One stretch of tokens inside one mini-batch: tokens [t0, t0+m) of the call, in-mini-batch indices
-// [s, s+m). Every gradient in it is taken at the mini-batch start state (spec 1.6, pitfall 5.4).
+// [s, s+m). Every gradient in it is taken at the mini-batch start state (ttt.md 1.6: the dual form takes every gradient
+// of a mini-batch at its start).
 struct Segment {
   int64_t t0, m, s;
   bool commit;  // ends on a mini-batch boundary: fold the gradient sum into the weights
@@ -249,7 +250,7 @@ int64_t streams_per_thread(int64_t L, const std::vector<int64_t>& d) {
 bool fused_scan_applies(const ScanSpec& sp, const ScanInputs& in, const ScanProbes* probes) {
   if (!util::fused_kernels_enabled() || !util::cpu_has_avx2_fma()) return false;
   if (pitfall::on(1)) return false;                   // tests only: pitfalls.md row 1's bidirectional mask
-  if (sp.layers > 1 && pitfall::on(4)) return false;  // tests only: row 4's double update
+  if (sp.layers > 1 && pitfall::on(4)) return false;  // tests only: pitfalls.md row 4 (update applied twice)
   auto cpu_f32 = [](const at::Tensor& t) {
     return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat;
   };

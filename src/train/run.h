@@ -1,0 +1,45 @@
+#pragma once
+// What one `train` run holds while it goes (model, optimizer, data position, stream states, the
+// metrics file), shared by the loop (trainer.cpp) and its checkpoints (checkpoint.cpp).
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lm/lm_model.h"
+#include "train/data.h"
+#include "train/distributed.h"
+#include "train/optim.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+namespace mt::train {
+
+struct Run {
+  Run(const TrainConfig& c, const TrainOptions& o) : cfg(c), opt(o) {}
+  const TrainConfig& cfg;
+  const TrainOptions& opt;
+  lm::LMModel model{nullptr};
+  at::Device dev{at::kCPU};
+  std::vector<ParamGroup> groups;
+  std::vector<OneCycle> sched;
+  std::unique_ptr<AdamW> optim;
+  std::unique_ptr<TokenLoader> loader;
+  std::vector<std::vector<nn::LayerState>> states;  // per micro-batch: every layer's stream states
+  std::vector<at::Tensor> trainable;
+  int64_t start_step = 0, bad_steps = 0;
+  int stop_signal = 0;  // data parallel: the signal every rank agreed on in this step's exchange
+  std::ofstream metrics;
+  std::unique_ptr<Collective> comm;  // data parallel (world_size > 1)
+  bool leader() const { return opt.dist.rank == 0; }
+  void say(const std::string& s) const {
+    if (leader() && !opt.quiet) std::fprintf(stderr, "%s\n", s.c_str());
+  }
+};
+
+// Whether the run trains parameter `name` (everything, or LoRA / TTT tensors and, with ft_embed, the
+// embeddings, as moshi-finetune selects them).
+bool trains(const TrainConfig& cfg, const std::string& name);
+
+}  // namespace mt::train
