@@ -94,106 +94,131 @@ PairedResult score_task(const std::string& task, const std::vector<LexicalGold>&
   return score_story(task, pairs, s, bootstrap, seed);
 }
 
-}  // namespace
+size_t reduction_index(const std::string& reduction) {
+  const auto red = std::find(kReductions.begin(), kReductions.end(), reduction);
+  MT_CHECK(red != kReductions.end(), "--reduction must be mean, sum, semantic or weighted, got '", reduction, "'");
+  return static_cast<size_t>(red - kReductions.begin());
+}
 
-nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, const PairedTaskOptions& o) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto red = std::find(kReductions.begin(), kReductions.end(), o.reduction);
-  MT_CHECK(red != kReductions.end(), "--reduction must be mean, sum, semantic or weighted, got '", o.reduction, "'");
-  const size_t red_i = static_cast<size_t>(red - kReductions.begin());
-  MT_CHECK(!o.out_dir.empty(), "eval paired: --out RUN_DIR is required");
-  const fs::path folder = task_folder(o);
-
-  // The items: from gold.csv / the story pairs, or every audio file when there is no gold (test splits).
+// A task's items (the gold of its kind) and the files they name.
+struct TaskItems {
   std::vector<LexicalGold> lex;
   std::vector<SyntacticGold> syn;
   std::vector<StoryPair> pairs;
   std::vector<std::string> names;  // file names (stems or with extension) to score, in a stable order
   bool has_gold = true;
-  if (o.task == "swuggy" || o.task == "sblimp") {
+};
+
+// The items: from gold.csv / the story pairs, or every audio file when there is no gold (test splits).
+TaskItems read_items(const fs::path& folder, const std::string& task) {
+  TaskItems r;
+  if (task == "swuggy" || task == "sblimp") {
     if (fs::exists(folder / "gold.csv")) {
-      if (o.task == "swuggy") {
-        lex = read_lexical_gold((folder / "gold.csv").string());
-        for (const auto& g : lex) names.push_back(g.filename);
+      if (task == "swuggy") {
+        r.lex = read_lexical_gold((folder / "gold.csv").string());
+        for (const auto& g : r.lex) r.names.push_back(g.filename);
       } else {
-        syn = read_syntactic_gold((folder / "gold.csv").string());
-        for (const auto& g : syn) names.push_back(g.filename);
+        r.syn = read_syntactic_gold((folder / "gold.csv").string());
+        for (const auto& g : r.syn) r.names.push_back(g.filename);
       }
     } else {
-      has_gold = false;
+      r.has_gold = false;
       for (const auto& e : fs::directory_iterator(folder)) {
-        if (audio::is_audio_file(e.path().string())) names.push_back(e.path().filename().string());
+        if (audio::is_audio_file(e.path().string())) r.names.push_back(e.path().filename().string());
       }
-      std::sort(names.begin(), names.end());
+      std::sort(r.names.begin(), r.names.end());
     }
   } else {
-    pairs = read_story_pairs(folder.string());
-    for (const auto& p : pairs) {
-      names.push_back(p.positive);
-      names.push_back(p.negative);
+    r.pairs = read_story_pairs(folder.string());
+    for (const auto& p : r.pairs) {
+      r.names.push_back(p.positive);
+      r.names.push_back(p.negative);
     }
   }
-  MT_CHECK(!names.empty(), folder.string(), ": no items to score");
+  MT_CHECK(!r.names.empty(), folder.string(), ": no items to score");
   // Unique names; missing files become skipped items (the scorer names them), never silent drops.
-  std::sort(names.begin(), names.end());
-  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::sort(r.names.begin(), r.names.end());
+  r.names.erase(std::unique(r.names.begin(), r.names.end()), r.names.end());
+  return r;
+}
 
-  std::vector<std::string> scored_stems, missing;
-  std::vector<at::Tensor> clips;
-  const int64_t A = clip_codebooks(m.cfg, o.scoring.placement);
+// The clips found on disk, in the order of the names, and the files that were not.
+struct EncodedClips {
+  std::vector<std::string> stems, missing;
+  std::vector<at::Tensor> clips;  // [A, F] per stem
+};
+
+// Encodes the named files (or takes them from the cache), with a progress line at most every 5 s.
+EncodedClips encode_items(const std::vector<std::string>& names, const fs::path& folder, CodesCache& cache, int64_t A,
+                          bool quiet) {
+  EncodedClips r;
   int64_t done = 0;
   auto last = std::chrono::steady_clock::now();
   for (const auto& n : names) {
     const std::string path = audio_path(folder, n);
     ++done;
     if (!fs::exists(path)) {
-      missing.push_back(stem_of(n) + ": audio file " + path + " not found");
+      r.missing.push_back(stem_of(n) + ": audio file " + path + " not found");
       continue;
     }
     at::Tensor c = cache.codes(path);
     MT_CHECK(c.size(0) == A, path, ": ", c.size(0), " codebooks, the LM scores ", A);
-    clips.push_back(c);
-    scored_stems.push_back(stem_of(n));
+    r.clips.push_back(c);
+    r.stems.push_back(stem_of(n));
     const auto now = std::chrono::steady_clock::now();
-    if (!o.scoring.quiet &&
-        (std::chrono::duration<double>(now - last).count() >= 5.0 || done == (int64_t)names.size())) {
+    if (!quiet && (std::chrono::duration<double>(now - last).count() >= 5.0 || done == (int64_t)names.size())) {
       last = now;
       std::fprintf(stderr, "[encode] %lld/%zu files (%lld encoded now, %lld cached)\n", (long long)done, names.size(),
                    (long long)cache.encoded(), (long long)cache.cached());
     }
   }
-  const std::vector<ClipScore> scores = score_clips(m, clips, o.scoring);
+  return r;
+}
 
+// The clip scores by stem: one map per reduction, and the clip lengths (for the length confound).
+struct StemScores {
   std::array<ItemScores, kReductions.size()> by_red;
   ItemScores frames;
-  for (size_t i = 0; i < scores.size(); ++i) {
-    for (size_t r = 0; r < kReductions.size(); ++r) by_red[r][scored_stems[i]] = scores[i].score[r];
-    frames[scored_stems[i]] = static_cast<double>(scores[i].frames);
-  }
+};
 
-  const fs::path out = fs::path(o.out_dir) / "eval" / o.task;
-  fs::create_directories(out);
-  // items.csv: every clip and every reduction.
-  {
-    std::string s = "stem,frames,tokens";
-    for (const char* r : kReductions) s += std::string(",") + r;
-    s += "\n";
-    for (size_t i = 0; i < scores.size(); ++i) {
-      s += str(scored_stems[i], ",", scores[i].frames, ",", scores[i].tokens);
-      for (double v : scores[i].score) {
-        char b[32];
-        std::snprintf(b, sizeof b, ",%.9g", v);
-        s += b;
-      }
-      s += "\n";
-    }
-    io::atomic_write((out / "items.csv").string(), s);
+StemScores scores_by_stem(const std::vector<ClipScore>& scores, const std::vector<std::string>& stems) {
+  StemScores r;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    for (size_t k = 0; k < kReductions.size(); ++k) r.by_red[k][stems[i]] = scores[i].score[k];
+    r.frames[stems[i]] = static_cast<double>(scores[i].frames);
   }
+  return r;
+}
+
+// items.csv: every clip and every reduction.
+void write_items_csv(const fs::path& out, const std::vector<ClipScore>& scores, const std::vector<std::string>& stems) {
+  std::string s = "stem,frames,tokens";
+  for (const char* r : kReductions) s += std::string(",") + r;
+  s += "\n";
+  for (size_t i = 0; i < scores.size(); ++i) {
+    s += str(stems[i], ",", scores[i].frames, ",", scores[i].tokens);
+    for (double v : scores[i].score) {
+      char b[32];
+      std::snprintf(b, sizeof b, ",%.9g", v);
+      s += b;
+    }
+    s += "\n";
+  }
+  io::atomic_write((out / "items.csv").string(), s);
+}
+
+// The ZeroSpeech submission of the chosen reduction, in the official layout; returns its path.
+fs::path write_task_submission(const fs::path& out, const PairedTaskOptions& o, const ItemScores& s) {
   const std::string sub_dir = (o.task == "swuggy" || o.task == "sblimp") ? zr_name(o.task) : o.task;
   const fs::path sub = out / "submission" / sub_dir / (o.split + ".txt");
   fs::create_directories(sub.parent_path());
-  write_submission(by_red[red_i], sub.string());
+  write_submission(s, sub.string());
+  return sub;
+}
 
+// The summary's description of the run: data, settings and file counts.
+nlohmann::json summary_header(const PairedTaskOptions& o, const fs::path& folder, int64_t A, const TaskItems& items,
+                              const EncodedClips& enc, const CodesCache& cache, const fs::path& sub) {
   nlohmann::json j;
   j["task"] = o.task;
   j["split"] = o.split;
@@ -208,45 +233,76 @@ nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, cons
                    {"ties", "0.5"},
                    {"bootstrap", o.bootstrap},
                    {"seed", o.seed}};
-  j["files"] = {{"listed", names.size()},
-                {"scored", scored_stems.size()},
-                {"missing", missing.size()},
+  j["files"] = {{"listed", items.names.size()},
+                {"scored", enc.stems.size()},
+                {"missing", enc.missing.size()},
                 {"encoded_now", cache.encoded()},
                 {"from_cache", cache.cached()}};
-  if (!missing.empty()) j["missing"] = missing;
+  if (!enc.missing.empty()) j["missing"] = enc.missing;
   j["submission"] = sub.string();
+  return j;
+}
+
+// With gold: the headline under the chosen reduction (score files, bootstrap CI), the accuracy under every
+// reduction (no bootstrap), and how often the longer clip wins.
+void add_gold_scores(nlohmann::json& j, const TaskItems& items, const StemScores& s, size_t red_i,
+                     const PairedTaskOptions& o, const fs::path& out) {
+  PairedResult r = score_task(o.task, items.lex, items.syn, items.pairs, s.by_red[red_i], o.bootstrap, o.seed);
+  write_score_files(r, out.string(), o.split);
+  j["result"] = r.to_json();
+  nlohmann::json all = nlohmann::json::object();
+  for (size_t k = 0; k < kReductions.size(); ++k) {
+    PairedResult rk = k == red_i ? r : score_task(o.task, items.lex, items.syn, items.pairs, s.by_red[k], 0, o.seed);
+    nlohmann::json e = {{"score", rk.score}, {"ties", rk.ties}};
+    if (o.task == "swuggy") e["invocab"] = rk.invocab;
+    all[kReductions[k]] = e;
+  }
+  j["by_reduction"] = all;
+  // Confound check: how often the longer clip wins (a benchmark a length cue can solve is not measuring the LM).
+  PairedResult lr = score_task(o.task, items.lex, items.syn, items.pairs, s.frames, 0, o.seed);
+  j["longer_clip_wins"] = {{"score", lr.score}, {"ties", lr.ties}};
+}
+
+// One line per run in OUT/eval/results.jsonl, which `moshi-ttt report` reads.
+void append_result(const PairedTaskOptions& o, const fs::path& out, const nlohmann::json& j, bool has_gold) {
+  std::ofstream rl(fs::path(o.out_dir) / "eval" / "results.jsonl", std::ios::app);
+  MT_CHECK(rl, (fs::path(o.out_dir) / "eval" / "results.jsonl").string(), ": cannot append");
+  nlohmann::json line = {
+      {"kind", "paired"}, {"task", o.task}, {"split", o.split}, {"summary", (out / "summary.json").string()}};
   if (has_gold) {
-    PairedResult r = score_task(o.task, lex, syn, pairs, by_red[red_i], o.bootstrap, o.seed);
-    write_score_files(r, out.string(), o.split);
-    j["result"] = r.to_json();
-    nlohmann::json all = nlohmann::json::object();
-    for (size_t k = 0; k < kReductions.size(); ++k) {
-      PairedResult rk = k == red_i ? r : score_task(o.task, lex, syn, pairs, by_red[k], 0, o.seed);
-      nlohmann::json e = {{"score", rk.score}, {"ties", rk.ties}};
-      if (o.task == "swuggy") e["invocab"] = rk.invocab;
-      all[kReductions[k]] = e;
-    }
-    j["by_reduction"] = all;
-    // Confound check: how often the longer clip wins (a benchmark a length cue can solve is not measuring the LM).
-    PairedResult lr = score_task(o.task, lex, syn, pairs, frames, 0, o.seed);
-    j["longer_clip_wins"] = {{"score", lr.score}, {"ties", lr.ties}};
+    line["score"] = j["result"]["score"];
+    line["ci"] = j["result"]["ci"];
+  }
+  rl << line.dump() << "\n";
+}
+
+}  // namespace
+
+nlohmann::json run_paired_task(const lm::LMModelImpl& m, CodesCache& cache, const PairedTaskOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t red_i = reduction_index(o.reduction);
+  MT_CHECK(!o.out_dir.empty(), "eval paired: --out RUN_DIR is required");
+  const fs::path folder = task_folder(o);
+  const TaskItems items = read_items(folder, o.task);
+  const int64_t A = clip_codebooks(m.cfg, o.scoring.placement);
+  const EncodedClips enc = encode_items(items.names, folder, cache, A, o.scoring.quiet);
+  const std::vector<ClipScore> scores = score_clips(m, enc.clips, o.scoring);
+  const StemScores by_stem = scores_by_stem(scores, enc.stems);
+
+  const fs::path out = fs::path(o.out_dir) / "eval" / o.task;
+  fs::create_directories(out);
+  write_items_csv(out, scores, enc.stems);
+  const fs::path sub = write_task_submission(out, o, by_stem.by_red[red_i]);
+  nlohmann::json j = summary_header(o, folder, A, items, enc, cache, sub);
+  if (items.has_gold) {
+    add_gold_scores(j, items, by_stem, red_i, o, out);
   } else {
     j["result"] = nullptr;
     j["note"] = "no gold.csv in " + folder.string() + ": submission written, nothing scored";
   }
   j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   io::atomic_write((out / "summary.json").string(), j.dump(2) + "\n");
-  {
-    std::ofstream rl(fs::path(o.out_dir) / "eval" / "results.jsonl", std::ios::app);
-    MT_CHECK(rl, (fs::path(o.out_dir) / "eval" / "results.jsonl").string(), ": cannot append");
-    nlohmann::json line = {
-        {"kind", "paired"}, {"task", o.task}, {"split", o.split}, {"summary", (out / "summary.json").string()}};
-    if (has_gold) {
-      line["score"] = j["result"]["score"];
-      line["ci"] = j["result"]["ci"];
-    }
-    rl << line.dump() << "\n";
-  }
+  append_result(o, out, j, items.has_gold);
   return j;
 }
 

@@ -8,7 +8,8 @@
 
 namespace mt::lm {
 
-void TTTStreamState::write(const std::string& p, nn::TensorMap& out) const {
+template <>
+void StateOf<ttt::TTTState>::write(const std::string& p, nn::TensorMap& out) const {
   out[p + "position"] = nn::long_tensor(s.position);
   out[p + "fresh"] = nn::long_tensor(std::vector<int64_t>(s.fresh.begin(), s.fresh.end()));
   // Inner layer l's weights and gradient sum as W<l+1>b / G<l+1>b.
@@ -20,7 +21,8 @@ void TTTStreamState::write(const std::string& p, nn::TensorMap& out) const {
   if (s.conv_tail.defined()) out[p + "conv_tail"] = nn::saved(s.conv_tail);
 }
 
-void TTTStreamState::read(const std::string& p, const nn::TensorMap& in, const at::Device& dev) {
+template <>
+void StateOf<ttt::TTTState>::read(const std::string& p, const nn::TensorMap& in, const at::Device& dev) {
   s.position = nn::long_vector(nn::need(in, p, "position"));
   const auto fresh = nn::long_vector(nn::need(in, p, "fresh"));
   s.fresh.assign(fresh.begin(), fresh.end());

@@ -7,7 +7,8 @@
 
 namespace mt::lm {
 
-void InPlaceStreamState::write(const std::string& p, nn::TensorMap& out) const {
+template <>
+void StateOf<ttt::InPlaceState>::write(const std::string& p, nn::TensorMap& out) const {
   out[p + "dw"] = nn::saved(s.dw);
   out[p + "h_buf"] = nn::saved(s.h_buf);
   out[p + "t_buf"] = nn::saved(s.t_buf);
@@ -15,7 +16,8 @@ void InPlaceStreamState::write(const std::string& p, nn::TensorMap& out) const {
   out[p + "tokens"] = nn::long_tensor({s.tokens});
 }
 
-void InPlaceStreamState::read(const std::string& p, const nn::TensorMap& in, const at::Device& dev) {
+template <>
+void StateOf<ttt::InPlaceState>::read(const std::string& p, const nn::TensorMap& in, const at::Device& dev) {
   s.dw = nn::need(in, p, "dw").to(dev).clone();
   s.h_buf = nn::need(in, p, "h_buf").to(dev).clone();
   s.t_buf = nn::need(in, p, "t_buf").to(dev).clone();

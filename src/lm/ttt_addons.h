@@ -31,10 +31,13 @@ class TTTUnit {
   virtual void set_off(bool off) = 0;
 };
 
-// A TTT inner state (ttt::TTTState) as a stream state; saved as position, fresh, W<l>b, G<l>b, conv_tail.
-struct TTTStreamState : nn::StreamState {
-  explicit TTTStreamState(int64_t batch) : s(batch) {}
-  ttt::TTTState s;
+// A per-stream state of ttt/ as a stream state: resets, detach and the update count are its own;
+// write / read are defined per kind (TTT inner state: position, fresh, W<l>b, G<l>b, conv_tail;
+// In-Place: dw, h_buf, t_buf, pos, tokens), under the names checkpoints have always used.
+template <class S>
+struct StateOf : nn::StreamState {
+  explicit StateOf(S st) : s(std::move(st)) {}
+  S s;
   void reset() override { s.reset(); }
   void reset_slot(int64_t b) override { s.reset_slot(b); }
   void detach() override { s.detach(); }
@@ -42,24 +45,23 @@ struct TTTStreamState : nn::StreamState {
   void read(const std::string& prefix, const nn::TensorMap& in, const at::Device& device) override;
   int64_t updates() const override { return s.updates; }
 };
-struct HybridState final : TTTStreamState {
-  using TTTStreamState::TTTStreamState;
-};
-struct AdapterState final : TTTStreamState {
-  using TTTStreamState::TTTStreamState;
-};
+template <>
+void StateOf<ttt::TTTState>::write(const std::string& prefix, nn::TensorMap& out) const;
+template <>
+void StateOf<ttt::TTTState>::read(const std::string& prefix, const nn::TensorMap& in, const at::Device& device);
+template <>
+void StateOf<ttt::InPlaceState>::write(const std::string& prefix, nn::TensorMap& out) const;
+template <>
+void StateOf<ttt::InPlaceState>::read(const std::string& prefix, const nn::TensorMap& in, const at::Device& device);
 
-// The In-Place fast weight (ttt::InPlaceState); saved as dw, h_buf, t_buf, pos, tokens.
-struct InPlaceStreamState final : nn::StreamState {
-  explicit InPlaceStreamState(ttt::InPlaceState st) : s(std::move(st)) {}
-  ttt::InPlaceState s;
-  void reset() override { s.reset(); }
-  void reset_slot(int64_t b) override { s.reset_slot(b); }
-  void detach() override { s.detach(); }
-  void write(const std::string& prefix, nn::TensorMap& out) const override;
-  void read(const std::string& prefix, const nn::TensorMap& in, const at::Device& device) override;
-  int64_t updates() const override { return s.updates; }
+// Distinct types for the hybrid block's and the adapters' inner states (typed access by kind).
+struct HybridState final : StateOf<ttt::TTTState> {
+  explicit HybridState(int64_t batch) : StateOf(ttt::TTTState(batch)) {}
 };
+struct AdapterState final : StateOf<ttt::TTTState> {
+  explicit AdapterState(int64_t batch) : StateOf(ttt::TTTState(batch)) {}
+};
+using InPlaceStreamState = StateOf<ttt::InPlaceState>;
 
 // Probes of a TTT inner layer as named tensors (l0, lprev, lafter, w_delta_norm,
 // w_delta_norm_per_layer) and back.

@@ -54,6 +54,6 @@ const at::Tensor& need(const TensorMap& in, const std::string& prefix, const std
   return it->second;
 }
 
-at::Tensor saved(const at::Tensor& t) { return t.detach().to(at::kCPU).contiguous(); }
+at::Tensor saved(const at::Tensor& t) { return t.detach().to(at::kCPU).clone(at::MemoryFormat::Contiguous); }
 
 }  // namespace mt::nn

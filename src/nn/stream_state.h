@@ -24,8 +24,8 @@ class StreamState {
   virtual void reset_slot(int64_t b) = 0;
   // Cuts the autograd history and keeps the values (training across consecutive chunks of a file).
   virtual void detach() {}
-  // Checkpoints: write() puts the state's tensors under `prefix` (CPU, contiguous; they may share
-  // storage with the live state, so write the map out before the stream moves on);
+  // Checkpoints: write() puts copies of the state's tensors under `prefix` (CPU, contiguous: the map
+  // stays as written while the stream moves on);
   // read() restores them onto `device`, throwing mt::Error that names a missing or mis-shaped entry.
   virtual void write(const std::string& prefix, TensorMap& out) const = 0;
   virtual void read(const std::string& prefix, const TensorMap& in, const at::Device& device) = 0;
@@ -66,7 +66,7 @@ at::Tensor long_tensor(const std::vector<int64_t>& v);
 std::vector<int64_t> long_vector(const at::Tensor& t);
 // The entry `prefix + key` of a checkpoint map; throws naming it when absent.
 const at::Tensor& need(const TensorMap& in, const std::string& prefix, const std::string& key);
-// A state tensor as a checkpoint entry: detached, on the CPU, contiguous.
+// A state tensor as a checkpoint entry: a detached, contiguous copy on the CPU.
 at::Tensor saved(const at::Tensor& t);
 
 }  // namespace mt::nn
