@@ -12,8 +12,8 @@
 #include <set>
 
 #include "io/safetensors.h"
-#include "util/error.h"
 #include "report/plot.h"
+#include "util/error.h"
 
 namespace fs = std::filesystem;
 
@@ -24,10 +24,10 @@ namespace {
 // One section of the index page, rendered both as Markdown and as HTML.
 struct Section {
   std::string title;
-  std::vector<std::string> text;                 // paragraphs
-  std::vector<std::string> header;               // table header (empty: no table)
+  std::vector<std::string> text;    // paragraphs
+  std::vector<std::string> header;  // table header (empty: no table)
   std::vector<std::vector<std::string>> rows;
-  std::vector<std::string> images;               // paths relative to report/
+  std::vector<std::string> images;  // paths relative to report/
 };
 
 std::vector<nlohmann::json> read_jsonl(const fs::path& p, const std::string& kind) {
@@ -35,7 +35,8 @@ std::vector<nlohmann::json> read_jsonl(const fs::path& p, const std::string& kin
   std::ifstream in(p);
   for (std::string line; std::getline(in, line);) {
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.is_object() && (kind.empty() || j.value("kind", "") == kind)) out.push_back(std::move(j));
+    if (!j.is_discarded() && j.is_object() && (kind.empty() || j.value("kind", "") == kind))
+      out.push_back(std::move(j));
   }
   return out;
 }
@@ -65,10 +66,14 @@ std::string pct(const nlohmann::json& v) {
 std::string html_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else
+      o += c;
   }
   return o;
 }
@@ -104,12 +109,13 @@ std::string render_md(const std::string& title, const std::vector<Section>& secs
 }
 
 std::string render_html(const std::string& title, const std::vector<Section>& secs) {
-  std::string s = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + html_escape(title) +
-                  "</title>\n<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-                  "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;"
-                  "margin:0.5em 0}</style></head><body>\n<h1>" +
-                  html_escape(title) + "</h1>\n";
+  std::string s =
+      "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + html_escape(title) +
+      "</title>\n<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+      "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+      "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;"
+      "margin:0.5em 0}</style></head><body>\n<h1>" +
+      html_escape(title) + "</h1>\n";
   for (const auto& sec : secs) {
     s += "<h2>" + html_escape(sec.title) + "</h2>\n";
     for (const auto& t : sec.text) s += "<p>" + html_escape(t) + "</p>\n";
@@ -124,7 +130,8 @@ std::string render_html(const std::string& title, const std::vector<Section>& se
       }
       s += "</table>\n";
     }
-    for (const auto& im : sec.images) s += "<p><a href=\"" + im + "\"><img src=\"" + im + "\" alt=\"" + im + "\"></a></p>\n";
+    for (const auto& im : sec.images)
+      s += "<p><a href=\"" + im + "\"><img src=\"" + im + "\" alt=\"" + im + "\"></a></p>\n";
   }
   return s + "</body></html>\n";
 }
@@ -215,7 +222,8 @@ Section training_section(const fs::path& run, const fs::path& rep, std::vector<s
     c.ylabel = "L2 norm";
     c.logy = true;
     c.series.push_back(series_of(train, "grad_norm", "total"));
-    for (const auto& g : object_keys(train, "grad_norm_groups")) c.series.push_back(series_of(train, "grad_norm_groups/" + g, g));
+    for (const auto& g : object_keys(train, "grad_norm_groups"))
+      c.series.push_back(series_of(train, "grad_norm_groups/" + g, g));
     write(c, "grad_norms.png");
   }
   {
@@ -233,13 +241,17 @@ Section training_section(const fs::path& run, const fs::path& rep, std::vector<s
   sec.rows.push_back({"step", fmt(first["step"], "%.0f"), fmt(last["step"], "%.0f")});
   sec.rows.push_back({"loss", fmt(first.value("loss", nlohmann::json())), fmt(last.value("loss", nlohmann::json()))});
   if (last.contains("alpha_mean_abs_tanh"))
-    sec.rows.push_back({"mean |tanh alpha|", fmt(first["alpha_mean_abs_tanh"], "%.5f"), fmt(last["alpha_mean_abs_tanh"], "%.5f")});
-  if (last.contains("frames_per_s")) sec.rows.push_back({"frames/s", fmt(first["frames_per_s"], "%.0f"), fmt(last["frames_per_s"], "%.0f")});
-  if (!evals.empty()) sec.rows.push_back({"eval loss", fmt(evals.front()["eval_loss"]), fmt(evals.back()["eval_loss"])});
+    sec.rows.push_back(
+        {"mean |tanh alpha|", fmt(first["alpha_mean_abs_tanh"], "%.5f"), fmt(last["alpha_mean_abs_tanh"], "%.5f")});
+  if (last.contains("frames_per_s"))
+    sec.rows.push_back({"frames/s", fmt(first["frames_per_s"], "%.0f"), fmt(last["frames_per_s"], "%.0f")});
+  if (!evals.empty())
+    sec.rows.push_back({"eval loss", fmt(evals.front()["eval_loss"]), fmt(evals.back()["eval_loss"])});
   int64_t skipped = 0;
   for (const auto& j : train) skipped += j.value("skipped", false) ? 1 : 0;
-  sec.text.push_back(std::to_string(train.size()) + " logged training steps" +
-                     (skipped ? ", " + std::to_string(skipped) + " of them skipped for a non-finite loss or gradient" : "") + ".");
+  sec.text.push_back(
+      std::to_string(train.size()) + " logged training steps" +
+      (skipped ? ", " + std::to_string(skipped) + " of them skipped for a non-finite loss or gradient" : "") + ".");
   return sec;
 }
 
@@ -250,7 +262,8 @@ Section paired_section(const fs::path& run, const fs::path& rep, std::vector<std
   for (const char* task : {"swuggy", "sblimp", "sstory", "tstory"})
     if (auto j = read_json(run / "eval" / task / "summary.json"); j && (*j)["result"].is_object()) sums.push_back(*j);
   if (sums.empty()) {
-    sec.text.push_back("No paired benchmark results (run `moshi-ttt eval paired --task ... --out " + run.string() + "`).");
+    sec.text.push_back("No paired benchmark results (run `moshi-ttt eval paired --task ... --out " + run.string() +
+                       "`).");
     return sec;
   }
   sec.header = {"task", "accuracy", "95% CI", "ids", "ties", "skipped", "longer clip wins", "reduction", "data"};
@@ -271,12 +284,14 @@ Section paired_section(const fs::path& run, const fs::path& rep, std::vector<std
     synthetic = synthetic || syn;
     sec.rows.push_back({label, pct(r["score"]), pct(r["ci"]["lo"]) + " - " + pct(r["ci"]["hi"]),
                         std::to_string(r.value("ids", 0)), std::to_string(r.value("ties", 0)),
-                        std::to_string(r.contains("skipped") ? r["skipped"].size() : 0), pct(j["longer_clip_wins"]["score"]),
-                        j["settings"]["reduction"].get<std::string>(), syn ? "synthetic" : "as given"});
+                        std::to_string(r.contains("skipped") ? r["skipped"].size() : 0),
+                        pct(j["longer_clip_wins"]["score"]), j["settings"]["reduction"].get<std::string>(),
+                        syn ? "synthetic" : "as given"});
     if (j["task"] == "swuggy" && r.contains("invocab") && r["invocab"].is_number())
       sec.rows.push_back({"swuggy (in-vocab)", pct(r["invocab"]),
-                          pct(r["invocab_ci"]["lo"]) + " - " + pct(r["invocab_ci"]["hi"]), std::to_string(r.value("invocab_ids", 0)),
-                          "", "", "", j["settings"]["reduction"].get<std::string>(), syn ? "synthetic" : "as given"});
+                          pct(r["invocab_ci"]["lo"]) + " - " + pct(r["invocab_ci"]["hi"]),
+                          std::to_string(r.value("invocab_ids", 0)), "", "", "",
+                          j["settings"]["reduction"].get<std::string>(), syn ? "synthetic" : "as given"});
     const double x = static_cast<double>(i);
     bars.x.push_back(x);
     bars.y.push_back(r["score"].is_number() ? 100 * r["score"].get<double>() : NAN);
@@ -292,10 +307,12 @@ Section paired_section(const fs::path& run, const fs::path& rep, std::vector<std
   written.push_back((rep / "paired_benchmarks.png").string());
   sec.images.push_back("paired_benchmarks.png");
   if (synthetic)
-    sec.text.push_back("Rows marked synthetic were scored on espeak-ng sets made by `moshi-ttt eval make-sets`: they test the "
-                       "pipeline and are not comparable to published numbers.");
-  sec.text.push_back("Ties count 0.5. \"longer clip wins\" is the accuracy a length cue alone would get; near 50% means the "
-                     "benchmark does not give the answer away by duration.");
+    sec.text.push_back(
+        "Rows marked synthetic were scored on espeak-ng sets made by `moshi-ttt eval make-sets`: they test the "
+        "pipeline and are not comparable to published numbers.");
+  sec.text.push_back(
+      "Ties count 0.5. \"longer clip wins\" is the accuracy a length cue alone would get; near 50% means the "
+      "benchmark does not give the answer away by duration.");
   return sec;
 }
 
@@ -310,10 +327,13 @@ Section long_context_section(const fs::path& run, const fs::path& rep, std::vect
     return sec;
   }
   const auto& s = *j;
-  std::string att = s["attention_window"].is_number() ? std::to_string(s["attention_window"].get<int64_t>()) + " frames" : "none";
-  sec.text.push_back(std::to_string(s["files"].size()) + " file(s), up to " + std::to_string(s["frames"]["max"].get<int64_t>()) +
-                     " frames; attention window " + att + "; windowed means over " +
-                     std::to_string(s["frames"]["window"].get<int64_t>()) + " frames; loss: " + s["settings"].value("headline", std::string("audio")) + " CE in nats per token.");
+  std::string att =
+      s["attention_window"].is_number() ? std::to_string(s["attention_window"].get<int64_t>()) + " frames" : "none";
+  sec.text.push_back(std::to_string(s["files"].size()) + " file(s), up to " +
+                     std::to_string(s["frames"]["max"].get<int64_t>()) + " frames; attention window " + att +
+                     "; windowed means over " + std::to_string(s["frames"]["window"].get<int64_t>()) +
+                     " frames; loss: " + s["settings"].value("headline", std::string("audio")) +
+                     " CE in nats per token.");
   // Table: one row per variant, a column per position.
   std::vector<std::string> keys;
   if (!s["variants"].empty())
@@ -330,7 +350,8 @@ Section long_context_section(const fs::path& run, const fs::path& rep, std::vect
       row.push_back(cell);
     }
     std::string sl = fmt(v["slope_per_doubling"], "%+.4f");
-    if (v["slope_ci"].is_array()) sl += " [" + fmt(v["slope_ci"][0], "%+.4f") + ", " + fmt(v["slope_ci"][1], "%+.4f") + "]";
+    if (v["slope_ci"].is_array())
+      sl += " [" + fmt(v["slope_ci"][0], "%+.4f") + ", " + fmt(v["slope_ci"][1], "%+.4f") + "]";
     row.push_back(sl);
     sec.rows.push_back(row);
   }
@@ -344,12 +365,13 @@ Section long_context_section(const fs::path& run, const fs::path& rep, std::vect
       sec.images.push_back(name);
     }
   if (s.contains("probes")) {
-    std::string t = "TTT probes (" + s["probes"]["variant"].get<std::string>() +
-                    "): l0 = inner loss with W_0, lprev = with the state before each token's update, lafter = after it. "
-                    "lprev below l0 means the state carries what earlier tokens taught it.";
+    std::string t =
+        "TTT probes (" + s["probes"]["variant"].get<std::string>() +
+        "): l0 = inner loss with W_0, lprev = with the state before each token's update, lafter = after it. "
+        "lprev below l0 means the state carries what earlier tokens taught it.";
     for (const auto& u : s["probes"]["units"])
-      t += " " + u["unit"].get<std::string>() + ": " + fmt(u["l0"]) + " / " + fmt(u["lprev"]) + " / " + fmt(u["lafter"]) +
-           ", |W_t - W_0| " + fmt(u["state_change_end"]) + ".";
+      t += " " + u["unit"].get<std::string>() + ": " + fmt(u["l0"]) + " / " + fmt(u["lprev"]) + " / " +
+           fmt(u["lafter"]) + ", |W_t - W_0| " + fmt(u["state_change_end"]) + ".";
     sec.text.push_back(t);
   }
   return sec;
