@@ -5,6 +5,7 @@
 # benchmarks. Output goes to stdout and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/gpu/env.sh  # the bundled PLplot, when there is one
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'

@@ -5,6 +5,7 @@
 # on its CPU at 16 threads against the reference. Output on stdout and in $OUT/log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/gpu/env.sh  # the bundled PLplot, when there is one
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log") 2>&1
 nvidia-smi -L

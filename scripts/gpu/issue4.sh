@@ -4,6 +4,7 @@
 # reference ttt-lm-pytorch (in .refcode/, carried) on the same GPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/gpu/env.sh  # the bundled PLplot, when there is one
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'

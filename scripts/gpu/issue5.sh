@@ -3,6 +3,7 @@
 # CUDA (frames/s and peak CUDA tensor memory), and the demo on CUDA with more steps than the CPU default.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/gpu/env.sh  # the bundled PLplot, when there is one
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L
 scripts/gpu/build.sh moshi-ttt bench_train test_gpu

@@ -2,6 +2,7 @@
 # One GPU session's checks for the audio issue (6): build, mimi reference case on CUDA, Mimi speed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/gpu/env.sh  # the bundled PLplot, when there is one
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L
 scripts/gpu/build.sh moshi-ttt bench_mimi
