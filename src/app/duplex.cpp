@@ -26,21 +26,20 @@ Duplex::Duplex(lm::LMModel model, mimi::Mimi codec, const lm::SamplingConfig& sa
     : gen_(model, sampling),
       codec_(fit_codec(codec, model->cfg, model->parameters().front().device(), codec_source)),
       device_(model->parameters().front().device()),
-      batch_(batch),
       user_q_(model->cfg.n_q - model->cfg.dep_q),
       lm_(gen_.make_state(batch)),
       enc_(codec_->make_state(batch)),
       dec_(codec_->make_state(batch)) {}
 
 std::optional<DuplexFrame> Duplex::step(const at::Tensor& pcm) {
-  MT_CHECK(pcm.dim() == 3 && pcm.size(0) == batch_ && pcm.size(1) == 1 && pcm.size(2) == frame_size(),
-           "duplex step: expected user audio [", batch_, ", 1, ", frame_size(), "], got ",
+  MT_CHECK(pcm.dim() == 3 && pcm.size(0) == lm_.batch && pcm.size(1) == 1 && pcm.size(2) == frame_size(),
+           "duplex step: expected user audio [", lm_.batch, ", 1, ", frame_size(), "], got ",
            shape_str(pcm.sizes().vec()));
   at::Tensor user = codec_->encode_step(pcm.to(device_), enc_).narrow(1, 0, user_q_);  // [B, user_q, 1]
   std::optional<at::Tensor> out = gen_.step(lm_, user);
   if (!out) return std::nullopt;
   const int64_t dep_q = gen_.model()->cfg.dep_q;
-  return DuplexFrame{codec_->decode_step(out->narrow(1, 1, dep_q), dec_), out->select(1, 0).reshape({batch_})};
+  return DuplexFrame{codec_->decode_step(out->narrow(1, 1, dep_q), dec_), out->select(1, 0).reshape({lm_.batch})};
 }
 
 void Duplex::reset() {

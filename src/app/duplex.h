@@ -40,7 +40,6 @@ class Duplex {
   lm::LMGen gen_;
   mimi::Mimi codec_;
   at::Device device_;
-  int64_t batch_;
   int64_t user_q_;  // codebooks of the user's stream the LM reads
   lm::LMGenState lm_;
   mimi::MimiState enc_, dec_;

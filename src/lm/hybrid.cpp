@@ -92,10 +92,9 @@ at::Tensor HybridTTTImpl::block(const at::Tensor& h, const nn::StepContext& c) c
   auto& st = static_cast<HybridState&>(c.slot_state(slot)).s;
   // Tests only: pitfalls.md row 8 (the gate α clamped hard, which zeroes its gradient outside [-3, 3]).
   const at::Tensor a = pitfall::on(8) ? gating_alpha.clamp(-3.0, 3.0) : gating_alpha;
-  if (!c.probe) return at::tanh(a) * layer->forward(norm->forward(h), st);
   ttt::TTTProbes p;
-  at::Tensor y = at::tanh(a) * layer->forward(norm->forward(h), st, &p);
-  c.report(slot, probe_map(p));
+  at::Tensor y = at::tanh(a) * layer->forward(norm->forward(h), st, c.probe ? &p : nullptr);
+  if (c.probe) c.report(slot, probe_map(p));
   return y;
 }
 

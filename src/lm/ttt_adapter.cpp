@@ -17,10 +17,13 @@ TTTAdapterImpl::TTTAdapterImpl(int64_t in, int64_t out, const ttt::TTTConfig& in
   layer = std::make_shared<ttt::TTTLayer>(ttt::TTTLayer::init(inner, 0));
   auto holder = register_module("layer", std::make_shared<torch::nn::Module>("TTTLayer"));
   for (const auto& [name, t] : layer->named_parameters()) nn::register_param_tree(*holder, name, t);
-  init(0);
+  init_from(0);
 }
 
-void TTTAdapterImpl::init(uint64_t seed) {
+// The layer's seed, spread over its adapters (adapter j draws from seed·31 + j + 1).
+void TTTAdapterImpl::init(uint64_t seed) { init_from(seed * 31 + static_cast<uint64_t>(index) + 1); }
+
+void TTTAdapterImpl::init_from(uint64_t seed) {
   at::NoGradGuard ng;
   at::Generator gen = at::detail::createCPUGenerator(seed);
   nn::kaiming_uniform_fan_in(down->weight, gen);
@@ -36,10 +39,9 @@ std::unique_ptr<nn::StreamState> TTTAdapterImpl::make_state(int64_t batch) const
 at::Tensor TTTAdapterImpl::forward(const at::Tensor& x, const nn::StepContext& c) const {
   auto& st = static_cast<AdapterState&>(c.slot_state(slot)).s;
   at::Tensor z = util::linear_nobias(x, down->weight);
-  if (!c.probe) return util::linear_nobias(layer->forward(z, st), up->weight) * scale;
   ttt::TTTProbes p;
-  at::Tensor y = util::linear_nobias(layer->forward(z, st, &p), up->weight) * scale;
-  c.report(slot, probe_map(p));
+  at::Tensor y = util::linear_nobias(layer->forward(z, st, c.probe ? &p : nullptr), up->weight) * scale;
+  if (c.probe) c.report(slot, probe_map(p));
   return y;
 }
 

@@ -110,6 +110,7 @@ struct TTTAdapterImpl final : nn::LinearAddon, TTTUnit {
   std::string target;  // the linear it sits on ("self_attn.in_proj", ...)
 
  private:
+  void init_from(uint64_t seed);  // the reference values drawn from exactly this seed
   double saved_scale_ = 0;
 };
 

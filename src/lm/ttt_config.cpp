@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "util/choices.h"
 #include "util/error.h"
 #include "util/yaml_read.h"
 
@@ -31,49 +32,30 @@ void reject_unknown(const YAML::Node& n, const std::set<std::string>& seen, cons
   yaml::reject_unknown(n, seen, where + ".");
 }
 
-// The choices of one enum with their YAML names.
-template <class E>
-struct Choices {
-  const char* field;
-  std::vector<std::pair<const char*, E>> names;
-  const char* name_of(E e) const {
-    for (const auto& [n, v] : names)
-      if (v == e) return n;
-    return "?";
-  }
-  E parse(const std::string& text, const std::string& where) const {
-    std::string expected;
-    for (size_t i = 0; i < names.size(); ++i) {
-      if (text == names[i].first) return names[i].second;
-      expected += std::string(i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i].first;
-    }
-    fail(where, ".", field, ": '", text, "' (expected ", expected, ")");
-  }
-};
-const Choices<TTTVariant> kVariants{
-    "variant", {{"hybrid", TTTVariant::kHybrid}, {"adapter", TTTVariant::kAdapter}, {"inplace", TTTVariant::kInPlace}}};
-const Choices<TTTPlacement> kPlacements{"placement",
-                                        {{"after_attention", TTTPlacement::kAfterAttention},
-                                         {"parallel", TTTPlacement::kParallel},
-                                         {"before_attention", TTTPlacement::kBeforeAttention}}};
-const Choices<TTTInner> kInner{"type", {{"linear", TTTInner::kLinear}, {"mlp", TTTInner::kMlp}}};
-const Choices<InPlaceTarget> kTargets{
-    "inplace_target", {{"embeddings", InPlaceTarget::kEmbeddings}, {"ffn_input", InPlaceTarget::kFfnInput}}};
+// The enum fields of the section: their names as the YAML writes them.
+const util::Choices<TTTVariant> kVariants{
+    {{"hybrid", TTTVariant::kHybrid}, {"adapter", TTTVariant::kAdapter}, {"inplace", TTTVariant::kInPlace}}};
+const util::Choices<TTTPlacement> kPlacements{{{"after_attention", TTTPlacement::kAfterAttention},
+                                               {"parallel", TTTPlacement::kParallel},
+                                               {"before_attention", TTTPlacement::kBeforeAttention}}};
+const util::Choices<TTTInner> kInner{{{"linear", TTTInner::kLinear}, {"mlp", TTTInner::kMlp}}};
+const util::Choices<InPlaceTarget> kTargets{
+    {{"embeddings", InPlaceTarget::kEmbeddings}, {"ffn_input", InPlaceTarget::kFfnInput}}};
 
 // Reads a string field and parses it into its enum once, here.
 template <class E>
-void read_enum(const YAML::Node& n, const Choices<E>& c, E& out, const std::string& where,
+void read_enum(const YAML::Node& n, const char* key, const util::Choices<E>& c, E& out, const std::string& where,
                std::set<std::string>& seen) {
-  std::string text = c.name_of(out);
-  read(n, c.field, text, where, seen);
-  out = c.parse(text, where);
+  std::string text = c.name(out);
+  read(n, key, text, where, seen);
+  out = c.parse(text, where + "." + key);
 }
 }  // namespace
 
-const char* name(TTTVariant v) { return kVariants.name_of(v); }
-const char* name(TTTPlacement p) { return kPlacements.name_of(p); }
-const char* name(TTTInner t) { return kInner.name_of(t); }
-const char* name(InPlaceTarget t) { return kTargets.name_of(t); }
+const char* name(TTTVariant v) { return kVariants.name(v); }
+const char* name(TTTPlacement p) { return kPlacements.name(p); }
+const char* name(TTTInner t) { return kInner.name(t); }
+const char* name(InPlaceTarget t) { return kTargets.name(t); }
 
 TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const std::string& w) {
   TTTIntegrationConfig c;
@@ -81,7 +63,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   MT_CHECK(n.IsMap(), w, ": expected a mapping");
   std::set<std::string> s;
   read(n, "enable", c.enable, w, s);
-  read_enum(n, kVariants, c.variant, w, s);
+  read_enum(n, "variant", kVariants, c.variant, w, s);
   if (n["layers"] && n["layers"].IsSequence()) {
     std::ostringstream os;
     for (size_t i = 0; i < n["layers"].size(); ++i) os << (i ? "," : "") << n["layers"][i].as<std::string>();
@@ -92,7 +74,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   }
   read_opt(n, "start_layer", c.start_layer, w, s);
   read(n, "layer_frequency", c.layer_frequency, w, s);
-  read_enum(n, kInner, c.type, w, s);
+  read_enum(n, "type", kInner, c.type, w, s);
   read(n, "mlp_layers", c.mlp_layers, w, s);
   read(n, "num_heads", c.num_heads, w, s);
   read(n, "mini_batch_size", c.mini_batch_size, w, s);
@@ -101,7 +83,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read_opt(n, "attention_context", c.attention_context, w, s);
   read_opt(n, "non_ttt_attention_context", c.non_ttt_attention_context, w, s);
   read(n, "persistent_states", c.persistent_states, w, s);
-  read_enum(n, kPlacements, c.placement, w, s);
+  read_enum(n, "placement", kPlacements, c.placement, w, s);
   read(n, "scan_checkpoint_group_size", c.scan_checkpoint_group_size, w, s);
   read(n, "use_gate", c.use_gate, w, s);
   read(n, "share_qk", c.share_qk, w, s);
@@ -113,7 +95,7 @@ TTTIntegrationConfig TTTIntegrationConfig::from_yaml(const YAML::Node& n, const 
   read(n, "inplace_lr", c.inplace_lr, w, s);
   read(n, "inplace_conv_kernel", c.inplace_conv_kernel, w, s);
   read(n, "inplace_lookahead", c.inplace_lookahead, w, s);
-  read_enum(n, kTargets, c.inplace_target, w, s);
+  read_enum(n, "inplace_target", kTargets, c.inplace_target, w, s);
   read(n, "inplace_use_proj", c.inplace_use_proj, w, s);
   read(n, "inplace_delta_clip_fro_norm", c.inplace_delta_clip_fro_norm, w, s);
   read(n, "weight_lr_multiplier", c.weight_lr_multiplier, w, s);

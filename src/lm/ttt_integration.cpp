@@ -110,12 +110,8 @@ void install_ttt(nn::StreamingTransformerImpl& tr, const TTTIntegrationConfig& t
 }
 
 void init_ttt(const nn::TransformerLayerImpl& layer, uint64_t seed) {
-  for (nn::AddonBase* a : layer.addons()) {
-    if (auto* ad = dynamic_cast<TTTAdapterImpl*>(a))
-      ad->init(seed * 31 + static_cast<uint64_t>(ad->index) + 1);
-    else if (dynamic_cast<TTTUnit*>(a))
-      a->init(seed);
-  }
+  for (nn::AddonBase* a : layer.addons())
+    if (dynamic_cast<TTTUnit*>(a)) a->init(seed);
 }
 
 nn::ProbeFn probe_collector(const nn::StreamingTransformerImpl& t, std::vector<LayerProbes>& out) {
@@ -135,49 +131,45 @@ nn::ProbeFn probe_collector(const nn::StreamingTransformerImpl& t, std::vector<L
   };
 }
 
+namespace {
+// The layer's add-ons of type T, in slot order.
+template <class T>
+std::vector<const T*> addons_of(const nn::TransformerLayerImpl& layer) {
+  std::vector<const T*> out;
+  for (const auto* a : layer.addons())
+    if (const auto* t = dynamic_cast<const T*>(a)) out.push_back(t);
+  return out;
+}
+
+// The inner states of the layer state's slots of kind S, in slot order.
+template <class S>
+std::vector<decltype(S::s)*> states_of(const nn::LayerState& s) {
+  std::vector<decltype(S::s)*> out;
+  for (size_t i = 0; i < s.size(); ++i)
+    if (auto* st = s.as<S>(static_cast<int64_t>(i))) out.push_back(&st->s);
+  return out;
+}
+
+template <class P>
+P first_or_null(const std::vector<P>& v) {
+  return v.empty() ? nullptr : v.front();
+}
+}  // namespace
+
 const HybridTTTImpl* hybrid_of(const nn::TransformerLayerImpl& layer) {
-  for (const auto* a : layer.addons())
-    if (const auto* h = dynamic_cast<const HybridTTTImpl*>(a)) return h;
-  return nullptr;
+  return first_or_null(addons_of<HybridTTTImpl>(layer));
 }
-
 std::vector<const TTTAdapterImpl*> adapters_of(const nn::TransformerLayerImpl& layer) {
-  std::vector<const TTTAdapterImpl*> out;
-  for (const auto* a : layer.addons())
-    if (const auto* t = dynamic_cast<const TTTAdapterImpl*>(a)) out.push_back(t);
-  return out;
+  return addons_of<TTTAdapterImpl>(layer);
 }
-
 const InPlaceTTTImpl* inplace_of(const nn::TransformerLayerImpl& layer) {
-  for (const auto* a : layer.addons())
-    if (const auto* t = dynamic_cast<const InPlaceTTTImpl*>(a)) return t;
-  return nullptr;
+  return first_or_null(addons_of<InPlaceTTTImpl>(layer));
 }
+bool has_ttt(const nn::TransformerLayerImpl& layer) { return !addons_of<TTTUnit>(layer).empty(); }
 
-bool has_ttt(const nn::TransformerLayerImpl& layer) {
-  for (const auto* a : layer.addons())
-    if (dynamic_cast<const TTTUnit*>(a)) return true;
-  return false;
-}
-
-ttt::TTTState* hybrid_state(const nn::LayerState& s) {
-  for (size_t i = 0; i < s.size(); ++i)
-    if (auto* h = s.as<HybridState>(static_cast<int64_t>(i))) return &h->s;
-  return nullptr;
-}
-
-std::vector<ttt::TTTState*> adapter_states(const nn::LayerState& s) {
-  std::vector<ttt::TTTState*> out;
-  for (size_t i = 0; i < s.size(); ++i)
-    if (auto* a = s.as<AdapterState>(static_cast<int64_t>(i))) out.push_back(&a->s);
-  return out;
-}
-
-ttt::InPlaceState* inplace_state(const nn::LayerState& s) {
-  for (size_t i = 0; i < s.size(); ++i)
-    if (auto* p = s.as<InPlaceStreamState>(static_cast<int64_t>(i))) return &p->s;
-  return nullptr;
-}
+ttt::TTTState* hybrid_state(const nn::LayerState& s) { return first_or_null(states_of<HybridState>(s)); }
+std::vector<ttt::TTTState*> adapter_states(const nn::LayerState& s) { return states_of<AdapterState>(s); }
+ttt::InPlaceState* inplace_state(const nn::LayerState& s) { return first_or_null(states_of<InPlaceStreamState>(s)); }
 
 ScopedTTTOff::ScopedTTTOff(nn::StreamingTransformerImpl& t) {
   for (const auto& layer : t.layer_ptrs)

@@ -12,7 +12,7 @@
 namespace mt::lm {
 
 // Reference initial values of every TTT tensor of the layer (hybrid block, adapters, In-Place target),
-// seeded as they always were (adapter j: seed·31 + j + 1).
+// from the layer's seed.
 void init_ttt(const nn::TransformerLayerImpl& layer, uint64_t seed);
 
 // The config of each temporal layer: the chosen TTT layers take ttt.attention_context, the others

@@ -8,18 +8,38 @@
 #include <limits>
 
 #include "nn/attention_step.h"
+#include "util/choices.h"
 #include "util/error.h"
 #include "util/fused.h"
 
 namespace mt::nn {
 
 // ---------------------------------------------------------------------------------------------
-NormKind parse_norm(const std::string& name) {
-  if (name == "layer_norm") return NormKind::kLayerNorm;
-  if (name == "layer_norm_f32") return NormKind::kLayerNormF32;
-  if (name == "rms_norm") return NormKind::kRmsNorm;
-  if (name == "rms_norm_f32") return NormKind::kRmsNormF32;
-  fail("unknown norm '", name, "' (layer_norm, layer_norm_f32, rms_norm, rms_norm_f32)");
+namespace {
+const util::Choices<NormKind> kNorms{{{"layer_norm", NormKind::kLayerNorm},
+                                      {"layer_norm_f32", NormKind::kLayerNormF32},
+                                      {"rms_norm", NormKind::kRmsNorm},
+                                      {"rms_norm_f32", NormKind::kRmsNormF32}}};
+const util::Choices<Activation> kActivations{{{"silu", Activation::kSilu},
+                                              {"gelu", Activation::kGelu},
+                                              {"relu", Activation::kRelu},
+                                              {"sigmoid", Activation::kSigmoid},
+                                              {"tanh", Activation::kTanh},
+                                              {"leaky_relu", Activation::kLeakyRelu},
+                                              {"elu", Activation::kElu},
+                                              {"mish", Activation::kMish},
+                                              {"softsign", Activation::kSoftsign},
+                                              {"identity", Activation::kIdentity}}};
+const util::Choices<PositionalEmbedding> kPositional{{{"none", PositionalEmbedding::kNone},
+                                                      {"sin", PositionalEmbedding::kSin},
+                                                      {"rope", PositionalEmbedding::kRope},
+                                                      {"sin_rope", PositionalEmbedding::kSinRope}}};
+}  // namespace
+
+NormKind parse_norm(const std::string& name) { return kNorms.parse(name, "norm"); }
+Activation parse_activation(const std::string& name) { return kActivations.parse(name, "activation"); }
+PositionalEmbedding parse_positional_embedding(const std::string& name) {
+  return kPositional.parse(name, "positional embedding");
 }
 
 NormImpl::NormImpl(const std::string& name, int64_t dim) : kind(parse_norm(name)) {
@@ -65,20 +85,6 @@ at::Tensor NormImpl::forward(const at::Tensor& x) const {
 
 LayerScaleImpl::LayerScaleImpl(int64_t dim, double init) { scale = register_parameter("scale", at::full({dim}, init)); }
 
-namespace {
-constexpr std::pair<const char*, Activation> kActivations[] = {
-    {"silu", Activation::kSilu},        {"gelu", Activation::kGelu}, {"relu", Activation::kRelu},
-    {"sigmoid", Activation::kSigmoid},  {"tanh", Activation::kTanh}, {"leaky_relu", Activation::kLeakyRelu},
-    {"elu", Activation::kElu},          {"mish", Activation::kMish}, {"softsign", Activation::kSoftsign},
-    {"identity", Activation::kIdentity}};
-}  // namespace
-
-Activation parse_activation(const std::string& name) {
-  for (const auto& [n, a] : kActivations)
-    if (name == n) return a;
-  fail("unknown activation '", name, "'");
-}
-
 at::Tensor activation(Activation a, const at::Tensor& x) {
   switch (a) {
     case Activation::kSilu: return at::silu(x);
@@ -93,14 +99,6 @@ at::Tensor activation(Activation a, const at::Tensor& x) {
     case Activation::kIdentity: return x;
   }
   fail("activation: bad enum value");
-}
-
-PositionalEmbedding parse_positional_embedding(const std::string& name) {
-  if (name == "none") return PositionalEmbedding::kNone;
-  if (name == "sin") return PositionalEmbedding::kSin;
-  if (name == "rope") return PositionalEmbedding::kRope;
-  if (name == "sin_rope") return PositionalEmbedding::kSinRope;
-  fail("unknown positional embedding '", name, "' (none, sin, rope, sin_rope)");
 }
 
 GatingImpl::GatingImpl(const std::string& act, int64_t dim, int64_t dim_feedforward)
@@ -222,9 +220,10 @@ void TransformerState::reset(const at::Tensor& mask) {
   // Slots with offset 0 see every cache entry as invalid, so their old keys are never read again.
   offsets.masked_fill_(mask.to(offsets.device(), at::kBool), 0);
   if (addons.empty()) return;
-  at::Tensor m = mask.to(at::kCPU, at::kBool).contiguous();
+  const at::Tensor m = mask.to(at::kCPU, at::kBool).contiguous();
+  const bool* reset = m.data_ptr<bool>();
   for (int64_t b = 0; b < batch; ++b)
-    if (m.data_ptr<bool>()[b])
+    if (reset[b])
       for (auto& a : addons) a.reset_slot(b);
 }
 
@@ -417,11 +416,10 @@ void TransformerLayerImpl::add(std::shared_ptr<LayerAddon> addon) {
 
 void TransformerLayerImpl::attach(const std::string& target, const std::string& name,
                                   std::shared_ptr<LinearAddon> addon) {
-  Linear lin = linear(target);
-  addon->slot = static_cast<int64_t>(by_slot_.size());
-  lin->attach(name, addon);
-  by_slot_.push_back(addon.get());
-  linear_addons_.push_back(std::move(addon));
+  AddonBase* raw = addon.get();
+  linear(target)->attach(name, std::move(addon));  // the linear owns it; throws before anything changed
+  raw->slot = static_cast<int64_t>(by_slot_.size());
+  by_slot_.push_back(raw);
 }
 
 Linear TransformerLayerImpl::linear(const std::string& target) const {

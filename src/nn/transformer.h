@@ -134,8 +134,7 @@ struct TransformerLayerImpl : torch::nn::Module {
  private:
   at::Tensor ffn(const at::Tensor& n, const StepContext& c) const;
   std::vector<std::shared_ptr<LayerAddon>> layer_addons_;
-  std::vector<std::shared_ptr<LinearAddon>> linear_addons_;
-  std::vector<AddonBase*> by_slot_;  // every add-on by state slot (owned by the two lists above)
+  std::vector<AddonBase*> by_slot_;  // every add-on by state slot (owned by layer_addons_ or its linear)
   const LayerAddon* ffn_addon_ = nullptr;
 };
 TORCH_MODULE(TransformerLayer);

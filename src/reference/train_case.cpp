@@ -79,7 +79,7 @@ ref::CaseResult run_train_case(const std::string& dir, const ref::RunOptions& op
   std::vector<std::pair<std::string, at::Tensor>> frozen;
   for (auto& kv : model->named_parameters()) {
     const std::string& n = kv.key();
-    const bool train = full || lm::is_lora_param(n) || (lora.ft_embed && n.find("emb") != std::string::npos);
+    const bool train = trains(full, lora, n);
     kv.value().set_requires_grad(train);
     if (!train) {
       frozen.emplace_back(n, kv.value());

@@ -38,8 +38,4 @@ struct Run {
   }
 };
 
-// Whether the run trains parameter `name` (everything, or LoRA / TTT tensors and, with ft_embed, the
-// embeddings, as moshi-finetune selects them).
-bool trains(const TrainConfig& cfg, const std::string& name);
-
 }  // namespace mt::train

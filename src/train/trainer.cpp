@@ -250,11 +250,13 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
   return r;
 }
 
-bool trains(const TrainConfig& cfg, const std::string& n) {
-  if (cfg.full_finetuning) return true;
+bool trains(bool full_finetuning, const lm::LoRAConfig& lora, const std::string& n) {
+  if (full_finetuning) return true;
   if (lm::is_ttt_param(n) || lm::is_lora_param(n)) return true;
-  return cfg.model.lora.enable && cfg.model.lora.ft_embed && n.find("emb") != std::string::npos;
+  return lora.enable && lora.ft_embed && n.find("emb") != std::string::npos;
 }
+
+bool trains(const TrainConfig& cfg, const std::string& n) { return trains(cfg.full_finetuning, cfg.model.lora, n); }
 
 namespace {
 

@@ -54,6 +54,11 @@ struct StepResult {
   bool applied = true;               // false: non-finite loss or gradient, the step was skipped
 };
 
+// Whether a run trains parameter `name`: everything (full fine-tuning), or the LoRA and TTT tensors
+// and, with LoRA's ft_embed, every tensor whose name holds "emb" (as moshi-finetune selects them).
+bool trains(bool full_finetuning, const lm::LoRAConfig& lora, const std::string& name);
+bool trains(const TrainConfig& cfg, const std::string& name);
+
 // Resets, in every layer's TTT state, each batch slot whose flag is set (reset [B] bool: the slot
 // starts a new file with this chunk); the other slots carry on.
 void apply_resets(std::vector<nn::LayerState>& states, const at::Tensor& reset);

@@ -12,25 +12,21 @@
 
 #include "io/safetensors.h"
 #include "nn/transformer.h"
+#include "util/choices.h"
 #include "util/error.h"
 #include "util/pitfall_switch.h"
 
 namespace mt::ttt {
 
-const char* strategy_name(InPlaceStrategy s) {
-  switch (s) {
-    case InPlaceStrategy::kLinearAttention: return "linear_attention";
-    case InPlaceStrategy::kRunning: return "running";
-    case InPlaceStrategy::kMaterialized: return "materialized";
-  }
-  return "?";
-}
+namespace {
+const util::Choices<InPlaceStrategy> kStrategies{{{"linear_attention", InPlaceStrategy::kLinearAttention},
+                                                  {"running", InPlaceStrategy::kRunning},
+                                                  {"materialized", InPlaceStrategy::kMaterialized}}};
+}  // namespace
 
-InPlaceStrategy parse_strategy(const std::string& name) {
-  for (auto s : {InPlaceStrategy::kLinearAttention, InPlaceStrategy::kRunning, InPlaceStrategy::kMaterialized})
-    if (name == strategy_name(s)) return s;
-  fail("unknown In-Place TTT strategy '", name, "' (linear_attention, running, materialized)");
-}
+const char* strategy_name(InPlaceStrategy s) { return kStrategies.name(s); }
+
+InPlaceStrategy parse_strategy(const std::string& name) { return kStrategies.parse(name, "In-Place TTT strategy"); }
 
 namespace {
 
