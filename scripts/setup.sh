@@ -21,7 +21,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # 1. Debian packages the code uses.
 pkgs=(cmake g++ make python3 python3-venv ccache espeak-ng googletest libgtest-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libyaml-cpp-dev zlib1g-dev pkg-config
-      libplplot-dev plplot-driver-cairo fonts-dejavu-core
+      libplplot-dev plplot-driver-cairo fonts-dejavu-core libgloo-dev
       libsndfile1-dev libsoxr-dev libsentencepiece-dev ${MOSHI_TTT_EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do

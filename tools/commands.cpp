@@ -27,6 +27,7 @@ void register_all(CLI::App& app) {
   add_eval(app);
   add_report(app);
   add_synth_data(app);
+  add_collectives(app);
 }
 
 namespace {
