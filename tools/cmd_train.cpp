@@ -3,7 +3,9 @@
 #include <csignal>
 #include <cstdio>
 
+#include "dist/launch.h"
 #include "tools/commands.h"
+#include "train/run_folder.h"
 #include "train/trainer.h"
 #include "util/error.h"
 
@@ -25,12 +27,12 @@ void add_train(CLI::App& app) {
   sub->add_option("--stop-at-step", o->stop_at, "checkpoint and stop after this many steps (continue with --resume)");
   sub->add_flag("--quiet", o->quiet, "no progress lines");
   sub->add_option("--nproc", o->nproc,
-                  "data parallel: run N ranks on this machine (batch_size is per rank); for several machines start "
-                  "one process per rank with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set")
+                  "data parallel: run N ranks on this machine (batch_size is per rank); for several machines, or "
+                  "GPUs: torchrun --nproc-per-node N --no-python moshi-ttt train ...")
       ->capture_default_str();
   set_handler(sub, [o]() {
     train::TrainConfig cfg = train::TrainConfig::load(o->config, o->sets);  // config errors before any rank starts
-    train::DistInfo dist = train::dist_from_env();
+    dist::Launch dist = dist::launch_from_env();
     if (o->nproc > 1) {
       MT_CHECK(!dist.active(), "--nproc ", o->nproc, " with RANK/WORLD_SIZE already set: use one or the other");
       std::vector<std::string> argv{"moshi-ttt", "train", "--config", o->config};
@@ -39,12 +41,22 @@ void add_train(CLI::App& app) {
       if (!o->resume_from.empty()) argv.insert(argv.end(), {"--resume-from", o->resume_from});
       if (o->stop_at >= 0) argv.insert(argv.end(), {"--stop-at-step", std::to_string(o->stop_at)});
       if (o->quiet) argv.push_back("--quiet");
-      return train::spawn_ranks(o->nproc, argv);
+      return dist::spawn_ranks(o->nproc, argv);
     }
     MT_CHECK(o->nproc == 1, "--nproc must be >= 1, got ", o->nproc);
     train::TrainOptions opt;
     opt.dist = dist;
     opt.resume = o->resume || !o->resume_from.empty();
+    if (dist.restart_count > 0 && !opt.resume) {
+      // torchrun restarted the job after a failure: go on from the last complete checkpoint; without one,
+      // the failed attempt's folder is this job's own and starts over.
+      opt.resume = !train::latest_checkpoint(cfg.run_dir).empty();
+      if (!opt.resume) cfg.overwrite_run_dir = true;
+      if (dist.rank == 0)
+        std::fprintf(stderr, "torchrun restart %lld: %s\n", (long long)dist.restart_count,
+                     opt.resume ? ("resuming from " + train::latest_checkpoint(cfg.run_dir)).c_str()
+                                : "no checkpoint yet, starting over");
+    }
     opt.resume_from = o->resume_from;
     opt.stop_at_step = o->stop_at;
     opt.quiet = o->quiet;

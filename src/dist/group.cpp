@@ -55,6 +55,7 @@ struct Group::Impl {
   bool stop = false;
 
   static std::string beat_key(int64_t r) { return "alive/" + std::to_string(r); }
+  static std::string report_key(int64_t r) { return "failed/" + std::to_string(r); }
   void start_beat() {
     beat = std::thread([this] {
       std::unique_lock<std::mutex> lk(mu);
@@ -82,18 +83,22 @@ struct Group::Impl {
   // Which ranks stopped beating, as a phrase for the error; empty when all are alive.
   std::string who_stopped() {
     const int64_t w = launch.world_size;
-    std::vector<int64_t> a(w), b(w);
+    std::vector<int64_t> a(w), b(w), reported(w);
     try {
+      // Peers of a dead rank fail too, and stop beating when they exit: those that say they failed in a
+      // collective are not the cause.
+      store->add(report_key(launch.rank), 1);
       for (int64_t r = 0; r < w; ++r) a[r] = store->add(beat_key(r), 0);
       std::this_thread::sleep_for(6 * kBeat);
       for (int64_t r = 0; r < w; ++r) b[r] = store->add(beat_key(r), 0);
+      for (int64_t r = 0; r < w; ++r) reported[r] = store->add(report_key(r), 0);
     } catch (const std::exception&) {
       return launch.agent_store ? str("torchrun's store at ", where, " is unreachable (its agent stopped?)")
                                 : str("rank 0 stopped (it hosts the rendezvous store at ", where, ", which is gone)");
     }
     std::string dead;
     for (int64_t r = 0; r < w; ++r)
-      if (r != launch.rank && a[r] == b[r]) dead += str(dead.empty() ? "" : ", ", r);
+      if (r != launch.rank && a[r] == b[r] && !reported[r]) dead += str(dead.empty() ? "" : ", ", r);
     if (dead.empty()) return "";
     return str("rank", dead.find(',') == std::string::npos ? " " : "s ", dead, " stopped (no sign of life for ",
                std::chrono::duration<double>(6 * kBeat).count(), " s)");

@@ -105,12 +105,18 @@ ref::CaseResult run_train_case(const std::string& dir, const ref::RunOptions& op
   for (int64_t s = 0; s < steps; ++s) {
     std::vector<at::Tensor> micro;
     for (int64_t m = 0; m < M; ++m) micro.push_back(codes[s][m].to(dev));
-    auto capture = [&](StepResult&) {
-      if (s != 0) return;
-      for (const auto& [n, p] : g.params)
-        first_grads[n] = p.grad().defined() ? p.grad().detach().cpu().clone() : at::zeros_like(p).cpu();
-    };
-    StepResult sr = train_step(*model, optim, sched, s, micro, nullptr, {}, lc, max_norm, trainable, false, capture);
+    struct Capture : StepHooks {  // step 1's gradients, before clipping
+      const ParamGroup* g = nullptr;
+      std::map<std::string, at::Tensor>* out = nullptr;
+      void after_backward(StepResult&) override {
+        for (const auto& [n, p] : g->params)
+          (*out)[n] = p.grad().defined() ? p.grad().detach().cpu().clone() : at::zeros_like(p).cpu();
+      }
+    } capture;
+    capture.g = &g;
+    capture.out = &first_grads;
+    StepResult sr = train_step(*model, optim, sched, s, micro, nullptr, {}, lc, max_norm, trainable, false,
+                               s == 0 ? &capture : nullptr);
     for (int64_t m = 0; m < M; ++m) {
       text_loss[s][m] = sr.text_loss[m];
       audio_loss[s][m] = sr.audio_loss[m];

@@ -31,17 +31,23 @@ TensorMap rank_state(Run& r) {
   for (auto& [k, v] : r.loader->state()) st["loader." + k] = v.cpu().contiguous();
   for (size_t mb = 0; mb < r.states.size(); ++mb)
     for (size_t l = 0; l < r.states[mb].size(); ++l) r.states[mb][l].write(state_prefix(mb, l), st);
+  if (r.dp && r.dp->sharded()) {  // ZeRO: each rank's optimizer holds its own shards
+    for (auto& [k, v] : r.optim->state_dict()) st["optim." + k] = v.cpu().contiguous();
+    for (auto& [k, v] : r.dp->masters()) st["dp_master." + k] = v.cpu().contiguous();
+  }
   return st;
 }
+
+bool sharded(const Run& r) { return r.dp && r.dp->sharded(); }
 
 // Called by every rank (data parallel: the ranks' own states are gathered on rank 0, which writes).
 }  // namespace
 
 void save_checkpoint(Run& r, int64_t steps_done) {
   std::vector<std::string> others;
-  if (r.comm) {
+  if (r.group) {
     TensorMap mine = rank_state(r);
-    others = r.comm->all_gather(r.leader() ? std::string() : io::to_bytes({mine.begin(), mine.end()}));
+    others = r.group->all_gather_bytes(r.leader() ? std::string() : io::to_bytes({mine.begin(), mine.end()}));
   }
   if (!r.leader()) return;
   const TrainConfig& cfg = r.cfg;
@@ -90,13 +96,15 @@ void save_checkpoint(Run& r, int64_t steps_done) {
   // Training state: optimizer, data position, TTT states, counters. Data position and TTT states are
   // per rank: rank 0's here, the others' in rank_state_NNNNN.safetensors.
   TensorMap st = rank_state(r);
-  for (auto& [k, v] : r.optim->state_dict()) st["optim." + k] = v.cpu().contiguous();
+  if (!sharded(r))
+    for (auto& [k, v] : r.optim->state_dict()) st["optim." + k] = v.cpu().contiguous();
   for (size_t q = 1; q < others.size(); ++q) {
     char fname[64];
     std::snprintf(fname, sizeof fname, "rank_state_%05zu.safetensors", q);
     io::atomic_write((tmp / fname).string(), others[q]);
   }
   st["world_size"] = nn::long_tensor({r.opt.dist.world_size});
+  st["sharding"] = nn::long_tensor({static_cast<int64_t>(r.cfg.sharding)});
   st["steps_done"] = nn::long_tensor({steps_done});
   st["bad_steps"] = nn::long_tensor({r.bad_steps});
   std::vector<std::pair<std::string, at::Tensor>> stv(st.begin(), st.end());
@@ -121,17 +129,23 @@ void restore_checkpoint(Run& r, const std::string& dir) {
   MT_CHECK(saved_world == r.opt.dist.world_size, dir, ": the checkpoint was written by ", saved_world,
            " data-parallel rank(s); resume it with the same number (--nproc ", saved_world, "), not ",
            r.opt.dist.world_size);
-  if (r.opt.dist.rank > 0) {  // this rank's own loader position and TTT states
+  const int64_t saved_sharding = all.count("sharding") ? nn::long_vector(all.at("sharding")).at(0) : 0;
+  MT_CHECK(saved_sharding == static_cast<int64_t>(r.cfg.sharding) || r.opt.dist.world_size == 1, dir,
+           ": the checkpoint was written with sharding: ", name(static_cast<Sharding>(saved_sharding)),
+           "; resume it with the same setting, not ", name(r.cfg.sharding));
+  if (r.opt.dist.rank > 0) {  // this rank's own loader position, TTT states (and optimizer shards)
     char fname[64];
     std::snprintf(fname, sizeof fname, "rank_state_%05lld.safetensors", (long long)r.opt.dist.rank);
     io::SafeTensors rf((fs::path(dir) / fname).string());
     for (const auto& t : rf.tensors()) all[t.name] = rf.get(t.name);
   }
-  TensorMap o, l;
+  TensorMap o, l, masters;
   for (const auto& [k, v] : all) {
     if (k.rfind("optim.", 0) == 0) o[k.substr(6)] = v;
     if (k.rfind("loader.", 0) == 0) l[k.substr(7)] = v;
+    if (k.rfind("dp_master.", 0) == 0) masters[k.substr(10)] = v;
   }
+  if (sharded(r)) r.dp->load_masters(masters);
   r.optim->load_state_dict(o);
   r.loader->restore(l);
   for (size_t mb = 0; mb < r.states.size(); ++mb)

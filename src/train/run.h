@@ -7,9 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "dist/group.h"
 #include "lm/lm_model.h"
 #include "train/data.h"
-#include "train/distributed.h"
+#include "train/data_parallel.h"
 #include "train/optim.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
@@ -29,9 +30,10 @@ struct Run {
   std::vector<std::vector<nn::LayerState>> states;  // per micro-batch: every layer's stream states
   std::vector<at::Tensor> trainable;
   int64_t start_step = 0, bad_steps = 0;
-  int stop_signal = 0;  // data parallel: the signal every rank agreed on in this step's exchange
+  int stop_signal = 0;  // data parallel: this rank's pending SIGINT / SIGTERM, shared with the others each step
   std::ofstream metrics;
-  std::unique_ptr<Collective> comm;  // data parallel (world_size > 1)
+  std::unique_ptr<dist::Group> group;  // data parallel (world_size > 1)
+  std::unique_ptr<DataParallel> dp;
   bool leader() const { return opt.dist.rank == 0; }
   void say(const std::string& s) const {
     if (leader() && !opt.quiet) std::fprintf(stderr, "%s\n", s.c_str());

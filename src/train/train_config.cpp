@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "util/choices.h"
 #include "util/error.h"
 #include "util/yaml_read.h"
 
@@ -42,6 +43,13 @@ void apply_override(YAML::Node root, const std::string& kv) {
 }
 }  // namespace
 
+namespace {
+const util::Choices<Sharding> kShardings{
+    {{"none", Sharding::kNone}, {"optimizer", Sharding::kOptimizer}, {"gradients", Sharding::kGradients}}};
+}  // namespace
+
+const char* name(Sharding s) { return kShardings.name(s); }
+
 int64_t TrainConfig::chunk_frames() const { return static_cast<int64_t>(std::ceil(duration_sec * frame_rate - 1e-9)); }
 
 void TrainConfig::validate() const {
@@ -54,6 +62,8 @@ void TrainConfig::validate() const {
   MT_CHECK(log_freq >= 1, source, ": log_freq must be >= 1");
   MT_CHECK(eval_freq >= 0 && ckpt_freq >= 0, source, ": eval_freq and ckpt_freq must be >= 0");
   MT_CHECK(num_ckpt_keep >= 1, source, ": num_ckpt_keep must be >= 1");
+  MT_CHECK(bucket_cap_mb > 0 && bucket_cap_mb <= 4096, source, ": bucket_cap_mb must be in (0, 4096], got ",
+           bucket_cap_mb);
   MT_CHECK(optim.lr > 0, source, ": optim.lr must be > 0");
   MT_CHECK(optim.weight_decay >= 0 && alpha_weight_decay >= 0, source, ": weight decays must be >= 0");
   MT_CHECK(optim.pct_start > 0 && optim.pct_start < 1, source, ": optim.pct_start must be in (0, 1)");
@@ -137,6 +147,10 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
     read(root, w, "device", c.device, s);
     read(root, w, "threads", c.threads, s);
     read(root, w, "init_seed", c.init_seed, s);
+    std::string sharding = "none";
+    read(root, w, "sharding", sharding, s);
+    c.sharding = kShardings.parse(sharding, w + "sharding");
+    read(root, w, "bucket_cap_mb", c.bucket_cap_mb, s);
     c.model = lm::ModelConfigFile::from_yaml(root, path, s);
     // Pitfalls.md row 9: a setting that nothing reads in this run is an error, not a silent no-op.
     auto unread = [&](const YAML::Node& n, const char* key, bool read_here, const char* why) {

@@ -17,6 +17,14 @@ struct OptimConfig {
   double pct_start = 0.05;
 };
 
+// Data parallel: which per-rank training state is split over the ranks (ZeRO's stages 1 and 2).
+enum class Sharding {
+  kNone,       // every rank keeps everything (DDP): gradients all-reduced
+  kOptimizer,  // AdamW moments and float32 masters sharded (ZeRO-1); gradients all-reduced
+  kGradients,  // also gradients: reduce-scattered into each rank's shard, full ones released (ZeRO-2)
+};
+const char* name(Sharding s);
+
 struct TrainConfig {
   lm::ModelConfigFile model;  // preset | lm | moshi_paths, ttt, lora
   std::string source;         // the YAML file (for messages)
@@ -58,6 +66,9 @@ struct TrainConfig {
   std::string device = "cpu";
   int threads = 0;
   uint64_t init_seed = 0;  // random base weights when the model has no weights file
+  // ours, data parallel (ignored by one process)
+  Sharding sharding = Sharding::kNone;
+  double bucket_cap_mb = 25;  // gradient bucket size (DDP's bucket_cap_mb)
 
   int64_t chunk_frames() const;  // duration_sec * frame_rate, rounded up (as moshi-finetune)
   void validate() const;

@@ -164,9 +164,9 @@ double evaluate(Run& r) {
       ++n;
     }
   }
-  if (r.comm) {  // every rank scored its share of the eval files
+  if (r.group) {  // every rank scored its share of the eval files
     std::vector<double> v{sum, static_cast<double>(n)};
-    r.comm->all_reduce_sum(v);
+    r.group->sum(v);
     sum = v[0];
     n = static_cast<int64_t>(v[1]);
   }
@@ -188,8 +188,7 @@ void apply_resets(std::vector<nn::LayerState>& states, const at::Tensor& reset) 
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<nn::LayerState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
-                      const std::vector<at::Tensor>& trainable, bool want_probes,
-                      const std::function<void(StepResult&)>& before_clip) {
+                      const std::vector<at::Tensor>& trainable, bool want_probes, StepHooks* hooks) {
   StepResult r;
   for (size_t g = 0; g < opt.groups().size(); ++g) {
     opt.set_lr(g, sched[g].lr_at(step));
@@ -220,6 +219,7 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
     const bool pr = want_probes && mb == 0 && m.transformer->has_addons();
     lm::LMOutput out = m.forward(codes, pr ? &probes : nullptr, st);
     LossParts lp = compute_loss(m.cfg, out, codes, lc, true);
+    if (hooks && mb == M - 1) hooks->before_last_backward();
     (lp.total / static_cast<double>(M)).backward();
     const double t = lp.text.item<double>(), a = lp.audio.item<double>();
     r.text_loss.push_back(t);
@@ -236,16 +236,21 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
       for (size_t l = 0; l < st->size(); ++l) r.ttt_updates[l] += (*st)[l].updates() - before[l];
     }
   }
-  if (before_clip) before_clip(r);
+  if (hooks) hooks->after_backward(r);
   r.loss = r.text + r.audio;
-  for (const auto& g : opt.groups()) {
-    std::vector<at::Tensor> ps;
-    for (const auto& p : g.params) ps.push_back(p.second);
-    r.group_grad_norm.push_back(grad_norm(ps));
+  if (hooks && hooks->sharded()) {
+    r.grad_norm = hooks->clip(opt, max_norm, r.group_grad_norm);
+  } else {
+    for (const auto& g : opt.groups()) {
+      std::vector<at::Tensor> ps;
+      for (const auto& p : g.params) ps.push_back(p.second);
+      r.group_grad_norm.push_back(grad_norm(ps));
+    }
+    r.grad_norm = clip_grad_norm(trainable, max_norm);
   }
-  r.grad_norm = clip_grad_norm(trainable, max_norm);
   r.applied = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (r.applied) opt.step();
+  if (hooks) hooks->after_step(r.applied);
   opt.zero_grad();
   return r;
 }
@@ -261,17 +266,28 @@ bool trains(const TrainConfig& cfg, const std::string& n) { return trains(cfg.fu
 namespace {
 
 // ---- setting a run up -------------------------------------------------------------------------
+// The training device: with several ranks on a GPU machine, each takes cuda:LOCAL_RANK (as torchrun's
+// users expect); a device with an explicit index is taken as given.
+at::Device training_device(const Run& r) {
+  at::Device d = parse_device(r.cfg.device);
+  if (d.is_cuda() && !d.has_index() && r.opt.dist.active())
+    d = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(r.opt.dist.local_rank));
+  return d;
+}
+
 void join_ranks(Run& r) {
   if (!r.opt.dist.active()) return;
-  r.comm = std::make_unique<Collective>(r.opt.dist);
-  r.say(str("data parallel: ", r.opt.dist.world_size, " ranks (rendezvous ", r.opt.dist.master_addr, ":",
-            r.opt.dist.master_port, "), batch_size ", r.cfg.batch_size, " per rank, ",
-            r.cfg.batch_size * r.opt.dist.world_size, " in all"));
+  r.group = dist::Group::join(r.opt.dist, r.dev);
+  r.say(str("data parallel: ", r.opt.dist.world_size, " ranks over c10d ", dist::name(r.group->backend()),
+            " (rendezvous ", r.opt.dist.master_addr, ":", r.opt.dist.master_port,
+            r.opt.dist.agent_store ? ", torchrun's store" : "", "), batch_size ", r.cfg.batch_size, " per rank, ",
+            r.cfg.batch_size * r.opt.dist.world_size, " in all; sharding ", name(r.cfg.sharding), ", buckets of ",
+            r.cfg.bucket_cap_mb, " MiB"));
 }
 
 // Replicas must start equal (same weights, same init seed): compare a fingerprint of every tensor.
 void check_replicas_agree(Run& r) {
-  if (!r.comm) return;
+  if (!r.group) return;
   std::vector<double> fp;
   for (const auto& kv : r.model->named_parameters()) {
     at::Tensor t = kv.value().detach().to(at::kDouble);
@@ -279,7 +295,7 @@ void check_replicas_agree(Run& r) {
     fp.push_back(t.square().sum().item<double>());
   }
   std::string mine(reinterpret_cast<const char*>(fp.data()), fp.size() * sizeof(double));
-  std::vector<std::string> all = r.comm->all_gather(mine);
+  std::vector<std::string> all = r.group->all_gather_bytes(mine);
   for (size_t q = 0; q < all.size(); ++q)
     MT_CHECK(all[q] == all[0], "data parallel: rank ", q, " starts from other weights than rank 0 (",
              "different checkpoints, or init seeds?)");
@@ -315,7 +331,13 @@ void setup_optimizer(Run& r) {
   for (auto* g : {&base, &tw, &al})
     if (!g->params.empty()) r.groups.push_back(*g);
   MT_CHECK(!r.groups.empty(), cfg.source, ": no trainable parameter");
-  r.optim = std::make_unique<AdamW>(r.groups, AdamWConfig{0.9, 0.95, 1e-8});
+  const AdamWConfig adam{0.9, 0.95, 1e-8};
+  if (r.group) {
+    r.dp = std::make_unique<DataParallel>(*r.group, cfg, r.groups, &r.stop_signal);
+    r.optim = r.dp->make_optimizer(adam);
+  } else {
+    r.optim = std::make_unique<AdamW>(r.groups, adam);
+  }
   for (const auto& g : r.groups) {
     OneCycle oc;
     oc.max_lr = g.max_lr;
@@ -355,32 +377,6 @@ void setup_data(Run& r) {
               t.mini_batch_size, " frames each)"));
   for (int64_t mb = 0; mb < cfg.num_microbatches; ++mb)
     r.states.push_back(r.model->transformer->make_layer_states(cfg.batch_size));
-}
-
-// Data parallel: gradients and the logged losses averaged over the ranks before clipping.
-std::function<void(StepResult&)> rank_average(Run& r) {
-  if (!r.comm) return {};
-  return [&r](StepResult& s) {
-    // Gradients: mean over ranks (each rank's loss is normalised over its own batch, as DDP does).
-    std::vector<at::Tensor> grads;
-    for (auto& p : r.trainable) {
-      if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-      grads.push_back(p.grad());
-    }
-    r.comm->all_reduce_mean(grads);
-    // Losses (means over ranks), the token count (a sum) and a stop requested on any rank (which
-    // stops all at the same step), in one exchange.
-    std::vector<double> v{static_cast<double>(s.real_tokens), s.text, s.audio, s.state_change};
-    v.insert(v.end(), s.per_codebook.begin(), s.per_codebook.end());
-    v.push_back(static_cast<double>(g_stop_signal.load()));
-    r.comm->all_reduce_sum(v);
-    r.stop_signal = v.back() > 0 ? (g_stop_signal.load() ? g_stop_signal.load() : SIGTERM) : 0;
-    v.pop_back();
-    const double w = static_cast<double>(r.comm->world_size());
-    s.real_tokens = static_cast<int64_t>(v[0]);
-    s.text = v[1] / w, s.audio = v[2] / w, s.state_change = v[3] / w;
-    for (size_t k = 0; k < s.per_codebook.size(); ++k) s.per_codebook[k] = v[4 + k] / w;
-  };
 }
 
 // ---- one step of the loop ---------------------------------------------------------------------
@@ -520,7 +516,7 @@ bool maybe_checkpoint(Run& r, int64_t step, int64_t end_step, TrainSummary& sum)
   const bool last = step + 1 == end_step;
   const bool saved = cfg.do_ckpt && ((cfg.ckpt_freq > 0 && (step + 1) % cfg.ckpt_freq == 0) || last);
   if (saved) save_checkpoint(r, step + 1);
-  const int sig = r.comm ? r.stop_signal : g_stop_signal.load();
+  const int sig = r.dp ? r.dp->agreed_stop() : g_stop_signal.load();
   if (!sig || last) return false;
   if (!saved) save_checkpoint(r, step + 1);
   r.say(str("stopped by ", sig == SIGINT ? "SIGINT" : "SIGTERM", " after step ", step + 1, "; continue with --resume"));
@@ -564,9 +560,9 @@ void summarize_ttt(Run& r, const Progress& p, TrainSummary& sum) {
 TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   StopSignals stop_signals;
   Run r{cfg, opt};
-  join_ranks(r);
   set_threads(cfg.threads);
-  r.dev = parse_device(cfg.device);
+  r.dev = training_device(r);
+  join_ranks(r);
   const std::string resume_dir = prepare_run_dir(cfg, opt.resume, opt.resume_from, r.leader());
   setup_model(r, resume_dir);
   setup_optimizer(r);
@@ -580,7 +576,6 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
 
   const LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
   const bool persistent = r.model->transformer->has_addons() && cfg.model.ttt.persistent_states;
-  const std::function<void(StepResult&)> average = rank_average(r);
   const int64_t end_step = opt.stop_at_step > 0 ? std::min(opt.stop_at_step, cfg.max_steps) : cfg.max_steps;
   TrainSummary sum;
   sum.run_dir = cfg.run_dir;
@@ -590,8 +585,9 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     PeakMemory mem(r.dev.type());  // tensors allocated during the step on the training device
     const StepBatch b = next_batch(r);
     const bool probes = (step + 1) % cfg.log_freq == 0 || step + 1 == end_step;
+    r.stop_signal = g_stop_signal.load();
     const StepResult sr = train_step(*r.model, *r.optim, r.sched, step, b.micro, persistent ? &r.states : nullptr,
-                                     b.resets, loss_cfg, cfg.max_norm, r.trainable, probes, average);
+                                     b.resets, loss_cfg, cfg.max_norm, r.trainable, probes, r.dp.get());
     account(r, sr, step, p, sum);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t frames = b.batch.codes.size(0) * b.batch.codes.size(2) * opt.dist.world_size;  // all ranks

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "dist/launch.h"
 #include "lm/lm_model.h"
-#include "train/distributed.h"
 #include "train/loss.h"
 #include "train/optim.h"
 #include "train/run_folder.h"
@@ -22,7 +22,7 @@ struct TrainOptions {
   std::string resume_from;    // a checkpoint folder
   int64_t stop_at_step = -1;  // checkpoint and stop after this many steps (time-boxed jobs, tests)
   bool quiet = false;         // no progress output
-  DistInfo dist;              // data parallel: this process's rank (run_training joins the others)
+  dist::Launch dist;          // data parallel: this process's rank (run_training joins the others)
 };
 
 struct TrainSummary {
@@ -63,15 +63,23 @@ bool trains(const TrainConfig& cfg, const std::string& name);
 // starts a new file with this chunk); the other slots carry on.
 void apply_resets(std::vector<nn::LayerState>& states, const at::Tensor& reset);
 
+// What a caller adds to train_step (data parallelism, tests); every member has a do-nothing default.
+struct StepHooks {
+  virtual ~StepHooks() = default;
+  virtual void before_last_backward() {}          // the step's last micro-batch is about to backpropagate
+  virtual void after_backward(StepResult&) {}     // every gradient of the step is in
+  virtual bool sharded() const { return false; }  // the optimizer holds shards: norms and clipping by clip()
+  virtual double clip(AdamW&, double max_norm, std::vector<double>& group_norms) { return 0; }
+  virtual void after_step(bool applied) {}  // after AdamW (or after a skipped step), before zero_grad
+};
+
 // One optimizer step as moshi-finetune takes it, shared by `train` and check-reference: the
 // schedule's lr / beta1 for `step` → per micro-batch forward, loss, backward of loss / M (TTT states
 // detached, slots reset where micro_resets says) → clip_grad_norm over `trainable` → AdamW step (skipped
-// when the loss or the norm is not finite) → zero_grad. before_clip runs after the backward passes, with
-// the step's losses (data parallel: it averages gradients and losses over the ranks).
+// when the loss or the norm is not finite) → zero_grad, with `hooks` called where StepHooks says.
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<nn::LayerState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
-                      const std::vector<at::Tensor>& trainable, bool want_probes,
-                      const std::function<void(StepResult&)>& before_clip = {});
+                      const std::vector<at::Tensor>& trainable, bool want_probes, StepHooks* hooks = nullptr);
 
 }  // namespace mt::train

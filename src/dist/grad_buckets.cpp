@@ -1,0 +1,139 @@
+#include "dist/grad_buckets.h"
+
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include "util/error.h"
+
+namespace mt::dist {
+
+namespace {
+
+// The hook AccumulateGrad runs once a parameter's gradient of this backward is in .grad.
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  ReadyHook(GradBuckets* o, size_t i) : owner(o), index(i) {}
+  void operator()(const torch::autograd::Variable&) override { owner->on_ready(index); }
+  GradBuckets* owner;
+  size_t index;
+};
+
+}  // namespace
+
+GradBuckets::GradBuckets(Group& g, std::vector<at::Tensor> params, std::vector<int64_t> tags, GradReduce mode,
+                         BucketOptions o)
+    : group_(g), params_(std::move(params)), bucket_of_(params_.size()), mode_(mode) {
+  MT_CHECK(tags.size() == params_.size(), "GradBuckets: ", tags.size(), " tags for ", params_.size(), " parameters");
+  MT_CHECK(o.cap_bytes >= 4 && o.first_cap_bytes >= 4, "data parallel: bucket caps must be >= 4 bytes, got ",
+           o.cap_bytes, " and ", o.first_cap_bytes);
+  const int64_t w = g.size();
+  // Reverse registration order: the last layers' gradients arrive first in backward.
+  for (size_t k = params_.size(); k-- > 0;) {
+    const at::Tensor& p = params_[k];
+    MT_CHECK(p.requires_grad(), "GradBuckets: parameter ", k, " does not require grad");
+    const int64_t cap = buckets_.size() <= 1 ? o.first_cap_bytes : o.cap_bytes;
+    const bool fresh = buckets_.empty() || buckets_.back().tag != tags[k] ||
+                       (buckets_.back().numel > 0 && (buckets_.back().numel + p.numel()) * 4 > cap);
+    if (fresh) {
+      buckets_.emplace_back();
+      buckets_.back().tag = tags[k];
+    }
+    Bucket& b = buckets_.back();
+    b.params.push_back(k);
+    b.offsets.push_back(b.numel);
+    b.numel += p.numel();
+    bucket_of_[k] = buckets_.size() - 1;
+  }
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(g.device());
+  for (Bucket& b : buckets_) {
+    b.padded = (b.numel + w - 1) / w * w;
+    b.flat = at::zeros({b.padded}, f32);
+    if (mode_ == GradReduce::kReduceScatter) b.shard = at::zeros({b.padded / w}, f32);
+  }
+  for (size_t k = 0; k < params_.size(); ++k)
+    torch::autograd::impl::set_post_acc_grad_hooks(params_[k], std::make_unique<ReadyHook>(this, k));
+}
+
+GradBuckets::~GradBuckets() {
+  for (auto& p : params_) torch::autograd::impl::post_acc_grad_hooks(p).reset();
+}
+
+void GradBuckets::arm() {
+  armed_ = true;
+  next_ = 0;
+  for (Bucket& b : buckets_) {
+    b.pending = static_cast<int64_t>(b.params.size());
+    b.launched = false;
+  }
+}
+
+void GradBuckets::on_ready(size_t k) {
+  if (!armed_) return;  // an earlier micro-batch: gradients only accumulate
+  Bucket& b = buckets_[bucket_of_[k]];
+  --b.pending;
+  while (next_ < buckets_.size() && buckets_[next_].pending == 0) launch(next_++);
+}
+
+void GradBuckets::launch(size_t bi) {
+  Bucket& b = buckets_[bi];
+  at::NoGradGuard ng;
+  for (size_t j = 0; j < b.params.size(); ++j) {
+    at::Tensor& p = params_[b.params[j]];
+    at::Tensor dst = b.flat.narrow(0, b.offsets[j], p.numel());
+    if (p.grad().defined())
+      dst.copy_(p.grad().reshape({-1}));
+    else
+      dst.zero_();
+    if (mode_ == GradReduce::kReduceScatter) p.mutable_grad().reset();  // ZeRO-2: the bucket holds it now
+  }
+  b.launched = true;
+  b.work = mode_ == GradReduce::kAllReduce ? group_.all_reduce(b.flat) : group_.reduce_scatter(b.shard, b.flat);
+}
+
+void GradBuckets::finish() {
+  if (!armed_) arm();
+  while (next_ < buckets_.size()) launch(next_++);  // parameters that got no gradient this step
+  armed_ = false;
+  at::NoGradGuard ng;
+  const double inv = 1.0 / static_cast<double>(group_.size());
+  for (Bucket& b : buckets_) {
+    b.work.wait();
+    if (mode_ == GradReduce::kReduceScatter) {
+      b.shard.mul_(inv);
+      continue;
+    }
+    b.flat.mul_(inv);
+    for (size_t j = 0; j < b.params.size(); ++j) {
+      at::Tensor& p = params_[b.params[j]];
+      const at::Tensor mean = b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes());
+      if (p.grad().defined())
+        p.mutable_grad().copy_(mean);
+      else
+        p.mutable_grad() = mean.to(p.scalar_type()).clone();
+    }
+  }
+}
+
+at::Tensor GradBuckets::param_shard(const Bucket& b) const {
+  at::NoGradGuard ng;
+  at::Tensor flat = at::zeros({b.padded}, at::TensorOptions().dtype(at::kFloat).device(group_.device()));
+  for (size_t j = 0; j < b.params.size(); ++j)
+    flat.narrow(0, b.offsets[j], params_[b.params[j]].numel()).copy_(params_[b.params[j]].detach().reshape({-1}));
+  return flat.narrow(0, shard_offset(b), shard_numel(b)).clone();
+}
+
+void GradBuckets::gather_params(Bucket& b, const at::Tensor& mine) {
+  at::NoGradGuard ng;
+  MT_CHECK(mine.numel() == shard_numel(b), "data parallel: a shard of ", mine.numel(),
+           " elements for a bucket slice of ", shard_numel(b));
+  const at::ScalarType dt = params_[b.params[0]].scalar_type();
+  at::Tensor local = mine.to(dt).contiguous();
+  at::Tensor full = at::empty({b.padded}, local.options());
+  group_.all_gather(full, local).wait();
+  for (size_t j = 0; j < b.params.size(); ++j) {
+    at::Tensor& p = params_[b.params[j]];
+    p.detach().copy_(full.narrow(0, b.offsets[j], p.numel()).view(p.sizes()));
+  }
+}
+
+}  // namespace mt::dist
