@@ -54,8 +54,14 @@ if [ -z "$TORCH_PREFIX" ]; then
     python3 -m venv "$VENV.tmp"
     "$VENV.tmp/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy
     rm -rf "$VENV"; mv "$VENV.tmp" "$VENV"
-    # venv scripts carry the old path in their shebangs; the interpreter itself is fine.
   fi
+  # Scripts pip wrote (torchrun among them: the data-parallel launcher) and the activate scripts name
+  # the folder the venv was built in; point them at its final place.
+  for f in "$VENV"/bin/*; do
+    if [ -f "$f" ] && [ ! -L "$f" ] && grep -qsF "$VENV.tmp" "$f"; then
+      sed -i "s|$VENV.tmp|$VENV|g" "$f"
+    fi
+  done
   TORCH_PREFIX=$(find_prefix "$VENV/bin/python")
 fi
 [ -n "$TORCH_PREFIX" ] || { log "could not find libtorch"; exit 1; }

@@ -42,8 +42,12 @@ struct Buffers {
   at::Tensor a, b, want;  // inputs/outputs of one collective and the exact answer (this rank's view)
 };
 
-Buffers prepare(Group& g, Collective op, int64_t per_rank, const at::TensorOptions& o) {
-  const int64_t w = g.size(), r = g.rank(), total = per_rank * w;
+// n: all_reduce's / broadcast's length, or the per-rank part of reduce_scatter / all_gather.
+Buffers prepare(Group& g, Collective op, int64_t n, const at::TensorOptions& o) {
+  const int64_t per_rank = n;
+  // all_reduce and broadcast take any length; the others a multiple of the world size.
+  const bool any_length = op == Collective::kAllReduce || op == Collective::kBroadcast;
+  const int64_t w = g.size(), r = g.rank(), total = any_length ? per_rank : per_rank * w;
   Buffers x;
   switch (op) {
     case Collective::kAllReduce:
@@ -93,9 +97,10 @@ std::vector<SelfTestResult> run_selftest(Group& g, const SelfTestOptions& o) {
       for (Collective op : o.ops) {
         const auto opts = at::TensorOptions().dtype(dt).device(g.device());
         const int64_t elem = static_cast<int64_t>(c10::elementSize(dt));
-        const int64_t per_rank = std::max<int64_t>(1, bytes / elem / w);
-        Buffers x = prepare(g, op, per_rank, opts);
-        SelfTestResult res{op, dt, per_rank * w * elem};
+        const bool any_length = op == Collective::kAllReduce || op == Collective::kBroadcast;
+        const int64_t n = std::max<int64_t>(1, any_length ? bytes / elem : bytes / elem / w);  // see prepare()
+        Buffers x = prepare(g, op, n, opts);
+        SelfTestResult res{op, dt, (any_length ? n : n * w) * elem};
         res.wrong = count_wrong(run_once(g, op, x), x.want);
         g.barrier();
         const auto t0 = std::chrono::steady_clock::now();
@@ -112,10 +117,10 @@ std::vector<SelfTestResult> run_selftest(Group& g, const SelfTestOptions& o) {
         res.wrong = static_cast<int64_t>(v[0]);
         res.seconds = *std::max_element(slowest.begin(), slowest.end());
         res.algbw_gbs = static_cast<double>(res.bytes) / res.seconds / 1e9;
-        const double n = static_cast<double>(w);
-        res.busbw_gbs = res.algbw_gbs * (op == Collective::kAllReduce   ? 2 * (n - 1) / n
+        const double ranks = static_cast<double>(w);
+        res.busbw_gbs = res.algbw_gbs * (op == Collective::kAllReduce   ? 2 * (ranks - 1) / ranks
                                          : op == Collective::kBroadcast ? 1.0
-                                                                        : (n - 1) / n);
+                                                                        : (ranks - 1) / ranks);
         out.push_back(res);
       }
   return out;
