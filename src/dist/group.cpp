@@ -261,6 +261,21 @@ std::vector<std::string> Group::all_gather_bytes(const std::string& mine) {
   return out;
 }
 
+std::string Group::share_from_leader(const std::string& key, const std::string& value, std::chrono::milliseconds wait) {
+  const std::string k = "shared/" + key;
+  try {
+    if (rank() == 0) {
+      impl_->store->set(k, std::vector<uint8_t>(value.begin(), value.end()));
+      return value;
+    }
+    impl_->store->wait({k}, wait);
+    const std::vector<uint8_t> v = impl_->store->get(k);
+    return std::string(v.begin(), v.end());
+  } catch (const std::exception& e) {
+    fail_collective(("waiting for rank 0's " + key).c_str(), e);
+  }
+}
+
 // ---- Pending ----------------------------------------------------------------------------------------
 
 Pending::Pending() = default;

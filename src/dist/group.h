@@ -86,6 +86,12 @@ class Group {
   void sum(std::vector<double>& v);
   std::vector<std::string> all_gather_bytes(const std::string& mine);
 
+  // Rank 0's `value` on every rank, through the store: for small results that take rank 0 long to make
+  // (an audio dataset encoded into the token cache) while the others wait, longer than a collective's
+  // timeout allows. `key` names the value; each key is used once.
+  std::string share_from_leader(const std::string& key, const std::string& value,
+                                std::chrono::milliseconds wait = std::chrono::hours(48));
+
   // Turns a failed collective into the error a user can act on (see the file comment).
   [[noreturn]] void fail_collective(const char* op, const std::exception& e);
 

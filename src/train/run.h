@@ -3,6 +3,7 @@
 // metrics file), shared by the loop (trainer.cpp) and its checkpoints (checkpoint.cpp).
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,7 @@ struct Run {
   std::ofstream metrics;
   std::unique_ptr<dist::Group> group;  // data parallel (world_size > 1)
   std::unique_ptr<DataParallel> dp;
+  std::map<std::string, std::string> token_indexes;  // "train" / "eval": made once (see shared_token_index)
   bool leader() const { return opt.dist.rank == 0; }
   void say(const std::string& s) const {
     if (leader() && !opt.quiet) std::fprintf(stderr, "%s\n", s.c_str());

@@ -76,6 +76,17 @@ std::string token_index(const TrainConfig& cfg, const std::string& source, const
   return prepare_audio_tokens(source, a);
 }
 
+// The token index, made once per run: with several ranks, rank 0 encodes what is not cached yet and
+// the others take its answer (encoding or hashing the audio on every rank would repeat the work N times).
+std::string shared_token_index(Run& r, const std::string& source, const std::string& what) {
+  auto it = r.token_indexes.find(what);
+  if (it != r.token_indexes.end()) return it->second;
+  std::string index;
+  if (!r.group || r.leader()) index = token_index(r.cfg, source, r.dev, r.opt.quiet || !r.leader());
+  if (r.group) index = r.group->share_from_leader(what + " token index", index);
+  return r.token_indexes[what] = index;
+}
+
 // SIGINT / SIGTERM: the step in progress finishes, a checkpoint is written and the run stops cleanly
 // (the CLI exits with 128 + the signal). A second signal gets the default action (immediate exit).
 std::atomic<int> g_stop_signal{0};
@@ -146,7 +157,7 @@ double evaluate(Run& r) {
   lc.infinite = false;
   lc.rank = r.opt.dist.rank;
   lc.world_size = r.opt.dist.world_size;
-  TokenLoader ev(read_token_index(token_index(cfg, cfg.eval_data, at::Device(cfg.device), true)), lc);
+  TokenLoader ev(read_token_index(shared_token_index(r, cfg.eval_data, "eval")), lc);
   at::NoGradGuard ng;
   std::vector<nn::LayerState> st = r.model->transformer->make_layer_states(cfg.batch_size);
   LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
@@ -356,7 +367,7 @@ void setup_optimizer(Run& r) {
 // The loader, and the stream states carried across each file's chunks when the model has TTT.
 void setup_data(Run& r) {
   const TrainConfig& cfg = r.cfg;
-  std::vector<TokenFile> files = read_token_index(token_index(cfg, cfg.train_data, r.dev, r.opt.quiet || !r.leader()));
+  std::vector<TokenFile> files = read_token_index(shared_token_index(r, cfg.train_data, "train"));
   LoaderConfig lc;
   lc.batch_size = cfg.batch_size * cfg.num_microbatches;
   lc.chunk_frames = cfg.chunk_frames();
