@@ -1,5 +1,7 @@
 #include "lm/lm_model.h"
 
+#include <c10/core/DefaultDtype.h>
+
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
@@ -429,11 +431,23 @@ LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::
                 const TTTIntegrationConfig& ttt, int64_t* initialised, const LoRAConfig& lora,
                 const std::string& lora_path) {
   io::SafeTensors f(path);
-  LMModel m(cfg, ttt, lora);
   if (!dtype) {
     dtype = at::kFloat;
     for (const auto& t : f.tensors())
       if (t.dtype == "BF16" || t.dtype == "F16") dtype = io::to_scalar_type(t.dtype);
+  }
+  // Built in the dtype it will hold: a bf16 7B never exists as a float32 copy (30.8 GB) on the way.
+  LMModel m(nullptr);
+  {
+    const caffe2::TypeMeta before = c10::get_default_dtype();
+    c10::set_default_dtype(c10::scalarTypeToTypeMeta(*dtype));
+    try {
+      m = LMModel(cfg, ttt, lora);
+    } catch (...) {
+      c10::set_default_dtype(before);
+      throw;
+    }
+    c10::set_default_dtype(before);
   }
   m->to(*dtype);
   int64_t n = m->load(f);

@@ -164,7 +164,10 @@ lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir
     else
       mc.lora_weights = (cons / "lora.safetensors").string();
   }
-  return lm::build_model(mc, cfg.init_seed, at::kFloat, initialised);
+  // Weights from a file load in the run's dtype directly (no float32 copy of a bf16 7B on the host);
+  // random ones are drawn in float32 as always, then cast.
+  const at::ScalarType dt = cfg.param_dtype == "bfloat16" && !mc.weights.empty() ? at::kBFloat16 : at::kFloat;
+  return lm::build_model(mc, cfg.init_seed, dt, initialised);
 }
 
 }  // namespace mt::train
