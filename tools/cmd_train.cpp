@@ -5,6 +5,7 @@
 
 #include "dist/launch.h"
 #include "tools/commands.h"
+#include "train/memory_plan.h"
 #include "train/run_folder.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -15,7 +16,7 @@ void add_train(CLI::App& app) {
   struct Opts {
     std::string config, resume_from;
     std::vector<std::string> sets;
-    bool resume = false, quiet = false;
+    bool resume = false, quiet = false, dry_run = false;
     int64_t stop_at = -1, nproc = 1;
   };
   auto o = std::make_shared<Opts>();
@@ -26,6 +27,9 @@ void add_train(CLI::App& app) {
   sub->add_option("--resume-from", o->resume_from, "continue from this checkpoint folder");
   sub->add_option("--stop-at-step", o->stop_at, "checkpoint and stop after this many steps (continue with --resume)");
   sub->add_flag("--quiet", o->quiet, "no progress lines");
+  sub->add_flag("--dry-run", o->dry_run,
+                "print the per-rank memory plan (weights, gradients, optimizer, TTT state, activations) for "
+                "this config and --nproc / WORLD_SIZE, without building the model; then stop");
   sub->add_option("--nproc", o->nproc,
                   "data parallel: run N ranks on this machine (batch_size is per rank); for several machines, or "
                   "GPUs: torchrun --nproc-per-node N --no-python moshi-ttt train ...")
@@ -33,6 +37,11 @@ void add_train(CLI::App& app) {
   set_handler(sub, [o]() {
     train::TrainConfig cfg = train::TrainConfig::load(o->config, o->sets);  // config errors before any rank starts
     dist::Launch dist = dist::launch_from_env();
+    if (o->dry_run) {
+      const int64_t world = o->nproc > 1 ? o->nproc : dist.world_size;
+      if (dist.rank == 0) std::printf("%s\n", train::format_plan(train::plan_memory(cfg, world)).c_str());
+      return 0;
+    }
     if (o->nproc > 1) {
       MT_CHECK(!dist.active(), "--nproc ", o->nproc, " with RANK/WORLD_SIZE already set: use one or the other");
       std::vector<std::string> argv{"moshi-ttt", "train", "--config", o->config};

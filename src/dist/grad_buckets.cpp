@@ -47,8 +47,11 @@ GradBuckets::GradBuckets(Group& g, std::vector<at::Tensor> params, std::vector<i
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(g.device());
   for (Bucket& b : buckets_) {
     b.padded = (b.numel + w - 1) / w * w;
-    b.flat = at::zeros({b.padded}, f32);
-    if (mode_ == GradReduce::kReduceScatter) b.shard = at::zeros({b.padded / w}, f32);
+    // ZeRO-2 keeps only the shards: a bucket's full float32 copy lives from its launch to its wait.
+    if (mode_ == GradReduce::kReduceScatter)
+      b.shard = at::zeros({b.padded / w}, f32);
+    else
+      b.flat = at::zeros({b.padded}, f32);
   }
   for (size_t k = 0; k < params_.size(); ++k)
     torch::autograd::impl::set_post_acc_grad_hooks(params_[k], std::make_unique<ReadyHook>(this, k));
@@ -77,6 +80,7 @@ void GradBuckets::on_ready(size_t k) {
 void GradBuckets::launch(size_t bi) {
   Bucket& b = buckets_[bi];
   at::NoGradGuard ng;
+  if (!b.flat.defined()) b.flat = at::zeros({b.padded}, b.shard.options());
   for (size_t j = 0; j < b.params.size(); ++j) {
     at::Tensor& p = params_[b.params[j]];
     at::Tensor dst = b.flat.narrow(0, b.offsets[j], p.numel());
@@ -100,6 +104,7 @@ void GradBuckets::finish() {
     b.work.wait();
     if (mode_ == GradReduce::kReduceScatter) {
       b.shard.mul_(inv);
+      b.flat.reset();
       continue;
     }
     b.flat.mul_(inv);

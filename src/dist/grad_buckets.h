@@ -36,7 +36,8 @@ class GradBuckets {
     int64_t numel = 0;             // elements of its parameters
     int64_t padded = 0;            // numel rounded up to a multiple of the world size
     int64_t tag = 0;               // the caller's grouping key (buckets never mix keys)
-    at::Tensor flat;               // float32 [padded]: gradients in, means out (kAllReduce)
+    at::Tensor flat;               // float32 [padded]: gradients in, means out (kAllReduce: kept; kReduceScatter:
+                                   // from launch to finish only)
     at::Tensor shard;              // float32 [padded / world]: this rank's slice of the mean (kReduceScatter)
     int64_t pending = 0;           // gradients still awaited in the armed backward
     bool launched = false;

@@ -20,6 +20,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/loss.h"
+#include "train/memory_plan.h"
 #include "train/optim.h"
 #include "train/run.h"
 #include "train/run_folder.h"
@@ -364,6 +365,23 @@ void setup_optimizer(Run& r) {
         "); beta1 cycles 0.95 -> 0.85 -> 0.95 (PyTorch's cycle_momentum), overriding AdamW's 0.9");
 }
 
+// Before step 1: what each rank will hold (the ranks are alike), printed and logged beside the measured
+// peaks of metrics.jsonl.
+void show_memory_plan(Run& r) {
+  const MemoryPlan plan = plan_memory(*r.model, r.cfg, r.opt.dist.world_size);
+  r.say(format_plan(plan));
+  if (!r.leader()) return;
+  nlohmann::json j;
+  j["kind"] = "memory_plan";
+  j["step"] = r.start_step;
+  j["world_size"] = plan.world_size;
+  j["sharding"] = name(plan.sharding);
+  j["bytes"] = {{"weights", plan.weights},     {"gradients", plan.gradients},     {"optimizer", plan.optimizer},
+                {"ttt_state", plan.ttt_state}, {"activations", plan.activations}, {"total", plan.total()}};
+  j["at"] = now_iso();
+  r.metrics << j.dump() << "\n";
+}
+
 // The loader, and the stream states carried across each file's chunks when the model has TTT.
 void setup_data(Run& r) {
   const TrainConfig& cfg = r.cfg;
@@ -584,6 +602,7 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     if (r.leader()) trim_after_resume(cfg.run_dir, r.start_step, [&r](const std::string& s) { r.say(s); });
   }
   if (r.leader()) r.metrics.open(std::filesystem::path(cfg.run_dir) / "metrics.jsonl", std::ios::app);
+  show_memory_plan(r);
 
   const LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
   const bool persistent = r.model->transformer->has_addons() && cfg.model.ttt.persistent_states;
