@@ -8,7 +8,8 @@ cd "$(dirname "$0")/../.."
 D=${GPU_DEPS_DIR:-.gpu-deps}
 rm -rf "$D"
 mkdir -p "$D/include" "$D/lib/x86_64-linux-gnu/cmake" "$D/share/cmake"
-for h in yaml-cpp nlohmann CLI gtest gmock benchmark zlib.h; do cp -rL "/usr/include/$h" "$D/include/"; done
+# gloo: headers only, for c10d's ProcessGroupGloo (libtorch carries the compiled Gloo).
+for h in yaml-cpp nlohmann CLI gtest gmock benchmark zlib.h gloo; do cp -rL "/usr/include/$h" "$D/include/"; done
 cp -L /usr/include/x86_64-linux-gnu/zconf.h "$D/include/" 2>/dev/null || cp -L /usr/include/zconf.h "$D/include/"
 L=/usr/lib/x86_64-linux-gnu
 cp -L $L/libgtest.a $L/libgtest_main.a $L/libgmock.a $L/libgmock_main.a $L/libz.a "$D/lib/x86_64-linux-gnu/"
