@@ -80,6 +80,13 @@ void GradBuckets::on_ready(size_t k) {
 void GradBuckets::launch(size_t bi) {
   Bucket& b = buckets_[bi];
   at::NoGradGuard ng;
+  if (mode_ == GradReduce::kReduceScatter && bi >= kInFlight) {
+    // ZeRO-2 holds at most kInFlight full buckets: the oldest one's exchange must be done first (the
+    // collectives run in launch order anyway, so this rarely waits).
+    Bucket& old = buckets_[bi - kInFlight];
+    old.work.wait();
+    old.flat.reset();
+  }
   if (!b.flat.defined()) b.flat = at::zeros({b.padded}, b.shard.options());
   for (size_t j = 0; j < b.params.size(); ++j) {
     at::Tensor& p = params_[b.params[j]];

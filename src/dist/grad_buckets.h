@@ -30,6 +30,8 @@ struct BucketOptions {
 
 class GradBuckets {
  public:
+  static constexpr size_t kInFlight = 3;  // ZeRO-2: full float32 buckets alive at once, at most
+
   struct Bucket {
     std::vector<size_t> params;    // indices into the constructor's list
     std::vector<int64_t> offsets;  // each parameter's first element in the flat bucket

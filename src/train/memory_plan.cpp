@@ -9,6 +9,8 @@
 // fine-tuning); tests/unit/memory_plan_test.cpp keeps the plan within 10 % of such a measurement.
 #include "train/memory_plan.h"
 
+#include "dist/grad_buckets.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -45,20 +47,23 @@ struct PlannedBucket {
   int64_t numel = 0, padded = 0;
 };
 
-// Trainable parameters in reverse registration order into buckets of at most cap bytes (float32), the
-// first one 1 MiB, never mixing optimizer groups; each padded to a multiple of the world size.
+// The trainable parameters as train::DataParallel hands them to GradBuckets (optimizer group by group,
+// registration order within each), taken in reverse into buckets of at most cap_mb MiB of float32, the
+// first one at most 1 MiB, never mixing groups; each padded to a multiple of the world size.
 std::vector<PlannedBucket> plan_buckets(const std::vector<PlannedParam>& ps, double cap_mb, int64_t world) {
-  const int64_t first_cap = int64_t{1} << 20, cap = static_cast<int64_t>(cap_mb * (1 << 20));
+  std::vector<PlannedParam> order;
+  for (const auto& q : ps)
+    if (q.trainable) order.push_back(q);
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.group < b.group; });
+  const auto cap = static_cast<int64_t>(cap_mb * 1024 * 1024), first_cap = std::min<int64_t>(cap, 1 << 20);
   std::vector<PlannedBucket> out;
   int64_t tag = -1;
-  for (size_t k = ps.size(); k-- > 0;) {
-    const PlannedParam& p = ps[k];
-    if (!p.trainable) continue;
+  for (auto q = order.rbegin(); q != order.rend(); ++q) {
     const int64_t c = out.size() <= 1 ? first_cap : cap;
-    if (out.empty() || p.group != tag || (out.back().numel > 0 && (out.back().numel + p.numel) * 4 > c))
+    if (out.empty() || q->group != tag || (out.back().numel > 0 && (out.back().numel + q->numel) * 4 > c))
       out.emplace_back();
-    tag = p.group;
-    out.back().numel += p.numel;
+    tag = q->group;
+    out.back().numel += q->numel;
   }
   for (auto& b : out) b.padded = (b.numel + world - 1) / world * world;
   return out;
@@ -68,12 +73,13 @@ std::vector<PlannedBucket> plan_buckets(const std::vector<PlannedParam>& ps, dou
 
 // One stream of a TTT inner layer (ttt::TTTState once materialised): per inner layer the weights and
 // the mini-batch's gradient sum, both [nh, d_in + 1, d_out] float32, and with share_qk the causal convs'
-// tails [C, kernel − 1] in the parameters' dtype (float32 here: planned before any cast, so the bound).
-int64_t inner_state_bytes(const ttt::TTTConfig& c) {
-  int64_t n = 0;
-  for (int64_t l = 0; l < c.inner_layers(); ++l) n += 2 * c.num_attention_heads * (c.inner_in(l) + 1) * c.inner_out(l);
-  if (c.share_qk) n += c.hidden_size * std::max<int64_t>(c.conv_kernel - 1, 0);
-  return n * static_cast<int64_t>(kF32);
+// tails [C, kernel − 1] in the parameters' dtype.
+double inner_state_bytes(const ttt::TTTConfig& c, double p) {
+  double n = 0;
+  for (int64_t l = 0; l < c.inner_layers(); ++l)
+    n += 2 * kF32 * static_cast<double>(c.num_attention_heads * (c.inner_in(l) + 1) * c.inner_out(l));
+  if (c.share_qk) n += p * static_cast<double>(c.hidden_size * std::max<int64_t>(c.conv_kernel - 1, 0));
+  return n;
 }
 
 // ---- activations ----------------------------------------------------------------------------------
@@ -137,11 +143,12 @@ double layer_kept(const nn::TransformerLayerImpl& l, double p, double seq, bool 
   return b + p * lora_ranks(l);
 }
 
-// A TTT add-on's own activations per token, beyond the layer it sits in. Fitted (see the top of the
-// file): the hybrid block keeps its norm, the TTT layer's projections XQ, XK, XV, its output and the
-// gate product (≈ 9 × width), and the scan's inner states at checkpoint-group boundaries; an adapter the
-// same at its rank r plus its down-projection; In-Place the float32 activations h [H] and targets [D]
-// of its chunked update besides the gated FFN it replaces.
+// A TTT add-on's own activations per token, beyond the layer it sits in, fitted (see the top of the
+// file) to the structure of its forward: the hybrid block's norm, the TTT layer's projections XQ, XK,
+// XV, its output, post-norm and gate product in p (≈ 9 × width) and the scan's float32 inputs (≈ 3 ×
+// width; its inner states are kept only at checkpoint-group boundaries); an adapter the same at its
+// rank r plus its down-projection; In-Place the float32 activations h [H] and targets [D] of its chunked
+// update beside the gated FFN it replaces.
 double addon_kept(const nn::AddonBase& a, double p) {
   if (const auto* h = dynamic_cast<const lm::HybridTTTImpl*>(&a)) {
     const double C = static_cast<double>(h->layer->config().hidden_size);
@@ -201,7 +208,12 @@ Tower stack_kept(const nn::StreamingTransformerImpl& tr, const TrainSet& t, doub
 // The estimate of one micro-batch's forward + loss + backward, beyond weights, gradients, optimizer
 // state and carried TTT state. Tokens: N = B × T through the temporal transformer (D wide), N × K
 // positions through the depformer (Dd wide, sequences of K = dep_q), logits N × V (text) and N × K × card.
-double microbatch_bytes(const lm::LMModelImpl& m, const TrainSet& t, const Shape& s) {
+struct Activations {
+  double peak = 0;  // the largest of the peaks below
+  double held = 0;  // what is still alive late in the backward, when most gradients exist
+};
+
+Activations microbatch_bytes(const lm::LMModelImpl& m, const TrainSet& t, const Shape& s) {
   const lm::LMConfig& c = m.cfg;
   const double p = s.p, N = s.B * s.T, D = static_cast<double>(c.dim);
   const double K = static_cast<double>(c.dep_q), V = static_cast<double>(c.text_out_card());
@@ -212,7 +224,7 @@ double microbatch_bytes(const lm::LMModelImpl& m, const TrainSet& t, const Shape
   // Temporal transformer, its output norm (aliased stream or float32 copy) and the text head's input.
   const Tower tt = stack_kept(*m.transformer, t, p, s.T, s.ckpt, records);
   records = records || any_trains(*m.out_norm, t) || any_trains(*m.text_linear, t);
-  double temporal = tt.kept + (records ? norm_kept(c.norm, D, p, true) : 0);
+  const double temporal = tt.kept + (records ? norm_kept(c.norm, D, p, true) : 0);
   Tower dt;
   double dep_io = 0;
   if (c.dep_q > 0) {
@@ -228,17 +240,26 @@ double microbatch_bytes(const lm::LMModelImpl& m, const TrainSet& t, const Shape
   const double loss = N * (V + K * card) * kF32 + 2 * kF32 * N * std::max(V, K * card);
   // Forward transient of the depformer: the per-codebook inputs and logits lists live until it returns.
   const double dep_fwd = N * K * (p * Dd + 2 * p * card);
-  // Backward through a checkpointed layer: the layer rebuilt, and gradients of about two of its tensors.
-  const double recompute = std::max(N * tt.recompute, N * K * dt.recompute) * 1.5;
+  // Backward through a checkpointed layer: the layer rebuilt, and gradients of about half of it. The
+  // temporal transformer's comes last, beside nearly all gradients.
+  const double recompute = 1.5 * std::max(N * tt.recompute, N * K * dt.recompute);
+  Activations a;
+  a.held = logits + 1.5 * N * tt.recompute;
+  // The peaks: (1) the loss's backward starts, everything saved alive; (2) the depformer's forward
+  // returns (its lists beside the temporal part and the text logits); (3) a checkpointed layer is rebuilt
+  // in the backward, beside the checkpoints' inputs and the logits.
   const double peak_loss = saved + logits + loss;
   const double peak_dep = N * (p * D + temporal) + N * V * p + N * K * (dt.kept + dep_io) + dep_fwd;
   const double peak_recompute = N * p * D * static_cast<double>(c.num_layers) + logits + recompute;
-  return std::max({peak_loss, peak_dep, peak_recompute});
+  a.peak = std::max({peak_loss, peak_dep, peak_recompute});
+  return a;
 }
 
 // AdamW's step temporaries: sqrt(v) and its scaled copy (float32), plus the float32 upcast of the
 // gradient for bfloat16 parameters, for the largest tensor (or shard) it steps.
-double optimizer_step_bytes(int64_t largest, double p) { return static_cast<double>(largest) * kF32 * (p == kF32 ? 2 : 3); }
+double optimizer_step_bytes(int64_t largest, double p) {
+  return static_cast<double>(largest) * kF32 * (p == kF32 ? 2 : 3);
+}
 
 // ---- the model without storage ------------------------------------------------------------------
 
@@ -282,6 +303,12 @@ std::string gb(int64_t bytes) {
   return b;
 }
 
+std::string gb1(int64_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", static_cast<double>(bytes) / 1e9);
+  return b;
+}
+
 std::string grouped(int64_t n) {
   std::string s = std::to_string(n), out;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -300,27 +327,29 @@ std::vector<PlannedParam> planned_params(const lm::LMModelImpl& m, const TrainCo
   return out;
 }
 
-int64_t ttt_state_bytes_per_stream(const lm::LMModelImpl& m) {
-  int64_t n = 0;
+int64_t ttt_state_bytes_per_stream(const lm::LMModelImpl& m, const std::string& param_dtype) {
+  const double p = dtype_bytes(param_dtype);
+  double n = 0;
   for (const auto& l : m.transformer->layer_ptrs) {
     for (const nn::AddonBase* a : l->addons()) {
       if (const auto* h = dynamic_cast<const lm::HybridTTTImpl*>(a)) {
-        n += inner_state_bytes(h->layer->config());
+        n += inner_state_bytes(h->layer->config(), p);
       } else if (const auto* ad = dynamic_cast<const lm::TTTAdapterImpl*>(a)) {
-        n += inner_state_bytes(ad->layer->config());
+        n += inner_state_bytes(ad->layer->config(), p);
       } else if (const auto* ip = dynamic_cast<const lm::InPlaceTTTImpl*>(a)) {
-        // ttt::InPlaceState: ΔW [D, H] and the incomplete chunk's activations [C, H] and targets [C, D].
+        // ttt::InPlaceState, float32: ΔW [D, H], the incomplete chunk's activations [C, H] and targets [C, D].
         const auto& c = ip->inner().cfg;
-        n += (c.dim * c.hidden + c.chunk_size * (c.hidden + c.dim)) * static_cast<int64_t>(kF32);
+        n += kF32 * static_cast<double>(c.dim * c.hidden + c.chunk_size * (c.hidden + c.dim));
       } else {
         fail("memory plan: layer add-on '", a->unit(), "' has no known state size");
       }
     }
   }
-  return n;
+  return static_cast<int64_t>(n);
 }
 
-int64_t activation_bytes(const lm::LMModelImpl& m, const TrainConfig& cfg) {
+namespace {
+Activations estimate(const lm::LMModelImpl& m, const TrainConfig& cfg) {
   TrainSet t;
   for (const auto& kv : m.named_parameters())
     if (trains(cfg, kv.key())) t.insert(kv.value().unsafeGetTensorImpl());
@@ -329,8 +358,48 @@ int64_t activation_bytes(const lm::LMModelImpl& m, const TrainConfig& cfg) {
   s.B = static_cast<double>(cfg.batch_size);
   s.T = static_cast<double>(cfg.chunk_frames());
   s.ckpt = cfg.gradient_checkpointing;
-  return static_cast<int64_t>(microbatch_bytes(m, t, s));
+  return microbatch_bytes(m, t, s);
 }
+}  // namespace
+
+int64_t activation_bytes(const lm::LMModelImpl& m, const TrainConfig& cfg) {
+  return static_cast<int64_t>(estimate(m, cfg).peak);
+}
+
+namespace {
+// What data parallel changes in the plan: elements of the parameters' own gradients, of AdamW's state,
+// and of the largest tensor AdamW steps; the float32 buckets (and ZeRO-2 shards) into r.grad_buckets.
+struct Elements {
+  int64_t grads = 0, optim = 0, largest = 0;
+};
+
+Elements data_parallel(MemoryPlan& r, const std::vector<PlannedParam>& ps, const TrainConfig& cfg, Elements e) {
+  if (r.world_size == 1) return e;
+  const int64_t w = r.world_size;
+  int64_t padded = 0, shards = 0, biggest = 0, biggest_shard = 0, biggest_padded = 0, n_buckets = 0;
+  for (const auto& b : plan_buckets(ps, cfg.bucket_cap_mb, w)) {
+    ++n_buckets;
+    biggest_padded = std::max(biggest_padded, b.padded);
+    padded += b.padded;
+    shards += b.padded / w;
+    biggest = std::max(biggest, b.numel);
+    biggest_shard = std::max(biggest_shard, b.padded / w);
+  }
+  if (r.sharding != Sharding::kNone) e.optim = shards, e.largest = biggest_shard;  // AdamW on this rank's shards
+  if (r.sharding == Sharding::kGradients) {
+    // ZeRO-2: this rank's float32 shard of each bucket, and at most GradBuckets::kInFlight full float32
+    // buckets in flight; the parameters' own gradients are released bucket by bucket as they are copied
+    // in, unless earlier micro-batches accumulate into them.
+    const int64_t in_flight = std::min<int64_t>(static_cast<int64_t>(dist::GradBuckets::kInFlight), n_buckets);
+    r.grad_buckets = (shards + in_flight * biggest_padded) * static_cast<int64_t>(kF32);
+    if (cfg.num_microbatches == 1) e.grads = biggest;
+  } else {
+    // Every rank keeps one float32 bucket copy of all trainable gradients (DDP's flat buckets).
+    r.grad_buckets = padded * static_cast<int64_t>(kF32);
+  }
+  return e;
+}
+}  // namespace
 
 MemoryPlan plan_memory(const lm::LMModelImpl& m, const TrainConfig& cfg, int64_t world_size) {
   MT_CHECK(world_size >= 1, "memory plan: world size must be >= 1, got ", world_size);
@@ -348,39 +417,31 @@ MemoryPlan plan_memory(const lm::LMModelImpl& m, const TrainConfig& cfg, int64_t
   const auto bytes = [](double v) { return static_cast<int64_t>(v); };
 
   const std::vector<PlannedParam> ps = planned_params(m, cfg);
-  int64_t largest = 0;
+  Elements e;
   for (const auto& q : ps) {
     r.parameters += q.numel;
-    if (q.trainable) r.trainable += q.numel, largest = std::max(largest, q.numel);
+    if (q.trainable) r.trainable += q.numel, e.largest = std::max(e.largest, q.numel);
   }
+  e.grads = e.optim = r.trainable;
+  e = data_parallel(r, ps, cfg, e);
   r.weights = bytes(static_cast<double>(r.parameters) * p);
-  // AdamW: exp_avg and exp_avg_sq in float32, and a float32 master of each bfloat16 parameter.
-  const double adam_bytes = 2 * kF32 + (p == kF32 ? 0 : kF32);
-  int64_t local_grads = r.trainable, optim_elems = r.trainable;
-  if (world_size > 1) {
-    // Every rank keeps one float32 bucket copy of all trainable gradients (DDP's flat buckets).
-    int64_t padded = 0, shards = 0, biggest = 0;
-    for (const auto& b : plan_buckets(ps, cfg.bucket_cap_mb, world_size)) {
-      padded += b.padded;
-      shards += b.padded / world_size;
-      biggest = std::max(biggest, b.numel);
-    }
-    r.grad_buckets = bytes(static_cast<double>(padded) * kF32);
-    if (r.sharding != Sharding::kNone) optim_elems = shards, largest = std::max<int64_t>(1, shards ? biggest / world_size : 0);
-    if (r.sharding == Sharding::kGradients) {
-      // ZeRO-2: this rank's float32 shard of each bucket; the parameters' own gradients are released
-      // bucket by bucket as they are copied in, unless earlier micro-batches accumulate into them.
-      r.grad_buckets += bytes(static_cast<double>(shards) * kF32);
-      if (cfg.num_microbatches == 1) local_grads = biggest;
-    }
-  }
-  r.gradients = bytes(static_cast<double>(local_grads) * p) + r.grad_buckets;
-  r.optimizer = bytes(static_cast<double>(optim_elems) * adam_bytes);
+  r.gradients = bytes(static_cast<double>(e.grads) * p) + r.grad_buckets;
+  // AdamW: exp_avg and exp_avg_sq in float32, and a float32 master of each bfloat16 parameter; sharded,
+  // AdamW steps this rank's float32 shards (train::DataParallel), which are masters whatever the dtype.
+  const bool sharded = r.sharding != Sharding::kNone;
+  r.optimizer = bytes(static_cast<double>(e.optim) * (2 * kF32 + (sharded || p != kF32 ? kF32 : 0)));
   if (m.transformer->has_addons()) {
     r.ttt_streams = cfg.batch_size * cfg.num_microbatches;
-    r.ttt_state = ttt_state_bytes_per_stream(m) * r.ttt_streams;
+    r.ttt_state = ttt_state_bytes_per_stream(m, cfg.param_dtype) * r.ttt_streams;
   }
-  r.activations = std::max(activation_bytes(m, cfg), bytes(optimizer_step_bytes(largest, p)));
+  // Activations peak at the loss, before the backward made any gradient: with one micro-batch the
+  // parameters' gradients (not the buckets, allocated up front) are not there yet, so only the excess
+  // over them adds to the peak. Later in the backward the logits (and a rebuilt checkpointed layer) are
+  // still alive beside nearly all gradients; after it, AdamW's temporaries are.
+  const Activations a = estimate(m, cfg);
+  r.microbatch_activations = bytes(a.peak);
+  const double absent = cfg.num_microbatches == 1 ? static_cast<double>(e.grads) * p : 0;
+  r.activations = bytes(std::max({a.peak - absent, a.held, optimizer_step_bytes(e.largest, sharded ? kF32 : p)}));
   return r;
 }
 
@@ -394,24 +455,28 @@ MemoryPlan plan_memory(const TrainConfig& cfg, int64_t world_size) {
 }
 
 std::string format_plan(const MemoryPlan& p) {
+  const char* sharding = p.sharding == Sharding::kOptimizer   ? " (ZeRO-1)"
+                         : p.sharding == Sharding::kGradients ? " (ZeRO-2)"
+                                                              : "";
   std::string s = str("memory plan per rank: ", p.world_size, p.world_size == 1 ? " rank" : " ranks", ", sharding ",
-                      name(p.sharding), ", param_dtype ", p.param_dtype, "\n");
-  s += str("  parameters ", grouped(p.parameters), ", trainable ", grouped(p.trainable), "; micro-batch ",
-           p.batch_size, " x ", p.chunk_frames, " frames, ", p.num_microbatches, " per step, gradient checkpointing ",
+                      name(p.sharding), sharding, ", param_dtype ", p.param_dtype, "\n");
+  s += str("  parameters ", grouped(p.parameters), ", trainable ", grouped(p.trainable), "; micro-batch ", p.batch_size,
+           " x ", p.chunk_frames, " frames, ", p.num_microbatches, " per step, gradient checkpointing ",
            p.gradient_checkpointing ? "on" : "off", "\n");
-  s += "  item                                GB        GiB\n";
-  auto line = [&](const std::string& what, int64_t bytes) {
-    std::string w = what;
-    w.resize(std::max<size_t>(w.size(), 26), ' ');
-    s += "  " + w + gb(bytes) + "\n";
+  s += "                                GB        GiB\n";
+  auto line = [&](const char* what, int64_t bytes, const std::string& note = "") {
+    char b[64];
+    std::snprintf(b, sizeof b, "  %-24s", what);
+    s += b + gb(bytes) + (note.empty() ? "" : "   " + note) + "\n";
   };
   line("weights", p.weights);
-  line("gradients", p.gradients);
-  if (p.grad_buckets) line("  of which float32 buckets", p.grad_buckets);
+  line("gradients", p.gradients, p.grad_buckets ? str("of which float32 buckets ", gb1(p.grad_buckets), " GB") : "");
   line("optimizer state", p.optimizer);
-  line(str("TTT state (", p.ttt_streams, " streams)"), p.ttt_state);
-  line("activations (estimate)", p.activations);
-  line("total", p.total());
+  line("TTT state", p.ttt_state, p.ttt_streams ? str(p.ttt_streams, " streams") : "");
+  line("activations (estimate)", p.activations,
+       str("one micro-batch: ", gb1(p.microbatch_activations), " GB at its peak",
+           p.num_microbatches == 1 ? ", before any gradient exists" : ""));
+  line("total (expected peak)", p.total());
   return s;
 }
 

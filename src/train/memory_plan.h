@@ -7,9 +7,10 @@
 //
 // Exact: parameter counts and the bytes of weights, gradients, optimizer state and TTT state, as the
 // trainer, AdamW (train/optim.h) and dist::GradBuckets allocate them. Estimated: activations, from a
-// formula over the model's dimensions calibrated against measured peaks (memory_plan.cpp); together
-// with the rest it bounds the peak from above (tests/unit/memory_plan_test.cpp: within 10 % on the
-// `small` preset).
+// formula over the model's dimensions calibrated against measured peaks (memory_plan.cpp); the total
+// is the expected peak (tests/unit/memory_plan_test.cpp: within 10 % of a measured step of the
+// `small` preset). Not counted: the allocator's caching and fragmentation (CUDA reserves more than its
+// tensors hold), libraries' workspaces, the data loader.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -33,9 +34,16 @@ struct MemoryPlan {
   int64_t weights = 0;       // every parameter in param_dtype
   int64_t gradients = 0;     // trainable gradients in param_dtype, plus grad_buckets
   int64_t grad_buckets = 0;  // of which: data parallel's float32 buckets (and ZeRO-2's shards)
-  int64_t optimizer = 0;     // AdamW exp_avg, exp_avg_sq (+ float32 masters of bfloat16 parameters)
+  int64_t optimizer = 0;     // AdamW exp_avg, exp_avg_sq, float32 masters (of bfloat16 parameters, or shards)
   int64_t ttt_state = 0;     // the TTT fast weights of ttt_streams streams
-  int64_t activations = 0;   // estimate: one micro-batch's forward + backward, or the AdamW step's temporaries
+  // Estimates. microbatch_activations: what one micro-batch's forward + loss + backward holds at its
+  // peak. activations: what the step adds at its peak beyond the lines above: with one micro-batch that
+  // peak comes before any parameter gradient exists, so only its excess over `gradients` (less the
+  // buckets) counts; at least what stays alive beside the gradients late in the backward, and AdamW's
+  // temporaries.
+  int64_t microbatch_activations = 0;
+  int64_t activations = 0;
+  // The expected peak of tensor bytes on the rank.
   int64_t total() const { return weights + gradients + optimizer + ttt_state + activations; }
 };
 
@@ -48,7 +56,8 @@ MemoryPlan plan_memory(const lm::LMModelImpl& m, const TrainConfig& cfg, int64_t
 // second and a few hundred MB. Not to be called while other threads create CPU tensors (see the .cpp).
 MemoryPlan plan_memory(const TrainConfig& cfg, int64_t world_size);
 
-// One parameter as the plan sees it (registration order, as the trainer and GradBuckets take them).
+// One parameter as the plan sees it, in registration order (train::DataParallel hands the trainable ones
+// to GradBuckets group by group).
 struct PlannedParam {
   std::string name;
   int64_t numel = 0;
@@ -59,9 +68,9 @@ std::vector<PlannedParam> planned_params(const lm::LMModelImpl& m, const TrainCo
 
 // TTT state bytes of one stream (batch slot) of every TTT unit of the temporal transformer, in the
 // steady state (after the first forward: hybrid and adapter states materialise lazily).
-int64_t ttt_state_bytes_per_stream(const lm::LMModelImpl& m);
+int64_t ttt_state_bytes_per_stream(const lm::LMModelImpl& m, const std::string& param_dtype);
 
-// The activation estimate alone (bytes, one rank, one micro-batch of cfg.batch_size × cfg.chunk_frames()).
+// The activation estimate of one micro-batch of cfg.batch_size × cfg.chunk_frames() (microbatch_activations).
 int64_t activation_bytes(const lm::LMModelImpl& m, const TrainConfig& cfg);
 
 // A table in GB (1e9) and GiB, one line per item and the total, headed by what the plan assumes.

@@ -376,8 +376,13 @@ void show_memory_plan(Run& r) {
   j["step"] = r.start_step;
   j["world_size"] = plan.world_size;
   j["sharding"] = name(plan.sharding);
-  j["bytes"] = {{"weights", plan.weights},     {"gradients", plan.gradients},     {"optimizer", plan.optimizer},
-                {"ttt_state", plan.ttt_state}, {"activations", plan.activations}, {"total", plan.total()}};
+  j["bytes"] = {{"weights", plan.weights},
+                {"gradients", plan.gradients},
+                {"optimizer", plan.optimizer},
+                {"ttt_state", plan.ttt_state},
+                {"activations", plan.activations},
+                {"microbatch_activations", plan.microbatch_activations},
+                {"total", plan.total()}};
   j["at"] = now_iso();
   r.metrics << j.dump() << "\n";
 }
