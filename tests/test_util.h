@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "util/error.h"
 #include "util/runtime.h"
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -87,6 +89,18 @@ inline int run(const std::string& cmd, std::string* out = nullptr) {
   int rc = pclose(p);
   if (out) *out = o;
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+// The records of one kind ("train", "eval", "summary", ...) of a run folder's metrics.jsonl.
+inline std::vector<nlohmann::json> run_metrics(const std::string& run_dir, const std::string& kind = "train") {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) {
+      auto j = nlohmann::json::parse(line);
+      if (j.value("kind", "") == kind) out.push_back(j);
+    }
+  return out;
 }
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {

@@ -429,7 +429,7 @@ int64_t LMModelImpl::load_overlay(const std::string& path) {
 
 LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::ScalarType> dtype,
                 const TTTIntegrationConfig& ttt, int64_t* initialised, const LoRAConfig& lora,
-                const std::string& lora_path) {
+                const std::string& lora_path, std::optional<at::Device> device) {
   io::SafeTensors f(path);
   if (!dtype) {
     dtype = at::kFloat;
@@ -437,19 +437,21 @@ LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::
       if (t.dtype == "BF16" || t.dtype == "F16") dtype = io::to_scalar_type(t.dtype);
   }
   // Built in the dtype it will hold: a bf16 7B never exists as a float32 copy (30.8 GB) on the way.
+  // The constructor allocates without writing, so the host pages are never touched (the kernel backs
+  // them lazily): moved to another device before loading, the weights reach it from the mapped file
+  // with no host copy in between.
   LMModel m(nullptr);
-  {
-    const caffe2::TypeMeta before = c10::get_default_dtype();
-    c10::set_default_dtype(c10::scalarTypeToTypeMeta(*dtype));
-    try {
-      m = LMModel(cfg, ttt, lora);
-    } catch (...) {
-      c10::set_default_dtype(before);
-      throw;
-    }
+  const caffe2::TypeMeta before = c10::get_default_dtype();
+  c10::set_default_dtype(c10::scalarTypeToTypeMeta(*dtype));
+  try {
+    m = LMModel(cfg, ttt, lora);
+  } catch (...) {
     c10::set_default_dtype(before);
+    throw;
   }
+  c10::set_default_dtype(before);
   m->to(*dtype);
+  if (device && !device->is_cpu()) m->to(*device);
   int64_t n = m->load(f);
   if (!lora_path.empty()) {
     m->load_overlay(lora_path);

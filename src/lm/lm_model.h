@@ -125,9 +125,12 @@ struct LMModelImpl : torch::nn::Module {
 TORCH_MODULE(LMModel);
 
 // Builds a model from a config and a checkpoint (safetensors), strictly; dtype as in the file unless given.
+// device: where the weights go (default: the CPU). Another device gets them from the memory-mapped file
+// directly: a 7B loads onto its GPU with no host copy of its weights.
 LMModel load_lm(const LMConfig& cfg, const std::string& weights_path, std::optional<at::ScalarType> dtype = at::kFloat,
                 const TTTIntegrationConfig& ttt = {}, int64_t* initialised_ttt_tensors = nullptr,
-                const LoRAConfig& lora = {}, const std::string& lora_path = "");
+                const LoRAConfig& lora = {}, const std::string& lora_path = "",
+                std::optional<at::Device> device = std::nullopt);
 
 // True for parameters that a TTT integration adds (absent from base Moshi checkpoints): hybrid blocks
 // (".ttt."), TTT adapters (".ttt_adapter."), In-Place targets (".ttt_conv.", ".ttt_proj.").

@@ -124,8 +124,10 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   return c;
 }
 
-LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype, int64_t* initialised) {
-  if (!mc.weights.empty()) return load_lm(mc.lm, mc.weights, dtype, mc.ttt, initialised, mc.lora, mc.lora_weights);
+LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype, int64_t* initialised,
+                    std::optional<at::Device> device) {
+  if (!mc.weights.empty())
+    return load_lm(mc.lm, mc.weights, dtype, mc.ttt, initialised, mc.lora, mc.lora_weights, device);
   LMModel m(mc.lm, mc.ttt, mc.lora);
   m->init_weights(init_seed);
   m->to(dtype);

@@ -2,6 +2,7 @@
 // A model configuration file (YAML): the LM (a preset, an inline `lm:` mapping of Kyutai's keyword
 // arguments, or `moshi_paths.config_path` to a config.json), optional weights
 // (`moshi_paths.moshi_path`), and the `ttt:` / `lora:` sections. Unknown fields are errors.
+#include <optional>
 #include <set>
 #include <string>
 
@@ -37,8 +38,9 @@ struct ModelConfigFile {
 // The LM a model config describes, the one way every command builds it: its weights loaded strictly
 // (TTT / LoRA tensors a base checkpoint lacks get their initial values; *initialised counts them) and
 // its adapter file over them, or, without weights, seeded random weights (and the adapter file).
-// Parameters come out in `dtype` on the CPU with requires_grad off.
-LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype,
-                    int64_t* initialised = nullptr);
+// Parameters come out in `dtype` with requires_grad off, on the CPU; or, given `device`, weights from a
+// file are allocated there and filled from the mapped file directly (see load_lm).
+LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype, int64_t* initialised = nullptr,
+                    std::optional<at::Device> device = std::nullopt);
 
 }  // namespace mt::lm

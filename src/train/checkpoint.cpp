@@ -154,7 +154,8 @@ void restore_checkpoint(Run& r, const std::string& dir) {
   r.bad_steps = nn::long_vector(all.at("bad_steps")).at(0);
 }
 
-lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir, int64_t* initialised) {
+lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir, int64_t* initialised,
+                           at::Device device) {
   lm::ModelConfigFile mc = cfg.model;
   mc.lora_weights.clear();  // a run's adapters come from its own checkpoints only
   if (!resume_dir.empty()) {
@@ -164,10 +165,12 @@ lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir
     else
       mc.lora_weights = (cons / "lora.safetensors").string();
   }
-  // Weights from a file load in the run's dtype directly (no float32 copy of a bf16 7B on the host);
-  // random ones are drawn in float32 as always, then cast.
-  const at::ScalarType dt = cfg.param_dtype == "bfloat16" && !mc.weights.empty() ? at::kBFloat16 : at::kFloat;
-  return lm::build_model(mc, cfg.init_seed, dt, initialised);
+  // Weights from a file load in the run's dtype straight onto the training device (no host copy of a
+  // 7B, float32 or otherwise); random ones are drawn in float32 on the CPU as always, then cast and moved.
+  const bool from_file = !mc.weights.empty();
+  const at::ScalarType dt = cfg.param_dtype == "bfloat16" && from_file ? at::kBFloat16 : at::kFloat;
+  return lm::build_model(mc, cfg.init_seed, dt, initialised,
+                         from_file ? std::optional<at::Device>(device) : std::nullopt);
 }
 
 }  // namespace mt::train

@@ -17,6 +17,7 @@ void restore_checkpoint(Run& r, const std::string& dir);
 // The model a run starts from: the checkpoint's exact values when resuming, else the config's base
 // weights (TTT / LoRA tensors they lack initialised) or seeded random weights. *initialised: how many
 // tensors the base lacked.
-lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir, int64_t* initialised);
+lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir, int64_t* initialised,
+                           at::Device device = at::kCPU);
 
 }  // namespace mt::train

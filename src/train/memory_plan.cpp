@@ -10,10 +10,9 @@
 #include "train/memory_plan.h"
 
 #include "dist/grad_buckets.h"
+#include "nn/meta_build.h"
 
 #include <ATen/ATen.h>
-#include <c10/util/Exception.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -261,41 +260,6 @@ double optimizer_step_bytes(int64_t largest, double p) {
   return static_cast<double>(largest) * kF32 * (p == kF32 ? 2 : 3);
 }
 
-// ---- the model without storage ------------------------------------------------------------------
-
-at::Tensor meta_empty(c10::SymIntArrayRef size, std::optional<at::ScalarType> dtype, std::optional<at::Layout> layout,
-                      std::optional<at::Device>, std::optional<bool>, std::optional<at::MemoryFormat> format) {
-  return at::empty_symint(size, at::TensorOptions().dtype(dtype).layout(layout).device(at::kMeta), format);
-}
-
-at::Tensor meta_empty_strided(c10::SymIntArrayRef size, c10::SymIntArrayRef stride, std::optional<at::ScalarType> dtype,
-                              std::optional<at::Layout> layout, std::optional<at::Device>, std::optional<bool>) {
-  return at::empty_strided_symint(size, stride, at::TensorOptions().dtype(dtype).layout(layout).device(at::kMeta));
-}
-
-struct QuietWarnings : c10::WarningHandler {
-  void process(const c10::Warning&) override {}
-};
-
-// While alive, CPU tensors are created as meta tensors (shapes and dtypes, no storage): the CPU kernels
-// of the two allocating factories are overridden, and the originals come back when it goes. Every
-// other factory (zeros, ones, full, empty_like, ...) goes through them, and initialisers on meta
-// tensors do nothing, so building an LMModel here builds its exact module tree for free. libtorch has
-// no default-device switch in C++ (PyTorch's `with torch.device("meta")` is Python-only), hence this.
-// Process-wide: any thread creating CPU tensors meanwhile would get meta tensors.
-class MetaCpuTensors {
- public:
-  MetaCpuTensors() {
-    QuietWarnings quiet;  // "Overriding a previously registered kernel" is the intent here
-    c10::WarningUtils::WarningHandlerGuard guard(&quiet);
-    lib_.impl("empty.memory_format", TORCH_FN(meta_empty));
-    lib_.impl("empty_strided", TORCH_FN(meta_empty_strided));
-  }
-
- private:
-  torch::Library lib_{torch::Library::IMPL, "aten", c10::DispatchKey::CPU, __FILE__, __LINE__};
-};
-
 std::string gb(int64_t bytes) {
   char b[64];
   std::snprintf(b, sizeof b, "%10.2f %10.2f", static_cast<double>(bytes) / 1e9,
@@ -448,7 +412,7 @@ MemoryPlan plan_memory(const lm::LMModelImpl& m, const TrainConfig& cfg, int64_t
 MemoryPlan plan_memory(const TrainConfig& cfg, int64_t world_size) {
   lm::LMModel m{nullptr};
   {
-    MetaCpuTensors meta;
+    nn::MetaCpuTensors meta;
     m = lm::LMModel(cfg.model.lm, cfg.model.ttt, cfg.model.lora);
   }
   return plan_memory(*m, cfg, world_size);

@@ -316,7 +316,7 @@ void check_replicas_agree(Run& r) {
 void setup_model(Run& r, const std::string& resume_dir) {
   const TrainConfig& cfg = r.cfg;
   int64_t initialised = 0;
-  r.model = starting_model(cfg, resume_dir, &initialised);
+  r.model = starting_model(cfg, resume_dir, &initialised, r.dev);
   if (initialised) r.say(str("base checkpoint: ", initialised, " new TTT/LoRA tensors initialised"));
   r.model->to(cfg.param_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
   r.model->to(r.dev);
@@ -653,7 +653,8 @@ TrainSummary run_training(const TrainConfig& cfg, const TrainOptions& opt) {
   } catch (...) {
     std::error_code ec;
     const fs::path m = fs::path(cfg.run_dir) / "metrics.jsonl";
-    const bool no_step = !fs::exists(m, ec) || fs::file_size(m, ec) == 0;
+    // The memory plan's record comes before step 1: only a step's record makes the folder a run.
+    const bool no_step = !fs::exists(m, ec) || read_metrics(cfg.run_dir, "train").empty();
     if (made_dir && no_step) fs::remove_all(cfg.run_dir, ec);
     throw;
   }

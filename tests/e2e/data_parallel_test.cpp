@@ -23,6 +23,8 @@ using mt::test::cli;
 using mt::test::run;
 using mt::test::TempDir;
 
+using mt::test::run_metrics;
+
 namespace {
 
 struct Spec {
@@ -80,17 +82,6 @@ std::string write_config(TempDir& d, const std::string& name, const Spec& s) {
   return d.file(name);
 }
 
-std::vector<nlohmann::json> metrics(const std::string& run_dir, const std::string& kind = "train") {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) {
-      auto j = nlohmann::json::parse(line);
-      if (j["kind"] == kind) out.push_back(j);
-    }
-  return out;
-}
-
 double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
 // Runs `cfg` as one process with batch nproc x b, then as nproc ranks with b each; returns both logs.
@@ -106,7 +97,7 @@ std::pair<std::vector<nlohmann::json>, std::vector<nlohmann::json>> one_vs_ranks
       << out;
   EXPECT_EQ(run(cli() + " train --nproc " + std::to_string(nproc) + " --config " + many + sets, &out), 0) << out;
   EXPECT_NE(out.find("over c10d gloo"), std::string::npos) << out;
-  return {metrics(d.file(tag + "_one.yaml.run")), metrics(d.file(tag + "_many.yaml.run"))};
+  return {run_metrics(d.file(tag + "_one.yaml.run")), run_metrics(d.file(tag + "_many.yaml.run"))};
 }
 
 void expect_same_losses(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b, size_t steps,
@@ -190,9 +181,9 @@ TEST(DataParallel, ShardedEqualsUnsharded) {
               0)
         << mode << ": " << out;
   }
-  auto none = metrics(d.file("run_none"));
+  auto none = run_metrics(d.file("run_none"));
   for (const char* mode : {"optimizer", "gradients"}) {
-    auto m = metrics(d.file(std::string("run_") + mode));
+    auto m = run_metrics(d.file(std::string("run_") + mode));
     ASSERT_EQ(m.size(), none.size()) << mode;
     for (size_t i = 0; i < m.size(); ++i) {
       EXPECT_LT(rel(m[i]["loss"].get<double>(), none[i]["loss"].get<double>()), 1e-6) << mode << " step " << i + 1;
@@ -219,9 +210,9 @@ TEST(DataParallel, ShardedResumeAndRestartAreBitIdentical) {
   ASSERT_EQ(run("TORCHELASTIC_RESTART_COUNT=1 " + cli() + " train --nproc 2 --config " + c, &out), 0) << out;
   EXPECT_NE(out.find("torchrun restart 1: resuming from"), std::string::npos) << out;
   EXPECT_EQ(run(cli() + " train --quiet --nproc 2 --config " + b + " --resume --set sharding=none", &out), 1) << out;
-  auto ma = metrics(d.file("a.yaml.run"));
+  auto ma = run_metrics(d.file("a.yaml.run"));
   for (const char* other : {"b.yaml.run", "c.yaml.run"}) {
-    auto mb = metrics(d.file(other));
+    auto mb = run_metrics(d.file(other));
     ASSERT_EQ(ma.size(), 6u);
     ASSERT_EQ(mb.size(), 6u) << other;
     for (size_t i = 0; i < 6; ++i) EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << other << i;
@@ -260,10 +251,10 @@ TEST(DataParallel, KilledRankIsNamedWithinAMinute) {
   // Let both train for a while (rank 0's metrics show steps), then kill rank 1.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   int status = 0;
-  while (metrics(d.file("c.yaml.run")).size() < 3 && std::chrono::steady_clock::now() < deadline &&
+  while (run_metrics(d.file("c.yaml.run")).size() < 3 && std::chrono::steady_clock::now() < deadline &&
          ::waitpid(r0, &status, WNOHANG) == 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_GE(metrics(d.file("c.yaml.run")).size(), 3u) << mt::test::slurp(log0);
+  ASSERT_GE(run_metrics(d.file("c.yaml.run")).size(), 3u) << mt::test::slurp(log0);
   ::kill(r1, SIGKILL);
   ::waitpid(r1, nullptr, 0);
   const auto t0 = std::chrono::steady_clock::now();
@@ -297,7 +288,7 @@ TEST(DataParallel, TorchrunLaunchesTheRanks) {
             0)
       << out;
   EXPECT_NE(out.find("torchrun's store"), std::string::npos) << out;
-  auto ma = metrics(d.file("a.yaml.run")), mb = metrics(d.file("b.yaml.run"));
+  auto ma = run_metrics(d.file("a.yaml.run")), mb = run_metrics(d.file("b.yaml.run"));
   ASSERT_EQ(ma.size(), 3u);
   ASSERT_EQ(mb.size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << i;

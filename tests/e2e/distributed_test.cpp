@@ -17,6 +17,8 @@ using mt::test::cli;
 using mt::test::run;
 using mt::test::TempDir;
 
+using mt::test::run_metrics;
+
 namespace {
 
 // Eight files of equal length (two 20-frame chunks each): the ranks' slots move in step with the single
@@ -40,17 +42,6 @@ std::string write_config(TempDir& d, const std::string& name, const std::string&
   return d.file(name);
 }
 
-std::vector<nlohmann::json> metrics(const std::string& run_dir, const std::string& kind) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) {
-      auto j = nlohmann::json::parse(line);
-      if (j["kind"] == kind) out.push_back(j);
-    }
-  return out;
-}
-
 double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
 }  // namespace
@@ -65,7 +56,7 @@ TEST(DataParallel, TwoRanksMatchOneProcessWithTheirJointBatch) {
   ASSERT_EQ(run(cli() + " train --config " + two + " --nproc 2", &out), 0) << out;
   EXPECT_NE(out.find("data parallel: 2 ranks"), std::string::npos) << out;
   EXPECT_NE(out.find("4 in all"), std::string::npos) << out;
-  auto a = metrics(d.file("one.yaml.run"), "train"), b = metrics(d.file("two.yaml.run"), "train");
+  auto a = run_metrics(d.file("one.yaml.run"), "train"), b = run_metrics(d.file("two.yaml.run"), "train");
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), 6u) << "rank 0 alone writes the metrics, one line per step";
   // Step 1 differs only by the order of float sums (one batch of 4 vs two of 2 averaged): 1e-6.
@@ -80,7 +71,7 @@ TEST(DataParallel, TwoRanksMatchOneProcessWithTheirJointBatch) {
   // all-reduce is off by far more (the loss moves ~5% per step here).
   for (size_t i = 1; i < 6; ++i)
     EXPECT_LT(rel(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()), 2e-3) << "step " << i + 1;
-  auto ea = metrics(d.file("one.yaml.run"), "eval"), eb = metrics(d.file("two.yaml.run"), "eval");
+  auto ea = run_metrics(d.file("one.yaml.run"), "eval"), eb = run_metrics(d.file("two.yaml.run"), "eval");
   ASSERT_EQ(ea.size(), 2u);
   ASSERT_EQ(eb.size(), 2u);
   EXPECT_LT(rel(eb[0]["eval_loss"].get<double>(), ea[0]["eval_loss"].get<double>()), 2e-3);
@@ -101,7 +92,7 @@ TEST(DataParallel, ResumeIsBitIdentical) {
   EXPECT_EQ(run(cli() + " train --quiet --config " + b + " --resume", &out), 1) << out;
   EXPECT_NE(out.find("written by 2 data-parallel rank(s)"), std::string::npos) << out;
   ASSERT_EQ(run(cli() + " train --quiet --nproc 2 --config " + b + " --resume", &out), 0) << out;
-  auto ma = metrics(d.file("a.yaml.run"), "train"), mb = metrics(d.file("b.yaml.run"), "train");
+  auto ma = run_metrics(d.file("a.yaml.run"), "train"), mb = run_metrics(d.file("b.yaml.run"), "train");
   ASSERT_EQ(ma.size(), 6u);
   ASSERT_EQ(mb.size(), 6u);
   for (size_t i = 0; i < 6; ++i) {

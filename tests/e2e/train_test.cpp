@@ -16,6 +16,7 @@
 namespace fs = std::filesystem;
 using mt::test::cli;
 using mt::test::run;
+using mt::test::run_metrics;
 using mt::test::slurp;
 using mt::test::TempDir;
 
@@ -39,17 +40,6 @@ std::string write_config(TempDir& d, const std::string& name, const std::string&
   return d.file(name);
 }
 
-// The records of one kind (train, eval, summary) of a run's metrics.jsonl.
-std::vector<nlohmann::json> metrics(const std::string& run_dir, const std::string& kind = "train") {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) {
-      auto j = nlohmann::json::parse(line);
-      if (j.value("kind", "") == kind) out.push_back(j);
-    }
-  return out;
-}
 }  // namespace
 
 class TrainConfigs : public ::testing::TestWithParam<std::string> {};
@@ -62,12 +52,12 @@ TEST_P(TrainConfigs, TrainsAndItsCheckpointScores) {
       write_config(d, "t.yaml", slurp(std::string(MT_SOURCE_DIR) + "/configs/" + GetParam() + ".yaml"), data);
   std::string out;
   ASSERT_EQ(run(cli() + " train --quiet --config " + cfg + " --set max_steps=2", &out), 0) << out;
-  auto m = metrics(d.file("t.yaml.run"));
+  auto m = run_metrics(d.file("t.yaml.run"));
   ASSERT_EQ(m.size(), 2u) << out;
   EXPECT_TRUE(m[1]["loss"].is_number());
   EXPECT_TRUE(m[1].contains("ttt_state_change")) << m[1].dump();
   // Pitfall 11: the run's summary counts the TTT updates of its TTT layer (layer 1), and there were some.
-  auto s = metrics(d.file("t.yaml.run"), "summary");
+  auto s = run_metrics(d.file("t.yaml.run"), "summary");
   ASSERT_EQ(s.size(), 1u) << out;
   ASSERT_TRUE(s[0]["ttt_updates"].contains("1")) << s[0].dump();
   EXPECT_GT(s[0]["ttt_updates"]["1"].get<int64_t>(), 0) << s[0].dump();
@@ -99,9 +89,9 @@ TEST(Train, ResumeIsBitIdentical) {
   std::string out;
   ASSERT_EQ(run(cli() + " train --quiet --config " + a, &out), 0) << out;
   ASSERT_EQ(run(cli() + " train --quiet --config " + b + " --stop-at-step 3", &out), 0) << out;
-  EXPECT_EQ(metrics(d.file("b.yaml.run")).size(), 3u);
+  EXPECT_EQ(run_metrics(d.file("b.yaml.run")).size(), 3u);
   ASSERT_EQ(run(cli() + " train --quiet --config " + b + " --resume", &out), 0) << out;
-  auto ma = metrics(d.file("a.yaml.run")), mb = metrics(d.file("b.yaml.run"));
+  auto ma = run_metrics(d.file("a.yaml.run")), mb = run_metrics(d.file("b.yaml.run"));
   ASSERT_EQ(ma.size(), 6u);
   ASSERT_EQ(mb.size(), 6u);
   for (size_t i = 0; i < 6; ++i) {
@@ -133,7 +123,7 @@ TEST(Train, OverridesAndFieldErrors) {
       run(cli() + " train --quiet --config " + cfg + " --set max_steps=10 --stop-at-step 2 --set optim.lr=0.01", &out),
       0)
       << out;
-  auto m = metrics(d.file("c.yaml.run"));
+  auto m = run_metrics(d.file("c.yaml.run"));
   ASSERT_EQ(m.size(), 2u);
   // OneCycle with max lr 0.01 over 10 steps, pct_start 0.3: the first step uses max/25.
   EXPECT_NEAR(m[0]["lr"]["base"].get<double>(), 0.01 / 25, 1e-12);
@@ -151,7 +141,7 @@ TEST(Train, NonFiniteStepsAreSkippedThenStopTheRun) {
       << out;
   EXPECT_NE(out.find("non-finite"), std::string::npos) << out;
   EXPECT_NE(out.find("training stopped"), std::string::npos) << out;
-  auto m = metrics(d.file("n.yaml.run"));
+  auto m = run_metrics(d.file("n.yaml.run"));
   bool skipped = false;
   for (const auto& j : m) skipped |= j.value("skipped", false);
   EXPECT_TRUE(skipped);
