@@ -40,23 +40,41 @@ TensorMap rank_state(Run& r) {
 
 bool sharded(const Run& r) { return r.dp && r.dp->sharded(); }
 
-// Called by every rank (data parallel: the ranks' own states are gathered on rank 0, which writes).
+std::string rank_state_file(int64_t rank) {
+  char fname[64];
+  std::snprintf(fname, sizeof fname, "rank_state_%05lld.safetensors", (long long)rank);
+  return fname;
+}
+
 }  // namespace
 
+// Called by every rank. The other ranks' own states reach the checkpoint in one of two ways: small ones
+// (data position, TTT states) are gathered on rank 0, which writes them; with sharded optimizer state
+// (gigabytes a rank for a 7B) each rank writes its own file into the folder rank 0 prepared, which
+// needs the run folder on storage every rank sees (as resuming does anyway).
 void save_checkpoint(Run& r, int64_t steps_done) {
-  std::vector<std::string> others;
-  if (r.group) {
-    TensorMap mine = rank_state(r);
-    others = r.group->all_gather_bytes(r.leader() ? std::string() : io::to_bytes({mine.begin(), mine.end()}));
-  }
-  if (!r.leader()) return;
   const TrainConfig& cfg = r.cfg;
   fs::path root = fs::path(cfg.run_dir) / "checkpoints";
   char name[64];
   std::snprintf(name, sizeof name, "checkpoint_%06lld", (long long)steps_done);
   fs::path final_dir = root / name, tmp = root / (std::string(".tmp.") + name);
-  fs::remove_all(tmp);
-  fs::create_directories(tmp / "consolidated");
+  if (r.leader()) {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp / "consolidated");
+  }
+  std::vector<std::string> others;
+  if (r.group && sharded(r)) {
+    r.group->barrier();  // the folder exists
+    if (!r.leader()) {
+      TensorMap mine = rank_state(r);
+      io::save((tmp / rank_state_file(r.opt.dist.rank)).string(), mine);
+    }
+    r.group->barrier();  // every rank's file is in
+  } else if (r.group) {
+    TensorMap mine = rank_state(r);
+    others = r.group->all_gather_bytes(r.leader() ? std::string() : io::to_bytes({mine.begin(), mine.end()}));
+  }
+  if (!r.leader()) return;
   const bool full = cfg.full_finetuning || !cfg.save_adapters || cfg.model.weights.empty();
   std::vector<std::pair<std::string, at::Tensor>> all, adapters;
   for (const auto& kv : r.model->named_parameters()) {
@@ -98,11 +116,8 @@ void save_checkpoint(Run& r, int64_t steps_done) {
   TensorMap st = rank_state(r);
   if (!sharded(r))
     for (auto& [k, v] : r.optim->state_dict()) st["optim." + k] = v.cpu().contiguous();
-  for (size_t q = 1; q < others.size(); ++q) {
-    char fname[64];
-    std::snprintf(fname, sizeof fname, "rank_state_%05zu.safetensors", q);
-    io::atomic_write((tmp / fname).string(), others[q]);
-  }
+  for (size_t q = 1; q < others.size(); ++q)
+    io::atomic_write((tmp / rank_state_file(static_cast<int64_t>(q))).string(), others[q]);
   st["world_size"] = nn::long_tensor({r.opt.dist.world_size});
   st["sharding"] = nn::long_tensor({static_cast<int64_t>(r.cfg.sharding)});
   st["steps_done"] = nn::long_tensor({steps_done});
@@ -134,9 +149,7 @@ void restore_checkpoint(Run& r, const std::string& dir) {
            ": the checkpoint was written with sharding: ", name(static_cast<Sharding>(saved_sharding)),
            "; resume it with the same setting, not ", name(r.cfg.sharding));
   if (r.opt.dist.rank > 0) {  // this rank's own loader position, TTT states (and optimizer shards)
-    char fname[64];
-    std::snprintf(fname, sizeof fname, "rank_state_%05lld.safetensors", (long long)r.opt.dist.rank);
-    io::SafeTensors rf((fs::path(dir) / fname).string());
+    io::SafeTensors rf((fs::path(dir) / rank_state_file(r.opt.dist.rank)).string());
     for (const auto& t : rf.tensors()) all[t.name] = rf.get(t.name);
   }
   TensorMap o, l, masters;
