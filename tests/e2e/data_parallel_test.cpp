@@ -293,3 +293,66 @@ TEST(DataParallel, TorchrunLaunchesTheRanks) {
   ASSERT_EQ(mb.size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << i;
 }
+
+namespace {
+
+// The pid of the training process of `rank` whose command line names `config` (torchrun's workers are
+// found by their RANK variable).
+pid_t find_rank(int rank, const std::string& config) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream cmd(e.path() / "cmdline"), env(e.path() / "environ");
+    std::string c((std::istreambuf_iterator<char>(cmd)), {}), v((std::istreambuf_iterator<char>(env)), {});
+    if (c.find(config) == std::string::npos || c.find("train") == std::string::npos) continue;
+    if (v.find(std::string("RANK=") + std::to_string(rank) + '\0') == 0 ||
+        v.find(std::string("\0RANK=", 6) + std::to_string(rank) + '\0') != std::string::npos)
+      return static_cast<pid_t>(std::stol(pid));
+  }
+  return -1;
+}
+
+}  // namespace
+
+// A real torchrun restart: rank 1 is killed after a checkpoint; torchrun (--max-restarts 1) starts the
+// ranks again with TORCHELASTIC_RESTART_COUNT=1, they resume from the last complete checkpoint, and the
+// run ends with the weights of a run never interrupted.
+TEST(DataParallel, TorchrunRestartResumesFromTheLastCheckpoint) {
+  const std::string torchrun = MT_TORCHRUN;
+  ASSERT_FALSE(torchrun.empty()) << "torchrun was not found next to the build's PyTorch";
+  TempDir d;
+  Spec s;
+  s.steps = 60;
+  const std::string a = write_config(d, "a.yaml", s), b = write_config(d, "b.yaml", s);
+  std::string out;
+  ASSERT_EQ(run(cli() + " train --quiet --nproc 2 --config " + a, &out), 0) << out;
+  const std::string log = d.file("torchrun.log");
+  pid_t tr = ::fork();
+  if (tr == 0) {
+    ::execl("/bin/sh", "sh", "-c",
+            ("OMP_NUM_THREADS=1 exec " + torchrun + " --standalone --nproc-per-node 2 --max-restarts 1 --no-python " +
+             cli() + " train --quiet --config " + b + " >" + log + " 2>&1")
+                .c_str(),
+            (char*)nullptr);
+    ::_exit(127);
+  }
+  // Once a checkpoint exists and a later step is logged, kill rank 1.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline && ::waitpid(tr, &status, WNOHANG) == 0 &&
+         run_metrics(d.file("b.yaml.run")).size() < 4)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const pid_t r1 = find_rank(1, b);
+  ASSERT_GT(r1, 0) << mt::test::slurp(log);
+  ::kill(r1, SIGKILL);
+  ASSERT_EQ(::waitpid(tr, &status, 0), tr);
+  const std::string text = mt::test::slurp(log);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << text;
+  auto ma = run_metrics(d.file("a.yaml.run")), mb = run_metrics(d.file("b.yaml.run"));
+  ASSERT_EQ(ma.size(), 60u);
+  ASSERT_EQ(mb.size(), 60u) << "each step logged once";
+  EXPECT_NE(text.find("torchrun restart 1: resuming from"), std::string::npos) << text;
+  mt::io::SafeTensors fa(d.file("a.yaml.run/checkpoints/checkpoint_000060/consolidated/consolidated.safetensors"));
+  mt::io::SafeTensors fb(d.file("b.yaml.run/checkpoints/checkpoint_000060/consolidated/consolidated.safetensors"));
+  for (const auto& t : fa.tensors()) EXPECT_TRUE(at::equal(fa.get(t.name), fb.get(t.name))) << t.name;
+}
