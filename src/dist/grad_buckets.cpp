@@ -1,8 +1,10 @@
 #include "dist/grad_buckets.h"
 
 #include <ATen/core/grad_mode.h>
+
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+#include <algorithm>
 
 #include "util/error.h"
 
@@ -20,38 +22,57 @@ struct ReadyHook : torch::autograd::PostAccumulateGradHook {
 
 }  // namespace
 
+BucketOptions BucketOptions::from_cap_mb(double cap_mb) {
+  BucketOptions o;
+  o.cap_bytes = static_cast<int64_t>(cap_mb * 1024 * 1024);
+  o.first_cap_bytes = std::min<int64_t>(o.cap_bytes, 1 << 20);
+  return o;
+}
+
+std::vector<BucketLayout> assign_buckets(const std::vector<int64_t>& numels, const std::vector<int64_t>& tags,
+                                         int64_t world, const BucketOptions& o) {
+  MT_CHECK(tags.size() == numels.size(), "GradBuckets: ", tags.size(), " tags for ", numels.size(), " parameters");
+  MT_CHECK(o.cap_bytes >= 4 && o.first_cap_bytes >= 4, "data parallel: bucket caps must be >= 4 bytes, got ",
+           o.cap_bytes, " and ", o.first_cap_bytes);
+  std::vector<BucketLayout> out;
+  // Reverse registration order: the last layers' gradients arrive first in backward.
+  for (size_t k = numels.size(); k-- > 0;) {
+    const int64_t cap = out.size() <= 1 ? o.first_cap_bytes : o.cap_bytes;
+    const bool fresh =
+        out.empty() || out.back().tag != tags[k] || (out.back().numel > 0 && (out.back().numel + numels[k]) * 4 > cap);
+    if (fresh) {
+      out.emplace_back();
+      out.back().tag = tags[k];
+    }
+    BucketLayout& b = out.back();
+    b.params.push_back(k);
+    b.offsets.push_back(b.numel);
+    b.numel += numels[k];
+  }
+  for (BucketLayout& b : out) b.padded = (b.numel + world - 1) / world * world;
+  return out;
+}
+
 GradBuckets::GradBuckets(Group& g, std::vector<at::Tensor> params, std::vector<int64_t> tags, GradReduce mode,
                          BucketOptions o)
     : group_(g), params_(std::move(params)), bucket_of_(params_.size()), mode_(mode) {
-  MT_CHECK(tags.size() == params_.size(), "GradBuckets: ", tags.size(), " tags for ", params_.size(), " parameters");
-  MT_CHECK(o.cap_bytes >= 4 && o.first_cap_bytes >= 4, "data parallel: bucket caps must be >= 4 bytes, got ",
-           o.cap_bytes, " and ", o.first_cap_bytes);
-  const int64_t w = g.size();
-  // Reverse registration order: the last layers' gradients arrive first in backward.
-  for (size_t k = params_.size(); k-- > 0;) {
-    const at::Tensor& p = params_[k];
-    MT_CHECK(p.requires_grad(), "GradBuckets: parameter ", k, " does not require grad");
-    const int64_t cap = buckets_.size() <= 1 ? o.first_cap_bytes : o.cap_bytes;
-    const bool fresh = buckets_.empty() || buckets_.back().tag != tags[k] ||
-                       (buckets_.back().numel > 0 && (buckets_.back().numel + p.numel()) * 4 > cap);
-    if (fresh) {
-      buckets_.emplace_back();
-      buckets_.back().tag = tags[k];
-    }
-    Bucket& b = buckets_.back();
-    b.params.push_back(k);
-    b.offsets.push_back(b.numel);
-    b.numel += p.numel();
-    bucket_of_[k] = buckets_.size() - 1;
+  std::vector<int64_t> numels;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    MT_CHECK(params_[k].requires_grad(), "GradBuckets: parameter ", k, " does not require grad");
+    numels.push_back(params_[k].numel());
   }
+  const int64_t w = g.size();
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(g.device());
-  for (Bucket& b : buckets_) {
-    b.padded = (b.numel + w - 1) / w * w;
+  for (BucketLayout& l : assign_buckets(numels, tags, w, o)) {
+    Bucket b;
+    static_cast<BucketLayout&>(b) = std::move(l);
+    for (size_t k : b.params) bucket_of_[k] = buckets_.size();
     // ZeRO-2 keeps only the shards: a bucket's full float32 copy lives from its launch to its wait.
     if (mode_ == GradReduce::kReduceScatter)
       b.shard = at::zeros({b.padded / w}, f32);
     else
       b.flat = at::zeros({b.padded}, f32);
+    buckets_.push_back(std::move(b));
   }
   for (size_t k = 0; k < params_.size(); ++k)
     torch::autograd::impl::set_post_acc_grad_hooks(params_[k], std::make_unique<ReadyHook>(this, k));
@@ -87,7 +108,10 @@ void GradBuckets::launch(size_t bi) {
     old.work.wait();
     old.flat.reset();
   }
-  if (!b.flat.defined()) b.flat = at::zeros({b.padded}, b.shard.options());
+  if (!b.flat.defined()) {  // every parameter's range is written below; only the padding needs zeros
+    b.flat = at::empty({b.padded}, b.shard.options());
+    b.flat.narrow(0, b.numel, b.padded - b.numel).zero_();
+  }
   for (size_t j = 0; j < b.params.size(); ++j) {
     at::Tensor& p = params_[b.params[j]];
     at::Tensor dst = b.flat.narrow(0, b.offsets[j], p.numel());

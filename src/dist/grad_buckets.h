@@ -26,22 +26,33 @@ enum class GradReduce { kAllReduce, kReduceScatter };
 struct BucketOptions {
   int64_t cap_bytes = 25 << 20;       // DDP's bucket_cap_mb default
   int64_t first_cap_bytes = 1 << 20;  // DDP's first bucket
+  // A cap of `cap_mb` MiB; the first bucket holds at most 1 MiB of it.
+  static BucketOptions from_cap_mb(double cap_mb);
 };
+
+// Which parameters share a bucket, from their sizes alone (the memory plan replays it without tensors).
+struct BucketLayout {
+  std::vector<size_t> params;    // indices into the parameter list
+  std::vector<int64_t> offsets;  // each parameter's first element in the flat bucket
+  int64_t numel = 0;             // elements of its parameters
+  int64_t padded = 0;            // numel rounded up to a multiple of the world size
+  int64_t tag = 0;               // the caller's grouping key (buckets never mix keys)
+};
+
+// Parameters (numels[i], tags[i], in registration order) into buckets, as described above: reverse
+// order, a new bucket when the tag changes or the cap would be passed.
+std::vector<BucketLayout> assign_buckets(const std::vector<int64_t>& numels, const std::vector<int64_t>& tags,
+                                         int64_t world, const BucketOptions& o);
 
 class GradBuckets {
  public:
   static constexpr size_t kInFlight = 3;  // ZeRO-2: full float32 buckets alive at once, at most
 
-  struct Bucket {
-    std::vector<size_t> params;    // indices into the constructor's list
-    std::vector<int64_t> offsets;  // each parameter's first element in the flat bucket
-    int64_t numel = 0;             // elements of its parameters
-    int64_t padded = 0;            // numel rounded up to a multiple of the world size
-    int64_t tag = 0;               // the caller's grouping key (buckets never mix keys)
-    at::Tensor flat;               // float32 [padded]: gradients in, means out (kAllReduce: kept; kReduceScatter:
-                                   // from launch to finish only)
-    at::Tensor shard;              // float32 [padded / world]: this rank's slice of the mean (kReduceScatter)
-    int64_t pending = 0;           // gradients still awaited in the armed backward
+  struct Bucket : BucketLayout {
+    at::Tensor flat;      // float32 [padded]: gradients in, means out (kAllReduce: kept; kReduceScatter:
+                          // from launch to finish only)
+    at::Tensor shard;     // float32 [padded / world]: this rank's slice of the mean (kReduceScatter)
+    int64_t pending = 0;  // gradients still awaited in the armed backward
     bool launched = false;
     Pending work;
   };

@@ -8,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -179,14 +180,19 @@ void need_flat(const at::Tensor& t, const char* op, const char* what) {
 
 }  // namespace
 
+template <class F>
+Pending Group::start(const char* op, F&& launch) {
+  try {
+    return Pending(this, launch(), op);
+  } catch (const std::exception& e) {
+    fail_collective(op, e);
+  }
+}
+
 Pending Group::all_reduce(at::Tensor& t) {
   need_flat(t, "all_reduce", "the tensor");
   std::vector<at::Tensor> v{t};
-  try {
-    return Pending(this, impl_->pg->allreduce(v, c10d::AllreduceOptions{}), "all_reduce");
-  } catch (const std::exception& e) {
-    fail_collective("all_reduce", e);
-  }
+  return start("all_reduce", [&] { return impl_->pg->allreduce(v, c10d::AllreduceOptions{}); });
 }
 
 Pending Group::reduce_scatter(at::Tensor& out, at::Tensor& in) {
@@ -195,11 +201,8 @@ Pending Group::reduce_scatter(at::Tensor& out, at::Tensor& in) {
   MT_CHECK(in.numel() == out.numel() * size() && in.scalar_type() == out.scalar_type(),
            "data parallel: reduce_scatter: input of ", in.numel(), " ", in.scalar_type(), " for an output of ",
            out.numel(), " ", out.scalar_type(), " on ", size(), " ranks");
-  try {
-    return Pending(this, impl_->pg->_reduce_scatter_base(out, in, c10d::ReduceScatterOptions{}), "reduce_scatter");
-  } catch (const std::exception& e) {
-    fail_collective("reduce_scatter", e);
-  }
+  return start("reduce_scatter",
+               [&] { return impl_->pg->_reduce_scatter_base(out, in, c10d::ReduceScatterOptions{}); });
 }
 
 Pending Group::all_gather(at::Tensor& out, at::Tensor& in) {
@@ -208,11 +211,7 @@ Pending Group::all_gather(at::Tensor& out, at::Tensor& in) {
   MT_CHECK(out.numel() == in.numel() * size() && in.scalar_type() == out.scalar_type(),
            "data parallel: all_gather: ", "output of ", out.numel(), " ", out.scalar_type(), " for an input of ",
            in.numel(), " ", in.scalar_type(), " on ", size(), " ranks");
-  try {
-    return Pending(this, impl_->pg->_allgather_base(out, in, c10d::AllgatherOptions{}), "all_gather");
-  } catch (const std::exception& e) {
-    fail_collective("all_gather", e);
-  }
+  return start("all_gather", [&] { return impl_->pg->_allgather_base(out, in, c10d::AllgatherOptions{}); });
 }
 
 Pending Group::broadcast(at::Tensor& t, int64_t root) {
@@ -220,11 +219,7 @@ Pending Group::broadcast(at::Tensor& t, int64_t root) {
   std::vector<at::Tensor> v{t};
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  try {
-    return Pending(this, impl_->pg->broadcast(v, o), "broadcast");
-  } catch (const std::exception& e) {
-    fail_collective("broadcast", e);
-  }
+  return start("broadcast", [&] { return impl_->pg->broadcast(v, o); });
 }
 
 void Group::barrier() {
@@ -236,8 +231,8 @@ void Group::sum(std::vector<double>& v) {
   if (v.empty()) return;
   at::Tensor t = at::tensor(v, at::kDouble).to(impl_->device);
   all_reduce(t).wait();
-  t = t.cpu();
-  for (size_t i = 0; i < v.size(); ++i) v[i] = t[static_cast<int64_t>(i)].item<double>();
+  t = t.cpu().contiguous();
+  std::memcpy(v.data(), t.data_ptr<double>(), v.size() * sizeof(double));
 }
 
 std::vector<std::string> Group::all_gather_bytes(const std::string& mine) {
@@ -246,9 +241,9 @@ std::vector<std::string> Group::all_gather_bytes(const std::string& mine) {
   at::Tensor len = at::tensor({static_cast<int64_t>(mine.size())}, at::kLong).to(impl_->device);
   at::Tensor lens = at::empty({w}, on.dtype(at::kLong));
   all_gather(lens, len).wait();
-  const at::Tensor lc = lens.cpu();
-  int64_t most = 0;
-  for (int64_t r = 0; r < w; ++r) most = std::max(most, lc[r].item<int64_t>());
+  const at::Tensor lc = lens.cpu().contiguous();
+  const int64_t* len_of = lc.data_ptr<int64_t>();
+  const int64_t most = *std::max_element(len_of, len_of + w);
   at::Tensor buf = at::zeros({std::max<int64_t>(most, 1)}, at::kByte);
   if (!mine.empty()) std::memcpy(buf.data_ptr(), mine.data(), mine.size());
   buf = buf.to(impl_->device);
@@ -256,8 +251,7 @@ std::vector<std::string> Group::all_gather_bytes(const std::string& mine) {
   all_gather(all, buf).wait();
   const at::Tensor ac = all.cpu();
   std::vector<std::string> out(static_cast<size_t>(w));
-  for (int64_t r = 0; r < w; ++r)
-    out[r].assign(static_cast<const char*>(ac.data_ptr()) + r * buf.numel(), lc[r].item<int64_t>());
+  for (int64_t r = 0; r < w; ++r) out[r].assign(static_cast<const char*>(ac.data_ptr()) + r * buf.numel(), len_of[r]);
   return out;
 }
 

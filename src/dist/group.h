@@ -97,6 +97,9 @@ class Group {
 
  private:
   Group();
+  // Runs `launch` (which starts a collective and returns its c10d::Work) as a Pending named `op`.
+  template <class F>
+  Pending start(const char* op, F&& launch);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -109,13 +109,12 @@ std::vector<SelfTestResult> run_selftest(Group& g, const SelfTestOptions& o) {
         }
         if (g.device().is_cuda()) g.barrier();
         const double dt_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.iters;
-        std::vector<double> v{static_cast<double>(res.wrong), dt_s};
-        std::vector<double> slowest(w, 0.0);
-        slowest[g.rank()] = dt_s;
+        std::vector<double> v(static_cast<size_t>(w) + 1, 0.0);  // wrong elements, then each rank's time
+        v[0] = static_cast<double>(res.wrong);
+        v[static_cast<size_t>(g.rank()) + 1] = dt_s;
         g.sum(v);
-        g.sum(slowest);
         res.wrong = static_cast<int64_t>(v[0]);
-        res.seconds = *std::max_element(slowest.begin(), slowest.end());
+        res.seconds = *std::max_element(v.begin() + 1, v.end());
         res.algbw_gbs = static_cast<double>(res.bytes) / res.seconds / 1e9;
         const double ranks = static_cast<double>(w);
         res.busbw_gbs = res.algbw_gbs * (op == Collective::kAllReduce   ? 2 * (ranks - 1) / ranks

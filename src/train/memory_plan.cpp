@@ -40,32 +40,18 @@ int64_t group_of(const std::string& name) {
   return lm::is_ttt_param(name) ? 1 : 0;
 }
 
-// ---- data parallel: the buckets of dist::GradBuckets, replayed on sizes only ------------------------
-
-struct PlannedBucket {
-  int64_t numel = 0, padded = 0;
-};
+// ---- data parallel: the buckets of dist::GradBuckets, from sizes only ------------------------------
 
 // The trainable parameters as train::DataParallel hands them to GradBuckets (optimizer group by group,
-// registration order within each), taken in reverse into buckets of at most cap_mb MiB of float32, the
-// first one at most 1 MiB, never mixing groups; each padded to a multiple of the world size.
-std::vector<PlannedBucket> plan_buckets(const std::vector<PlannedParam>& ps, double cap_mb, int64_t world) {
+// registration order within each), bucketed by the same function.
+std::vector<dist::BucketLayout> plan_buckets(const std::vector<PlannedParam>& ps, double cap_mb, int64_t world) {
   std::vector<PlannedParam> order;
   for (const auto& q : ps)
     if (q.trainable) order.push_back(q);
   std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.group < b.group; });
-  const auto cap = static_cast<int64_t>(cap_mb * 1024 * 1024), first_cap = std::min<int64_t>(cap, 1 << 20);
-  std::vector<PlannedBucket> out;
-  int64_t tag = -1;
-  for (auto q = order.rbegin(); q != order.rend(); ++q) {
-    const int64_t c = out.size() <= 1 ? first_cap : cap;
-    if (out.empty() || q->group != tag || (out.back().numel > 0 && (out.back().numel + q->numel) * 4 > c))
-      out.emplace_back();
-    tag = q->group;
-    out.back().numel += q->numel;
-  }
-  for (auto& b : out) b.padded = (b.numel + world - 1) / world * world;
-  return out;
+  std::vector<int64_t> numels, tags;
+  for (const auto& q : order) numels.push_back(q.numel), tags.push_back(q.group);
+  return dist::assign_buckets(numels, tags, world, dist::BucketOptions::from_cap_mb(cap_mb));
 }
 
 // ---- TTT state ------------------------------------------------------------------------------------

@@ -82,6 +82,16 @@ std::string write_config(TempDir& d, const std::string& name, const Spec& s) {
   return d.file(name);
 }
 
+// Starts `cmd` with /bin/sh in the background; returns its pid (the caller waits for it).
+pid_t start_shell(const std::string& cmd) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  return pid;
+}
+
 double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
 // Runs `cfg` as one process with batch nproc x b, then as nproc ranks with b each; returns both logs.
@@ -234,20 +244,8 @@ TEST(DataParallel, KilledRankIsNamedWithinAMinute) {
   const std::string port = std::to_string(20000 + (::getpid() * 7 % 20000));
   const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port;
   const std::string log0 = d.file("rank0.log");
-  pid_t r0 = ::fork();
-  if (r0 == 0) {
-    ::execl("/bin/sh", "sh", "-c",
-            (env + " RANK=0 exec " + cli() + " train --quiet --config " + c + " >" + log0 + " 2>&1").c_str(),
-            (char*)nullptr);
-    ::_exit(127);
-  }
-  pid_t r1 = ::fork();
-  if (r1 == 0) {
-    ::execl("/bin/sh", "sh", "-c",
-            (env + " RANK=1 exec " + cli() + " train --quiet --config " + c + " >/dev/null 2>&1").c_str(),
-            (char*)nullptr);
-    ::_exit(127);
-  }
+  const pid_t r0 = start_shell(env + " RANK=0 exec " + cli() + " train --quiet --config " + c + " >" + log0 + " 2>&1");
+  const pid_t r1 = start_shell(env + " RANK=1 exec " + cli() + " train --quiet --config " + c + " >/dev/null 2>&1");
   // Let both train for a while (rank 0's metrics show steps), then kill rank 1.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   int status = 0;
@@ -327,15 +325,9 @@ TEST(DataParallel, TorchrunRestartResumesFromTheLastCheckpoint) {
   std::string out;
   ASSERT_EQ(run(cli() + " train --quiet --nproc 2 --config " + a, &out), 0) << out;
   const std::string log = d.file("torchrun.log");
-  pid_t tr = ::fork();
-  if (tr == 0) {
-    ::execl("/bin/sh", "sh", "-c",
-            ("OMP_NUM_THREADS=1 exec " + torchrun + " --standalone --nproc-per-node 2 --max-restarts 1 --no-python " +
-             cli() + " train --quiet --config " + b + " >" + log + " 2>&1")
-                .c_str(),
-            (char*)nullptr);
-    ::_exit(127);
-  }
+  const pid_t tr = start_shell("OMP_NUM_THREADS=1 exec " + torchrun +
+                               " --standalone --nproc-per-node 2 --max-restarts 1 --no-python " + cli() +
+                               " train --quiet --config " + b + " >" + log + " 2>&1");
   // Once a checkpoint exists and a later step is logged, kill rank 1.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   int status = 0;
