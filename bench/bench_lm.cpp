@@ -17,6 +17,7 @@
 #include "bench_main.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
+#include "op_profile.h"
 #include "util/fused.h"
 
 using mt::bench::bench_device;
@@ -77,14 +78,6 @@ double step_weight_bytes(const LMModel& m) {
 double g_gemv_gbps = 0;
 double g_read_gbps = 0;  // plain sequential read (a sum over 256 MiB): the stricter floor
 
-void BM_Sgemm2048(benchmark::State& state) {
-  at::Tensor a = at::randn({2048, 2048}), b = at::randn({2048, 2048});
-  for (auto _ : state) benchmark::DoNotOptimize(at::mm(a, b));
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * 2048 * 2048 * 2048, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::OneK::kIs1000);
-  state.counters["GFLOP/s"].value /= 1e9;
-}
-
 void BM_Gemv8192(benchmark::State& state) {
   at::Tensor w = at::randn({8192, 8192}), x = at::randn({8192});
   for (auto _ : state) benchmark::DoNotOptimize(at::mv(w, x));
@@ -94,13 +87,17 @@ void BM_Gemv8192(benchmark::State& state) {
 void BM_LMForward(benchmark::State& state) {
   const int64_t T = state.range(0);
   LMModel& m = small_model(state.range(1));
-  state.SetLabel(variant_name(state.range(1)));
+  state.SetLabel(std::string(variant_name(state.range(1))) + ", " + mt::bench::kernel_path());
   at::InferenceMode im;
   at::Generator g = at::detail::createCPUGenerator(1);
   at::Tensor codes = at::randint(2048, {1, m->cfg.num_codebooks(), T}, g, at::kLong);
   codes.select(1, 0).random_(0, 32000, g);
   codes = codes.to(bench_device());
   sync(m->forward(codes).logits);  // warm-up
+  const std::string title = "LM forward T=" + std::to_string(T) + ", " + variant_name(state.range(1));
+  if (int rows = mt::bench::profile_rows(title))
+    mt::bench::profile_ops(
+        title, [&] { sync(m->forward(codes).logits); }, rows, 2);
   for (auto _ : state) sync(m->forward(codes).logits);
   state.counters["tok/s"] = benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
   // Useful work, a lower bound: every non-embedding weight is one multiply-add per time step (the
@@ -112,7 +109,7 @@ void BM_LMForward(benchmark::State& state) {
 
 void BM_LMStreamingStep(benchmark::State& state) {
   LMModel& m = small_model(state.range(0));
-  state.SetLabel(variant_name(state.range(0)));
+  state.SetLabel(std::string(variant_name(state.range(0))) + ", " + mt::bench::kernel_path());
   SamplingConfig s;
   s.use_sampling = false;
   LMGen gen(m, s);
@@ -136,12 +133,12 @@ void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
     mt::util::FusedKernelsOff general;
     BM_LMStreamingStep(state);
   }
-  state.SetLabel("base, general path");
+  state.SetLabel("base, general");
 }
 
 }  // namespace
 
-BENCHMARK(BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+BENCHMARK(mt::bench::BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_Gemv8192)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(BM_LMForward)
     ->ArgsProduct({{256}, {0, 1, 2, 3, 4}})

@@ -1,8 +1,15 @@
-// Training speed and memory of the `small` LM (dim 512, 8 layers; float32): tokens/s of one optimizer
-// step (forward, moshi-finetune loss, backward, clipping, AdamW) at batch 2 x 128 frames, full
-// fine-tuning, without and with hybrid TTT-MLP layers on layers 6 and 7, without and with gradient
-// checkpointing; peak memory from the allocator's reports (CPU). MOSHI_TTT_BENCH_THREADS (default 2),
-// MOSHI_TTT_BENCH_DEVICE (cpu | cuda).
+// Training speed and memory: frames/s of one optimizer step as `train` takes it (forward,
+// moshi-finetune's loss, backward, clipping, AdamW) on the models that scripts/reference/compare_train.sh
+// also gives moshi-finetune, next to this run's sgemm rate.
+//
+// BM_TrainStep/<model>/<T>/<B>/<checkpointing>, model:
+//   0 small, full fine-tune          1 small, LoRA rank 128 on every linear (moshi-finetune's default)
+//   2 tiny, full fine-tune           3 tiny + hybrid TTT-Linear on layer 1 (configs/tiny-hybrid.yaml)
+//   4 small + hybrid TTT-MLP on layers 6 and 7, full fine-tune (the cost of TTT at scale)
+// Counters: frames/s (temporal frames x batch, moshi-finetune's tokens/s), GFLOP/s of useful work
+// (below), peak_MB (allocator), and the label says which kernels ran (fused or general).
+// MOSHI_TTT_BENCH_THREADS (default 2), MOSHI_TTT_BENCH_DEVICE (cpu | cuda), MOSHI_TTT_PROFILE=N
+// (a per-operator profile of one step, N rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -11,8 +18,10 @@
 
 #include "bench_main.h"
 #include "lm/lm_model.h"
+#include "op_profile.h"
 #include "train/optim.h"
 #include "train/trainer.h"
+#include "util/fused.h"
 #include "util/peak_memory.h"
 
 using mt::bench::bench_device;
@@ -22,60 +31,136 @@ using namespace mt;
 
 namespace {
 
-void BM_TrainStep(benchmark::State& state) {
-  const bool ttt = state.range(0) != 0, ckpt = state.range(1) != 0;
-  const int64_t B = 2, T = 128;
+enum class Model { kSmallFull, kSmallLora, kTinyFull, kTinyHybrid, kSmallHybridMlp };
+
+const char* model_name(Model m) {
+  switch (m) {
+    case Model::kSmallFull: return "small full";
+    case Model::kSmallLora: return "small LoRA r128";
+    case Model::kTinyFull: return "tiny full";
+    case Model::kTinyHybrid: return "tiny hybrid TTT-Linear";
+    case Model::kSmallHybridMlp: return "small hybrid TTT-MLP x2";
+  }
+  return "?";
+}
+
+lm::LMModel build(Model which) {
+  const bool tiny = which == Model::kTinyFull || which == Model::kTinyHybrid;
   lm::TTTIntegrationConfig t;
-  if (ttt) {
+  lm::LoRAConfig lora;
+  if (which == Model::kTinyHybrid) {  // configs/tiny-hybrid.yaml
+    t.enable = true;
+    t.variant = lm::TTTVariant::kHybrid;
+    t.layers = "1";
+    t.type = lm::TTTInner::kLinear;
+    t.mini_batch_size = 16;
+    t.base_lr = 1.0;
+    t.initial_gating_alpha = 0.1;
+    t.attention_context = 16;
+    t.non_ttt_attention_context = 32;
+    t.persistent_states = true;
+  } else if (which == Model::kSmallHybridMlp) {
     t.enable = true;
     t.variant = lm::TTTVariant::kHybrid;
     t.layers = "6,7";
     t.type = lm::TTTInner::kMlp;
     t.base_lr = 0.1;
     t.mini_batch_size = 16;
+  } else if (which == Model::kSmallLora) {
+    lora.enable = true;
+    lora.rank = 128;
+    lora.scaling = 2.0;
   }
-  lm::LMModel m(lm::LMConfig::small(), t);
+  lm::LMModel m(tiny ? lm::LMConfig::tiny() : lm::LMConfig::small(), t, lora);
   m->init_weights(0);
+  return m;
+}
+
+// Multiply-adds a step must do per frame, a lower bound: each matrix (embeddings excluded) once in
+// the forward and once for its input's gradient, and trainable matrices once more for their own
+// gradient; attention's products and the TTT inner loop are left out.
+double useful_flop_per_frame(const lm::LMModelImpl& m) {
+  double all = 0, trained = 0;
+  for (const auto& kv : m.named_parameters()) {
+    const at::Tensor& p = kv.value();
+    if (p.dim() < 2 || (kv.key().find("emb") != std::string::npos && kv.key().find("low_rank") == std::string::npos))
+      continue;
+    all += static_cast<double>(p.numel());
+    if (p.requires_grad()) trained += static_cast<double>(p.numel());
+  }
+  return 2.0 * (2.0 * all + trained);
+}
+
+void BM_TrainStep(benchmark::State& state) {
+  const auto which = static_cast<Model>(state.range(0));
+  const int64_t T = state.range(1), B = state.range(2);
+  const bool ckpt = state.range(3) != 0;
+  lm::LMModel m = build(which);
+  m->to(mt::bench::bench_dtype());
   m->to(bench_device());
   m->train();
   m->transformer->gradient_checkpointing = ckpt;
   m->depformer->gradient_checkpointing = ckpt;
-  train::ParamGroup g{"all", {}, 1e-4, 0.1};
+  train::ParamGroup g{"all", {}, 2e-6, 0.1};
   std::vector<at::Tensor> params;
   for (auto& kv : m->named_parameters()) {
-    kv.value().set_requires_grad(true);
+    const bool t = train::trains(which != Model::kSmallLora, m->lora_cfg, kv.key());
+    kv.value().set_requires_grad(t);
+    if (!t) continue;
     g.params.emplace_back(kv.key(), kv.value());
     params.push_back(kv.value());
   }
-  train::AdamW opt({g});
+  train::AdamW opt({g}, train::AdamWConfig{0.9, 0.95, 1e-8});
   train::OneCycle oc;
   oc.total_steps = 1000000;
+  oc.pct_start = 0.05;
   at::Generator gen = at::detail::createCPUGenerator(1);
-  at::Tensor codes = at::randint(2048, {B, m->cfg.num_codebooks(), T}, gen, at::kLong);
-  codes.select(1, 0).random_(0, 32000, gen);
+  at::Tensor codes = at::randint(m->cfg.card, {B, m->cfg.num_codebooks(), T}, gen, at::kLong);
+  codes.select(1, 0).random_(0, m->cfg.text_card, gen);
   codes = codes.to(bench_device());
   std::vector<std::vector<nn::LayerState>> states;
-  states.push_back(m->transformer->make_layer_states(B));
+  const bool persistent = m->transformer->has_addons() && which == Model::kTinyHybrid;
+  if (persistent) states.push_back(m->transformer->make_layer_states(B));
+  train::LossConfig lc;
+  lc.first_codebook_weight_multiplier = 100.0;  // moshi-finetune's example/moshi_7B.yaml
+  lc.text_padding_weight = 0.5;
   int64_t step = 0;
   auto one = [&]() {
-    train::train_step(*m, opt, {oc}, step++, {codes}, ttt ? &states : nullptr, {}, train::LossConfig{}, 1.0, params,
-                      false);
+    train::train_step(*m, opt, {oc}, step++, {codes}, persistent ? &states : nullptr, {}, lc, 1.0, false);
   };
   one();  // warm-up (allocations, optimizer state)
+  const std::string title = std::string("train step, ") + model_name(which) + ", T=" + std::to_string(T) +
+                            ", B=" + std::to_string(B) + (ckpt ? ", checkpointing" : "");
+  if (int rows = mt::bench::profile_rows(title)) mt::bench::profile_ops(title, one, rows);
   int64_t peak = 0;
   for (auto _ : state) {
     PeakMemory mem(bench_device().type());
     one();
     peak = std::max(peak, mem.peak());
   }
-  state.counters["frames/s"] =
-      benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
+  const double frames = static_cast<double>(B * T);
+  state.counters["frames/s"] = benchmark::Counter(frames, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(useful_flop_per_frame(*m) * frames / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["peak_MB"] = static_cast<double>(peak) / 1e6;
-  state.SetLabel(std::string(ttt ? "hybrid TTT-MLP x2" : "no TTT") + (ckpt ? ", checkpointing" : ""));
+  state.SetLabel(std::string(model_name(which)) + (ckpt ? ", checkpointing" : "") +
+                 (mt::bench::bench_dtype() == at::kBFloat16 ? ", bf16" : "") + ", " + mt::bench::kernel_path());
 }
 
 }  // namespace
 
-BENCHMARK(BM_TrainStep)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
+BENCHMARK(mt::bench::BM_Sgemm2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+// The side-by-side grid (compare_train.sh picks from it with --benchmark_filter).
+BENCHMARK(BM_TrainStep)
+    ->ArgsProduct({{0, 1, 2, 3}, {256, 1024}, {1, 4}, {0}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
+// The cost of TTT and of checkpointing on the small model.
+BENCHMARK(BM_TrainStep)
+    ->ArgsProduct({{0, 4}, {128}, {2}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
 
 int main(int argc, char** argv) { return mt::bench::run_benchmarks(argc, argv); }

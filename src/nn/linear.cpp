@@ -36,16 +36,26 @@ void register_param_tree(torch::nn::Module& root, const std::string& dotted, con
 
 LinearImpl::LinearImpl(int64_t in, int64_t out) { weight = register_parameter("weight", at::empty({out, in})); }
 
+namespace {
+// y + s·B(A x), with B's product accumulated into y by the GEMM itself (addmm's beta = 1, alpha = s):
+// no pass over y for the scale and the sum, forward or backward (the output head's y is [T, 32000]).
+at::Tensor add_lora(const at::Tensor& y, const at::Tensor& x, const LinearImpl& a, const LinearImpl& b, double s) {
+  const at::Tensor h = a.forward(x);
+  const int64_t r = h.size(-1), out = y.size(-1);
+  return at::addmm(y.reshape({-1, out}), h.reshape({-1, r}), b.weight.t(), 1.0, s).view(y.sizes());
+}
+}  // namespace
+
 at::Tensor LinearImpl::forward(const at::Tensor& x) const {
   MT_CHECK(!addon, "a linear layer with an add-on (", addon ? addon->unit() : "", ") was run without its state");
   at::Tensor y = util::linear_nobias(x, weight);  // batch-1 steps: a bandwidth-bound gemv (util/gemv.h)
-  return lora_A ? y + lora_B->forward(lora_A->forward(x)) * lora_scaling : y;
+  return lora_A ? add_lora(y, x, *lora_A, *lora_B, lora_scaling) : y;
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x, const StepContext& c) const {
   if (!addon) return forward(x);
   at::Tensor y = util::linear_nobias(x, weight);
-  if (lora_A) y = y + lora_B->forward(lora_A->forward(x)) * lora_scaling;
+  if (lora_A) y = add_lora(y, x, *lora_A, *lora_B, lora_scaling);
   return y + addon->forward(x, c);
 }
 

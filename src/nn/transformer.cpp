@@ -260,6 +260,9 @@ int64_t TransformerState::updates() const {
 }
 
 namespace {
+// Up to this many positions, causal attention without a cache uses explicit products (see forward).
+constexpr int64_t kShortSequence = 16;
+
 // Applies one module per time step (weights per step): step t of x uses set schedule[t + offset].
 template <class F>
 at::Tensor per_step(const at::Tensor& x, const TransformerConfig& cfg, int64_t offset_cpu, F&& apply) {
@@ -271,10 +274,13 @@ at::Tensor per_step(const at::Tensor& x, const TransformerConfig& cfg, int64_t o
     return cfg.weights_per_step_schedule.empty() ? s : cfg.weights_per_step_schedule[s];
   };
   if (T == 1) return apply(set_of(0), x);
+  // unbind, not narrow: the backward of T narrowed slices is T zero-filled copies of x summed; that of
+  // unbind is one stack.
+  const std::vector<at::Tensor> xs = x.unbind(1);
   std::vector<at::Tensor> ys;
   ys.reserve(T);
-  for (int64_t t = 0; t < T; ++t) ys.push_back(apply(set_of(t), x.narrow(1, t, 1)));
-  return at::cat(ys, 1);
+  for (int64_t t = 0; t < T; ++t) ys.push_back(apply(set_of(t), xs[t]));
+  return at::stack(ys, 1);
 }
 }  // namespace
 
@@ -337,7 +343,14 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& c) con
   at::Tensor out;
   if (cfg.causal) {
     const bool plain_causal = !cache && (!cfg.context || *cfg.context >= T);
-    if (plain_causal) {
+    if (plain_causal && T <= kShortSequence) {
+      // The depformer's few codebook steps over many frames: SDPA's flash kernel pays per (batch, head)
+      // block, and explicit scores, softmax and sum run ~3x faster forward + backward (measured on
+      // 256 x 4 heads x 8 steps, 2 threads).
+      at::Tensor sc = at::matmul(q, keys.transpose(-1, -2)).mul_(1.0 / std::sqrt(static_cast<double>(Dh)));
+      at::Tensor future = at::ones({T, T}, lopt.dtype(at::kBool)).triu(1);
+      out = at::matmul(at::softmax(sc.masked_fill(future, -std::numeric_limits<float>::infinity()), -1), values);
+    } else if (plain_causal) {
       out = at::scaled_dot_product_attention(q, keys, values, {}, 0.0, /*is_causal=*/true);
     } else {
       at::Tensor delta = pos_q.unsqueeze(2) - pos_k.unsqueeze(1);  // [B, T, S]

@@ -115,7 +115,7 @@ ref::CaseResult run_train_case(const std::string& dir, const ref::RunOptions& op
     } capture;
     capture.g = &g;
     capture.out = &first_grads;
-    StepResult sr = train_step(*model, optim, sched, s, micro, nullptr, {}, lc, max_norm, trainable, false,
+    StepResult sr = train_step(*model, optim, sched, s, micro, nullptr, {}, lc, max_norm, false,
                                s == 0 ? &capture : nullptr);
     for (int64_t m = 0; m < M; ++m) {
       text_loss[s][m] = sr.text_loss[m];

@@ -1,5 +1,6 @@
 #include "train/loss.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "util/error.h"
@@ -7,12 +8,14 @@
 namespace mt::train {
 
 namespace {
-// Σ w·CE and the CE itself ([B, N, T]) for logits [B, N, T, V], targets [B, N, T], mask [B, N, T].
-at::Tensor masked_ce(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask) {
+// The CE ([B, N, T]) for logits [B, N, T, V], targets [B, N, T], mask [B, N, T]. `delayed`: some
+// stream has a delay, so the logits of its last steps are NaN (undelayed tail).
+at::Tensor masked_ce(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& mask, bool delayed) {
   at::Tensor t = at::where(mask, targets, at::zeros({}, targets.options()));
-  // Logits where the mask is false can be NaN (undelayed tail): zero them so they cannot poison the sum.
-  at::Tensor l =
-      at::where(mask.unsqueeze(-1), logits.to(at::kFloat), at::zeros({}, logits.options().dtype(at::kFloat)));
+  // NaN logits would poison the sum (and their gradient): zero them. Without a delay every logit is
+  // finite, and the pass over the logits (and its backward) is skipped.
+  at::Tensor l = logits.to(at::kFloat);
+  if (delayed) l = at::where(mask.unsqueeze(-1), l, at::zeros({}, l.options()));
   at::Tensor lp = at::log_softmax(l, -1);
   return -lp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
 }
@@ -29,7 +32,7 @@ LossParts compute_loss(const lm::LMConfig& cfg, const lm::LMOutput& out, const a
   at::Tensor is_pad = tt.eq(cfg.existing_text_end_padding_id);
   if (cfg.existing_text_padding_id) is_pad = is_pad | tt.eq(*cfg.existing_text_padding_id);
   tw = at::where(is_pad, tw * lc.text_padding_weight, tw);
-  at::Tensor tce = masked_ce(out.text_logits, tt, out.text_mask);
+  at::Tensor tce = masked_ce(out.text_logits, tt, out.text_mask, cfg.delays[0] > 0);
   r.text = (tce * tw).sum() / tw.sum();
   r.real_tokens = out.text_mask.sum().item<int64_t>();
   // Audio (Moshi's own codebooks; the user's streams are never targets).
@@ -41,7 +44,9 @@ LossParts compute_loss(const lm::LMConfig& cfg, const lm::LMOutput& out, const a
       m[0] = lc.first_codebook_weight_multiplier;
       aw = aw * at::tensor(m, aw.options()).view({1, -1, 1});
     }
-    at::Tensor ace = masked_ce(out.logits, at_, out.mask);
+    const bool delayed =
+        std::any_of(cfg.delays.begin() + 1, cfg.delays.begin() + 1 + cfg.dep_q, [](int64_t d) { return d > 0; });
+    at::Tensor ace = masked_ce(out.logits, at_, out.mask, delayed);
     r.audio = (ace * aw).sum() / aw.sum();
     r.real_tokens += out.mask.sum().item<int64_t>();
     r.total = r.text + r.audio;

@@ -1,8 +1,9 @@
 // AdamW with float32 master weights, PyTorch's OneCycleLR and clip_grad_norm_ (see optim.h).
 //
-// The arithmetic mirrors torch.optim.AdamW's single-tensor (foreach=False) path op for op - the same
-// ATen kernels with the same scalar arguments - so an fp32 run reproduces PyTorch to the last bits
-// wherever the inputs agree. Deliberate differences from PyTorch, all documented at their place:
+// The fused path is PyTorch's own fused kernel (torch.optim.AdamW(fused=True)). The single-tensor
+// path mirrors torch.optim.AdamW(foreach=False) op for op - the same ATen kernels with the same
+// scalar arguments - so an fp32 run reproduces PyTorch to the last bits wherever the inputs agree. Deliberate
+// differences from PyTorch, all documented at their place:
 //  - one step count t for every parameter (the optimizer's), where PyTorch counts per parameter; they
 //    differ only for a parameter that had no gradient on some step;
 //  - states are created eagerly (zeros) instead of on the first step, so state_dict() always has
@@ -19,6 +20,7 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
+#include <optional>
 #include <set>
 
 namespace mt::train {
@@ -200,32 +202,66 @@ void AdamW::step() {
         if (slots_[g][i].master.defined()) slots_[g][i].master.copy_(groups_[g].params[i].second.detach());
   }
   const int64_t t = ++step_;
+  for (size_t g = 0; g < groups_.size(); ++g)
+    if (cfg_.impl != AdamWImpl::kFused || !step_fused(g, t)) step_single_tensor(g, t);
+}
+
+void AdamW::step_single_tensor(size_t g, int64_t t) {
   const double beta2 = cfg_.beta2, eps = cfg_.eps;
-  for (size_t g = 0; g < groups_.size(); ++g) {
-    const double lr = lr_[g], beta1 = beta1_[g], wd = groups_[g].weight_decay;
-    // Python floats in PyTorch: the step count enters as a float, the powers are taken in double.
-    // beta1 is the *current* one (OneCycle changes it every step), as in PyTorch.
-    const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(t));
-    const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(t));
-    const double step_size = lr / bias_correction1;
-    const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);  // Python's ** 0.5
-    for (size_t i = 0; i < slots_[g].size(); ++i) {
-      const auto& [name, p] = groups_[g].params[i];
-      Slot& s = slots_[g][i];
-      const at::Tensor& gp = p.grad();
-      if (!gp.defined()) continue;  // as PyTorch: no gradient, no update (not even weight decay)
-      at::Tensor w = s.master.defined() ? s.master : p.detach();
-      at::Tensor grad = gp.detach();
-      if (grad.scalar_type() != w.scalar_type()) grad = grad.to(w.scalar_type());
-      // The same op sequence as torch.optim.adam._single_tensor_adam with decoupled weight decay.
-      if (wd != 0.0) w.mul_(1.0 - lr * wd);
-      s.exp_avg.lerp_(grad, 1.0 - beta1);
-      s.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
-      at::Tensor denom = (s.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
-      w.addcdiv_(s.exp_avg, denom, -step_size);
-      if (s.master.defined()) p.detach().copy_(s.master);
-    }
+  const double lr = lr_[g], beta1 = beta1_[g], wd = groups_[g].weight_decay;
+  // Python floats in PyTorch: the step count enters as a float, the powers are taken in double.
+  // beta1 is the *current* one (OneCycle changes it every step), as in PyTorch.
+  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(t));
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);  // Python's ** 0.5
+  for (size_t i = 0; i < slots_[g].size(); ++i) {
+    const auto& [name, p] = groups_[g].params[i];
+    Slot& s = slots_[g][i];
+    const at::Tensor& gp = p.grad();
+    if (!gp.defined()) continue;  // as PyTorch: no gradient, no update (not even weight decay)
+    at::Tensor w = s.master.defined() ? s.master : p.detach();
+    at::Tensor grad = gp.detach();
+    if (grad.scalar_type() != w.scalar_type()) grad = grad.to(w.scalar_type());
+    // The same op sequence as torch.optim.adam._single_tensor_adam with decoupled weight decay.
+    if (wd != 0.0) w.mul_(1.0 - lr * wd);
+    s.exp_avg.lerp_(grad, 1.0 - beta1);
+    s.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
+    at::Tensor denom = (s.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
+    w.addcdiv_(s.exp_avg, denom, -step_size);
+    if (s.master.defined()) p.detach().copy_(s.master);
   }
+}
+
+// The group's tensors in one call of PyTorch's fused kernel (CPU and CUDA): it reads each of weight,
+// gradient and both moments once and writes three, where the single-tensor path makes seven passes.
+bool AdamW::step_fused(size_t g, int64_t t) {
+  std::vector<at::Tensor> ws, grads, m, v, steps;
+  std::vector<size_t> idx;
+  at::Tensor step;  // the kernel reads the step count from a tensor on the weights' device
+  for (size_t i = 0; i < slots_[g].size(); ++i) {
+    const at::Tensor& p = groups_[g].params[i].second;
+    Slot& s = slots_[g][i];
+    if (!p.grad().defined()) continue;
+    at::Tensor w = s.master.defined() ? s.master : p.detach();
+    if (!ws.empty() && (w.device() != ws[0].device() || w.scalar_type() != ws[0].scalar_type())) return false;
+    if (!w.is_contiguous() || w.scalar_type() == at::kDouble) return false;
+    at::Tensor grad = p.grad().detach();
+    if (grad.scalar_type() != w.scalar_type()) grad = grad.to(w.scalar_type());
+    if (!step.defined()) step = at::full({}, static_cast<double>(t), w.options().dtype(at::kFloat));
+    ws.push_back(w);
+    grads.push_back(grad.contiguous());
+    m.push_back(s.exp_avg);
+    v.push_back(s.exp_avg_sq);
+    steps.push_back(step);
+    idx.push_back(i);
+  }
+  if (ws.empty()) return true;
+  at::_fused_adamw_(ws, grads, m, v, {}, steps, lr_[g], beta1_[g], cfg_.beta2, groups_[g].weight_decay, cfg_.eps,
+                    /*amsgrad=*/false, /*maximize=*/false);
+  for (size_t i : idx)
+    if (slots_[g][i].master.defined()) groups_[g].params[i].second.detach().copy_(slots_[g][i].master);
+  return true;
 }
 
 void AdamW::zero_grad() {
@@ -324,16 +360,47 @@ void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
 
 // ---- gradient norms ------------------------------------------------------------------------------
 
+namespace {
+// PyTorch multiplies by min(coef, 1) unconditionally; multiplying by 1 changes nothing, so skip it.
+void scale_grads(const std::vector<at::Tensor>& params, double norm, double max_norm) {
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef >= 1.0) return;
+  for (const auto& p : params)
+    if (p.defined() && p.grad().defined()) p.grad().mul_(coef);
+}
+}  // namespace
+
+double clip_grad_norm(const std::vector<std::vector<at::Tensor>>& groups, double max_norm,
+                      std::vector<double>* group_norms) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> sums;  // per group: Σ ‖g‖² over its parameters (float64, on one device)
+  std::optional<at::Device> dev;
+  for (const auto& g : groups) {
+    std::vector<at::Tensor> norms = grad_norms(g);
+    if (!dev && !norms.empty()) dev = norms[0].device();
+    const auto opt = at::TensorOptions().dtype(at::kDouble).device(dev.value_or(at::kCPU));
+    for (auto& n : norms) n = n.to(opt.device());
+    sums.push_back(norms.empty() ? at::zeros({}, opt) : at::stack(norms).square().sum());
+  }
+  if (sums.empty()) return 0.0;
+  const at::Tensor host = at::stack(sums).cpu();  // the one host sync
+  const double* h = host.const_data_ptr<double>();
+  double total = 0.0;
+  if (group_norms) group_norms->clear();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    total += h[g];
+    if (group_norms) group_norms->push_back(std::sqrt(h[g]));
+  }
+  total = std::sqrt(total);
+  if (!std::isfinite(total) || max_norm <= 0.0) return total;
+  for (const auto& g : groups) scale_grads(g, total, max_norm);
+  return total;
+}
+
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   at::NoGradGuard no_grad;
   const double norm = total_norm(grad_norms(params));
-  if (!std::isfinite(norm) || max_norm <= 0.0) return norm;
-  // PyTorch multiplies by min(coef, 1) unconditionally; multiplying by 1 changes nothing, so skip it.
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) {
-    for (const auto& p : params)
-      if (p.defined() && p.grad().defined()) p.grad().mul_(coef);
-  }
+  if (std::isfinite(norm) && max_norm > 0.0) scale_grads(params, norm, max_norm);
   return norm;
 }
 

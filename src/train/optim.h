@@ -20,8 +20,14 @@ struct ParamGroup {
   double weight_decay = 0.1;
 };
 
+// fused: PyTorch's fused AdamW kernel (torch.optim.AdamW(fused=True)): one pass over each tensor
+// instead of seven, the same formula, results within rounding of the single-tensor path. false: the
+// single-tensor path op for op, bit-identical to torch.optim.AdamW(foreach=False).
+enum class AdamWImpl { kFused, kSingleTensor };
+
 struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  AdamWImpl impl = AdamWImpl::kFused;
 };
 
 // PyTorch's OneCycleLR for one group: lr and (with cycle_momentum) beta1 at optimizer step `step`
@@ -70,6 +76,8 @@ class AdamW {
     at::Tensor master, exp_avg, exp_avg_sq;  // master undefined when the parameter is fp32/fp64 itself
   };
   std::vector<std::vector<Slot>> slots_;
+  void step_single_tensor(size_t g, int64_t t);
+  bool step_fused(size_t g, int64_t t);  // false: the group does not fit the fused kernel
 };
 
 // Total 2-norm of the gradients (float64 accumulation, as one vector) before clipping; scales every
@@ -77,6 +85,11 @@ class AdamW {
 // max_norm <= 0: no clipping, the norm is still returned. A non-finite norm is returned as is and the
 // gradients are left untouched.
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+// The same over parameter groups (an optimizer's), with each group's own norm in *group_norms: every
+// gradient's norm is taken once and read back with one host sync.
+double clip_grad_norm(const std::vector<std::vector<at::Tensor>>& groups, double max_norm,
+                      std::vector<double>* group_norms);
 
 // Gradient norm of a subset (for per-group monitoring); 0 when no gradient.
 double grad_norm(const std::vector<at::Tensor>& params);

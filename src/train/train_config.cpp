@@ -134,6 +134,7 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
       read(o, w + "optim.", "lr", c.optim.lr, so);
       read(o, w + "optim.", "weight_decay", c.optim.weight_decay, so);
       read(o, w + "optim.", "pct_start", c.optim.pct_start, so);
+      read(o, w + "optim.", "fused", c.optim.fused, so);
       reject_unknown(o, so, w + "optim.");
     }
     read(root, w, "max_norm", c.max_norm, s);

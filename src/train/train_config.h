@@ -15,6 +15,9 @@ struct OptimConfig {
   double lr = 1e-4;
   double weight_decay = 0.1;
   double pct_start = 0.05;
+  // PyTorch's fused AdamW kernel (one pass per tensor); false: the single-tensor path, bit for bit
+  // torch.optim.AdamW(foreach=False) as moshi-finetune runs it on a CPU.
+  bool fused = true;
 };
 
 // Data parallel: which per-rank training state is split over the ranks (ZeRO's stages 1 and 2).

@@ -200,7 +200,7 @@ void apply_resets(std::vector<nn::LayerState>& states, const at::Tensor& reset) 
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<nn::LayerState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
-                      const std::vector<at::Tensor>& trainable, bool want_probes, StepHooks* hooks) {
+                      bool want_probes, StepHooks* hooks) {
   StepResult r;
   for (size_t g = 0; g < opt.groups().size(); ++g) {
     opt.set_lr(g, sched[g].lr_at(step));
@@ -253,12 +253,12 @@ StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<On
   if (hooks && hooks->sharded()) {
     r.grad_norm = hooks->clip(opt, max_norm, r.group_grad_norm);
   } else {
+    std::vector<std::vector<at::Tensor>> groups;
     for (const auto& g : opt.groups()) {
-      std::vector<at::Tensor> ps;
-      for (const auto& p : g.params) ps.push_back(p.second);
-      r.group_grad_norm.push_back(grad_norm(ps));
+      groups.emplace_back();
+      for (const auto& p : g.params) groups.back().push_back(p.second);
     }
-    r.grad_norm = clip_grad_norm(trainable, max_norm);
+    r.grad_norm = clip_grad_norm(groups, max_norm, &r.group_grad_norm);
   }
   r.applied = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (r.applied) opt.step();
@@ -343,7 +343,7 @@ void setup_optimizer(Run& r) {
   for (auto* g : {&base, &tw, &al})
     if (!g->params.empty()) r.groups.push_back(*g);
   MT_CHECK(!r.groups.empty(), cfg.source, ": no trainable parameter");
-  const AdamWConfig adam{0.9, 0.95, 1e-8};
+  const AdamWConfig adam{0.9, 0.95, 1e-8, cfg.optim.fused ? AdamWImpl::kFused : AdamWImpl::kSingleTensor};
   if (r.group) {
     r.dp = std::make_unique<DataParallel>(*r.group, cfg, r.groups, &r.stop_signal);
     r.optim = r.dp->make_optimizer(adam);
@@ -622,7 +622,7 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     const bool probes = (step + 1) % cfg.log_freq == 0 || step + 1 == end_step;
     r.stop_signal = g_stop_signal.load();
     const StepResult sr = train_step(*r.model, *r.optim, r.sched, step, b.micro, persistent ? &r.states : nullptr,
-                                     b.resets, loss_cfg, cfg.max_norm, r.trainable, probes, r.dp.get());
+                                     b.resets, loss_cfg, cfg.max_norm, probes, r.dp.get());
     account(r, sr, step, p, sum);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t frames = b.batch.codes.size(0) * b.batch.codes.size(2) * opt.dist.world_size;  // all ranks

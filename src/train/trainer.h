@@ -75,11 +75,11 @@ struct StepHooks {
 
 // One optimizer step as moshi-finetune takes it, shared by `train` and check-reference: the
 // schedule's lr / beta1 for `step` → per micro-batch forward, loss, backward of loss / M (TTT states
-// detached, slots reset where micro_resets says) → clip_grad_norm over `trainable` → AdamW step (skipped
+// detached, slots reset where micro_resets says) → clip_grad_norm over the optimizer's parameters → AdamW step (skipped
 // when the loss or the norm is not finite) → zero_grad, with `hooks` called where StepHooks says.
 StepResult train_step(const lm::LMModelImpl& m, AdamW& opt, const std::vector<OneCycle>& sched, int64_t step,
                       const std::vector<at::Tensor>& micro_codes, std::vector<std::vector<nn::LayerState>>* states,
                       const std::vector<at::Tensor>& micro_resets, const LossConfig& lc, double max_norm,
-                      const std::vector<at::Tensor>& trainable, bool want_probes, StepHooks* hooks = nullptr);
+                      bool want_probes, StepHooks* hooks = nullptr);
 
 }  // namespace mt::train

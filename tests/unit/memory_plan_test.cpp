@@ -78,7 +78,7 @@ Measured measure_step(const TrainConfig& cfg) {
   r.before = all.current();
   PeakMemory step;
   train::train_step(*m, opt, {oc}, 0, {codes}, m->transformer->has_addons() ? &states : nullptr, {},
-                    train::LossConfig{}, 1.0, trainable, false);
+                    train::LossConfig{}, 1.0, false);
   r.step = step.peak();
   return r;
 }

@@ -55,7 +55,8 @@ struct Deviation {
 
 // Replays the reference run with our optimizer; `beta2` (and `wd`) default to the reference's, the
 // failure test passes other values to show the comparison has teeth.
-Deviation replay(double beta2 = 0.95, double wd = 0.1) {
+Deviation replay(double beta2 = 0.95, double wd = 0.1,
+                 mt::train::AdamWImpl impl = mt::train::AdamWImpl::kSingleTensor) {
   mt::io::SafeTensors f(case_path());
   const std::vector<std::pair<std::string, int>> names = {{"a", 0}, {"b", 0}, {"c", 1}};
   const double max_lrs[2] = {3e-3, 3e-2};
@@ -72,7 +73,7 @@ Deviation replay(double beta2 = 0.95, double wd = 0.1) {
     groups[g].params.emplace_back(n, params[n]);
     all.push_back(params[n]);
   }
-  AdamW opt(groups, AdamWConfig{0.9, beta2, 1e-8});
+  AdamW opt(groups, AdamWConfig{0.9, beta2, 1e-8, impl});
   std::vector<OneCycle> sched(2);
   for (int g = 0; g < 2; ++g) {
     sched[g].max_lr = max_lrs[g];
@@ -112,6 +113,18 @@ TEST(OptimReference, MatchesPyTorchAdamWOneCycleClip) {
   RecordProperty("max_lr_rel_diff", mt::str(d.lr));
   RecordProperty("max_norm_rel_diff", mt::str(d.norm));
   RecordProperty("max_param_abs_diff", mt::str(d.param));
+}
+
+// PyTorch's fused kernel (the default) on the same case: the same formula in one pass, so within
+// float32 rounding of the single-tensor run, and wrong hyper-parameters still show.
+TEST(OptimReference, FusedMatchesPyTorchAdamWOneCycleClip) {
+  Deviation d = replay(0.95, 0.1, mt::train::AdamWImpl::kFused);
+  ASSERT_EQ(d.steps, 6);
+  EXPECT_LE(d.norm, 1e-6);
+  EXPECT_LE(d.param, 1e-6);
+  RecordProperty("max_param_abs_diff", mt::str(d.param));
+  EXPECT_GT(replay(0.999, 0.1, mt::train::AdamWImpl::kFused).param, 1e-5);
+  EXPECT_GT(replay(0.95, 0.0, mt::train::AdamWImpl::kFused).param, 1e-6);
 }
 
 // The comparison above can fail: a wrong beta2 or weight decay moves the parameters well past 1e-6.
