@@ -9,6 +9,7 @@
 #include <string>
 
 #include "util/fused.h"
+#include "util/runtime.h"
 
 namespace mt::bench {
 
@@ -50,6 +51,7 @@ inline void BM_Sgemm2048(benchmark::State& state) {
 }
 
 inline int run_benchmarks(int argc, char** argv) {
+  mt::keep_freed_memory();
   at::set_num_threads(bench_threads());
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();

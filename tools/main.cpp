@@ -8,8 +8,10 @@
 
 #include "tools/commands.h"
 #include "util/error.h"
+#include "util/runtime.h"
 
 int main(int argc, char** argv) {
+  mt::keep_freed_memory();
   CLI::App app{"moshi-ttt: train, evaluate and run Moshi speech-text LMs with test-time-training layers"};
   app.require_subcommand(0, 1);
   bool version = false;

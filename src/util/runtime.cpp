@@ -7,10 +7,12 @@
 
 #include <c10/util/Exception.h>
 
+#include <malloc.h>
 #include <unistd.h>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -40,6 +42,18 @@ c10::Device parse_device(const std::string& name) {
 std::string error_message(const std::exception& e) {
   if (auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
   return e.what();
+}
+
+bool keep_freed_memory() {
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+  const char* env = std::getenv("MOSHI_TTT_KEEP_FREED_MEMORY");
+  if (env && std::string(env) == "0") return false;
+  // Without mmap every block comes from the heap that brk grows (a thread's arena that cannot serve a
+  // big block hands it to that heap); with trimming off, freed memory stays there for reuse.
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max()) == 1;
+#else
+  return false;
+#endif
 }
 
 void set_threads(int n) {

@@ -3,12 +3,15 @@
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
 #include "test_util.h"
+#include "train/loss.h"
 #include "util/error.h"
 
 using namespace mt;
@@ -394,4 +397,63 @@ TEST(LMGen, WrongUserCodesShapeIsAnError) {
   LMGen gen(make_model(c), SamplingConfig{});
   LMGenState st = gen.make_state(1);
   EXPECT_THROW(gen.step(st, at::zeros({1, 1, 1}, at::kLong)), Error);
+}
+
+// ---- training-speed paths (issue 26) ------------------------------------------------------------
+
+// Causal attention over up to 16 positions uses explicit products instead of SDPA. Causality makes the
+// first 8 outputs of a 20-step sequence (SDPA) the outputs of its first 8 steps alone (explicit
+// path): values and input gradients must agree.
+TEST(Attention, ShortCausalPathEqualsSdpa) {
+  nn::TransformerConfig cfg;
+  cfg.d_model = 32;
+  cfg.num_heads = 4;
+  cfg.positional_embedding = "rope";
+  nn::Attention attn(cfg);
+  at::manual_seed(5);
+  for (auto& p : attn->parameters()) p.detach().normal_(0, 0.3);
+  at::Tensor x = at::randn({3, 20, 32}, at::kDouble).to(at::kFloat);
+  nn::StepContext c;
+  at::Tensor xl = x.clone().requires_grad_(true), xs = x.narrow(1, 0, 8).clone().requires_grad_(true);
+  at::Tensor yl = attn->forward(xl, c).narrow(1, 0, 8), ys = attn->forward(xs, c);
+  EXPECT_LE(test::max_abs_diff(yl, ys), 2e-6);
+  at::Tensor g = at::randn(ys.sizes());
+  (yl * g).sum().backward();
+  (ys * g).sum().backward();
+  // float32, other summation orders than the flash kernel's backward: relative 1e-5 of the largest.
+  EXPECT_LE(test::max_abs_diff(xl.grad().narrow(1, 0, 8), xs.grad()), 1e-5 * xs.grad().abs().max().item<double>());
+  EXPECT_EQ(xl.grad().narrow(1, 8, 12).abs().max().item<float>(), 0.f) << "outputs 0..7 must not see steps 8..";
+  // The explicit path is causal: a later step does not reach an earlier output.
+  at::Tensor x2 = xs.detach().clone();
+  x2.select(1, 7).add_(1.0);
+  EXPECT_LE(test::max_abs_diff(attn->forward(x2, c).narrow(1, 0, 7), ys.detach().narrow(1, 0, 7)), 1e-6);
+}
+
+// With a delayed text stream the last text logits are NaN (undelayed tail); the loss must mask them
+// out (value and gradients finite). Without a text delay the loss skips that pass over the logits and
+// must equal the masked computation.
+TEST(LMModel, LossIsFiniteWithDelayedTextAndEqualWithout) {
+  for (int64_t text_delay : {0, 1}) {
+    LMConfig c = small_cfg();
+    c.delays[0] = text_delay;
+    LMModel m(c);
+    m->init_weights(3);
+    at::Tensor codes = at::randint(c.card, {2, c.num_codebooks(), 12}, at::kLong);
+    codes.select(1, 0).random_(0, c.text_card);
+    LMOutput out = m->forward(codes);
+    EXPECT_EQ(out.text_logits.isnan().any().item<bool>(), text_delay > 0);
+    train::LossParts lp = train::compute_loss(c, out, codes, train::LossConfig{});
+    lp.total.backward();
+    EXPECT_TRUE(std::isfinite(lp.text.item<double>())) << "text delay " << text_delay;
+    for (const auto& p : m->parameters())
+      if (p.grad().defined()) EXPECT_TRUE(p.grad().isfinite().all().item<bool>()) << "text delay " << text_delay;
+    // The same text loss computed by hand over the valid positions.
+    at::Tensor lg = out.text_logits.detach().select(1, 0), tg = codes.select(1, 0), mk = out.text_mask.select(1, 0);
+    at::Tensor ce = -at::log_softmax(at::where(mk.unsqueeze(-1), lg, at::zeros({}, lg.options())), -1)
+                         .gather(-1, tg.clamp_min(0).unsqueeze(-1))
+                         .squeeze(-1);
+    at::Tensor w = mk.to(at::kFloat);
+    w = at::where(tg.eq(c.existing_text_end_padding_id) | tg.eq(*c.existing_text_padding_id), w * 0.5, w);
+    EXPECT_NEAR(lp.text.item<double>(), ((ce * w).sum() / w.sum()).item<double>(), 1e-5);
+  }
 }
