@@ -6,6 +6,7 @@
 //   0 small, full fine-tune          1 small, LoRA rank 128 on every linear (moshi-finetune's default)
 //   2 tiny, full fine-tune           3 tiny + hybrid TTT-Linear on layer 1 (configs/tiny-hybrid.yaml)
 //   4 small + hybrid TTT-MLP on layers 6 and 7, full fine-tune (the cost of TTT at scale)
+//   5 moshiko-7b, LoRA rank 128 (random weights; registered only with MOSHI_TTT_BENCH_DEVICE=cuda)
 // Counters: frames/s (temporal frames x batch, moshi-finetune's tokens/s), GFLOP/s of useful work
 // (below), peak_MB (allocator), and the label says which kernels ran (fused or general).
 // MOSHI_TTT_BENCH_THREADS (default 2), MOSHI_TTT_BENCH_DEVICE (cpu | cuda), MOSHI_TTT_PROFILE=N
@@ -13,6 +14,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
+
+#include <sys/resource.h>
 
 #include <cstdlib>
 
@@ -31,7 +34,7 @@ using namespace mt;
 
 namespace {
 
-enum class Model { kSmallFull, kSmallLora, kTinyFull, kTinyHybrid, kSmallHybridMlp };
+enum class Model { kSmallFull, kSmallLora, kTinyFull, kTinyHybrid, kSmallHybridMlp, k7bLora };
 
 const char* model_name(Model m) {
   switch (m) {
@@ -40,6 +43,7 @@ const char* model_name(Model m) {
     case Model::kTinyFull: return "tiny full";
     case Model::kTinyHybrid: return "tiny hybrid TTT-Linear";
     case Model::kSmallHybridMlp: return "small hybrid TTT-MLP x2";
+    case Model::k7bLora: return "moshiko-7b LoRA r128";
   }
   return "?";
 }
@@ -66,10 +70,22 @@ lm::LMModel build(Model which) {
     t.type = lm::TTTInner::kMlp;
     t.base_lr = 0.1;
     t.mini_batch_size = 16;
-  } else if (which == Model::kSmallLora) {
+  } else if (which == Model::kSmallLora || which == Model::k7bLora) {
     lora.enable = true;
     lora.rank = 128;
     lora.scaling = 2.0;
+  }
+  if (which == Model::k7bLora) {
+    // Built in the benchmark's dtype on the device (28 GB in float32 would not fit the host).
+    c10::ScalarType was = c10::typeMetaToScalarType(c10::get_default_dtype());
+    c10::set_default_dtype(c10::scalarTypeToTypeMeta(mt::bench::bench_dtype()));
+    lm::LMModel m(lm::LMConfig::moshiko_7b(), t, lora);
+    c10::set_default_dtype(c10::scalarTypeToTypeMeta(was));
+    m->to(bench_device());
+    at::NoGradGuard ng;
+    for (auto& p : m->parameters()) p.normal_(0, 0.02);  // random weights: the speed does not depend on them
+    m->init_added(0, true, true);
+    return m;
   }
   lm::LMModel m(tiny ? lm::LMConfig::tiny() : lm::LMConfig::small(), t, lora);
   m->init_weights(0);
@@ -104,7 +120,7 @@ void BM_TrainStep(benchmark::State& state) {
   train::ParamGroup g{"all", {}, 2e-6, 0.1};
   std::vector<at::Tensor> params;
   for (auto& kv : m->named_parameters()) {
-    const bool t = train::trains(which != Model::kSmallLora, m->lora_cfg, kv.key());
+    const bool t = train::trains(!m->lora_cfg.enable, m->lora_cfg, kv.key());
     kv.value().set_requires_grad(t);
     if (!t) continue;
     g.params.emplace_back(kv.key(), kv.value());
@@ -133,11 +149,17 @@ void BM_TrainStep(benchmark::State& state) {
                             ", B=" + std::to_string(B) + (ckpt ? ", checkpointing" : "");
   if (int rows = mt::bench::profile_rows(title)) mt::bench::profile_ops(title, one, rows);
   int64_t peak = 0;
+  rusage ru0{}, ru1{};
+  getrusage(RUSAGE_SELF, &ru0);
   for (auto _ : state) {
     PeakMemory mem(bench_device().type());
     one();
     peak = std::max(peak, mem.peak());
   }
+  getrusage(RUSAGE_SELF, &ru1);
+  // Page faults per step: memory the step had to fault in (0 when freed memory is reused).
+  state.counters["faults/step"] = static_cast<double>(ru1.ru_minflt - ru0.ru_minflt) /
+                                  static_cast<double>(std::max<int64_t>(1, state.iterations()));
   const double frames = static_cast<double>(B * T);
   state.counters["frames/s"] = benchmark::Counter(frames, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/s"] =
@@ -163,4 +185,12 @@ BENCHMARK(BM_TrainStep)
     ->MinTime(2.0)
     ->UseRealTime();
 
-int main(int argc, char** argv) { return mt::bench::run_benchmarks(argc, argv); }
+int main(int argc, char** argv) {
+  if (bench_device().is_cuda())  // moshi-finetune's setting on one H100 (its README: ~12k tokens/s)
+    benchmark::RegisterBenchmark("BM_TrainStep7b", BM_TrainStep)
+        ->Args({static_cast<int64_t>(Model::k7bLora), 1024, 4, 1})
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(5.0)
+        ->UseRealTime();
+  return mt::bench::run_benchmarks(argc, argv);
+}

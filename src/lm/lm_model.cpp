@@ -122,9 +122,9 @@ at::Tensor LMModelImpl::forward_depformer_training(const at::Tensor& seq, const 
     inputs.push_back(tok + tin);
   }
   at::Tensor x = at::stack(inputs, 2).view({B * T, Ka, -1});
-  at::Tensor y = depformer->forward(x);
+  const std::vector<at::Tensor> y = depformer->forward(x).unbind(1);  // (select's backward: Ka zero-filled copies)
   std::vector<at::Tensor> logits;
-  for (int64_t cb = 0; cb < Ka; ++cb) logits.push_back(depformer_head(cb, y.select(1, cb)).view({B, T, -1}));
+  for (int64_t cb = 0; cb < Ka; ++cb) logits.push_back(depformer_head(cb, y[cb]).view({B, T, -1}));
   return at::stack(logits, 1);
 }
 
@@ -154,10 +154,13 @@ std::pair<at::Tensor, at::Tensor> undelay(const std::vector<int64_t>& delays, co
   const int64_t B = x.size(0), T = x.size(2);
   at::Tensor mask = at::ones({B, static_cast<int64_t>(delays.size()), T}, x.options().dtype(at::kBool));
   if (std::all_of(delays.begin(), delays.end(), [](int64_t d) { return d == 0; })) return {x, mask};  // no copy
+  // unbind, not select: the backward of K selects is K zero-filled copies of x summed (9 passes over
+  // the audio logits); that of unbind is one stack.
+  const std::vector<at::Tensor> streams = x.unbind(1);
   std::vector<at::Tensor> lines;
   for (size_t k = 0; k < delays.size(); ++k) {
     const int64_t d = std::min<int64_t>(delays[k], T);
-    at::Tensor line = x.select(1, static_cast<int64_t>(k));
+    at::Tensor line = streams[k];
     if (d > 0) {
       auto shape = line.sizes().vec();
       shape[1] = d;

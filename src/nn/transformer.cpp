@@ -122,7 +122,9 @@ at::Tensor GatingImpl::forward(const at::Tensor& x, const StepContext* c) const 
   shape.back() = 2;
   shape.push_back(hidden);
   u = u.view(shape);
-  return apply_linear(*linear_out, nn::activation(activation, u.select(-2, 0)) * u.select(-2, 1), c);
+  // unbind, not two selects: their backward would be two zero-filled copies of u summed.
+  const std::vector<at::Tensor> gv = u.unbind(-2);
+  return apply_linear(*linear_out, nn::activation(activation, gv[0]) * gv[1], c);
 }
 
 ScaledEmbeddingImpl::ScaledEmbeddingImpl(int64_t num, int64_t dim, std::optional<int64_t> lr) {
@@ -162,7 +164,8 @@ void apply_rope(at::Tensor& q, at::Tensor& k, const at::Tensor& positions, doubl
     dims.back() = D / 2;
     dims.push_back(2);
     at::Tensor xv = x.view(dims);
-    at::Tensor xr = xv.select(-1, 0).to(at::kFloat), xi = xv.select(-1, 1).to(at::kFloat);
+    const std::vector<at::Tensor> ri = xv.unbind(-1);  // (two selects: two zero-filled copies in backward)
+    at::Tensor xr = ri[0].to(at::kFloat), xi = ri[1].to(at::kFloat);
     at::Tensor outr = xr * rotr - xi * roti;
     at::Tensor outi = xr * roti + xi * rotr;
     return at::stack({outr.to(x.scalar_type()), outi.to(x.scalar_type())}, -1).view(x.sizes());

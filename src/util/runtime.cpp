@@ -49,8 +49,9 @@ bool keep_freed_memory() {
   const char* env = std::getenv("MOSHI_TTT_KEEP_FREED_MEMORY");
   if (env && std::string(env) == "0") return false;
   // Without mmap every block comes from the heap that brk grows (a thread's arena that cannot serve a
-  // big block hands it to that heap); with trimming off, freed memory stays there for reuse.
-  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max()) == 1;
+  // big block hands it to that heap); with trimming off (-1: never, where INT_MAX would still trim
+  // above 2 GB free), freed memory stays there for reuse.
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1;
 #else
   return false;
 #endif
