@@ -62,38 +62,10 @@ import time
 
 
 def small_kwargs():
-    """bench_lm_reference.py's small LM: Kyutai's moshi-7B layout scaled down."""
-    dim, dep_dim, hidden_scale = 512, 256, 4.125
-    return {
-        "dim": dim,
-        "text_card": 32000,
-        "existing_text_padding_id": 3,
-        "n_q": 16,
-        "dep_q": 8,
-        "card": 2048,
-        "num_heads": 8,
-        "num_layers": 8,
-        "hidden_scale": hidden_scale,
-        "causal": True,
-        "layer_scale": None,
-        "context": 3000,
-        "max_period": 10000,
-        "gating": "silu",
-        "norm": "rms_norm_f32",
-        "positional_embedding": "rope",
-        "depformer_dim": dep_dim,
-        "depformer_dim_feedforward": int(hidden_scale * dep_dim),
-        "depformer_num_heads": 4,
-        "depformer_num_layers": 2,
-        "depformer_layer_scale": None,
-        "depformer_multi_linear": True,
-        "depformer_context": 8,
-        "depformer_max_period": 10000,
-        "depformer_gating": "silu",
-        "depformer_pos_emb": "none",
-        "depformer_weights_per_step": True,
-        "delays": [0] + [0, 1, 1, 1, 1, 1, 1, 1] * 2,
-    }
+    """bench_lm_reference.py's small LM (Kyutai's moshi-7B layout scaled down), from that script."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_lm_reference
+    return bench_lm_reference.lm_kwargs(argparse.Namespace(depformer_num_heads=4))
 
 
 def tiny_kwargs():
