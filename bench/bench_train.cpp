@@ -144,7 +144,10 @@ void BM_TrainStep(benchmark::State& state) {
   auto one = [&]() {
     train::train_step(*m, opt, {oc}, step++, {codes}, persistent ? &states : nullptr, {}, lc, 1.0, false);
   };
-  one();  // warm-up (allocations, optimizer state)
+  // Two warm-up steps: the first creates the optimizer state, the second grows the heap to its steady
+  // size (freed memory is reused from then on, util::keep_freed_memory), so faults/step reads 0.
+  one();
+  one();
   const std::string title = std::string("train step, ") + model_name(which) + ", T=" + std::to_string(T) +
                             ", B=" + std::to_string(B) + (ckpt ? ", checkpointing" : "");
   if (int rows = mt::bench::profile_rows(title)) mt::bench::profile_ops(title, one, rows);
