@@ -21,10 +21,10 @@
 
 #include "bench_main.h"
 #include "lm/lm_model.h"
+#include "lm/model_config.h"
 #include "op_profile.h"
 #include "train/optim.h"
 #include "train/trainer.h"
-#include "util/fused.h"
 #include "util/peak_memory.h"
 
 using mt::bench::bench_device;
@@ -49,21 +49,16 @@ const char* model_name(Model m) {
 }
 
 lm::LMModel build(Model which) {
-  const bool tiny = which == Model::kTinyFull || which == Model::kTinyHybrid;
-  lm::TTTIntegrationConfig t;
-  lm::LoRAConfig lora;
-  if (which == Model::kTinyHybrid) {  // configs/tiny-hybrid.yaml
-    t.enable = true;
-    t.variant = lm::TTTVariant::kHybrid;
-    t.layers = "1";
-    t.type = lm::TTTInner::kLinear;
-    t.mini_batch_size = 16;
-    t.base_lr = 1.0;
-    t.initial_gating_alpha = 0.1;
-    t.attention_context = 16;
-    t.non_ttt_attention_context = 32;
-    t.persistent_states = true;
-  } else if (which == Model::kSmallHybridMlp) {
+  // The tiny hybrid is the repository's own config file; the others are presets.
+  if (which == Model::kTinyHybrid)
+    return lm::build_model(lm::ModelConfigFile::load(MT_SOURCE_DIR "/configs/tiny-hybrid.yaml"), 0,
+                           mt::bench::bench_dtype());
+  lm::ModelConfigFile mc;
+  mc.lm = which == Model::kTinyFull ? lm::LMConfig::tiny()
+          : which == Model::k7bLora ? lm::LMConfig::moshiko_7b()
+                                    : lm::LMConfig::small();
+  lm::TTTIntegrationConfig& t = mc.ttt;
+  if (which == Model::kSmallHybridMlp) {
     t.enable = true;
     t.variant = lm::TTTVariant::kHybrid;
     t.layers = "6,7";
@@ -71,15 +66,15 @@ lm::LMModel build(Model which) {
     t.base_lr = 0.1;
     t.mini_batch_size = 16;
   } else if (which == Model::kSmallLora || which == Model::k7bLora) {
-    lora.enable = true;
-    lora.rank = 128;
-    lora.scaling = 2.0;
+    mc.lora.enable = true;
+    mc.lora.rank = 128;
+    mc.lora.scaling = 2.0;
   }
   if (which == Model::k7bLora) {
     // Built in the benchmark's dtype on the device (28 GB in float32 would not fit the host).
     c10::ScalarType was = c10::typeMetaToScalarType(c10::get_default_dtype());
     c10::set_default_dtype(c10::scalarTypeToTypeMeta(mt::bench::bench_dtype()));
-    lm::LMModel m(lm::LMConfig::moshiko_7b(), t, lora);
+    lm::LMModel m(mc.lm, mc.ttt, mc.lora);
     c10::set_default_dtype(c10::scalarTypeToTypeMeta(was));
     m->to(bench_device());
     at::NoGradGuard ng;
@@ -87,9 +82,7 @@ lm::LMModel build(Model which) {
     m->init_added(0, true, true);
     return m;
   }
-  lm::LMModel m(tiny ? lm::LMConfig::tiny() : lm::LMConfig::small(), t, lora);
-  m->init_weights(0);
-  return m;
+  return lm::build_model(mc, 0, mt::bench::bench_dtype());
 }
 
 // Multiply-adds a step must do per frame, a lower bound: each matrix (embeddings excluded) once in
@@ -112,7 +105,6 @@ void BM_TrainStep(benchmark::State& state) {
   const int64_t T = state.range(1), B = state.range(2);
   const bool ckpt = state.range(3) != 0;
   lm::LMModel m = build(which);
-  m->to(mt::bench::bench_dtype());
   m->to(bench_device());
   m->train();
   m->transformer->gradient_checkpointing = ckpt;

@@ -55,14 +55,6 @@ mt::ttt::TTTLayer make_layer(int layers) {
   return mt::ttt::TTTLayer::init(c, 0, at::kFloat, bench_device());
 }
 
-void BM_Sgemm2048(benchmark::State& s) {
-  auto opt = at::TensorOptions().device(bench_device());
-  auto a = at::randn({2048, 2048}, opt), b = at::randn({2048, 2048}, opt);
-  for (auto _ : s) sync(at::mm(a, b));
-  s.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * 2048 * 2048 * 2048 / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-}
-
 void BM_TTT(benchmark::State& s, int layers, bool backward) {
   const int64_t L = env_int("MT_BENCH_L", 2048);
   auto layer = make_layer(layers);
@@ -107,7 +99,7 @@ double max_of(const std::vector<double>& v) { return *std::max_element(v.begin()
       ->ComputeStatistics("min", min_of) \
       ->ComputeStatistics("max", max_of)
 
-BENCHMARK(BM_Sgemm2048) MT_BEST;
+BENCHMARK(mt::bench::BM_Sgemm2048) MT_BEST;
 BENCHMARK_CAPTURE(BM_TTT, linear_fwd, 1, false) MT_BEST;
 BENCHMARK_CAPTURE(BM_TTT, linear_fwdbwd, 1, true) MT_BEST;
 BENCHMARK_CAPTURE(BM_TTT, mlp_fwd, 2, false) MT_BEST;

@@ -266,6 +266,15 @@ namespace {
 // Up to this many positions, causal attention without a cache uses explicit products (see forward).
 constexpr int64_t kShortSequence = 16;
 
+// softmax(q kᵀ / sqrt(head dim), -inf where `blocked`) v as explicit products; `blocked` broadcasts
+// against the scores [B, H, T, S].
+at::Tensor explicit_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& blocked) {
+  at::Tensor sc = at::matmul(q, k.transpose(-1, -2)).mul_(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  sc.masked_fill_(blocked, -std::numeric_limits<float>::infinity());
+  return at::matmul(at::softmax(sc, -1), v);
+}
+
 // Applies one module per time step (weights per step): step t of x uses set schedule[t + offset].
 template <class F>
 at::Tensor per_step(const at::Tensor& x, const TransformerConfig& cfg, int64_t offset_cpu, F&& apply) {
@@ -350,9 +359,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& c) con
       // The depformer's few codebook steps over many frames: SDPA's flash kernel pays per (batch, head)
       // block, and explicit scores, softmax and sum run ~3x faster forward + backward (measured on
       // 256 x 4 heads x 8 steps, 2 threads).
-      at::Tensor sc = at::matmul(q, keys.transpose(-1, -2)).mul_(1.0 / std::sqrt(static_cast<double>(Dh)));
-      at::Tensor future = at::ones({T, T}, lopt.dtype(at::kBool)).triu(1);
-      out = at::matmul(at::softmax(sc.masked_fill(future, -std::numeric_limits<float>::infinity()), -1), values);
+      out = explicit_attention(q, keys, values, at::ones({T, T}, lopt.dtype(at::kBool)).triu(1));
     } else if (plain_causal) {
       out = at::scaled_dot_product_attention(q, keys, values, {}, 0.0, /*is_causal=*/true);
     } else {
@@ -363,9 +370,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& c) con
         // One query of a streaming step (the current slot is always allowed, so no row is empty):
         // explicit scores, softmax and sum. On the CPU, SDPA with a mask costs ~60 us a call here,
         // ~3x these four ops on a few hundred cached keys.
-        at::Tensor sc = at::matmul(q, keys.transpose(-1, -2)).mul_(1.0 / std::sqrt(static_cast<double>(Dh)));
-        sc.masked_fill_(allowed.unsqueeze(1).logical_not(), -std::numeric_limits<float>::infinity());
-        out = at::matmul(at::softmax(sc, -1), values);
+        out = explicit_attention(q, keys, values, allowed.unsqueeze(1).logical_not());
       } else {
         out = at::scaled_dot_product_attention(q, keys, values, allowed.unsqueeze(1));
       }

@@ -20,7 +20,6 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
-#include <optional>
 #include <set>
 
 namespace mt::train {
@@ -88,14 +87,11 @@ std::vector<at::Tensor> grad_norms(const std::vector<at::Tensor>& params) {
   return norms;
 }
 
-double total_norm(const std::vector<at::Tensor>& norms) {
-  if (norms.empty()) return 0.0;
-  auto dev = norms[0].device();
-  std::vector<at::Tensor> on_one;
-  on_one.reserve(norms.size());
-  for (const auto& n : norms) on_one.push_back(n.to(dev));
-  // One host sync for the whole set.
-  return at::linalg_vector_norm(at::stack(on_one), 2).item<double>();
+// The 2-norm of a set of per-parameter norms, as a float64 tensor on the first one's device (no sync).
+at::Tensor norm_of(std::vector<at::Tensor> norms, const at::TensorOptions& empty) {
+  if (norms.empty()) return at::zeros({}, empty);
+  for (auto& n : norms) n = n.to(norms[0].device());
+  return at::linalg_vector_norm(at::stack(norms), 2);
 }
 
 }  // namespace
@@ -373,40 +369,29 @@ void scale_grads(const std::vector<at::Tensor>& params, double norm, double max_
 double clip_grad_norm(const std::vector<std::vector<at::Tensor>>& groups, double max_norm,
                       std::vector<double>* group_norms) {
   at::NoGradGuard no_grad;
-  std::vector<at::Tensor> sums;  // per group: Σ ‖g‖² over its parameters (float64, on one device)
-  std::optional<at::Device> dev;
-  for (const auto& g : groups) {
-    std::vector<at::Tensor> norms = grad_norms(g);
-    if (!dev && !norms.empty()) dev = norms[0].device();
-    const auto opt = at::TensorOptions().dtype(at::kDouble).device(dev.value_or(at::kCPU));
-    for (auto& n : norms) n = n.to(opt.device());
-    sums.push_back(norms.empty() ? at::zeros({}, opt) : at::stack(norms).square().sum());
-  }
-  if (sums.empty()) return 0.0;
-  const at::Tensor host = at::stack(sums).cpu();  // the one host sync
+  std::vector<at::Tensor> per_group;  // float64, each on its group's first gradient's device
+  for (const auto& g : groups) per_group.push_back(norm_of(grad_norms(g), at::TensorOptions().dtype(at::kDouble)));
+  if (per_group.empty()) return 0.0;
+  for (auto& n : per_group) n = n.to(per_group[0].device());
+  const at::Tensor host = at::stack(per_group).cpu();  // the step's one host sync
   const double* h = host.const_data_ptr<double>();
-  double total = 0.0;
   if (group_norms) group_norms->clear();
+  double total = 0.0;
   for (size_t g = 0; g < groups.size(); ++g) {
-    total += h[g];
-    if (group_norms) group_norms->push_back(std::sqrt(h[g]));
+    total = std::hypot(total, h[g]);  // one group: exactly its norm (hypot(0, x) == |x|)
+    if (group_norms) group_norms->push_back(h[g]);
   }
-  total = std::sqrt(total);
   if (!std::isfinite(total) || max_norm <= 0.0) return total;
   for (const auto& g : groups) scale_grads(g, total, max_norm);
   return total;
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
-  at::NoGradGuard no_grad;
-  const double norm = total_norm(grad_norms(params));
-  if (std::isfinite(norm) && max_norm > 0.0) scale_grads(params, norm, max_norm);
-  return norm;
+  return clip_grad_norm(std::vector<std::vector<at::Tensor>>{params}, max_norm, nullptr);
 }
 
 double grad_norm(const std::vector<at::Tensor>& params) {
-  at::NoGradGuard no_grad;
-  return total_norm(grad_norms(params));
+  return clip_grad_norm(std::vector<std::vector<at::Tensor>>{params}, 0.0, nullptr);
 }
 
 }  // namespace mt::train
