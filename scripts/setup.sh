@@ -22,7 +22,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 pkgs=(cmake g++ make python3 python3-venv ccache espeak-ng googletest libgtest-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libyaml-cpp-dev zlib1g-dev pkg-config
       libplplot-dev plplot-driver-cairo fonts-dejavu-core libgloo-dev
-      libsndfile1-dev libsoxr-dev libsentencepiece-dev ${MOSHI_TTT_EXTRA_PKGS:-})
+      libsndfile1-dev libsoxr-dev libsentencepiece-dev
+      libopus-dev libogg-dev libboost-dev libssl-dev ${MOSHI_TTT_EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

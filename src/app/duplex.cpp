@@ -29,7 +29,8 @@ Duplex::Duplex(lm::LMModel model, mimi::Mimi codec, const lm::SamplingConfig& sa
       user_q_(model->cfg.n_q - model->cfg.dep_q),
       lm_(gen_.make_state(batch)),
       enc_(codec_->make_state(batch)),
-      dec_(codec_->make_state(batch)) {}
+      dec_(codec_->make_state(batch)),
+      frames_(static_cast<size_t>(batch), 0) {}
 
 std::optional<DuplexFrame> Duplex::step(const at::Tensor& pcm) {
   MT_CHECK(pcm.dim() == 3 && pcm.size(0) == lm_.batch && pcm.size(1) == 1 && pcm.size(2) == frame_size(),
@@ -37,15 +38,47 @@ std::optional<DuplexFrame> Duplex::step(const at::Tensor& pcm) {
            shape_str(pcm.sizes().vec()));
   at::Tensor user = codec_->encode_step(pcm.to(device_), enc_).narrow(1, 0, user_q_);  // [B, user_q, 1]
   std::optional<at::Tensor> out = gen_.step(lm_, user);
+  for (auto& f : frames_) ++f;
   if (!out) return std::nullopt;
-  const int64_t dep_q = gen_.model()->cfg.dep_q;
-  return DuplexFrame{codec_->decode_step(out->narrow(1, 1, dep_q), dec_), out->select(1, 0).reshape({lm_.batch})};
+  const int64_t dep_q = gen_.model()->cfg.dep_q, max_delay = gen_.model()->cfg.max_delay();
+  DuplexFrame frame;
+  bool all_ready = true;
+  for (int64_t b = 0; b < lm_.batch; ++b) {
+    const int64_t f = frames_[static_cast<size_t>(b)];
+    frame.ready.push_back(f > max_delay);
+    all_ready = all_ready && f > max_delay;
+    // A slot's decoder starts at its first real tokens, as a fresh stream's does: what it decoded
+    // while waiting was filler.
+    if (f == max_delay + 1) dec_.reset_slot(b);
+  }
+  // Slots still filling their delays read -2 (not generated): token 0 stands in, its audio is dropped.
+  at::Tensor tokens = all_ready ? *out : out->clamp_min(0);
+  frame.audio = codec_->decode_step(tokens.narrow(1, 1, dep_q), dec_);
+  frame.text = tokens.select(1, 0).reshape({lm_.batch});
+  if (!all_ready) {
+    at::Tensor live =
+        at::tensor(std::vector<uint8_t>(frame.ready.begin(), frame.ready.end()), at::kByte).to(at::kBool).to(device_);
+    frame.audio = frame.audio * live.view({-1, 1, 1}).to(frame.audio.scalar_type());
+  }
+  return frame;
 }
 
 void Duplex::reset() {
   gen_.reset(lm_);
   enc_.reset();
   dec_.reset();
+  std::fill(frames_.begin(), frames_.end(), 0);
+}
+
+void Duplex::start(int64_t slot, const lm::SamplingConfig& s) {
+  MT_CHECK(slot >= 0 && slot < lm_.batch, "duplex: slot ", slot, " out of range [0, ", lm_.batch, ")");
+  at::Tensor mask = at::zeros({lm_.batch}, at::kBool);
+  mask[slot].fill_(true);
+  gen_.reset(lm_, mask);
+  gen_.set_sampling(lm_, slot, s);
+  enc_.reset_slot(slot);
+  dec_.reset_slot(slot);
+  frames_[static_cast<size_t>(slot)] = 0;
 }
 
 std::string text_of(const std::vector<int64_t>& ids, const lm::LMConfig& c, const text::Tokenizer* tokenizer) {

@@ -49,6 +49,14 @@ at::Tensor StreamingConv1dImpl::step(const at::Tensor& x, Conv1dState& st) const
       st.previous = pad_mode == "replicate" ? x.narrow(2, 0, 1).expand({x.size(0), in_ch, tp})
                                             : at::zeros({x.size(0), in_ch, tp}, x.options());
     }
+    for (int64_t b : st.fresh_slots) {
+      at::Tensor slot = st.previous.select(0, b);
+      if (pad_mode == "replicate")
+        slot.copy_(x.select(0, b).narrow(1, 0, 1).expand({in_ch, tp}));
+      else
+        slot.zero_();
+    }
+    st.fresh_slots.clear();
     in = at::cat({st.previous, x}, 2);
     st.previous = in.narrow(2, in.size(2) - tp, tp);
   }

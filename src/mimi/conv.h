@@ -13,6 +13,7 @@
 #include <torch/nn/module.h>
 
 #include <string>
+#include <vector>
 
 namespace mt::mimi {
 
@@ -31,7 +32,16 @@ TORCH_MODULE(ConvWrap);
 
 struct Conv1dState {
   at::Tensor previous;  // [B, C_in, K_eff - S] (undefined before the first call)
-  void reset() { previous = at::Tensor(); }
+  // Slots restarted since the last call: their left padding is written at the next call, because
+  // replicate padding repeats that call's first sample, which is not known yet.
+  std::vector<int64_t> fresh_slots;
+  void reset() {
+    previous = at::Tensor();
+    fresh_slots.clear();
+  }
+  void reset_slot(int64_t b) {
+    if (previous.defined()) fresh_slots.push_back(b);
+  }
 };
 
 struct StreamingConv1dImpl : torch::nn::Module {
@@ -50,6 +60,10 @@ TORCH_MODULE(StreamingConv1d);
 struct ConvTr1dState {
   at::Tensor partial;  // [B, C_out, K - S]
   void reset() { partial = at::Tensor(); }
+  // A zero tail is what a fresh stream adds to its first output.
+  void reset_slot(int64_t b) {
+    if (partial.defined()) partial.select(0, b).zero_();
+  }
 };
 
 struct StreamingConvTranspose1dImpl : torch::nn::Module {

@@ -248,6 +248,16 @@ void MimiState::reset() {
   up.reset();
 }
 
+void MimiState::reset_slot(int64_t b) {
+  MT_CHECK(b >= 0 && b < batch, "mimi state: slot ", b, " out of range [0, ", batch, ")");
+  enc.reset_slot(b);
+  dec.reset_slot(b);
+  enc_tr.reset_slot(b);
+  dec_tr.reset_slot(b);
+  down.reset_slot(b);
+  up.reset_slot(b);
+}
+
 MimiImpl::MimiImpl(const MimiConfig& c) : cfg(c) {
   cfg.validate();
   encoder = register_module("encoder", SEANet(cfg.seanet, true));

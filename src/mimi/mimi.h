@@ -50,6 +50,8 @@ struct MimiState {
   Conv1dState down;
   ConvTr1dState up;
   void reset();
+  // Slot b alone starts over (a new conversation in one slot of a server); the others go on.
+  void reset_slot(int64_t b);
 };
 
 // Holders that give the reference's names: ProjectedTransformer (identity projections) and the

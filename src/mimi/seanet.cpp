@@ -17,6 +17,11 @@ void SEANetState::reset() {
   for (auto& c : convtrs) c.reset();
 }
 
+void SEANetState::reset_slot(int64_t b) {
+  for (auto& c : convs) c.reset_slot(b);
+  for (auto& c : convtrs) c.reset_slot(b);
+}
+
 ResBlockImpl::ResBlockImpl(const SEANetConfig& c, int64_t dim, int64_t dilation) {
   const int64_t hidden = dim / c.compress;
   block = register_module("block", torch::nn::ModuleList());

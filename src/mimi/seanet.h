@@ -35,6 +35,7 @@ struct SEANetState {
   std::vector<Conv1dState> convs;
   std::vector<ConvTr1dState> convtrs;
   void reset();
+  void reset_slot(int64_t b);
 };
 
 // A parameterless list entry (ELU) keeps the reference's indices.

@@ -457,3 +457,77 @@ TEST(LMModel, LossIsFiniteWithDelayedTextAndEqualWithout) {
     EXPECT_NEAR(lp.text.item<double>(), ((ce * w).sum() / w.sum()).item<double>(), 1e-5);
   }
 }
+
+// Per-conversation sampling (a server's query string): each slot draws with its own seeds and
+// knobs; a slot's draws do not depend on the other slots'; a slot sampled alone in batch 1 with the
+// same config gives the same tokens.
+TEST(LMGen, PerSlotSamplingIsIndependentOfTheOtherSlots) {
+  LMConfig c = small_cfg();
+  LMModel m = make_model(c);
+  at::Tensor user = random_codes(c, 1, 12, 2).narrow(1, 1 + c.dep_q, c.n_q - c.dep_q).contiguous();
+  SamplingConfig hot;
+  hot.temp = hot.temp_text = 3.0;
+  hot.seed = 11;
+  hot.audio_seed = 12;
+  LMGen gen(m, hot);
+  auto run = [&](int64_t batch, const std::vector<SamplingConfig>& cfgs) {
+    LMGenState st = gen.make_state(batch);
+    for (int64_t b = 0; b < batch; ++b) gen.set_sampling(st, b, cfgs[b]);
+    std::vector<at::Tensor> outs;
+    for (int64_t t = 0; t < 12; ++t)
+      if (auto y = gen.step(st, user.narrow(2, t, 1).expand({batch, -1, 1}))) outs.push_back(*y);
+    return at::cat(outs, 2);
+  };
+  SamplingConfig other = hot;
+  other.seed = 99;
+  other.audio_seed.reset();
+  other.top_k = 5;
+  at::Tensor pair = run(2, {hot, other});
+  at::Tensor alone = run(1, {hot});
+  EXPECT_TRUE(at::equal(pair[0], alone[0]));
+  EXPECT_FALSE(at::equal(pair[0], pair[1]));  // same input, other seeds: other draws
+  SamplingConfig third = other;
+  third.seed = 7;
+  EXPECT_TRUE(at::equal(run(2, {hot, third})[0], alone[0]));
+}
+
+TEST(LMGen, PadMultAndRepetitionPenaltyShapeTheTextDraw) {
+  LMConfig c = small_cfg();
+  LMModel m = make_model(c);
+  const int64_t pad = *c.existing_text_padding_id;
+  at::Tensor user = random_codes(c, 1, 30, 3).narrow(1, 1 + c.dep_q, c.n_q - c.dep_q).contiguous();
+  auto text_of_run = [&](const SamplingConfig& s) {
+    LMGen gen(m, s);
+    LMGenState st = gen.make_state(1);
+    std::vector<at::Tensor> outs;
+    for (int64_t t = 0; t < 30; ++t)
+      if (auto y = gen.step(st, user.narrow(2, t, 1))) outs.push_back(*y);
+    return at::cat(outs, 2)[0][0];
+  };
+  SamplingConfig s;
+  s.temp_text = 1.0;
+  s.top_k_text = 0;
+  s.pad_mult = 50;  // PAD all but certain
+  EXPECT_TRUE((text_of_run(s) == pad).all().item<bool>());
+  s.pad_mult = -50;  // PAD all but impossible
+  EXPECT_FALSE((text_of_run(s) == pad).any().item<bool>());
+  // Greedy with a strong penalty over a long context: no non-padding token repeats.
+  SamplingConfig g;
+  g.use_sampling = false;
+  g.pad_mult = -50;
+  at::Tensor plain = text_of_run(g);
+  EXPECT_LT(std::get<0>(at::_unique(plain)).numel(), plain.numel()) << "greedy text repeats without a penalty";
+  g.repetition_penalty = 1e6;
+  g.repetition_context = 64;
+  // A seen token's logit divided by 1e6 (or multiplied) loses to the unseen ones of its sign: greedy
+  // text then moves on to new tokens.
+  at::Tensor pen = text_of_run(g);
+  EXPECT_GT(std::get<0>(at::_unique(pen)).numel(), std::get<0>(at::_unique(plain)).numel() + 3);
+  EXPECT_THROW(LMGen(m,
+                     [] {
+                       SamplingConfig bad;
+                       bad.repetition_penalty = 0;
+                       return bad;
+                     }()),
+               Error);
+}

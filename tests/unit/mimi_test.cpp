@@ -185,3 +185,38 @@ TEST(Mimi, ConfigRejectsUnknownKeysAndTheReleasedTableMatchesTheSpec) {
   EXPECT_EQ(r->cfg.frame_size(), 1920);
   EXPECT_EQ(r->cfg.resample_stride(), 2);
 }
+
+// A server restarts one conversation's slot while the others stream on: the restarted slot must then
+// equal a fresh stream (replicate padding re-applied to its next first sample, transposed-conv tails
+// and KV rings cleared) and the other slot must not notice.
+TEST(Mimi, SlotResetRestartsThatSlotAloneInEncodeAndDecode) {
+  Mimi m(small_config());
+  m->init_random(5);
+  at::InferenceMode im;
+  at::manual_seed(4);
+  const int64_t fs = m->cfg.frame_size(), F = 6, cut = 3;
+  at::Tensor wav = at::randn({2, 1, F * fs}) * 0.3;
+  at::Tensor codes = at::randint(0, m->cfg.quantizer.bins, {2, m->cfg.num_codebooks, F}, at::kLong);
+  auto run = [&](const at::Tensor& w, const at::Tensor& c, int64_t reset_at) {
+    MimiState st = m->make_state(w.size(0));
+    std::vector<at::Tensor> enc, dec;
+    for (int64_t t = 0; t < c.size(2); ++t) {
+      if (t == reset_at) st.reset_slot(0);
+      enc.push_back(m->encode_step(w.narrow(2, t * fs, fs), st));
+      dec.push_back(m->decode_step(c.narrow(2, t, 1), st));
+    }
+    return std::pair{at::cat(enc, 2), at::cat(dec, 2)};
+  };
+  auto [enc, dec] = run(wav, codes, cut);
+  auto [enc_alone, dec_alone] = run(wav, codes, -1);
+  // Slot 1 went on undisturbed, bit for bit.
+  EXPECT_TRUE(at::equal(enc[1], enc_alone[1]));
+  EXPECT_TRUE(at::equal(dec[1], dec_alone[1]));
+  // Slot 0 after its reset equals a fresh batch-1 stream of the rest of its input.
+  auto [enc_fresh, dec_fresh] =
+      run(wav.narrow(0, 0, 1).narrow(2, cut * fs, (F - cut) * fs), codes.narrow(0, 0, 1).narrow(2, cut, F - cut), -1);
+  EXPECT_TRUE(at::equal(enc[0].narrow(1, cut, F - cut), enc_fresh[0]));
+  EXPECT_LT(max_diff(dec[0].narrow(1, cut * fs, (F - cut) * fs), dec_fresh[0]), 1e-5);
+  // And it differs from not resetting (the test can fail).
+  EXPECT_GT(max_diff(dec[0], dec_alone[0]), 1e-3);
+}
