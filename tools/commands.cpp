@@ -28,6 +28,7 @@ void register_all(CLI::App& app) {
   add_report(app);
   add_synth_data(app);
   add_collectives(app);
+  add_serve(app);
 }
 
 namespace {

@@ -23,8 +23,9 @@ void add_train(CLI::App& app);
 void add_codec(CLI::App& app);  // encode + decode
 void add_eval(CLI::App& app);   // eval paired | long-context | ttt-probe | make-sets
 void add_report(CLI::App& app);
-void add_synth_data(CLI::App& app);  // synthetic token datasets (the demo's data)
+void add_synth_data(CLI::App& app);   // synthetic token datasets (the demo's data)
 void add_collectives(CLI::App& app);  // data-parallel collectives: checked and timed
+void add_serve(CLI::App& app);        // live conversations over Kyutai's websocket protocol
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

@@ -25,12 +25,7 @@ namespace mt::cli {
 void GenerateOpts::add(CLI::App* sub) {
   sub->add_option("--steps", steps, "number of 80 ms steps")->capture_default_str();
   sub->add_option("--batch", batch, "parallel streams")->capture_default_str();
-  sub->add_flag("--greedy", greedy, "argmax decoding for text and audio");
-  sub->add_option("--temp", temp, "audio temperature")->capture_default_str();
-  sub->add_option("--temp-text", temp_text, "text temperature")->capture_default_str();
-  sub->add_option("--top-k", top_k, "audio top-k")->capture_default_str();
-  sub->add_option("--top-k-text", top_k_text, "text top-k")->capture_default_str();
-  sub->add_option("--seed", seed, "sampling seed")->capture_default_str();
+  sampling.add(sub);
   sub->add_option("--user-codes", user_codes, "safetensors file with user_codes [B, n_q - dep_q, S] (default: zeros)");
   sub->add_option("--out", out,
                   "write generated tokens [B, 1 + dep_q, S'] here (.safetensors), or with --user Moshi's audio (.wav)");
@@ -45,16 +40,7 @@ void GenerateOpts::add(CLI::App* sub) {
 }
 
 namespace {
-lm::SamplingConfig sampling_config(const GenerateOpts& o) {
-  lm::SamplingConfig s;
-  s.use_sampling = !o.greedy;
-  s.temp = o.temp;
-  s.temp_text = o.temp_text;
-  s.top_k = o.top_k;
-  s.top_k_text = o.top_k_text;
-  s.seed = o.seed;
-  return s;
-}
+lm::SamplingConfig sampling_config(const GenerateOpts& o) { return o.sampling.resolve(o.model); }
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -98,7 +84,7 @@ void print_start(const GenerateOpts& o, const std::string& origin, const lm::LMM
   std::printf("model: %s (%.2f M parameters, dim %lld, %lld layers, %lld streams)\n", origin.c_str(),
               model.num_parameters() / 1e6, (long long)c.dim, (long long)c.num_layers, (long long)c.num_codebooks());
   std::printf("generating %lld steps (%.1f s of audio at 12.5 Hz), batch %lld, %s\n", (long long)o.steps,
-              o.steps / 12.5, (long long)batch, o.greedy ? "greedy" : "sampling");
+              o.steps / 12.5, (long long)batch, o.sampling.greedy ? "greedy" : "sampling");
   std::fflush(stdout);
 }
 
@@ -198,7 +184,7 @@ void write_run_dir(const GenerateOpts& o, const std::string& origin, int64_t bat
   nlohmann::json j = {{"model", origin},
                       {"steps", o.steps},
                       {"batch", batch},
-                      {"greedy", o.greedy},
+                      {"greedy", o.sampling.greedy},
                       {"median_ms_per_step", s.p50},
                       {"p90_ms_per_step", s.p90},
                       {"frames_out", res.tokens.size(2)},

@@ -12,10 +12,7 @@ struct GenerateOpts {
   ModelArgs model;
   int64_t steps = 100;
   int64_t batch = 1;
-  bool greedy = false;
-  double temp = 0.8, temp_text = 0.7;
-  int64_t top_k = 250, top_k_text = 25;
-  uint64_t seed = 42;
+  SamplingArgs sampling;
   std::string user_codes;  // safetensors with `user_codes` [B, n_q - dep_q, S]
   std::string out;         // tokens.safetensors, or Moshi's audio (.wav) in full-duplex mode
   // Full duplex: the user's audio streams frame by frame through Mimi -> LM -> Mimi decode.

@@ -1,6 +1,8 @@
 #include "tools/model_args.h"
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "lm/model_config.h"
 #include "util/error.h"
@@ -77,6 +79,62 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
   m->to(dev);
   m->eval();
   return m;
+}
+
+void SamplingArgs::add(CLI::App* sub) {
+  opts_["greedy"] = sub->add_flag("--greedy", greedy, "argmax decoding for text and audio");
+  opts_["temp"] = sub->add_option("--temp", temp, "audio temperature")->capture_default_str();
+  opts_["temp_text"] = sub->add_option("--temp-text", temp_text, "text temperature")->capture_default_str();
+  opts_["top_k"] = sub->add_option("--top-k", top_k, "audio top-k")->capture_default_str();
+  opts_["top_k_text"] = sub->add_option("--top-k-text", top_k_text, "text top-k")->capture_default_str();
+  sub->add_option("--seed", seed, "sampling seed (text draws, and audio draws without --audio-seed)")
+      ->capture_default_str();
+  sub->add_option("--audio-seed", audio_seed, "a generator of its own for the audio draws");
+  sub->add_option("--pad-mult", pad_mult, "added to the log-odds of the text padding token: > 0 quieter, < 0 chattier")
+      ->capture_default_str();
+  sub->add_option("--repetition-penalty", repetition_penalty,
+                  "text repetition penalty over --repetition-context tokens (1: off)")
+      ->capture_default_str();
+  sub->add_option("--repetition-context", repetition_context, "non-padding text tokens the penalty looks back over")
+      ->capture_default_str();
+}
+
+lm::SamplingConfig SamplingArgs::resolve(const ModelArgs& model, std::string* origin) const {
+  lm::SamplingConfig s;
+  s.use_sampling = !greedy;
+  s.temp = temp;
+  s.temp_text = temp_text;
+  s.top_k = top_k;
+  s.top_k_text = top_k_text;
+  // The model's lm_gen_config (Kyutai's LMGen keyword arguments) where the command line is silent.
+  std::string json_path = model.config;
+  if (fs::path(json_path).extension() != ".json" && !model.model_dir.empty())
+    json_path = (fs::path(model.model_dir) / "config.json").string();
+  if (fs::path(json_path).extension() == ".json" && fs::exists(json_path)) {
+    std::ifstream f(json_path);
+    nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("lm_gen_config") && j["lm_gen_config"].is_object()) {
+      const auto& g = j["lm_gen_config"];
+      auto take = [&](const char* key, const char* opt, auto& field) {
+        if (!g.contains(key) || (opts_.count(opt) && opts_.at(opt)->count() > 0)) return;
+        MT_CHECK(g[key].is_number() || g[key].is_boolean(), json_path, ": lm_gen_config.", key, " must be a number");
+        field = g[key].get<std::decay_t<decltype(field)>>();
+      };
+      take("temp", "temp", s.temp);
+      take("temp_text", "temp_text", s.temp_text);
+      take("top_k", "top_k", s.top_k);
+      take("top_k_text", "top_k_text", s.top_k_text);
+      take("use_sampling", "greedy", s.use_sampling);
+      if (origin) *origin = json_path + " lm_gen_config";
+    }
+  }
+  s.seed = seed;
+  s.audio_seed = audio_seed;
+  s.pad_mult = pad_mult;
+  s.repetition_penalty = repetition_penalty;
+  s.repetition_context = repetition_context;
+  s.validate();
+  return s;
 }
 
 }  // namespace mt::cli

@@ -3,9 +3,12 @@
 // config and weights files, or a preset with seeded random weights.
 #include <CLI/CLI.hpp>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "lm/lm_gen.h"
 #include "lm/lm_model.h"
 #include "lm/model_config.h"
 
@@ -26,6 +29,24 @@ struct ModelArgs {
   // The LM and TTT configs these options name (a YAML model config, a config.json, or a preset).
   void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr,
                lm::LoRAConfig* lora = nullptr, std::string* lora_path = nullptr) const;
+};
+
+// Sampling knobs shared by `generate` and `serve`. Defaults: Kyutai's LMGen's, then the model's
+// `lm_gen_config` when its config.json has one (as Kyutai's server reads it), then what the command
+// line gives explicitly.
+struct SamplingArgs {
+  bool greedy = false;
+  double temp = 0.8, temp_text = 0.7;
+  int64_t top_k = 250, top_k_text = 25;
+  uint64_t seed = 42;
+  std::optional<uint64_t> audio_seed;
+  double pad_mult = 0, repetition_penalty = 1.0;
+  int64_t repetition_context = 0;
+  void add(CLI::App* sub);
+  lm::SamplingConfig resolve(const ModelArgs& model, std::string* origin = nullptr) const;
+
+ private:
+  std::map<std::string, CLI::Option*> opts_;
 };
 
 using lm::preset_config;
