@@ -2,7 +2,13 @@
 # Installs what is missing, builds, and runs every test tier (unit, reference, e2e; gpu skips
 # without CUDA), then the unit tier again in an ASan + UBSan build (build-asan/; skipped when
 # MOSHI_TTT_SANITIZE_TESTS=0 or when arguments are given). Extra arguments go to ctest (e.g. -L unit).
+# Tests labelled `slow` (hour-long soaks) run only with --slow as the first argument.
 set -euo pipefail
+slow=(-LE slow)
+if [ "${1:-}" = "--slow" ]; then
+  slow=()
+  shift
+fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 scripts/setup.sh
@@ -13,9 +19,9 @@ if [ ! -d "$ref" ]; then
   exit 1
 fi
 "$BUILD_DIR/moshi-ttt" --version | head -4
-ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900 -j2 "$@"
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900 -j2 ${slow[@]+"${slow[@]}"} "$@"
 
-if [ $# -eq 0 ] && [ "${MOSHI_TTT_SANITIZE_TESTS:-1}" != 0 ]; then
+if [ $# -eq 0 ] && [ ${#slow[@]} -gt 0 ] && [ "${MOSHI_TTT_SANITIZE_TESTS:-1}" != 0 ]; then
   # Leaks are reported (LeakSanitizer, part of ASan; no suppressions are needed) and UBSan stops at
   # the first report: either fails the test.
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}

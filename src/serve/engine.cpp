@@ -24,7 +24,7 @@ double StepTimes::percentile(double p) const {
   int64_t seen = 0;
   for (int b = 0; b <= kBins; ++b) {
     seen += bins_[static_cast<size_t>(b)];
-    if (seen > rank) return std::min((b + 0.5) * kBinMs, max_);
+    if (seen > rank) return b == kBins ? max_ : std::min((b + 0.5) * kBinMs, max_);
   }
   return max_;
 }
