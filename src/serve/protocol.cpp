@@ -7,6 +7,7 @@
 
 #include "text/tokenizer.h"
 #include "util/error.h"
+#include "util/runtime.h"
 
 namespace mt::serve {
 
@@ -99,6 +100,24 @@ lm::SamplingConfig session_sampling(const std::map<std::string, std::string>& q,
   return s;
 }
 
+namespace {
+// The web client validates metadata against the Rust server's build_info (ten strings) and shows
+// nothing when one is missing; the Rust-specific ones stay empty.
+nlohmann::json build_info_json() {
+  const std::string info = build_info();
+  const std::string first = info.substr(0, info.find('\n'));  // "moshi-ttt 0.1.0 (git abc1234)"
+  const size_t git = first.find("(git ");
+  const std::string hash = git == std::string::npos ? "" : first.substr(git + 5, first.find(')', git) - git - 5);
+  nlohmann::json j;
+  for (const char* k : {"build_timestamp", "build_date", "git_branch", "git_timestamp", "git_date", "rustc_host_triple",
+                        "rustc_version", "cargo_target_triple"})
+    j[k] = "";
+  j["git_hash"] = hash;
+  j["git_describe"] = first;
+  return j;
+}
+}  // namespace
+
 nlohmann::json session_metadata(const lm::SamplingConfig& s, const std::string& model_name,
                                 const std::string& instance_name) {
   return {{"text_temperature", s.temp_text},
@@ -109,7 +128,8 @@ nlohmann::json session_metadata(const lm::SamplingConfig& s, const std::string& 
           {"repetition_penalty_context", s.repetition_context},
           {"repetition_penalty", s.repetition_penalty},
           {"lm_model_file", model_name},
-          {"instance_name", instance_name}};
+          {"instance_name", instance_name},
+          {"build_info", build_info_json()}};
 }
 
 TextPieces::TextPieces(const lm::LMConfig& c, const text::Tokenizer* tokenizer)

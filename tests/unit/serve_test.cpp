@@ -68,6 +68,9 @@ TEST(ServeProtocol, QueryStringsDecodeAndSamplingFollowsKyutaisRustServer) {
   nlohmann::json meta = session_metadata(s, "m", "i");
   EXPECT_EQ(meta.at("audio_topk"), 7);
   EXPECT_EQ(meta.at("lm_model_file"), "m");
+  EXPECT_EQ(meta.at("build_info").size(), 10u);  // the web client's schema: all ten, strings
+  for (const auto& [k, v] : meta.at("build_info").items()) EXPECT_TRUE(v.is_string()) << k;
+  EXPECT_NE(meta.at("build_info").at("git_describe").get<std::string>().find("moshi-ttt"), std::string::npos);
 }
 
 TEST(ServeProtocol, TextPiecesSkipPaddingAndTheStartToken) {
