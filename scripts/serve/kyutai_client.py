@@ -7,7 +7,7 @@ against a server speaking Kyutai's /api/chat protocol, and reports what the clie
 
 Run it with the python that scripts/serve/client_env.sh prints (no torch, no PortAudio needed).
 
-How the client is driven (see /work/shared/spec/serve.md §7):
+How the client is driven (Kyutai's client.py, moshi 0.2.13):
 - `sounddevice` is replaced by a stand-in module before moshi.client is imported. Its InputStream
   feeds IN.wav (24 kHz mono, 16-bit PCM or float; no resampling) in 1920-sample blocks every
   80 ms / R, then S seconds of silence so the model can answer. Its OutputStream pulls a block every
