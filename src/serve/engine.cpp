@@ -270,6 +270,7 @@ nlohmann::json Engine::slot_json(const Slot& s, int64_t index) const {
             {"audio_temperature", s.sampling.temp},
             {"audio_topk", s.sampling.top_k},
             {"text_seed", s.sampling.seed},
+            {"audio_seed", s.sampling.audio_seed ? nlohmann::json(*s.sampling.audio_seed) : nlohmann::json()},
             {"pad_mult", s.sampling.pad_mult},
             {"repetition_penalty", s.sampling.repetition_penalty},
             {"repetition_penalty_context", s.sampling.repetition_context}}}};

@@ -79,6 +79,10 @@ class Chat : public std::enable_shared_from_this<Chat<Stream>> {
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(http::field::server, "moshi-ttt"); }));
     ws_.read_message_max(sh_->cfg.max_message_bytes);
+    // A small kernel send buffer: replies a client does not read then wait in our queue, where they
+    // are counted, rather than in megabytes of socket buffer (minutes of audio) where nobody sees them.
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().set_option(net::socket_base::send_buffer_size(16 * 1024), ignored);
     std::string target(req.target());
     ws_.async_accept(req, beast::bind_front_handler(&Chat::on_accept, this->shared_from_this(), target));
   }
@@ -155,16 +159,20 @@ class Chat : public std::enable_shared_from_this<Chat<Stream>> {
   }
 
   void send(std::string msg) {
-    if (out_.size() >= sh_->cfg.max_queued_messages) {
+    if (closing_ && !close_after_writes_) return;  // dropped: nothing more goes out
+    const bool audio = !msg.empty() && msg[0] == static_cast<char>(MsgKind::kAudio);
+    if (audio && unread_audio_ >= sh_->cfg.max_unread_frames) {
       // The client reads nothing: its replies would pile up without end. Drop the connection at the
       // socket (a close handshake would wait on the same full pipe).
-      sh_->log(str("conversation ", id_.value_or(-1), " from ", peer_, ": dropped, ", out_.size(), " replies unread"));
+      sh_->log(str("conversation ", id_.value_or(-1), " from ", peer_, ": dropped, ", unread_audio_,
+                   " frames of replies unread"));
       end("the client does not read its replies");
       closing_ = true;
       beast::error_code ignored;
       beast::get_lowest_layer(ws_).socket().close(ignored);
       return;
     }
+    unread_audio_ += audio;
     out_.push_back(std::move(msg));
     if (!writing_) write();
   }
@@ -180,6 +188,7 @@ class Chat : public std::enable_shared_from_this<Chat<Stream>> {
       end("write: " + ec.message());
       return;
     }
+    if (!out_.front().empty() && out_.front()[0] == static_cast<char>(MsgKind::kAudio)) --unread_audio_;
     out_.pop_front();
     if (!out_.empty()) {
       write();
@@ -215,6 +224,7 @@ class Chat : public std::enable_shared_from_this<Chat<Stream>> {
   audio::OpusWriter writer_;
   TextPieces pieces_;
   std::deque<std::string> out_;
+  int64_t unread_audio_ = 0;  // audio messages in out_
   bool writing_ = false, closing_ = false, close_after_writes_ = false;
 };
 

@@ -23,7 +23,7 @@ struct ServerConfig {
   std::string static_dir;                      // served at / (index.html for folders); empty: no static routes
   std::string ssl_dir;                         // cert.pem + key.pem: https and wss; empty: http and ws
   size_t max_message_bytes = size_t(1) << 20;  // a larger client message closes that connection (1009)
-  size_t max_queued_messages = 250;            // replies a client has not read (about 10 s): then it is dropped
+  int64_t max_unread_frames = 125;             // 10 s of replies a client has not read: then it is dropped
   lm::SamplingConfig sampling;                 // each conversation's defaults, before its query string
   std::string model_name = "moshi-ttt", instance_name = "moshi-ttt";
   int io_threads = 1;
