@@ -1,6 +1,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -38,7 +40,11 @@ TEST(Runtime, FreedMemoryIsReusedWithoutPageFaults) {
   EXPECT_GT(faults_of_a_big_tensor(), pages / 2) << "the default malloc maps a big block afresh";
   ASSERT_TRUE(mt::keep_freed_memory());
   faults_of_a_big_tensor();  // the first one grows the heap
-  EXPECT_LT(faults_of_a_big_tensor(), pages / 20) << "freed memory was not reused";
+  // The best of three: once in a CI run (a busy machine, ctest -j2) a second tensor faulted in full
+  // while the ones after it reused the heap; a malloc that never reuses faults in all three.
+  long fewest = faults_of_a_big_tensor();
+  for (int i = 0; i < 2; ++i) fewest = std::min(fewest, faults_of_a_big_tensor());
+  EXPECT_LT(fewest, pages / 20) << "freed memory was not reused";
 #else
   GTEST_SKIP() << "glibc malloc only";
 #endif
