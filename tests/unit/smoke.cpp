@@ -1,8 +1,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
-
-#include <algorithm>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -22,10 +20,10 @@ TEST(Runtime, OurParallelLoopsUseTheThreadsTheyAreGiven) {
 
 namespace {
 // Minor page faults of allocating, touching and freeing a 256 MiB tensor.
-long faults_of_a_big_tensor() {
+long faults_of_a_big_tensor(int64_t less = 0) {
   rusage before{}, after{};
   getrusage(RUSAGE_SELF, &before);
-  at::Tensor t = at::ones({64 << 20});
+  at::Tensor t = at::ones({(64 << 20) - less});
   getrusage(RUSAGE_SELF, &after);
   return after.ru_minflt - before.ru_minflt;
 }
@@ -40,11 +38,11 @@ TEST(Runtime, FreedMemoryIsReusedWithoutPageFaults) {
   EXPECT_GT(faults_of_a_big_tensor(), pages / 2) << "the default malloc maps a big block afresh";
   ASSERT_TRUE(mt::keep_freed_memory());
   faults_of_a_big_tensor();  // the first one grows the heap
-  // The best of three: once in a CI run (a busy machine, ctest -j2) a second tensor faulted in full
-  // while the ones after it reused the heap; a malloc that never reuses faults in all three.
-  long fewest = faults_of_a_big_tensor();
-  for (int i = 0; i < 2; ++i) fewest = std::min(fewest, faults_of_a_big_tensor());
-  EXPECT_LT(fewest, pages / 20) << "freed memory was not reused";
+  // A block 4 KiB smaller: libtorch's 64-byte aligned allocation asks glibc for the size plus the
+  // alignment slack, and the slack carved off the first block can sit in glibc's thread cache, where it
+  // never merges back; the exact same size then fits the freed block or not depending on what else the
+  // process allocated (in one build it depended on the length of the command line). Known limitation.
+  EXPECT_LT(faults_of_a_big_tensor(1024), pages / 20) << "freed memory was not reused";
 #else
   GTEST_SKIP() << "glibc malloc only";
 #endif
