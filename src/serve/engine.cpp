@@ -34,6 +34,7 @@ Engine::Engine(std::unique_ptr<app::Duplex> duplex, EngineConfig cfg)
       cfg_(std::move(cfg)),
       frame_size_(duplex_->frame_size()),
       sample_rate_(duplex_->sample_rate()),
+      frame_s_(static_cast<double>(frame_size_) / static_cast<double>(sample_rate_)),
       slots_(static_cast<size_t>(duplex_->batch())),
       started_(Clock::now()) {
   if (!cfg_.metrics_path.empty()) {
@@ -218,7 +219,7 @@ void Engine::step_once(std::unique_lock<std::mutex>& lock) {
     ready = out->ready;
   }
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  const double frame_ms = 1000.0 * static_cast<double>(frame_size_) / static_cast<double>(sample_rate_);
+  const double frame_ms = 1000.0 * frame_s_;
   lock.lock();
   ++steps_;
   all_times_.add(ms);
@@ -247,13 +248,12 @@ void Engine::step_once(std::unique_lock<std::mutex>& lock) {
 }
 
 nlohmann::json Engine::slot_json(const Slot& s, int64_t index) const {
-  const double frame_s = static_cast<double>(frame_size_) / static_cast<double>(sample_rate_);
   return {{"conversation", s.id},
           {"slot", index},
           {"peer", s.peer},
           {"seconds", std::chrono::duration<double>(Clock::now() - s.opened).count()},
           {"frames", s.frames},
-          {"audio_s", static_cast<double>(s.frames) * frame_s},
+          {"audio_s", static_cast<double>(s.frames) * frame_s_},
           {"replies", s.replies},
           {"p50_ms", s.times.percentile(0.5)},
           {"p99_ms", s.times.percentile(0.99)},
@@ -262,7 +262,7 @@ nlohmann::json Engine::slot_json(const Slot& s, int64_t index) const {
           {"filled", s.filled},
           {"dropped", s.dropped},
           {"queued", s.queue.size()},
-          {"behind_s", static_cast<double>(s.queue.size()) * frame_s},
+          {"behind_s", static_cast<double>(s.queue.size()) * frame_s_},
           {"rss_mb", rss_mb()},
           {"sampling",
            {{"text_temperature", s.sampling.temp_text},
@@ -277,8 +277,7 @@ nlohmann::json Engine::slot_json(const Slot& s, int64_t index) const {
 }
 
 void Engine::warn_if_behind(Slot& s, int64_t index) {
-  const double frame_s = static_cast<double>(frame_size_) / static_cast<double>(sample_rate_);
-  const double behind = static_cast<double>(s.queue.size()) * frame_s;
+  const double behind = static_cast<double>(s.queue.size()) * frame_s_;
   const auto now = Clock::now();
   if (behind < cfg_.behind_warn_s || now - s.last_warning < std::chrono::seconds(10)) return;
   s.last_warning = now;
@@ -287,7 +286,7 @@ void Engine::warn_if_behind(Slot& s, int64_t index) {
                  "warning: conversation %lld (slot %lld, %s) is %.2f s behind real time: %zu frames queued, p99 step "
                  "%.1f ms for %.0f ms of audio, %lld late, %lld dropped\n",
                  (long long)s.id, (long long)index, s.peer.c_str(), behind, s.queue.size(), s.times.percentile(0.99),
-                 frame_s * 1000, (long long)s.late, (long long)s.dropped);
+                 frame_s_ * 1000, (long long)s.late, (long long)s.dropped);
   nlohmann::json j = slot_json(s, index);
   j["event"] = "behind";
   log_line(j);
@@ -312,7 +311,7 @@ nlohmann::json Engine::status() const {
           {"conversations_served", conversations_},
           {"refused", refused_},
           {"frames", steps_},
-          {"frame_ms", 1000.0 * static_cast<double>(frame_size_) / static_cast<double>(sample_rate_)},
+          {"frame_ms", 1000.0 * frame_s_},
           {"step_ms",
            {{"p50", all_times_.percentile(0.5)}, {"p99", all_times_.percentile(0.99)}, {"max", all_times_.max()}}},
           {"uptime_s", std::chrono::duration<double>(Clock::now() - started_).count()},

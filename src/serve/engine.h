@@ -115,6 +115,7 @@ class Engine {
   std::unique_ptr<app::Duplex> duplex_;
   EngineConfig cfg_;
   int64_t frame_size_, sample_rate_;
+  double frame_s_;  // seconds of audio per frame
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Slot> slots_;

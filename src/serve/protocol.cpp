@@ -144,7 +144,7 @@ std::string TextPieces::next(int64_t id) {
   std::string piece;
   const std::string cur = tokenizer_->decode({static_cast<int>(id)});
   if (previous_ >= 0) {
-    const std::string before = tokenizer_->decode({static_cast<int>(previous_)});
+    const std::string& before = previous_text_;
     const std::string both = tokenizer_->decode({static_cast<int>(previous_), static_cast<int>(id)});
     piece = both.compare(0, before.size(), before) == 0 ? both.substr(before.size()) : cur;
   } else {
@@ -153,6 +153,7 @@ std::string TextPieces::next(int64_t id) {
     piece = p.rfind("\xE2\x96\x81", 0) == 0 ? " " + cur : cur;
   }
   previous_ = id;
+  previous_text_ = cur;
   return piece;
 }
 

@@ -58,6 +58,7 @@ class TextPieces {
   int64_t pad_, epad_, start_;
   const text::Tokenizer* tokenizer_;
   int64_t previous_ = -1;
+  std::string previous_text_;  // decode({previous_}): the last call's, not decoded again
 };
 
 }  // namespace mt::serve
