@@ -28,8 +28,10 @@ struct ServeOpts {
   bool quiet = false;
 };
 
-int run_serve(const ServeOpts& o) {
-  MT_CHECK(!o.mimi.empty(), "serve needs --mimi WEIGHTS.safetensors (the codec)");
+int run_serve(const ServeOpts& opts) {
+  ServeOpts o = opts;
+  o.model.repo_files(o.mimi, o.tokenizer);  // --hf-repo supplies the codec and tokenizer, as Kyutai's server
+  MT_CHECK(!o.mimi.empty(), "serve needs --mimi WEIGHTS.safetensors (the codec) or --hf-repo");
   MT_CHECK(o.max_conversations >= 1 && o.max_conversations <= 256, "--max-conversations must be in [1, 256], got ",
            o.max_conversations);
   MT_CHECK(o.server.static_dir.empty() || fs::is_directory(o.server.static_dir), "--static ", o.server.static_dir,

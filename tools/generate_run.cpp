@@ -221,8 +221,10 @@ int run_generate(const GenerateOpts& o) {
   return 0;
 }
 
-int run_full_duplex(const GenerateOpts& o) {
-  MT_CHECK(!o.mimi.empty(), "--user needs --mimi WEIGHTS.safetensors (the codec)");
+int run_full_duplex(const GenerateOpts& opts) {
+  GenerateOpts o = opts;
+  o.model.repo_files(o.mimi, o.tokenizer);  // --hf-repo supplies the codec and tokenizer
+  MT_CHECK(!o.mimi.empty(), "--user needs --mimi WEIGHTS.safetensors (the codec) or --hf-repo");
   MT_CHECK(o.batch == 1, "--user streams one conversation: --batch must be 1");
   std::string origin;
   lm::LMModel model = o.model.build(&origin);

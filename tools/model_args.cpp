@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/hub.h"
 #include "lm/model_config.h"
 #include "util/error.h"
 #include "util/runtime.h"
@@ -16,7 +17,10 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--model", model_dir, "model folder holding config.json and model.safetensors");
   sub->add_option("--config", config,
                   "LM config.json (Kyutai's keyword arguments) or a YAML model config (configs/*.yaml)");
-  sub->add_option("--weights", weights, "LM weights (.safetensors)");
+  sub->add_option("--weights", weights, "LM weights (.safetensors; also hf://org/repo/file or file:///path)");
+  sub->add_option("--hf-repo", hf_repo,
+                  "Hugging Face repo in Kyutai's layout (e.g. kyutai/moshiko-pytorch-bf16): its config.json (else "
+                  "the 7B one) and model file, from the local hub cache or downloaded into it");
   sub->add_option("--preset", preset, "random model when no weights are given: tiny, small, moshiko-7b")
       ->capture_default_str();
   sub->add_option("--init-seed", init_seed, "seed of the random weights")->capture_default_str();
@@ -27,7 +31,7 @@ void ModelArgs::add(CLI::App* sub) {
 
 void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w, lm::LoRAConfig* lora,
                         std::string* lora_path) const {
-  std::string cfg_path = config;
+  std::string cfg_path = io::hub::resolve(config);  // Kyutai's hf:// and file:// forms too
   if (!model_dir.empty() && cfg_path.empty()) {
     MT_CHECK(fs::is_directory(model_dir), model_dir, ": not a folder (expected config.json + model.safetensors)");
     cfg_path = (fs::path(model_dir) / "config.json").string();
@@ -35,7 +39,16 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
   }
   std::string weights_from_cfg;
   const auto ext = fs::path(cfg_path).extension().string();
-  if (ext == ".yaml" || ext == ".yml") {
+  if (!hf_repo.empty()) {
+    MT_CHECK(model_dir.empty() && ext != ".yaml" && ext != ".yml", "--hf-repo takes the place of --model and a YAML ",
+             "--config (a YAML names its repo with moshi_paths.hf_repo_id); --config config.json may replace the "
+             "repo's config");
+    lm::ModelConfigFile f;
+    lm::apply_hf_repo(f, hf_repo, cfg_path, false);
+    lmc = f.lm;
+    ttt = {};
+    weights_from_cfg = f.weights;
+  } else if (ext == ".yaml" || ext == ".yml") {
     lm::ModelConfigFile f = lm::ModelConfigFile::load(cfg_path);
     lmc = f.lm;
     ttt = f.ttt;
@@ -54,6 +67,14 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
   }
 }
 
+void ModelArgs::repo_files(std::string& mimi, std::string& tokenizer) const {
+  if (hf_repo.empty() || (!mimi.empty() && !tokenizer.empty())) return;
+  lm::ModelConfigFile f;
+  lm::apply_hf_repo(f, hf_repo, config, false);
+  if (mimi.empty()) mimi = f.mimi_weights;
+  if (tokenizer.empty()) tokenizer = f.tokenizer;
+}
+
 lm::LMModel ModelArgs::build(std::string* origin) const {
   set_threads(threads);
   c10::Device dev = parse_device(device);
@@ -64,10 +85,11 @@ lm::LMModel ModelArgs::build(std::string* origin) const {
     dt = at::kBFloat16;
   else
     fail("unknown dtype '", dtype, "' (float32, bfloat16)");
-  MT_CHECK(weights.empty() || !config.empty() || !model_dir.empty(), weights,
-           ": weights given without a config (use --config or --model)");
+  MT_CHECK(weights.empty() || !config.empty() || !model_dir.empty() || !hf_repo.empty(), weights,
+           ": weights given without a config (use --config, --model or --hf-repo)");
   lm::ModelConfigFile mc;
   configs(mc.lm, mc.ttt, &mc.weights, &mc.lora, &mc.lora_weights);
+  mc.weights = io::hub::resolve(mc.weights);  // here, so that the origin names the local file
   int64_t initialised = 0;
   lm::LMModel m = lm::build_model(mc, init_seed, dt, &initialised);
   if (origin && !mc.weights.empty()) {
@@ -107,9 +129,11 @@ lm::SamplingConfig SamplingArgs::resolve(const ModelArgs& model, std::string* or
   s.top_k = top_k;
   s.top_k_text = top_k_text;
   // The model's lm_gen_config (Kyutai's LMGen keyword arguments) where the command line is silent.
-  std::string json_path = model.config;
+  std::string json_path = io::hub::resolve(model.config);
   if (fs::path(json_path).extension() != ".json" && !model.model_dir.empty())
     json_path = (fs::path(model.model_dir) / "config.json").string();
+  if (json_path.empty() && !model.hf_repo.empty())  // fetched already by build()
+    json_path = io::hub::cached({model.hf_repo, "config.json"}, io::hub::Settings::from_environment().cache_dir);
   if (fs::path(json_path).extension() == ".json" && fs::exists(json_path)) {
     std::ifstream f(json_path);
     nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);

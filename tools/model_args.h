@@ -18,6 +18,7 @@ struct ModelArgs {
   std::string model_dir;
   std::string config;
   std::string weights;
+  std::string hf_repo;  // --hf-repo: a Hugging Face repo in Kyutai's layout (its config.json, model file)
   std::string preset = "tiny";
   uint64_t init_seed = 0;
   std::string device = "cpu";
@@ -29,6 +30,8 @@ struct ModelArgs {
   // The LM and TTT configs these options name (a YAML model config, a config.json, or a preset).
   void configs(lm::LMConfig& lm, lm::TTTIntegrationConfig& ttt, std::string* weights = nullptr,
                lm::LoRAConfig* lora = nullptr, std::string* lora_path = nullptr) const;
+  // With --hf-repo: fills an empty codec / tokenizer path with the repo's (as `moshi.server --hf-repo`).
+  void repo_files(std::string& mimi, std::string& tokenizer) const;
 };
 
 // Sampling knobs shared by `generate` and `serve`. Defaults: Kyutai's LMGen's, then the model's

@@ -2,10 +2,13 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "io/hub.h"
 #include "util/error.h"
 #include "util/yaml_read.h"
 
@@ -65,7 +68,13 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   MT_CHECK(root.IsMap(), path, ": expected a YAML mapping at the top");
   ModelConfigFile c;
   const fs::path dir = fs::path(path).parent_path();
-  auto resolve = [&](const std::string& p) { return fs::path(p).is_absolute() ? p : (dir / p).string(); };
+  // Kyutai's path forms: hf://org/repo/file stays a hub reference (fetched where it is used), file://X
+  // is X, and a relative path is relative to this file's folder.
+  auto resolve = [&](const std::string& p) {
+    if (io::hub::is_hub_path(p) && !io::hub::is_file_url(p)) return p;
+    const std::string local = io::hub::is_file_url(p) ? io::hub::resolve(p) : p;
+    return fs::path(local).is_absolute() ? local : (dir / local).string();
+  };
   static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora", "rope_scaling"};
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string k = yaml::key_text(it->first, path + ": ");
@@ -87,11 +96,12 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
     if (mp["mimi_path"]) c.mimi_weights = resolve(mp["mimi_path"].as<std::string>());
     if (mp["mimi_config_path"]) c.mimi_config = resolve(mp["mimi_config_path"].as<std::string>());
     if (mp["tokenizer_path"]) c.tokenizer = resolve(mp["tokenizer_path"].as<std::string>());
-    MT_CHECK(!mp["hf_repo_id"], path,
-             ": moshi_paths.hf_repo_id: downloads are not supported; give moshi_path and config_path");
+    if (mp["hf_repo_id"]) c.hf_repo = mp["hf_repo_id"].as<std::string>();
   }
   int sources = !preset.empty() + !config_path.empty() + (root["lm"] ? 1 : 0);
-  MT_CHECK(sources == 1, path, ": give exactly one of preset, lm, moshi_paths.config_path (got ", sources, ")");
+  const bool repo_config = !c.hf_repo.empty() && sources == 0;  // moshi-finetune's usual case
+  MT_CHECK(sources == 1 || repo_config, path, ": give exactly one of preset, lm, moshi_paths.config_path",
+           " (or moshi_paths.hf_repo_id alone) (got ", sources, ")");
   if (!preset.empty()) {
     try {
       c.lm = preset_config(preset);
@@ -99,9 +109,16 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
       fail(path, ": preset: ", e.what());
     }
   } else if (!config_path.empty()) {
-    c.lm = LMConfig::from_file(config_path);
-  } else {
+    c.lm = LMConfig::from_file(io::hub::resolve(config_path));
+  } else if (root["lm"]) {
     c.lm = LMConfig::from_json(to_json(root["lm"]), path + ": lm");
+  }
+  if (!c.hf_repo.empty()) {
+    try {
+      apply_hf_repo(c, c.hf_repo, config_path, !repo_config);
+    } catch (const Error& e) {
+      fail(path, ": moshi_paths.hf_repo_id: ", e.what());
+    }
   }
   // A top-level rope_scaling applies YaRN on top of any model source (e.g. to score a model trained at
   // 3000 tokens on 12000).
@@ -124,14 +141,56 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   return c;
 }
 
+namespace {
+// A file name from a Kyutai config.json: a hub reference of its own (hf://...), or a file of `repo`.
+std::string repo_file(const std::string& repo, const std::string& name) {
+  return io::hub::is_hub_path(name) ? name : "hf://" + repo + "/" + name;
+}
+}  // namespace
+
+void apply_hf_repo(ModelConfigFile& c, const std::string& repo, const std::string& config_json, bool have_lm) {
+  MT_CHECK(std::count(repo.begin(), repo.end(), '/') == 1 && repo.front() != '/' && repo.back() != '/', "'", repo,
+           "' is not a hub repo id (expected org/name, e.g. kyutai/moshiko-pytorch-bf16)");
+  std::optional<std::string> cfg_file;
+  if (!config_json.empty())
+    cfg_file = io::hub::resolve(config_json);
+  else
+    cfg_file = io::hub::try_download({repo, "config.json"});
+  nlohmann::json raw = nlohmann::json::object();
+  if (cfg_file) {
+    std::ifstream f(*cfg_file);
+    MT_CHECK(f.good(), *cfg_file, ": cannot open");
+    try {
+      raw = nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      fail(*cfg_file, ": not valid JSON: ", e.what());
+    }
+    if (!have_lm) c.lm = LMConfig::from_json(raw, *cfg_file);
+    c.notes.push_back(str("model config: ", *cfg_file, config_json.empty() ? " (from " + repo + ")" : ""));
+  } else if (!have_lm) {
+    c.lm = LMConfig::moshiko_7b();  // Kyutai's loader: no config.json means its built-in 7B arguments
+    c.notes.push_back(str(repo, " has no config.json: the moshiko 7B config is used, as Kyutai's loader does"));
+  }
+  MT_CHECK(!raw.contains("lora_name") || raw["lora_name"].is_null(), cfg_file.value_or(repo),
+           ": lora_name: a repo-supplied LoRA is not supported; give moshi_paths.lora_path");
+  auto name = [&](const char* key, const char* fallback) {
+    return raw.contains(key) && raw[key].is_string() ? raw[key].get<std::string>() : std::string(fallback);
+  };
+  if (c.weights.empty()) c.weights = repo_file(repo, name("moshi_name", "model.safetensors"));
+  if (c.mimi_weights.empty())
+    c.mimi_weights = repo_file(repo, name("mimi_name", "tokenizer-e351c8d8-checkpoint125.safetensors"));
+  if (c.tokenizer.empty()) c.tokenizer = repo_file(repo, name("tokenizer_name", "tokenizer_spm_32k_3.model"));
+}
+
 LMModel build_model(const ModelConfigFile& mc, uint64_t init_seed, at::ScalarType dtype, int64_t* initialised,
                     std::optional<at::Device> device) {
+  const std::string lora_weights = io::hub::resolve(mc.lora_weights);
   if (!mc.weights.empty())
-    return load_lm(mc.lm, mc.weights, dtype, mc.ttt, initialised, mc.lora, mc.lora_weights, device);
+    return load_lm(mc.lm, io::hub::resolve(mc.weights), dtype, mc.ttt, initialised, mc.lora, lora_weights, device);
   LMModel m(mc.lm, mc.ttt, mc.lora);
   m->init_weights(init_seed);
   m->to(dtype);
-  if (!mc.lora_weights.empty()) m->load_overlay(mc.lora_weights);
+  if (!lora_weights.empty()) m->load_overlay(lora_weights);
   for (auto& p : m->parameters()) p.set_requires_grad(false);
   if (initialised) *initialised = 0;
   return m;

@@ -5,6 +5,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "lm/config.h"
 #include "lm/lm_model.h"
@@ -28,12 +29,23 @@ struct ModelConfigFile {
   std::string mimi_weights;  // moshi_paths.mimi_path: the codec, for audio datasets
   std::string mimi_config;   // moshi_paths.mimi_config_path (ours): its config JSON ("" = released model)
   std::string tokenizer;     // moshi_paths.tokenizer_path: SentencePiece model of the text stream
+  // moshi_paths.hf_repo_id (moshi-finetune's): the Hugging Face repo the files above default to, as
+  // Kyutai's CheckpointInfo.from_hf_repo reads it (its config.json, else the built-in 7B config).
+  std::string hf_repo;
+  // Said once at startup: where the config and files came from when a hub repo supplied them.
+  std::vector<std::string> notes;
   static ModelConfigFile load(const std::string& path);
   // From a parsed document (`path` names it in errors and resolves relative paths); top-level keys in
   // other_fields belong to the caller (a training config) and are skipped here.
   static ModelConfigFile from_yaml(const YAML::Node& root, const std::string& path,
                                    const std::set<std::string>& other_fields);
 };
+
+// The files a hub repo supplies, as Kyutai's loaders name them: its config.json when it has one (else
+// the built-in moshiko 7B config, as Kyutai's loader falls back to), moshi_name / mimi_name /
+// tokenizer_name from it or their defaults. Fields already set in *c (explicit paths, a config) win.
+// `config_json` (optional): a config.json replacing the repo's (moshi_paths.config_path / --config).
+void apply_hf_repo(ModelConfigFile& c, const std::string& repo, const std::string& config_json, bool have_lm);
 
 // The LM a model config describes, the one way every command builds it: its weights loaded strictly
 // (TTT / LoRA tensors a base checkpoint lacks get their initial values; *initialised counts them) and

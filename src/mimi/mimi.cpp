@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "io/hub.h"
 #include "io/safetensors.h"
 #include "util/error.h"
 
@@ -430,8 +431,9 @@ void MimiImpl::init_random(uint64_t seed) {
   quantizer->refresh();
 }
 
-Mimi load_mimi(const std::string& weights, const std::string& config_path) {
-  MimiConfig c = config_path.empty() ? MimiConfig::released() : MimiConfig::from_file(config_path);
+Mimi load_mimi(const std::string& weights_path, const std::string& config_path) {
+  const std::string weights = io::hub::resolve(weights_path);  // Kyutai's hf:// and file:// forms too
+  MimiConfig c = config_path.empty() ? MimiConfig::released() : MimiConfig::from_file(io::hub::resolve(config_path));
   Mimi m(c);
   m->load(io::load_all(weights), weights);
   m->eval();

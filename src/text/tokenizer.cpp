@@ -2,6 +2,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include "io/hub.h"
 #include "util/error.h"
 
 namespace mt::text {
@@ -17,8 +18,9 @@ std::string strip(const std::string& s) {
   return s.substr(b, e - b);
 }
 
-Tokenizer::Tokenizer(const std::string& model_path)
-    : path_(model_path), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+Tokenizer::Tokenizer(const std::string& model)
+    : path_(io::hub::resolve(model)), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  const std::string& model_path = path_;  // Kyutai's hf:// and file:// forms resolved
   const auto status = sp_->Load(model_path);
   MT_CHECK(status.ok(), model_path, ": cannot load SentencePiece model: ", status.ToString());
   MT_CHECK(sp_->GetPieceSize() > 0, model_path, ": SentencePiece model has no pieces");

@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "io/hub.h"
 #include "io/safetensors.h"
 #include "lm/model_config.h"
 #include "util/error.h"
@@ -99,7 +100,9 @@ void save_checkpoint(Run& r, int64_t steps_done) {
     if (full)
       y << "  moshi_path: consolidated.safetensors\n";
     else
-      y << "  moshi_path: " << fs::absolute(cfg.model.weights).string() << "\n  lora_path: lora.safetensors\n";
+      y << "  moshi_path: "
+        << (io::hub::is_hub_path(cfg.model.weights) ? cfg.model.weights : fs::absolute(cfg.model.weights).string())
+        << "\n  lora_path: lora.safetensors\n";
     // The ttt / lora sections as the run used them (re-read from the run's config).
     YAML::Node doc = YAML::Load(cfg.yaml_text);
     for (const char* k : {"ttt", "lora"})

@@ -33,6 +33,8 @@ struct Run {
   int64_t start_step = 0, bad_steps = 0;
   int stop_signal = 0;  // data parallel: this rank's pending SIGINT / SIGTERM, shared with the others each step
   std::ofstream metrics;
+  std::ofstream ft_train, ft_eval;     // moshi-finetune's metrics.train.jsonl / metrics.eval.jsonl
+  int64_t resident_bytes = 0;          // weights, gradients, optimizer and TTT state (the memory plan's)
   std::unique_ptr<dist::Group> group;  // data parallel (world_size > 1)
   std::unique_ptr<DataParallel> dp;
   std::map<std::string, std::string> token_indexes;  // "train" / "eval": made once (see shared_token_index)

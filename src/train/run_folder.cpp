@@ -24,23 +24,22 @@ std::string prepare_run_dir(const TrainConfig& cfg, bool resume, const std::stri
     MT_CHECK(cfg.overwrite_run_dir, cfg.run_dir,
              ": run dir already holds a run (use --resume, or overwrite_run_dir: true)");
     fs::remove_all(run_dir / "checkpoints");
-    fs::remove(run_dir / "metrics.jsonl");
+    for (const char* f : kMetricsFiles) fs::remove(run_dir / f);
   }
   if (leader) {
     fs::create_directories(run_dir);
     atomic_write((run_dir / "config.yaml").string(), cfg.yaml_text);
+    // moshi-finetune's name for the same document (its tools look for args.yaml in a run folder).
+    atomic_write((run_dir / "args.yaml").string(), cfg.yaml_text);
   }
   return resume_dir;
 }
 
-void trim_after_resume(const std::string& dir, int64_t start_step, const std::function<void(const std::string&)>& say) {
-  const fs::path run_dir(dir);
-  // Half-written checkpoints were never renamed into place.
-  if (fs::is_directory(run_dir / "checkpoints"))
-    for (const auto& e : fs::directory_iterator(run_dir / "checkpoints"))
-      if (e.path().filename().string().rfind(".tmp.", 0) == 0) fs::remove_all(e.path());
-  if (!fs::exists(run_dir / "metrics.jsonl")) return;
-  std::ifstream in(run_dir / "metrics.jsonl");
+namespace {
+// Drops the records of steps after start_step (and a torn last line) from one JSON-lines file.
+void trim_records(const fs::path& file, int64_t start_step, const std::function<void(const std::string&)>& say) {
+  if (!fs::exists(file)) return;
+  std::ifstream in(file);
   std::string kept, line;
   int64_t dropped = 0;
   while (std::getline(in, line)) {
@@ -53,8 +52,20 @@ void trim_after_resume(const std::string& dir, int64_t start_step, const std::fu
     kept += line + "\n";
   }
   in.close();
-  atomic_write((run_dir / "metrics.jsonl").string(), kept);
-  if (dropped) say(str("metrics.jsonl: dropped ", dropped, " record(s) after step ", start_step, " (they are redone)"));
+  atomic_write(file.string(), kept);
+  if (dropped)
+    say(str(file.filename().string(), ": dropped ", dropped, " record(s) after step ", start_step,
+            " (they are redone)"));
+}
+}  // namespace
+
+void trim_after_resume(const std::string& dir, int64_t start_step, const std::function<void(const std::string&)>& say) {
+  const fs::path run_dir(dir);
+  // Half-written checkpoints were never renamed into place.
+  if (fs::is_directory(run_dir / "checkpoints"))
+    for (const auto& e : fs::directory_iterator(run_dir / "checkpoints"))
+      if (e.path().filename().string().rfind(".tmp.", 0) == 0) fs::remove_all(e.path());
+  for (const char* f : kMetricsFiles) trim_records(run_dir / f, start_step, say);
 }
 
 std::vector<nlohmann::json> read_metrics(const std::string& run_dir, const std::string& kind) {

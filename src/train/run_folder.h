@@ -1,7 +1,8 @@
 #pragma once
-// A training run's folder: config.yaml, metrics.jsonl (one JSON record per line, "kind" train / eval /
-// summary), loss.png and checkpoints/checkpoint_NNNNNN/. What is read back from it and how a resumed
-// run tidies what a killed one left.
+// A training run's folder: config.yaml (and the same as args.yaml, moshi-finetune's name), metrics.jsonl
+// (one JSON record per line, "kind" train / eval / summary), moshi-finetune's metrics.train.jsonl and
+// metrics.eval.jsonl (its keys), loss.png and checkpoints/checkpoint_NNNNNN/. What is read back from it and how a
+// resumed run tidies what a killed one left.
 #include <nlohmann/json.hpp>
 
 #include <functional>
@@ -11,6 +12,9 @@
 #include "train/train_config.h"
 
 namespace mt::train {
+
+// The JSON-lines files of a run: ours, then moshi-finetune's two.
+inline constexpr const char* kMetricsFiles[] = {"metrics.jsonl", "metrics.train.jsonl", "metrics.eval.jsonl"};
 
 // Makes the folder for a new run (refusing to overwrite one unless overwrite_run_dir) or finds the
 // checkpoint to resume (`resume_from`, else the newest); writes config.yaml on the leader.

@@ -41,6 +41,25 @@ void apply_override(YAML::Node root, const std::string& kv) {
   }
   chain.back()[parts.back()] = v;
 }
+
+// moshi-finetune's wandb section (project, run_name, key, offline). We log to metrics.train.jsonl /
+// metrics.eval.jsonl in the run folder instead (the same records moshi-finetune writes); an API key
+// is never echoed.
+void read_wandb(const YAML::Node& root, const std::string& w, TrainConfig& c, std::set<std::string>& s) {
+  s.insert("wandb");
+  const YAML::Node n = root["wandb"];
+  if (!n || n.IsNull()) return;
+  MT_CHECK(n.IsMap(), w, "wandb: expected a mapping");
+  std::set<std::string> sw;
+  read(n, w + "wandb.", "project", c.wandb.project, sw);
+  read(n, w + "wandb.", "run_name", c.wandb.run_name, sw);
+  read(n, w + "wandb.", "key", c.wandb.key, sw);
+  read(n, w + "wandb.", "offline", c.wandb.offline, sw);
+  reject_unknown(n, sw, w + "wandb.");
+  if (!c.wandb.project.empty())
+    c.notes.push_back(str("wandb: not used (project '", c.wandb.project,
+                          "'); metrics go to metrics.train.jsonl and metrics.eval.jsonl in the run folder"));
+}
 }  // namespace
 
 namespace {
@@ -152,15 +171,23 @@ TrainConfig TrainConfig::load(const std::string& path, const std::vector<std::st
     read(root, w, "sharding", sharding, s);
     c.sharding = kShardings.parse(sharding, w + "sharding");
     read(root, w, "bucket_cap_mb", c.bucket_cap_mb, s);
+    read_wandb(root, w, c, s);
     c.model = lm::ModelConfigFile::from_yaml(root, path, s);
-    // Pitfalls.md row 9: a setting that nothing reads in this run is an error, not a silent no-op.
-    auto unread = [&](const YAML::Node& n, const char* key, bool read_here, const char* why) {
-      MT_CHECK(!n || !n[key] || read_here, w, key, " is set, but ", why, ": no code reads it (remove it)");
+    // Pitfalls.md row 9: a setting that nothing reads in this run is never silent. Ours is an error;
+    // moshi-finetune's own keys (its example sets eval_freq with do_eval false) get a note, so its files
+    // run unchanged and the user still hears that the setting does nothing.
+    auto unread = [&](const YAML::Node& n, const char* key, bool read_here, const char* why, bool ours) {
+      if (!n || !n[key] || n[key].IsNull() || read_here) return;
+      if (n[key].IsScalar() && n[key].Scalar().empty()) return;  // eval_data: '' (the example's "unset")
+      MT_CHECK(!ours, w, key, " is set, but ", why, ": no code reads it (remove it)");
+      c.notes.push_back(str(key, " is set, but ", why, ": it has no effect in this run"));
     };
-    for (const char* k : {"eval_freq", "eval_batches"}) unread(root, k, c.do_eval, "do_eval is false");
-    unread(root["data"], "eval_data", c.do_eval, "do_eval is false");
+    unread(root, "eval_batches", c.do_eval, "do_eval is false", true);
+    unread(root, "eval_freq", c.do_eval, "do_eval is false", false);
+    unread(root["data"], "eval_data", c.do_eval, "do_eval is false", false);
     for (const char* k : {"ckpt_freq", "num_ckpt_keep", "save_adapters"})
-      unread(root, k, c.do_ckpt, "do_ckpt is false");
+      unread(root, k, c.do_ckpt, "do_ckpt is false", false);
+    for (const auto& n : c.model.notes) c.notes.push_back(n);
     // Data paths are relative to the config's folder, like the model paths.
     auto resolve = [&](std::string& p) {
       if (!p.empty() && p[0] != '/') {

@@ -67,6 +67,14 @@ struct TrainConfig {
   double alpha_weight_decay = 0.0;  // weight decay of the gating α group (pitfalls.md row 8: α must not be pulled to 0)
   int64_t max_bad_steps = 10;       // NaN/Inf loss or gradient: skip the step; stop after this many
   std::string device = "cpu";
+  // moshi-finetune's wandb section: accepted (its files train unchanged) but not used, with a note.
+  struct Wandb {
+    std::string project, run_name, key;
+    bool offline = false;
+  } wandb;
+  // One line each, said when the run starts: settings this run accepts but does not use (moshi-finetune's
+  // example sets eval_freq with do_eval false), and where a hub repo's files came from.
+  std::vector<std::string> notes;
   int threads = 0;
   uint64_t init_seed = 0;  // random base weights when the model has no weights file
   // ours, data parallel (ignored by one process)

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/hub.h"
 #include "lm/lm_model.h"
 #include "lm/ttt_probes.h"
 #include "train/audio_data.h"
@@ -60,9 +61,10 @@ std::string fmt_duration(double s) {
 std::string token_index(const TrainConfig& cfg, const std::string& source, const at::Device& dev, bool quiet) {
   if (!is_audio_jsonl(source)) return source;
   AudioDataConfig a;
-  a.mimi_weights = cfg.model.mimi_weights;
-  a.mimi_config = cfg.model.mimi_config;
-  a.tokenizer = cfg.model.tokenizer;
+  // Codec and tokenizer only now that an audio dataset needs them (hf:// paths download here).
+  a.mimi_weights = io::hub::resolve(cfg.model.mimi_weights);
+  a.mimi_config = io::hub::resolve(cfg.model.mimi_config);
+  a.tokenizer = io::hub::resolve(cfg.model.tokenizer);
   a.moshi_codebooks = cfg.model.lm.dep_q;
   a.user_codebooks = cfg.model.lm.n_q - cfg.model.lm.dep_q;
   a.text.frame_rate = cfg.frame_rate;
@@ -369,6 +371,7 @@ void setup_optimizer(Run& r) {
 // peaks of metrics.jsonl.
 void show_memory_plan(Run& r) {
   const MemoryPlan plan = plan_memory(*r.model, r.cfg, r.opt.dist.world_size);
+  r.resident_bytes = plan.weights + plan.gradients + plan.optimizer + plan.ttt_state;
   r.say(format_plan(plan));
   if (!r.leader()) return;
   nlohmann::json j;
@@ -435,6 +438,7 @@ StepBatch next_batch(Run& r) {
 struct Progress {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   int64_t frames_total = 0;
+  int64_t tokens_total = 0;          // moshi-finetune's "words": text + audio positions of every batch
   std::vector<int64_t> ttt_updates;  // per transformer layer: TTT updates over the run (this rank)
   bool tty = isatty(2);
 };
@@ -516,12 +520,39 @@ void show_progress(const Run& r, const StepResult& sr, int64_t step, int64_t end
     std::fprintf(stderr, "%s\n", line);
 }
 
+// One record of moshi-finetune's metrics.train.jsonl, with its keys and units: memory in GiB as
+// torch.cuda.memory_allocated counts it (every live tensor: the resident training state plus what the
+// step allocated), wps = text + audio token positions per second.
+nlohmann::json finetune_train_record(const Run& r, const StepResult& sr, int64_t step, int64_t frames, double dt,
+                                     const PeakMemory& mem, const Progress& p) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const int64_t tokens = frames * (1 + r.model->cfg.dep_q);
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - p.start).count();
+  const double avg_wps = static_cast<double>(p.tokens_total) / std::max(elapsed, 1e-9);
+  const int64_t left = r.cfg.max_steps - step - 1;
+  nlohmann::json j;
+  j["lr"] = r.optim->lr(0);
+  j["step"] = step + 1;
+  j["loss"] = num(sr.loss);
+  j["prob_real_tokens"] = static_cast<double>(sr.real_tokens) / static_cast<double>(std::max<int64_t>(1, tokens));
+  j["percent_done"] = 100.0 * static_cast<double>(step + 1) / static_cast<double>(r.cfg.max_steps);
+  j["peak_allocated_mem"] = static_cast<double>(r.resident_bytes + std::max<int64_t>(0, mem.peak())) / kGiB;
+  j["allocated_mem"] = static_cast<double>(r.resident_bytes + std::max<int64_t>(0, mem.current())) / kGiB;
+  j["wps"] = static_cast<double>(tokens) / dt;
+  j["avg_wps"] = avg_wps;
+  j["eta_in_seconds"] = static_cast<double>(left * tokens) / std::max(avg_wps, 1e-9);
+  j["at"] = now_iso();
+  return j;
+}
+
 void log_step(Run& r, const StepResult& sr, int64_t step, int64_t end_step, int64_t frames, double dt,
-              size_t peak_bytes, const Progress& p) {
+              const PeakMemory& mem, const Progress& p) {
   const bool due = (step + 1) % r.cfg.log_freq == 0 || step + 1 == end_step;
   if (!r.leader() || !(due || !sr.applied)) return;
-  r.metrics << train_record(r, sr, step, frames, dt, peak_bytes).dump() << "\n";
+  r.metrics << train_record(r, sr, step, frames, dt, mem.peak()).dump() << "\n";
   r.metrics.flush();
+  r.ft_train << finetune_train_record(r, sr, step, frames, dt, mem, p).dump() << "\n";
+  r.ft_train.flush();
   show_progress(r, sr, step, end_step, static_cast<double>(frames) / dt, p);
 }
 
@@ -541,6 +572,14 @@ void maybe_eval(Run& r, int64_t step, TrainSummary& sum) {
   j["at"] = now_iso();
   r.metrics << j.dump() << "\n";
   r.metrics.flush();
+  nlohmann::json ft;  // moshi-finetune's metrics.eval.jsonl record
+  ft["step"] = step + 1;
+  ft["train_loss"] = num(sum.last_loss);
+  ft["perplexity"] = j["perplexity"];
+  ft["eval_loss"] = num(ev);
+  ft["at"] = j["at"];
+  r.ft_eval << ft.dump() << "\n";
+  r.ft_eval.flush();
   r.say(str("eval at step ", step + 1, ": loss ", ev));
 }
 
@@ -597,6 +636,7 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   set_threads(cfg.threads);
   r.dev = training_device(r);
   join_ranks(r);
+  for (const auto& n : cfg.notes) r.say("note: " + n);
   const std::string resume_dir = prepare_run_dir(cfg, opt.resume, opt.resume_from, r.leader());
   setup_model(r, resume_dir);
   setup_optimizer(r);
@@ -606,7 +646,12 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     r.say(str("resumed from ", resume_dir, " at step ", r.start_step));
     if (r.leader()) trim_after_resume(cfg.run_dir, r.start_step, [&r](const std::string& s) { r.say(s); });
   }
-  if (r.leader()) r.metrics.open(std::filesystem::path(cfg.run_dir) / "metrics.jsonl", std::ios::app);
+  if (r.leader()) {
+    const std::filesystem::path d(cfg.run_dir);
+    r.metrics.open(d / "metrics.jsonl", std::ios::app);
+    r.ft_train.open(d / "metrics.train.jsonl", std::ios::app);
+    r.ft_eval.open(d / "metrics.eval.jsonl", std::ios::app);
+  }
   show_memory_plan(r);
 
   const LossConfig loss_cfg{cfg.first_codebook_weight_multiplier, cfg.text_padding_weight};
@@ -627,9 +672,10 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t frames = b.batch.codes.size(0) * b.batch.codes.size(2) * opt.dist.world_size;  // all ranks
     p.frames_total += frames;
+    p.tokens_total += frames * (1 + r.model->cfg.dep_q);
     sum.tokens_per_s = static_cast<double>(p.frames_total) /
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - p.start).count();
-    log_step(r, sr, step, end_step, frames, dt, mem.peak(), p);
+    log_step(r, sr, step, end_step, frames, dt, mem, p);
     check_bad_steps(r, step);
     maybe_eval(r, step, sum);
     if (maybe_checkpoint(r, step, end_step, sum)) break;
@@ -637,6 +683,8 @@ TrainSummary train_impl(const TrainConfig& cfg, const TrainOptions& opt) {
   if (r.model->transformer->has_addons()) summarize_ttt(r, p, sum);
   if (r.leader()) {
     r.metrics.close();
+    r.ft_train.close();
+    r.ft_eval.close();
     write_loss_plot(cfg.run_dir);
   }
   return sum;
