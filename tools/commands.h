@@ -26,6 +26,7 @@ void add_report(CLI::App& app);
 void add_synth_data(CLI::App& app);   // synthetic token datasets (the demo's data)
 void add_collectives(CLI::App& app);  // data-parallel collectives: checked and timed
 void add_serve(CLI::App& app);        // live conversations over Kyutai's websocket protocol
+void add_download(CLI::App& app);     // files of a Hugging Face hub repo into the hub cache
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

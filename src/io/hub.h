@@ -14,6 +14,12 @@
 
 namespace mt::io::hub {
 
+// Progress of one download: bytes done and in all (-1: unknown). `what` names the file.
+using Progress = std::function<void(const std::string& what, int64_t done, int64_t total)>;
+// A one-line bar (bytes, percent, MB/s, ETA) redrawn on stderr when stderr is a terminal, else one
+// line per 10 %.
+Progress default_progress();
+
 struct Settings {
   std::string endpoint = "https://huggingface.co";  // HF_ENDPOINT
   // HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, HF_HOME defaulting to
@@ -21,26 +27,25 @@ struct Settings {
   std::string cache_dir;
   std::string token;     // HF_TOKEN, HUGGING_FACE_HUB_TOKEN, else the token file (HF_TOKEN_PATH, HF_HOME/token)
   bool offline = false;  // HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set to a true value (1, ON, YES, TRUE)
-  double metadata_timeout_s = 10;  // HF_HUB_ETAG_TIMEOUT
-  double download_timeout_s = 10;  // HF_HUB_DOWNLOAD_TIMEOUT: longest silence on a connection
-  int max_resumes = 5;             // dropped connections resumed (Range) before giving up
-  // Progress of a download: bytes done, bytes in all. Default: a bar on a terminal's stderr, else one
-  // line every 10 % (set to an empty function for none).
-  std::function<void(const std::string& what, int64_t done, int64_t total)> progress;
+  double metadata_timeout_s = 10;          // HF_HUB_ETAG_TIMEOUT
+  double download_timeout_s = 10;          // HF_HUB_DOWNLOAD_TIMEOUT: longest silence on a connection
+  int max_resumes = 5;                     // dropped connections resumed (Range) before giving up
+  Progress progress = default_progress();  // an empty function for none
   static Settings from_environment();
 };
 
 struct FileRef {
-  std::string repo_id;  // "org/name"
-  std::string filename;  // path inside the repo ("a/b.safetensors")
-  std::string revision = "main";  // branch, tag or 40-hex commit
+  std::string repo_id;              // "org/name"
+  std::string filename;             // path inside the repo ("a/b.safetensors")
+  std::string revision = "main";    // branch, tag or 40-hex commit
   std::string repo_type = "model";  // model, dataset, space
 };
 
 // True for "hf://..." (and "file://...": resolve() maps both).
 bool is_hub_path(const std::string& path);
 bool is_file_url(const std::string& path);
-// "hf://org/repo/path/in/repo" -> {org/repo, path/in/repo, main}; throws naming the text otherwise.
+// "hf://org/repo/path/in/repo" -> {org/repo, path/in/repo, main}; "hf://org/repo@rev/path" picks a
+// revision (an extension: repo names cannot hold '@'). Throws naming the text otherwise.
 FileRef parse_hub_path(const std::string& path);
 
 // The local file of `ref`: from the cache, else downloaded into it (unless offline). When the hub
@@ -55,5 +60,13 @@ std::string cached(const FileRef& ref, const std::string& cache_dir);
 
 // Kyutai's path forms: hf:// -> download(), file://X -> X, anything else unchanged.
 std::string resolve(const std::string& path, const Settings& s = Settings::from_environment());
+
+// Pieces of the above, exposed for tests and tools.
+// The repo's folder under the cache: "models--org--name" (datasets--, spaces--).
+std::string repo_folder_name(const FileRef& ref);
+// {endpoint}/{datasets/|spaces/}{repo_id}/resolve/{revision}/{filename}, quoted as the Python client quotes.
+std::string file_url(const FileRef& ref, const std::string& endpoint);
+// A leading ~ and $VAR / ${VAR} expanded as Python's expanduser + expandvars do (unknown variables kept).
+std::string expand_path(const std::string& path);
 
 }  // namespace mt::io::hub
