@@ -74,7 +74,9 @@ class FakeHub {
     }
     return "fake_hub.py did not start: " + slurp(out_file);
   }
-  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string endpoint(const char* scheme = "http") const {
+    return std::string(scheme) + "://127.0.0.1:" + std::to_string(port_);
+  }
   void stop() {
     if (pid_ <= 0) return;
     ::kill(pid_, SIGKILL);
@@ -104,7 +106,7 @@ void put(const fs::path& path, const std::string& bytes) {
 }
 
 // A temp folder holding the served repos (hub/), the cache (cache/) and the server's request log.
-struct HubFixture : ::testing::Test {
+struct HubDownload : ::testing::Test {
   TempDir tmp;
   FakeHub server;
   std::string root = tmp.file("hub"), cache = tmp.file("cache"), log = tmp.file("requests.jsonl");
@@ -163,7 +165,7 @@ std::string link_text(const std::string& path) {
 
 }  // namespace
 
-TEST_F(HubFixture, GitAndLfsFilesLandInThePythonClientsLayout) {
+TEST_F(HubDownload, GitAndLfsFilesLandInThePythonClientsLayout) {
   start();
   hub::Settings s = settings();
   s.token = "tok";
@@ -200,7 +202,7 @@ TEST_F(HubFixture, GitAndLfsFilesLandInThePythonClientsLayout) {
   EXPECT_EQ(requests().size(), reqs.size());
 }
 
-TEST_F(HubFixture, ResumesADroppedConnectionWithRange) {
+TEST_F(HubDownload, ResumesADroppedConnectionWithRange) {
   start({"--drop-at", "100000"});  // once
   const std::string path = hub::download({"org/name", "model.safetensors"}, settings());
   EXPECT_EQ(slurp(path), model);
@@ -209,14 +211,14 @@ TEST_F(HubFixture, ResumesADroppedConnectionWithRange) {
   EXPECT_TRUE(resumed) << "no GET with Range: bytes=100000-";
 }
 
-TEST_F(HubFixture, SilenceLongerThanTheTimeoutCountsAsADrop) {
+TEST_F(HubDownload, SilenceLongerThanTheTimeoutCountsAsADrop) {
   start({"--drop-at", "1000", "--stall"});
   hub::Settings s = settings();
   s.download_timeout_s = 0.5;
   EXPECT_EQ(slurp(hub::download({"org/name", "model.safetensors"}, s)), model);
 }
 
-TEST_F(HubFixture, GivesUpOnAServerThatKeepsDroppingAndResumesLater) {
+TEST_F(HubDownload, GivesUpOnAServerThatKeepsDroppingAndResumesLater) {
   start({"--drop-at", "100000", "--drop-times", "-1"});
   hub::Settings s = settings();
   s.max_resumes = 2;
@@ -235,7 +237,7 @@ TEST_F(HubFixture, GivesUpOnAServerThatKeepsDroppingAndResumesLater) {
   EXPECT_EQ(requests().back()["range"], "bytes=100000-");
 }
 
-TEST_F(HubFixture, WrongBytesAreRefusedAndRemoved) {
+TEST_F(HubDownload, WrongBytesAreRefusedAndRemoved) {
   start({"--corrupt"});
   for (const std::string& file : {"model.safetensors", "config.json"}) {
     const std::string etag = file == "config.json" ? git_sha1_hex(config) : sha256_hex(model);
@@ -250,7 +252,7 @@ TEST_F(HubFixture, WrongBytesAreRefusedAndRemoved) {
   }
 }
 
-TEST_F(HubFixture, TokenIsSentAsABearerHeader) {
+TEST_F(HubDownload, TokenIsSentAsABearerHeader) {
   start({"--token", "s3cret"});
   hub::Settings s = settings();
   expect_error(
@@ -263,7 +265,7 @@ TEST_F(HubFixture, TokenIsSentAsABearerHeader) {
   EXPECT_EQ(slurp(hub::download({"org/name", "model.safetensors"}, s)), model);  // the CDN refuses a token
 }
 
-TEST_F(HubFixture, MissingFileIsNulloptAndRememberedOffline) {
+TEST_F(HubDownload, MissingFileIsNulloptAndRememberedOffline) {
   start();
   const hub::FileRef ref{"org/name", "absent.json"};
   EXPECT_EQ(hub::try_download(ref, settings()), std::nullopt);
@@ -275,7 +277,7 @@ TEST_F(HubFixture, MissingFileIsNulloptAndRememberedOffline) {
   EXPECT_EQ(hub::try_download({"org/name", "absent.json", kCommit}, settings()), std::nullopt);
 }
 
-TEST_F(HubFixture, UnreachableHubUsesTheCacheElseSaysWhere) {
+TEST_F(HubDownload, UnreachableHubUsesTheCacheElseSaysWhere) {
   start();
   const std::string cfg = hub::download({"org/name", "config.json"}, settings());
   const hub::Settings s = settings();
@@ -288,7 +290,7 @@ TEST_F(HubFixture, UnreachableHubUsesTheCacheElseSaysWhere) {
       {"org/name/model.safetensors", "cannot reach", s.endpoint, repo_dir});
 }
 
-TEST_F(HubFixture, EnvironmentPicksEndpointCacheAndOffline) {
+TEST_F(HubDownload, EnvironmentPicksEndpointCacheAndOffline) {
   start();
   const std::string old_endpoint = std::getenv("HF_ENDPOINT") ? std::getenv("HF_ENDPOINT") : "";
   const std::string old_cache = std::getenv("HF_HUB_CACHE") ? std::getenv("HF_HUB_CACHE") : "";
@@ -304,7 +306,7 @@ TEST_F(HubFixture, EnvironmentPicksEndpointCacheAndOffline) {
   old_cache.empty() ? ::unsetenv("HF_HUB_CACHE") : ::setenv("HF_HUB_CACHE", old_cache.c_str(), 1);
 }
 
-TEST_F(HubFixture, FollowsARenamedReposRelativeRedirectAndDatasetRepos) {
+TEST_F(HubDownload, FollowsARenamedReposRelativeRedirectAndDatasetRepos) {
   put(root + "/datasets/org/data/part/x.txt", "dataset file");
   start({"--rename", "old/name=org/name"});
   const std::string p = hub::download({"old/name", "config.json"}, settings());
@@ -315,7 +317,7 @@ TEST_F(HubFixture, FollowsARenamedReposRelativeRedirectAndDatasetRepos) {
   EXPECT_EQ(slurp(d), "dataset file");
 }
 
-TEST_F(HubFixture, TwoDownloadersOfOneFileShareIt) {
+TEST_F(HubDownload, TwoDownloadersOfOneFileShareIt) {
   start();
   std::string a, b;
   std::thread t([&] { a = hub::download({"org/name", "model.safetensors"}, settings()); });
@@ -325,7 +327,7 @@ TEST_F(HubFixture, TwoDownloadersOfOneFileShareIt) {
   EXPECT_EQ(slurp(a), model);
 }
 
-TEST_F(HubFixture, DownloadCommandPrintsOnePathPerFile) {
+TEST_F(HubDownload, DownloadCommandPrintsOnePathPerFile) {
   start();
   const std::string env = "HF_HUB_CACHE='" + cache + "' HF_ENDPOINT=" + server.endpoint() + " HF_HUB_OFFLINE= ";
   std::string out;
@@ -343,6 +345,30 @@ TEST_F(HubFixture, DownloadCommandPrintsOnePathPerFile) {
   EXPECT_EQ(out, snapshot("config.json") + "\n" + snapshot("model.safetensors") + "\n" +
                      snapshot("tokenizer-e351c8d8-checkpoint125.safetensors") + "\n" +
                      snapshot("tokenizer_spm_32k_3.model") + "\n");
+}
+
+// HTTPS with a self-signed certificate for 127.0.0.1: accepted when it is the CA store (SSL_CERT_FILE,
+// which OpenSSL's default paths read), refused by the peer verification otherwise.
+TEST_F(HubDownload, HttpsVerifiesThePeer) {
+  const std::string cert = tmp.file("cert.pem"), key = tmp.file("key.pem");
+  std::string out;
+  if (mt::test::run("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext "
+                    "subjectAltName=IP:127.0.0.1 -keyout '" +
+                        key + "' -out '" + cert + "'",
+                    &out) != 0)
+    GTEST_SKIP() << "no openssl command to make a certificate: " << out;
+  start({"--tls", cert, key});
+  hub::Settings s = settings();
+  s.endpoint = server.endpoint("https");
+  const char* old = std::getenv("SSL_CERT_FILE");
+  const std::string saved = old ? old : "";
+  ::setenv("SSL_CERT_FILE", tmp.file("empty.pem").c_str(), 1);  // a CA store without our certificate
+  mt::atomic_write(tmp.file("empty.pem"), "");
+  expect_error([&] { hub::download({"org/name", "config.json"}, s); }, {"org/name/config.json", "TLS handshake"});
+  ::setenv("SSL_CERT_FILE", cert.c_str(), 1);
+  EXPECT_EQ(slurp(hub::download({"org/name", "config.json"}, s)), config);
+  EXPECT_EQ(slurp(hub::download({"org/name", "model.safetensors"}, s)), model);
+  old ? ::setenv("SSL_CERT_FILE", saved.c_str(), 1) : ::unsetenv("SSL_CERT_FILE");
 }
 
 // ---- interop with the Python hub client ------------------------------------------------------------
@@ -377,7 +403,7 @@ int python_download(const std::string& py, const std::string& env, const std::ve
 }
 }  // namespace
 
-TEST_F(HubFixture, PythonClientReadsOurCacheOffline) {
+TEST_F(HubDownload, PythonClientReadsOurCacheOffline) {
   const std::string py = hub_python();
   if (py.empty()) GTEST_SKIP() << "no Python with huggingface_hub (scripts/reference/setup_reference_env.sh makes one)";
   start();
@@ -393,7 +419,7 @@ TEST_F(HubFixture, PythonClientReadsOurCacheOffline) {
             snapshot("config.json") + "\n" + snapshot("sub/notes.txt") + "\n" + snapshot("model.safetensors") + "\n");
 }
 
-TEST_F(HubFixture, WeReadThePythonClientsCacheOffline) {
+TEST_F(HubDownload, WeReadThePythonClientsCacheOffline) {
   const std::string py = hub_python();
   if (py.empty()) GTEST_SKIP() << "no Python with huggingface_hub (scripts/reference/setup_reference_env.sh makes one)";
   start();
