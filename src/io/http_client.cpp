@@ -109,6 +109,7 @@ struct Request::Impl {
   std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> tls_stream;
   beast::flat_buffer buffer;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
+  beast::error_code pending;  // a drop after some body bytes, reported by the next read
 
   beast::tcp_stream& lowest() { return tls_stream ? beast::get_lowest_layer(*tls_stream) : *tcp_stream; }
 
@@ -223,6 +224,7 @@ Response Request::get(const Headers& headers) {
 size_t Request::read_body(char* buf, size_t n) {
   MT_CHECK(impl_->parser, "read_body before get");
   auto& p = *impl_->parser;
+  if (impl_->pending) impl_->net_fail("connection lost during the body", impl_->pending);
   if (p.is_done()) return 0;
   p.get().body().data = buf;
   p.get().body().size = n;
@@ -230,8 +232,11 @@ size_t Request::read_body(char* buf, size_t n) {
     impl_->with_stream([&](auto& s) { bhttp::async_read(s, impl_->buffer, p, h); });
   });
   if (ec == bhttp::error::need_buffer) ec = {};  // our buffer is full: not an error
-  if (ec) impl_->net_fail("connection lost during the body", ec);
-  return n - p.get().body().size;
+  const size_t got = n - p.get().body().size;
+  // The bytes that came before a drop are good: the caller keeps them and resumes after them.
+  if (ec && got > 0) impl_->pending = ec;
+  if (ec && got == 0) impl_->net_fail("connection lost during the body", ec);
+  return got;
 }
 
 }  // namespace mt::io::http

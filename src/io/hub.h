@@ -48,12 +48,15 @@ bool is_file_url(const std::string& path);
 // revision (an extension: repo names cannot hold '@'). Throws naming the text otherwise.
 FileRef parse_hub_path(const std::string& path);
 
-// The local file of `ref`: from the cache, else downloaded into it (unless offline). When the hub
+// The local file of `ref`: from the cache, else downloaded into it (unless offline). A file already in
+// the snapshot that refs/<revision> names is used without asking the hub, so a branch that moved on is
+// followed only for files not cached yet (the Python client asks the hub each time). When the hub
 // cannot be reached, a cached copy of the revision is used as the Python client does. Throws mt::Error
 // naming the repo, file, cache folder and the reason (offline, not found, 401/403, hash mismatch, ...).
 std::string download(const FileRef& ref, const Settings& s = Settings::from_environment());
 // The same for a file that may be absent from the repo (Kyutai's config.json): nullopt when the hub
 // answers 404 or the cache holds a .no_exist marker for it (which a 404 writes, as the Python client does).
+// Offline without a marker it throws as download() does: the file may exist on the hub.
 std::optional<std::string> try_download(const FileRef& ref, const Settings& s = Settings::from_environment());
 // Cache lookup only, no network: the snapshot path if present, else "".
 std::string cached(const FileRef& ref, const std::string& cache_dir);

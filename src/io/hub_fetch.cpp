@@ -404,7 +404,7 @@ std::optional<std::string> fetch(const FileRef& ref, const Settings& s, Absent a
   if (std::string p = cached(ref, s.cache_dir); !p.empty()) return p;
   if (absent == Absent::kNullopt && known_absent(ref, s.cache_dir)) return std::nullopt;
   MT_CHECK(!s.offline, what, ": not in the hub cache ", repo_dir,
-           " and downloads are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)");
+           ", and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)");
   Meta m;
   try {
     m = fetch_metadata(ref, s);

@@ -31,17 +31,27 @@ std::string eta_text(double seconds) {
   return b;
 }
 
-// "12.3/385.0 MB  3%  45.6 MB/s  ETA 0:08" (without the parts an unknown total leaves out).
+// 553 kB, 15.4 GB: three significant digits in the largest unit that keeps the number at least 1.
+std::string size_text(double bytes) {
+  const char* units[] = {"B", "kB", "MB", "GB", "TB"};
+  int u = 0;
+  while (bytes >= 1000 && u < 4) bytes /= 1000, ++u;
+  char b[32];
+  std::snprintf(b, sizeof b, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+  return b;
+}
+
+// "12.3 MB / 385.0 MB   3%  45.6 MB/s  ETA 0:08" (without the parts an unknown total leaves out).
 std::string progress_text(const ProgressState& st, int64_t done, int64_t total) {
   const double secs = std::chrono::duration<double>(Clock::now() - st.start).count();
   const double rate = secs > 0 ? double(done - st.start_bytes) / secs : 0;
   char b[160];
   if (total > 0)
-    std::snprintf(b, sizeof b, "%.1f/%.1f MB %3d%%  %.1f MB/s  ETA %s", done / 1e6, total / 1e6,
-                  int(100.0 * double(done) / double(total)), rate / 1e6,
+    std::snprintf(b, sizeof b, "%s / %s %3d%%  %s/s  ETA %s", size_text(double(done)).c_str(),
+                  size_text(double(total)).c_str(), int(100.0 * double(done) / double(total)), size_text(rate).c_str(),
                   eta_text(rate > 0 ? double(total - done) / rate : -1).c_str());
   else
-    std::snprintf(b, sizeof b, "%.1f MB  %.1f MB/s", done / 1e6, rate / 1e6);
+    std::snprintf(b, sizeof b, "%s  %s/s", size_text(double(done)).c_str(), size_text(rate).c_str());
   return b;
 }
 

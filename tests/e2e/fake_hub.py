@@ -15,13 +15,14 @@ GET bodies honour `Range: bytes=N-` (206). Prints the hub's port on stdout once 
 Fault switches: --token T (401 unless `Authorization: Bearer T`), --drop-at N (a GET body stops at file
 offset N and the connection closes; --drop-times K of them, -1 for all), --stall (at that offset, go
 silent instead of closing), --corrupt (one byte of every body flipped), --rename OLD=NEW (a relative
-307 from repo OLD to NEW), --log FILE (one JSON line per request).
+307 from repo OLD to NEW), --log FILE (one JSON line per request), --tls CERT KEY (HTTPS on both).
 """
 import argparse
 import hashlib
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -126,7 +127,8 @@ class Handler(BaseHTTPRequestHandler):
             data = f.read()
         if filename.endswith(LFS_SUFFIXES):
             sha = hashlib.sha256(data).hexdigest()
-            return self.reply(302, {"Location": "http://127.0.0.1:%d/lfs/%s" % (st.cdn_port, sha),
+            scheme = "https" if st.args.tls else "http"
+            return self.reply(302, {"Location": "%s://127.0.0.1:%d/lfs/%s" % (scheme, st.cdn_port, sha),
                                     "X-Linked-Etag": '"%s"' % sha, "X-Linked-Size": str(len(data)),
                                     "X-Repo-Commit": commit, "ETag": '"%s"' % git_blob_sha1(b"pointer")})
         self.send_data(data, {"ETag": 'W/"%s"' % git_blob_sha1(data), "X-Repo-Commit": commit}, head)
@@ -183,6 +185,10 @@ def serve(state, role):
     handler = type("Bound" + role, (Handler,), {"state": state, "role": role})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if state.args.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*state.args.tls)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server.server_address[1]
 
@@ -197,6 +203,7 @@ def main():
     p.add_argument("--corrupt", action="store_true")
     p.add_argument("--rename", action="append", default=[])
     p.add_argument("--log")
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     state = State(p.parse_args())
     state.cdn_port = serve(state, "cdn")
     print(serve(state, "hub"), flush=True)
