@@ -45,6 +45,9 @@ class FakeHub {
     std::vector<char*> argv;
     for (auto& a : all) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // A restarted server reuses the file: remove the old one first, or its port is read before the
+    // child truncates it (a race that showed under load).
+    ::unlink(out_file.c_str());
     const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ < 0) return std::string("fork: ") + std::strerror(errno);
