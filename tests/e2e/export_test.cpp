@@ -7,7 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -79,15 +81,20 @@ std::string reference_python(std::string* why) {
   return last;
 }
 
-json check(const std::string& py, const std::string& args) {
+// Runs check_export.py on a list of checks in one process; name -> its result.
+std::map<std::string, json> check(TempDir& d, const std::string& py, const json& plan) {
+  std::ofstream(d.file("plan.json")) << plan.dump(2);
   std::string out;
-  const std::string cmd = py + " " + MT_SOURCE_DIR + "/scripts/reference/check_export.py " + args;
-  const int rc = run(cmd, &out);
-  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
-  const std::string last = out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{'));
-  json j = json::parse(last, nullptr, false);
-  EXPECT_TRUE(j.is_object()) << out;
-  return j.is_object() ? j : json::object();
+  const std::string cmd = py + " " + MT_SOURCE_DIR + "/scripts/reference/check_export.py " + d.file("plan.json");
+  EXPECT_EQ(run(cmd, &out), 0) << cmd << "\n" << out;
+  std::map<std::string, json> r;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    json j = json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("name")) r[j["name"].get<std::string>()] = j;
+  }
+  for (const auto& c : plan) EXPECT_TRUE(r.count(c["name"].get<std::string>())) << c.dump() << "\n" << out;
+  return r;
 }
 
 void expect_close(const json& r, const std::string& what) {
@@ -122,16 +129,10 @@ TEST(Export, KyutaisLoaderGivesOurLogits) {
         << out;
     EXPECT_NE(out.find("python -m moshi.server --moshi-weight "), std::string::npos) << out;
     EXPECT_NE(out.find(" --config-path " + d.file(std::string("x_") + f) + "/config.json"), std::string::npos) << out;
+    // The LoRA export's base is the training base itself (a plain Moshi file): nothing else to write.
+    if (std::string(f) == "lora")
+      EXPECT_NE(out.find("--moshi-weight " + d.file("base/model.safetensors")), std::string::npos) << out;
   }
-  // The LoRA export's base is the training base itself (plain), as the serve line says.
-  EXPECT_NE(out.find("exported"), std::string::npos);
-  const std::string codes = " --codes " + d.file("codes.safetensors") + " --ours " + d.file("ours.safetensors");
-  const std::string base = " --base " + d.file("base/model.safetensors");
-  const json unfused = check(py, "--export " + d.file("x_lora") + codes + base + " --fuse 0");
-  EXPECT_GT(unfused.value("wrapped_linears", 0), 0) << unfused.dump();
-  expect_close(unfused, "lora, unfused");
-  expect_close(check(py, "--export " + d.file("x_lora") + codes + base + " --fuse 1"), "lora, fused (moshi.server)");
-  expect_close(check(py, "--export " + d.file("x_merged") + codes), "merged float32");
   // The adapters matter: the base alone is far from these logits.
   our_logits(d, "--model " + d.file("base"), d.file("base_logits.safetensors"));
   const double moved = mt::test::max_abs_diff(mt::io::load_all(d.file("base_logits.safetensors")).at("text_logits"),
@@ -142,9 +143,22 @@ TEST(Export, KyutaisLoaderGivesOurLogits) {
   EXPECT_NE(out.find("bfloat16"), std::string::npos) << out;
   our_logits(d, "--config " + d.file("x_bf16/config.json") + " --weights " + d.file("x_bf16/consolidated.safetensors"),
              d.file("ours_bf16.safetensors"));
-  expect_close(check(py, "--export " + d.file("x_bf16") + " --codes " + d.file("codes.safetensors") + " --ours " +
-                             d.file("ours_bf16.safetensors")),
-               "merged bfloat16 (vs our load of the same file)");
+  const json common = {{"codes", d.file("codes.safetensors")}, {"ours", d.file("ours.safetensors")}};
+  auto with = [&](json c) {
+    for (auto& [k, v] : common.items())
+      if (!c.contains(k)) c[k] = v;
+    return c;
+  };
+  const std::string base = d.file("base/model.safetensors");
+  auto r = check(d, py,
+                 {with({{"name", "lora, unfused"}, {"export", d.file("x_lora")}, {"base", base}, {"fuse", false}}),
+                  with({{"name", "lora, fused (moshi.server)"}, {"export", d.file("x_lora")}, {"base", base}}),
+                  with({{"name", "merged float32"}, {"export", d.file("x_merged")}}),
+                  with({{"name", "merged bfloat16 (vs our load of the same file)"},
+                        {"export", d.file("x_bf16")},
+                        {"ours", d.file("ours_bf16.safetensors")}})});
+  EXPECT_GT(r["lora, unfused"].value("wrapped_linears", 0), 0) << r["lora, unfused"].dump();
+  for (const auto& [name, res] : r) expect_close(res, name);
 }
 
 // A hybrid TTT checkpoint (configs/tiny-hybrid.yaml): refused with its TTT tensors named, exported with
@@ -167,8 +181,8 @@ TEST(Export, TTTCheckpointNeedsDropTTT) {
   EXPECT_EQ(first_line(out).rfind("--drop-ttt: hybrid TTT blocks removed from layer(s) 1", 0), 0u) << out;
   EXPECT_NE(first_line(out).find("outputs differ"), std::string::npos) << out;
   EXPECT_NE(out.find("exported"), std::string::npos) << out;
-  for (const auto& t : mt::io::SafeTensors(d.file("x/consolidated.safetensors")).tensors())
-    EXPECT_EQ(t.name.find(".ttt."), std::string::npos) << t.name;
+  const mt::io::SafeTensors written(d.file("x/consolidated.safetensors"));
+  for (const auto& t : written.tensors()) EXPECT_EQ(t.name.find(".ttt."), std::string::npos) << t.name;
   // Our loader takes it as a plain Moshi.
   our_logits(d, "--config " + d.file("x/config.json") + " --weights " + d.file("x/consolidated.safetensors"),
              d.file("dropped.safetensors"));
@@ -188,20 +202,28 @@ TEST(Export, RawTTTAdaptersBreakKyutaisLoader) {
                                    "lora:\n  enable: true\n  rank: 2\nttt:\n  enable: true\n  variant: hybrid\n"
                                    "  layers: \"1\"\n  mini_batch_size: 16\n");
   ASSERT_TRUE(fs::exists(ck + "/lora.safetensors")) << ck;
-  const json raw = check(py, "--raw-lora " + ck + " --base " + d.file("base/model.safetensors"));
-  EXPECT_TRUE(raw.value("refused", false)) << raw.dump();
-  EXPECT_NE(raw.value("error", "").find("unexpected_keys"), std::string::npos) << raw.dump();
   std::string out;
   ASSERT_EQ(run(cli() + " export --model " + ck + " --out " + d.file("x") + " --format lora --drop-ttt", &out), 0)
       << out;
   EXPECT_EQ(first_line(out).rfind("--drop-ttt: hybrid TTT blocks removed", 0), 0u) << out;
-  // Kyutai loads it (every wrapped linear covered) and computes what our loader does with the same files.
+  // Kyutai loads the export (every wrapped linear covered) and computes what our loader does with the
+  // same files.
   std::ofstream(d.file("x.yaml")) << "moshi_paths:\n  config_path: " << d.file("x/config.json")
                                   << "\n  moshi_path: " << d.file("base/model.safetensors")
                                   << "\n  lora_path: " << d.file("x/lora.safetensors")
                                   << "\nlora:\n  enable: true\n  rank: 2\n  scaling: 2.0\n";
   our_logits(d, "--config " + d.file("x.yaml"), d.file("ours.safetensors"));
-  expect_close(check(py, "--export " + d.file("x") + " --codes " + d.file("codes.safetensors") + " --ours " +
-                             d.file("ours.safetensors") + " --base " + d.file("base/model.safetensors") + " --fuse 0"),
-               "lora --drop-ttt, unfused");
+  const std::string base = d.file("base/model.safetensors");
+  auto r = check(d, py,
+                 {{{"name", "raw"}, {"raw_lora", ck}, {"base", base}},
+                  {{"name", "lora --drop-ttt, unfused"},
+                   {"export", d.file("x")},
+                   {"codes", d.file("codes.safetensors")},
+                   {"ours", d.file("ours.safetensors")},
+                   {"base", base},
+                   {"fuse", false}}});
+  EXPECT_TRUE(r["raw"].value("refused", false)) << r["raw"].dump();
+  EXPECT_NE(r["raw"].value("error", "").find("unexpected_keys"), std::string::npos) << r["raw"].dump();
+  EXPECT_NE(r["raw"].value("error", "").find(".ttt."), std::string::npos) << r["raw"].dump();
+  expect_close(r["lora --drop-ttt, unfused"], "lora --drop-ttt, unfused");
 }

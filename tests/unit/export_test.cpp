@@ -115,7 +115,8 @@ TEST(Export, TTTTensorsAreRefusedByName) {
   const ExportResult r = write_export(*m, o, d.file("out"));
   EXPECT_NE(r.note.find("hybrid TTT blocks removed from layer(s) 1"), std::string::npos) << r.note;
   EXPECT_NE(r.note.find("outputs differ"), std::string::npos) << r.note;
-  for (const auto& t : mt::io::SafeTensors(d.file("out/consolidated.safetensors")).tensors()) {
+  const mt::io::SafeTensors written(d.file("out/consolidated.safetensors"));
+  for (const auto& t : written.tensors()) {
     EXPECT_FALSE(is_ttt_param(t.name)) << t.name;
     EXPECT_FALSE(is_lora_param(t.name)) << t.name;
     EXPECT_EQ(t.dtype, "BF16");
