@@ -30,6 +30,7 @@ void register_all(CLI::App& app) {
   add_collectives(app);
   add_serve(app);
   add_download(app);
+  add_export(app);
 }
 
 namespace {
