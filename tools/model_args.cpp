@@ -29,6 +29,33 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--threads", threads, "intra-op threads (default: libtorch's)");
 }
 
+namespace {
+// The weights of a model folder: ours (model.safetensors), else a moshi-finetune checkpoint's
+// consolidated/ (consolidated.safetensors), else an adapters-only one, whose base must be given.
+std::string folder_weights(const std::string& dir) {
+  const fs::path d(dir);
+  for (const char* name : {"model.safetensors", "consolidated.safetensors"})
+    if (fs::exists(d / name)) return (d / name).string();
+  MT_CHECK(!fs::exists(d / "lora.safetensors"), dir,
+           ": holds LoRA adapters only (moshi-finetune's save_adapters): give their base with --weights FILE");
+  return (d / "model.safetensors").string();
+}
+
+// A moshi-finetune checkpoint folder declares its LoRA in config.json (lora, lora_rank, lora_scaling, on
+// every linear as Kyutai's loader wraps them); its adapters are lora.safetensors, or inside
+// consolidated.safetensors when saved whole.
+void kyutai_folder_lora(const std::string& cfg_path, lm::LoRAConfig* lora, std::string* lora_path) {
+  std::ifstream f(cfg_path);
+  const nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.value("lora", false) || !lora) return;
+  lora->enable = true;
+  lora->rank = j.value("lora_rank", int64_t{128});
+  lora->scaling = j.value("lora_scaling", 2.0);
+  const fs::path adapters = fs::path(cfg_path).parent_path() / "lora.safetensors";
+  if (lora_path && fs::exists(adapters)) *lora_path = adapters.string();
+}
+}  // namespace
+
 void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w, lm::LoRAConfig* lora,
                         std::string* lora_path) const {
   std::string cfg_path = io::hub::resolve(config);  // Kyutai's hf:// and file:// forms too
@@ -57,13 +84,14 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
     if (lora_path) *lora_path = f.lora_weights;
   } else if (!cfg_path.empty()) {
     lmc = lm::LMConfig::from_file(cfg_path);
+    if (!model_dir.empty()) kyutai_folder_lora(cfg_path, lora, lora_path);
   } else {
     lmc = preset_config(preset);
   }
   if (w) {
     *w = weights;
     if (w->empty()) *w = weights_from_cfg;  // a folder's model.yaml names its weights (moshi_paths)
-    if (w->empty() && !model_dir.empty()) *w = (fs::path(model_dir) / "model.safetensors").string();
+    if (w->empty() && !model_dir.empty()) *w = folder_weights(model_dir);
   }
 }
 

@@ -9,7 +9,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/safetensors.h"
 #include "lm/config.h"
+#include "lm/lm_model.h"
 #include "test_util.h"
 #include "train/data.h"
 
@@ -173,4 +175,51 @@ TEST(FinetuneCompat, HfRepoFlagAndOfflineErrors) {
   EXPECT_NE(out.find("kyutai/other-repo"), std::string::npos) << out;
   EXPECT_NE(out.find(empty), std::string::npos) << out;
   EXPECT_EQ(out.find('\n'), out.size() - 1) << "one line expected: " << out;
+}
+
+// A moshi-finetune checkpoint folder (config.json with lora / lora_rank / lora_scaling beside
+// consolidated.safetensors, or lora.safetensors alone) loads with --model as it is: the merged one
+// and the adapters over their base generate the same greedy tokens as the model they came from.
+TEST(FinetuneCompat, KyutaiCheckpointFoldersLoadWithModel) {
+  TempDir d;
+  tiny_repo(d);
+  fs::create_directories(d.file("m"));
+  std::ofstream(d.file("m/model.yaml")) << "moshi_paths:\n  config_path: ../tiny/config.json\n"
+                                           "  moshi_path: ../tiny/model.safetensors\n  lora_path: lora.safetensors\n"
+                                           "lora:\n  enable: true\n  rank: 4\n";
+  // Non-zero adapters, so that a folder loaded without them would generate other tokens.
+  mt::lm::LoRAConfig lc;
+  lc.enable = true;
+  lc.rank = 4;
+  mt::lm::LMModel m(mt::lm::LMConfig::from_file(d.file("tiny/config.json")), mt::lm::TTTIntegrationConfig{}, lc);
+  std::vector<std::pair<std::string, at::Tensor>> adapters;
+  at::Generator g = at::detail::createCPUGenerator(11);
+  for (const auto& kv : m->named_parameters())
+    if (mt::lm::is_lora_param(kv.key())) adapters.emplace_back(kv.key(), at::randn(kv.value().sizes(), g) * 0.5);
+  mt::io::save(d.file("m/lora.safetensors"), adapters);
+  std::string out;
+  const std::string gen = " generate --steps 6 --greedy --out ";
+  auto tokens = [&](const std::string& model_args, const std::string& name) {
+    std::string o;
+    EXPECT_EQ(run(cli() + gen + d.file(name) + " " + model_args, &o), 0) << o;
+    return mt::io::SafeTensors(d.file(name)).get("tokens");
+  };
+  for (const char* fmt : {"merged", "lora"})
+    ASSERT_EQ(run(cli() + " export --model " + d.file("m") + " --out " + d.file(std::string("ex_") + fmt) +
+                      " --format " + fmt + " --dtype float32",
+                  &out),
+              0)
+        << out;
+  const at::Tensor ref = tokens("--model " + d.file("m"), "ref.safetensors");
+  EXPECT_TRUE(at::equal(tokens("--model " + d.file("ex_merged"), "merged.safetensors"), ref));
+  EXPECT_TRUE(at::equal(
+      tokens("--model " + d.file("ex_lora") + " --weights " + d.file("tiny/model.safetensors"), "lora.safetensors"),
+      ref));
+  // Without the adapters the tokens differ (so the comparisons above can fail).
+  EXPECT_FALSE(
+      at::equal(tokens("--config " + d.file("tiny/config.json") + " --weights " + d.file("tiny/model.safetensors"),
+                       "base.safetensors"),
+                ref));
+  EXPECT_NE(run(cli() + gen + d.file("x.safetensors") + " --model " + d.file("ex_lora"), &out), 0);
+  EXPECT_NE(out.find("LoRA adapters only"), std::string::npos) << out;
 }
