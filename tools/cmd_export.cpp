@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/hub.h"
 #include "lm/export.h"
 #include "tools/commands.h"
 #include "tools/model_args.h"
@@ -34,8 +35,10 @@ at::ScalarType export_dtype(const std::string& name) {
 std::string serve_line(lm::ExportFormat f, const lm::ExportResult& r, const fs::path& out) {
   const fs::path dir = fs::absolute(out);
   if (f == lm::ExportFormat::kLora)
-    return str("python -m moshi.server --moshi-weight ", r.base_weights, " --lora-weight ",
-               (dir / "lora.safetensors").string(), " --config-path ", (dir / "config.json").string());
+    return str("python -m moshi.server --moshi-weight ",
+               io::hub::is_hub_path(r.base_weights) ? r.base_weights : fs::weakly_canonical(r.base_weights).string(),
+               " --lora-weight ", (dir / "lora.safetensors").string(), " --config-path ",
+               (dir / "config.json").string());
   return str("python -m moshi.server --moshi-weight ", (dir / "consolidated.safetensors").string(), " --config-path ",
              (dir / "config.json").string());
 }
