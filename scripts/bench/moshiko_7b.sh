@@ -6,7 +6,7 @@
 # `generate` for STEPS steps, and prints per format: mean / median ms per step after WARMUP steps, the
 # weight-streaming floor (bytes of weights a step reads / sequential read bandwidth measured in this
 # run by bench_lm --measure-bandwidth), their ratio, peak RSS of generate, and the file size.
-# Environment: BUILD_DIR (default build), MOSHI_TTT_CACHE, STEPS (10), WARMUP (2), THREADS (2),
+# Environment: BUILD_DIR (default build), MOSHI_TTT_CACHE, STEPS (10), WARMUP (3), THREADS (2),
 #   FORMATS ("bf16 q8"), KEEP_Q8=1 keeps the q8 file (default: removed after its run, 8 GB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,7 +17,7 @@ BENCH=$BUILD/bench/bench_lm
 CACHE=${MOSHI_TTT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moshi-ttt}
 DIR=$CACHE/7b
 STEPS=${STEPS:-10}
-WARMUP=${WARMUP:-2}
+WARMUP=${WARMUP:-3}
 THREADS=${THREADS:-2}
 FORMATS=${FORMATS:-bf16 q8}
 log() { printf '[moshiko_7b] %s\n' "$*" >&2; }
@@ -61,7 +61,8 @@ else
 fi
 
 has_quantize=0
-"$CLI" quantize --help >/dev/null 2>&1 && has_quantize=1
+# (CLI11 answers --help for an unknown subcommand with the main help: look for the subcommand's own usage line.)
+"$CLI" quantize --help 2>&1 | grep -Eq "Usage: .*quantize" && has_quantize=1
 
 log "measuring read bandwidth (1 GiB, $THREADS threads)"
 bw=$(MOSHI_TTT_BENCH_THREADS=$THREADS "$BENCH" --measure-bandwidth)
