@@ -13,7 +13,6 @@
 #include "tools/model_args.h"
 #include "util/error.h"
 #include "util/peak_memory.h"
-#include "util/runtime.h"
 
 namespace fs = std::filesystem;
 
@@ -46,6 +45,20 @@ void stream_weights(const std::string& path, bool force, const lm::LMConfig& cfg
   });
   std::printf("wrote %s (%lld parameters, %s, Kyutai's release layout; random values seeded per tensor name)\n",
               path.c_str(), (long long)release_parameters(cfg), c10::toString(dtype));
+}
+
+// init's folder (config.json + model.safetensors) and/or --out file, written by stream_weights.
+void init_streamed(const std::string& out, const std::string& out_file, bool force, const lm::LMConfig& cfg,
+                   at::ScalarType dtype, uint64_t seed, const std::map<std::string, std::string>& meta) {
+  if (!out_file.empty()) stream_weights(out_file, force, cfg, dtype, seed, meta);
+  if (out.empty()) return;
+  const fs::path dir(out);
+  MT_CHECK(force || !fs::exists(dir / "model.safetensors"), (dir / "model.safetensors").string(),
+           " exists (use --force to overwrite)");
+  fs::create_directories(dir);
+  io::atomic_write((dir / "config.json").string(), cfg.to_json().dump(2) + "\n");
+  stream_weights((dir / "model.safetensors").string(), force, cfg, dtype, seed, meta);
+  std::printf("wrote %s (config.json + model.safetensors)\n", dir.string().c_str());
 }
 }  // namespace
 
@@ -96,16 +109,7 @@ void add_init(CLI::App& app) {
       MT_CHECK(!ttt.enable && !lora.enable,
                "init --stream writes Kyutai's base layout: the config may have no ttt: "
                "or lora: section");
-      if (!o->out_file.empty()) stream_weights(o->out_file, o->force, cfg, dtype, o->seed, meta);
-      if (!o->out.empty()) {
-        const fs::path dir(o->out);
-        MT_CHECK(o->force || !fs::exists(dir / "model.safetensors"), (dir / "model.safetensors").string(),
-                 " exists (use --force to overwrite)");
-        fs::create_directories(dir);
-        io::atomic_write((dir / "config.json").string(), cfg.to_json().dump(2) + "\n");
-        stream_weights((dir / "model.safetensors").string(), o->force, cfg, dtype, o->seed, meta);
-        std::printf("wrote %s (config.json + model.safetensors)\n", dir.string().c_str());
-      }
+      init_streamed(o->out, o->out_file, o->force, cfg, dtype, o->seed, meta);
       std::printf("peak RSS %.1f MB\n", peak_rss_mb());
       return 0;
     }
