@@ -11,14 +11,18 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
+#include <string>
 
 #include "bench_main.h"
 #include "lm/lm_gen.h"
 #include "lm/lm_model.h"
 #include "op_profile.h"
 #include "util/fused.h"
+#include "util/gemv.h"
 
 using mt::bench::bench_device;
 using mt::bench::sync;
@@ -148,8 +152,37 @@ BENCHMARK(BM_LMForward)
 BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_LMStreamingStepGeneralPath)->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
+// --measure-bandwidth: this machine's sequential read rate on a 1 GiB buffer (a sum, best of 5) and the
+// bf16 gemv's weight rate on a 1 GiB bf16 matrix, printed as `read_gbps=` / `gemv_bf16_gbps=` lines for
+// scripts/bench/moshiko_7b.sh, which divides a 7B step's weight bytes by the read rate for its floor.
+int measure_bandwidth() {
+  auto best_s = [](const std::function<void()>& fn) {
+    fn();
+    double best = 1e9;
+    for (int i = 0; i < 5; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+  };
+  const double gib = static_cast<double>(int64_t{1} << 30);
+  {
+    const at::Tensor big = at::ones({int64_t{1} << 28});  // 1 GiB of float32, touched
+    std::printf("read_gbps=%.2f\n", gib / best_s([&] { big.sum().item<float>(); }) / 1e9);
+  }
+  {
+    const at::Tensor w = at::ones({16384, 32768}, at::kBFloat16), x = at::randn({1, 32768});
+    std::printf("gemv_bf16_gbps=%.2f\n", gib / best_s([&] { mt::util::linear_nobias(x, w); }) / 1e9);
+  }
+  std::printf("threads=%d\n", at::get_num_threads());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   at::set_num_threads(mt::bench::bench_threads());
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--measure-bandwidth") return measure_bandwidth();
   {
     // Measure gemv bandwidth once so the streaming benchmark can report its floor.
     at::Tensor w = at::randn({8192, 8192}), x = at::randn({8192});

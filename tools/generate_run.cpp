@@ -16,6 +16,7 @@
 #include "mimi/mimi.h"
 #include "report/plot.h"
 #include "util/error.h"
+#include "util/peak_memory.h"
 #include "util/runtime.h"
 
 namespace fs = std::filesystem;
@@ -145,9 +146,10 @@ void print_results(const GenerateOpts& o, const lm::GenerationResult& res, const
       "done: %lld frames out, median %.2f ms/step, p90 %.2f ms/step, %.1fx real time; %lld text tokens that are not "
       "padding\n",
       (long long)res.tokens.size(2), s.p50, s.p90, 80.0 / std::max(s.p50, 1e-9), (long long)s.non_pad);
-  std::printf("memory: RSS %.1f MB after %lld steps, %.1f MB at the end (%+.1f MB over %.1f min of audio)\n",
-              s.rss_start, (long long)s.warm + 1, s.rss_end, s.rss_end - s.rss_start,
-              static_cast<double>(o.steps) * 0.08 / 60.0);
+  std::printf(
+      "memory: RSS %.1f MB after %lld steps, %.1f MB at the end (%+.1f MB over %.1f min of audio); peak RSS %.1f MB\n",
+      s.rss_start, (long long)s.warm + 1, s.rss_end, s.rss_end - s.rss_start,
+      static_cast<double>(o.steps) * 0.08 / 60.0, peak_rss_mb());
   if (res.tokens.size(2) == 0) return;
   // A glimpse of the tokens, so that a run that emits only padding or one code shows at once.
   int64_t show = std::min<int64_t>(16, res.tokens.size(2));
@@ -191,6 +193,7 @@ void write_run_dir(const GenerateOpts& o, const std::string& origin, int64_t bat
                       {"text_tokens_not_padding", s.non_pad},
                       {"rss_mb_after_warmup", s.rss_start},
                       {"rss_mb_end", s.rss_end},
+                      {"peak_rss_mb", peak_rss_mb()},
                       {"rss_warmup_step", s.warm + 1}};
   io::atomic_write((fs::path(o.run_dir) / "summary.json").string(), j.dump(2) + "\n");
   plot_run(o.run_dir, res, s);

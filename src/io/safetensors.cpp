@@ -1,4 +1,5 @@
 #include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -233,32 +234,32 @@ std::map<std::string, at::Tensor> load_all(const std::string& path) {
   return out;
 }
 
-std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                     const std::map<std::string, std::string>& metadata, const std::string& path) {
+uint64_t TensorSpec::nbytes() const {
+  uint64_t n = c10::elementSize(dtype);
+  for (auto d : shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+std::string header_bytes(const std::vector<TensorSpec>& specs, const std::map<std::string, std::string>& metadata,
+                         const std::string& path) {
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
     for (const auto& [k, v] : metadata) m[k] = v;
     h["__metadata__"] = m;
   }
-  std::vector<at::Tensor> cpu;
   uint64_t off = 0;
-  for (const auto& [name, t0] : tensors) {
-    MT_CHECK(!name.empty() && name != "__metadata__", path, ": invalid tensor name '", name, "'");
-    MT_CHECK(!h.contains(name), path, ": duplicate tensor name '", name, "'");
-    MT_CHECK(t0.defined(), path, ": tensor '", name, "' is undefined");
-    const at::ScalarType st = t0.scalar_type();  // a structured binding cannot be captured before clang 16
+  for (const auto& s : specs) {
+    MT_CHECK(!s.name.empty() && s.name != "__metadata__", path, ": invalid tensor name '", s.name, "'");
+    MT_CHECK(!h.contains(s.name), path, ": duplicate tensor name '", s.name, "'");
+    const at::ScalarType st = s.dtype;  // a structured binding cannot be captured before clang 16
     const auto* row = std::find_if(std::begin(kDTypes), std::end(kDTypes),
                                    [&](const DTypeRow& r) { return r.in_torch && r.type == st; });
-    MT_CHECK(row != std::end(kDTypes), path, ": tensor '", name, "': cannot store dtype ",
-             c10::toString(t0.scalar_type()), " in safetensors");
-    // resolve_neg/conj: a lazily negated view's storage does not hold its values.
-    at::Tensor t = t0.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
-    uint64_t nb = static_cast<uint64_t>(t.numel()) * t.element_size();
-    h[name] = {
-        {"dtype", from_scalar_type(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {off, off + nb}}};
+    MT_CHECK(row != std::end(kDTypes), path, ": tensor '", s.name, "': cannot store dtype ", c10::toString(st),
+             " in safetensors");
+    const uint64_t nb = s.nbytes();
+    h[s.name] = {{"dtype", row->name}, {"shape", s.shape}, {"data_offsets", {off, off + nb}}};
     off += nb;
-    cpu.push_back(t);
   }
   std::string hs;
   try {
@@ -268,10 +269,27 @@ std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tens
   }
   while ((hs.size() + 8) % 8 != 0) hs.push_back(' ');
   std::string bytes;
-  bytes.reserve(8 + hs.size() + off);
-  uint64_t n = hs.size();
+  const uint64_t n = hs.size();
   bytes.append(reinterpret_cast<const char*>(&n), 8);
   bytes.append(hs);
+  return bytes;
+}
+
+std::string to_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                     const std::map<std::string, std::string>& metadata, const std::string& path) {
+  std::vector<TensorSpec> specs;
+  std::vector<at::Tensor> cpu;
+  uint64_t total = 0;
+  for (const auto& [name, t0] : tensors) {
+    MT_CHECK(t0.defined(), path, ": tensor '", name, "' is undefined");
+    // resolve_neg/conj: a lazily negated view's storage does not hold its values.
+    at::Tensor t = t0.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
+    specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+    total += specs.back().nbytes();
+    cpu.push_back(t);
+  }
+  std::string bytes = header_bytes(specs, metadata, path);
+  bytes.reserve(bytes.size() + total);
   for (const auto& t : cpu)
     if (t.numel() > 0)
       bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size());

@@ -1,16 +1,20 @@
 #include "lm/lm_model.h"
 
 #include <c10/core/DefaultDtype.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <regex>
 #include <set>
 
 #include "io/safetensors.h"
+#include "lm/release_checkpoint.h"
 #include "util/error.h"
 
 namespace mt::lm {
@@ -269,36 +273,37 @@ void uniform_fan_in_(at::Tensor w, at::Generator& gen) {
 }
 }  // namespace
 
+void init_base_param(const std::string& n, at::Tensor p, at::Generator& gen, const LMConfig& cfg) {
+  at::NoGradGuard ng;
+  // Depformer layers keep PyTorch's default Linear init; every other weight is trunc-normal 1/sqrt(fan_in),
+  // embeddings 1/sqrt(dim) (the reference's _init_weights).
+  if (n.find("norm") != std::string::npos || n.find("alpha") != std::string::npos) {
+    if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0)
+      p.zero_();
+    else
+      p.fill_(1.0);
+  } else if (n.find("layer_scale") != std::string::npos) {
+    p.fill_(cfg.layer_scale.value_or(1.0));
+  } else if (n.rfind("depformer.", 0) == 0) {
+    uniform_fan_in_(p, gen);
+  } else {
+    trunc_normal_(p, 1.0 / std::sqrt(static_cast<double>(p.size(-1))), gen);
+  }
+}
+
 void LMModelImpl::init_weights(uint64_t seed) {
   at::NoGradGuard ng;
   at::Generator gen = at::detail::createCPUGenerator(seed);
-  auto cpu_init = [&](const at::Tensor& p, auto&& fn) {
-    if (p.device().is_cpu()) {
-      fn(p);
-    } else {
-      at::Tensor t = at::empty(p.sizes(), p.options().device(at::kCPU));
-      fn(t);
-      p.copy_(t);
-    }
-  };
-  // Depformer layers keep PyTorch's default Linear init; every other weight is trunc-normal 1/sqrt(fan_in),
-  // embeddings 1/sqrt(dim) (the reference's _init_weights).
   for (auto& kv : named_parameters()) {
     const std::string& n = kv.key();
     at::Tensor p = kv.value();
     if (is_ttt_param(n) || is_lora_param(n)) continue;  // initialised below by their own rules
-    if (n.find("norm") != std::string::npos || n.find("alpha") != std::string::npos) {
-      if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0)
-        p.zero_();
-      else
-        p.fill_(1.0);
-    } else if (n.find("layer_scale") != std::string::npos) {
-      p.fill_(cfg.layer_scale.value_or(1.0));
-    } else if (n.rfind("depformer.", 0) == 0) {
-      cpu_init(p, [&](at::Tensor t) { uniform_fan_in_(t, gen); });
+    if (p.device().is_cpu()) {
+      init_base_param(n, p, gen, cfg);
     } else {
-      double std = 1.0 / std::sqrt(static_cast<double>(p.size(-1)));
-      cpu_init(p, [&](at::Tensor t) { trunc_normal_(t, std, gen); });
+      at::Tensor t = at::empty(p.sizes(), p.options().device(at::kCPU));
+      init_base_param(n, t, gen, cfg);
+      p.copy_(t);
     }
   }
   init_added(seed, true, true);
@@ -328,13 +333,11 @@ int64_t LMModelImpl::num_parameters() const {
   return n;
 }
 
-int64_t LMModelImpl::load(const io::SafeTensors& file) {
-  std::map<std::string, at::Tensor> m;
-  for (const auto& t : file.tensors()) m[t.name] = file.view(t.name);
-  return load(m, file.path());
-}
-
-int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+namespace {
+// LMModelImpl::load's work; `copied` (when given) is called with each source tensor, or slice of a
+// fused one, once it is copied into its parameter.
+int64_t load_strict(LMModelImpl& self, const std::map<std::string, at::Tensor>& tensors, const std::string& source,
+                    const std::function<void(const at::Tensor&)>& copied) {
   at::NoGradGuard ng;
   std::set<std::string> used;
   // A base checkpoint has no TTT (or LoRA) tensors at all: those keep their initial values.
@@ -347,7 +350,7 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
   // Fused attention names (Kyutai's released files): in_proj_weight / out_proj.weight hold every
   // weight set stacked along dim 0.
   static const std::regex split_re(R"((.*self_attn\.)(in|out)_projs\.(\d+)\.weight)");
-  for (auto& kv : named_parameters()) {
+  for (auto& kv : self.named_parameters()) {
     const std::string& name = kv.key();
     at::Tensor p = kv.value();
     at::Tensor src;
@@ -393,6 +396,7 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
     MT_CHECK(at::isFloatingType(src.scalar_type()), source, ": tensor '", name, "': expected a float dtype, got ",
              c10::toString(src.scalar_type()));
     p.copy_(src);
+    if (copied) copied(src);
   }
   std::vector<std::string> extra;
   for (const auto& kv : tensors)
@@ -404,8 +408,44 @@ int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, cons
     fail(source, ": unexpected tensor", extra.size() > 1 ? "s " : " ", list, " (not part of this model's config)");
   }
   // TTT / LoRA tensors absent from a base checkpoint get their reference initial values (as init_weights(0)).
-  init_added(0, kept_ttt > 0, kept_lora > 0);
+  self.init_added(0, kept_ttt > 0, kept_lora > 0);
   return kept_ttt + kept_lora;
+}
+}  // namespace
+
+namespace {
+// Drops the mapped file pages under [p, p + n) (rounded out to whole pages, which stay inside the
+// mapping: it spans whole pages) from this process's resident set; a later read faults them in again,
+// unchanged, since a read-only private mapping holds no modified page.
+void release_mapped_pages(const void* p, size_t n) {
+  if (n == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n + page - 1) & ~(page - 1);
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+}  // namespace
+
+int64_t LMModelImpl::load(const io::SafeTensors& file) {
+  std::map<std::string, at::Tensor> m;
+  std::set<const void*> mapped;  // storages of the views that alias the mapping
+  for (const auto& t : file.tensors()) {
+    m[t.name] = file.view(t.name);
+    // view() copies data misaligned for its dtype: two views of one tensor share an address only
+    // when both alias the mapping.
+    if (m[t.name].numel() > 0 && file.view(t.name).const_data_ptr() == m[t.name].const_data_ptr())
+      mapped.insert(m[t.name].storage().data());
+  }
+  // The parameters are fresh allocations: once a tensor is copied into them its mapped pages can go,
+  // so the peak resident set is about one copy of the weights, not the copies plus the whole mapping
+  // (a 7B in bf16: 15.4 GB instead of 30.8 GB, on a 24 GB machine).
+  return load_strict(*this, m, file.path(), [&](const at::Tensor& src) {
+    if (mapped.count(src.storage().data())) release_mapped_pages(src.const_data_ptr(), src.nbytes());
+  });
+}
+
+int64_t LMModelImpl::load(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+  return load_strict(*this, tensors, source, nullptr);
 }
 
 int64_t LMModelImpl::load_overlay(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {

@@ -13,12 +13,15 @@ namespace mt::util {
 
 inline constexpr int64_t kMaxGemvRows = 4;
 
-// True when fast_gemv can take (x, w): CPU float32, w 2-D contiguous, x contiguous [..., in] with 1 to
-// kMaxGemvRows rows in all, no autograd, and the CPU has AVX2 and FMA.
+// bf16 weights (a 7B streamed in Kyutai's dtype) are widened to float32 in registers (a 16-bit shift)
+// and accumulated in float32: half the bytes of float32 weights, so half the step's floor.
+//
+// True when fast_gemv can take (x, w): CPU, float32 w with float32 x or bf16 w with float32 or bf16 x, w 2-D
+// contiguous, x contiguous [..., in] with 1 to kMaxGemvRows rows in all, no autograd, and the CPU has AVX2 and FMA.
 bool fast_gemv_applies(const at::Tensor& x, const at::Tensor& w);
 
-// x [..., in] with 1..kMaxGemvRows rows in total, w [out, in]: returns [..., out]. Caller checks
-// fast_gemv_applies.
+// x [..., in] with 1..kMaxGemvRows rows in total, w [out, in]: returns [..., out] in x's dtype (bf16
+// rows: the float32 sum rounded once). Caller checks fast_gemv_applies.
 at::Tensor fast_gemv(const at::Tensor& x, const at::Tensor& w);
 
 // at::linear(x, w) (no bias), through fast_gemv where it applies.

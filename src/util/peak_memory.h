@@ -7,12 +7,22 @@
 // by the trainer's metrics, the benchmarks and tests to compare strategies by the memory they hold.
 #include <c10/core/Allocator.h>
 #include <c10/util/ThreadLocalDebugInfo.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
 
 namespace mt {
+
+// The largest resident set this process has had, in MB (getrusage's ru_maxrss, which Linux gives in
+// KiB; NaN where unavailable): what a model's load or a stream really cost, mapped file pages included.
+inline double peak_rss_mb() {
+  struct rusage ru {};
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return NAN;
+  return static_cast<double>(ru.ru_maxrss) * 1024.0 / 1e6;
+}
 
 class PeakMemory {
  public:

@@ -66,6 +66,35 @@ TEST(Cli, InitThenGenerateWritesTokens) {
   expect_clean_error("init " + d.file("m"), "--force");
 }
 
+// init --dtype bfloat16 writes Kyutai's dtype; --stream (what a 7B gets) writes Kyutai's release layout
+// (fused attention names) one tensor at a time, which generate loads and streams in bf16.
+TEST(Cli, InitBf16AndStreamedReleaseLayoutGenerate) {
+  TempDir d;
+  std::string out;
+  ASSERT_EQ(run(cli() + " init " + d.file("m") + " --preset tiny --dtype bfloat16", &out), 0) << out;
+  {
+    mt::io::SafeTensors f(d.file("m/model.safetensors"));
+    for (const auto& t : f.tensors()) EXPECT_EQ(t.dtype, "BF16") << t.name;
+    EXPECT_TRUE(f.contains("transformer.layers.0.self_attn.in_projs.0.weight"));  // our split names, as before
+  }
+  ASSERT_EQ(run(cli() + " init " + d.file("r") + " --preset tiny --dtype bfloat16 --stream --seed 2", &out), 0) << out;
+  EXPECT_NE(out.find("peak RSS"), std::string::npos) << out;
+  {
+    mt::io::SafeTensors f(d.file("r/model.safetensors"));
+    for (const auto& t : f.tensors()) EXPECT_EQ(t.dtype, "BF16") << t.name;
+    EXPECT_TRUE(f.contains("transformer.layers.0.self_attn.in_proj_weight"));
+    EXPECT_TRUE(f.contains("depformer.layers.0.self_attn.out_proj.weight"));
+    EXPECT_FALSE(f.contains("transformer.layers.0.self_attn.in_projs.0.weight"));
+  }
+  EXPECT_TRUE(std::filesystem::exists(d.file("r/config.json")));
+  ASSERT_EQ(run(cli() + " generate --model " + d.file("r") + " --dtype bfloat16 --steps 4 --greedy --threads 1", &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("peak RSS"), std::string::npos) << out;
+  expect_clean_error("init " + d.file("r") + " --stream", "--force");
+  expect_clean_error("init " + d.file("x") + " --dtype int3", "unknown --dtype");
+}
+
 TEST(Cli, InspectShowsTensorsAndConfig) {
   std::string out;
   ASSERT_EQ(run(cli() + " inspect " + mt::test::reference_dir() + "/lm/lm_small_stream", &out), 0) << out;
