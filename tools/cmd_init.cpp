@@ -23,6 +23,7 @@ void add_init(CLI::App& app) {
     std::string config;
     uint64_t seed = 0;
     bool force = false;
+    bool q8 = false;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("init", "write a model folder with random weights (the reference's initialisation)");
@@ -33,6 +34,7 @@ void add_init(CLI::App& app) {
                   "LM config.json or YAML model config (with a ttt: section) instead of a preset");
   sub->add_option("--seed", o->seed, "seed")->capture_default_str();
   sub->add_flag("--force", o->force, "overwrite an existing model folder");
+  sub->add_flag("--q8", o->q8, "Kyutai's q8 format (quantize: true): linears drawn in float32, then quantised");
   set_handler(sub, [o]() {
     MT_CHECK(!o->out.empty() || !o->out_file.empty(), "init: give an output folder or --out FILE.safetensors");
     lm::LMConfig cfg;
@@ -49,6 +51,7 @@ void add_init(CLI::App& app) {
     } else {
       cfg = o->config.empty() ? preset_config(o->preset) : lm::LMConfig::from_file(o->config);
     }
+    if (o->q8) cfg.quantize = true;
     lm::LMModel m(cfg, ttt, lora);
     m->init_weights(o->seed);
     const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "moshi-ttt init"}};

@@ -29,6 +29,7 @@ void register_all(CLI::App& app) {
   add_synth_data(app);
   add_collectives(app);
   add_serve(app);
+  add_quantize(app);
 }
 
 namespace {

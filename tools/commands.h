@@ -26,6 +26,7 @@ void add_report(CLI::App& app);
 void add_synth_data(CLI::App& app);   // synthetic token datasets (the demo's data)
 void add_collectives(CLI::App& app);  // data-parallel collectives: checked and timed
 void add_serve(CLI::App& app);        // live conversations over Kyutai's websocket protocol
+void add_quantize(CLI::App& app);     // Kyutai's q8 export of a float checkpoint
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

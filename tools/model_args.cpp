@@ -25,6 +25,22 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--threads", threads, "intra-op threads (default: libtorch's)");
 }
 
+namespace {
+// A folder's weights: the file its config.json names (Kyutai's moshi_name, e.g. model.q8.safetensors
+// written by `moshi-ttt quantize`) when it exists there, else model.safetensors.
+std::string folder_weights(const std::string& dir, const std::string& cfg_path) {
+  if (fs::path(cfg_path).extension() == ".json" && fs::exists(cfg_path)) {
+    std::ifstream f(cfg_path);
+    nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("moshi_name") && j["moshi_name"].is_string()) {
+      const fs::path p = fs::path(dir) / j["moshi_name"].get<std::string>();
+      if (fs::exists(p)) return p.string();
+    }
+  }
+  return (fs::path(dir) / "model.safetensors").string();
+}
+}  // namespace
+
 void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::string* w, lm::LoRAConfig* lora,
                         std::string* lora_path) const {
   std::string cfg_path = config;
@@ -50,7 +66,7 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
   if (w) {
     *w = weights;
     if (w->empty()) *w = weights_from_cfg;  // a folder's model.yaml names its weights (moshi_paths)
-    if (w->empty() && !model_dir.empty()) *w = (fs::path(model_dir) / "model.safetensors").string();
+    if (w->empty() && !model_dir.empty()) *w = folder_weights(model_dir, cfg_path);
   }
 }
 
