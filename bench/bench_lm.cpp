@@ -23,6 +23,7 @@
 #include "lm/lm_model.h"
 #include "op_profile.h"
 #include "util/fused.h"
+#include "util/gemv.h"
 #include "util/gemv_q8.h"
 
 using mt::bench::bench_device;
@@ -206,6 +207,29 @@ void BM_LMStreamingStepQ8(benchmark::State& state) {
   state.counters["f32_floor_ms"] = floor_f;
 }
 
+// One batch-1 product, float32 gemv (util/gemv.h) against the int8 one, interleaved: [out, in] from
+// the args (the text head 32000 x 512; a depformer FFN 1408 x 256).
+void BM_GemvQ8(benchmark::State& state) {
+  const int64_t out = state.range(0), in = state.range(1);
+  at::Tensor w = at::randn({out, in}), x = at::randn({1, in});
+  const mt::util::Q8Weight q = mt::util::quantize_q8(w);
+  std::vector<double> tf, tq;
+  auto timed = [](auto&& fn) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  };
+  for (auto _ : state) {
+    tf.push_back(timed([&] { benchmark::DoNotOptimize(mt::util::fast_gemv(x, w)); }));
+    tq.push_back(timed([&] { benchmark::DoNotOptimize(mt::util::fast_gemv_q8(x, q.cb, q.scb)); }));
+    state.SetIterationTime(tq.back() / 1e6);
+  }
+  state.counters["f32_us"] = median(tf);
+  state.counters["q8_us"] = median(tq);
+  state.counters["q8_GB/s"] = static_cast<double>(out * in) / median(tq) / 1e3;
+  state.counters["f32_GB/s"] = static_cast<double>(out * in * 4) / median(tf) / 1e3;
+}
+
 // The base model's step with the fused one-query attention and one-pass RMSNorm switched off (the
 // general tensor path), for the paired comparison.
 void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
@@ -226,7 +250,13 @@ BENCHMARK(BM_LMForward)
     ->MinTime(2.0)
     ->UseRealTime();
 BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-BENCHMARK(BM_LMStreamingStepQ8)->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseManualTime();
+BENCHMARK(BM_GemvQ8)
+    ->Args({32000, 512})
+    ->Args({1408, 256})
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1.0)
+    ->UseManualTime();
+BENCHMARK(BM_LMStreamingStepQ8)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseManualTime();
 BENCHMARK(BM_LMStreamingStepGeneralPath)->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 int main(int argc, char** argv) {
