@@ -44,16 +44,20 @@ lm::ModelConfigFile input_config(const QuantizeOpts& o) {
   return mc;
 }
 
+// Where the q8 config.json goes ("" for none): --out-config, else beside the output when --config is
+// given, never over an existing file without --force (it may be the float model's own config).
+std::string config_target(const QuantizeOpts& o) {
+  if (!o.out_config.empty() || o.config.empty()) return o.out_config;
+  const std::string target = (fs::path(o.out).parent_path() / "config.json").string();
+  MT_CHECK(o.force || !fs::exists(target), target, " exists (it may be the float model's config): name the q8 one ",
+           "with --out-config, or use --force to overwrite");
+  return target;
+}
+
 // Kyutai's config.json with quantize true and moshi_name the new file (other keys as they were); a
 // YAML model config's LM as a config.json.
-void write_config(const QuantizeOpts& o, const lm::ModelConfigFile& mc) {
-  std::string target = o.out_config;
-  if (target.empty()) {
-    if (o.config.empty()) return;
-    target = (fs::path(o.out).parent_path() / "config.json").string();
-    MT_CHECK(o.force || !fs::exists(target), target, " exists (it may be the float model's config): name the q8 one ",
-             "with --out-config, or use --force to overwrite");
-  }
+void write_config(const QuantizeOpts& o, const lm::ModelConfigFile& mc, const std::string& target) {
+  if (target.empty()) return;
   nlohmann::json j = mc.lm.to_json();
   const std::string ext = fs::path(o.config).extension().string();
   if (ext == ".json") {
@@ -70,6 +74,7 @@ int run_quantize(const QuantizeOpts& o) {
   MT_CHECK(o.force || !fs::exists(o.out), o.out, " exists (use --force to overwrite)");
   MT_CHECK(fs::absolute(o.in) != fs::absolute(o.out), "quantize: the output would overwrite the input ", o.in);
   const lm::ModelConfigFile mc = input_config(o);
+  const std::string cfg_target = config_target(o);
   // In the file's own dtype (std::nullopt): bf16 embeddings and norms stay bf16.
   lm::LMModel m = lm::load_lm(mc.lm, o.in, std::nullopt, mc.ttt, nullptr, mc.lora);
   const auto tensors = lm::quantized_state_dict(*m);
@@ -85,7 +90,7 @@ int run_quantize(const QuantizeOpts& o) {
   io::save(o.out, tensors, {{"format", "pt"}, {"producer", "moshi-ttt quantize"}});
   std::printf("wrote %s: %lld q8 linears (%.1f MB of int8 codes), %.1f MB of other tensors\n", o.out.c_str(),
               (long long)linears, code_bytes / 1e6, float_bytes / 1e6);
-  write_config(o, mc);
+  write_config(o, mc, cfg_target);
   return 0;
 }
 }  // namespace
