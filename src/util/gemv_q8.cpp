@@ -82,6 +82,68 @@ MT_SIMD_TARGET void gemm_rows_q8(const int8_t* CB, const float* scb, const float
     }
   }
 }
+
+// The same with AVX-512 where the CPU has it: widening and converting 16 codes per instruction halves
+// the instructions per weight, and this loop is bound by them rather than by memory once the int8
+// weights (a quarter of the float32 bytes) stream from L3 or DRAM.
+#define MT_Q8_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+template <int M, int U>
+MT_Q8_AVX512_TARGET void gemm_rows_q8_512(const int8_t* CB, const float* scb, const float* x, int64_t in, float* y,
+                                          int64_t out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* w = CB + r * in;
+    __m512 a[M][U];
+    for (int m = 0; m < M; ++m)
+      for (int u = 0; u < U; ++u) a[m][u] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 * U <= in; i += 16 * U) {
+      for (int u = 0; u < U; ++u) {
+        const __m512 wv =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 16 * u))));
+        for (int m = 0; m < M; ++m) a[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * in + i + 16 * u), a[m][u]);
+      }
+    }
+    for (; i + 16 <= in; i += 16) {
+      const __m512 wv =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))));
+      for (int m = 0; m < M; ++m) a[m][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * in + i), a[m][0]);
+    }
+    const float s = scb[r] / 127.0f;
+    for (int m = 0; m < M; ++m) {
+      for (int u = 1; u < U; ++u) a[m][0] = _mm512_add_ps(a[m][0], a[m][u]);
+      float d = _mm512_reduce_add_ps(a[m][0]);
+      for (int64_t j = i; j < in; ++j) d += static_cast<float>(w[j]) * x[m * in + j];
+      y[m * out + r] = d * s;
+    }
+  }
+}
+
+std::atomic<bool> g_allow_avx512{true};
+
+bool cpu_has_avx512() {
+  static const bool yes =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return yes && g_allow_avx512.load(std::memory_order_relaxed);
+}
+
+// Rows [r0, r1) for `rows` input rows with the widest kernel the CPU has.
+void q8_rows(const int8_t* W, const float* s, const float* xp, int64_t in, float* yp, int64_t out, int64_t rows,
+             int64_t r0, int64_t r1) {
+  if (cpu_has_avx512()) {
+    switch (rows) {
+      case 1: return gemm_rows_q8_512<1, 4>(W, s, xp, in, yp, out, r0, r1);
+      case 2: return gemm_rows_q8_512<2, 4>(W, s, xp, in, yp, out, r0, r1);
+      case 3: return gemm_rows_q8_512<3, 2>(W, s, xp, in, yp, out, r0, r1);
+      default: return gemm_rows_q8_512<4, 2>(W, s, xp, in, yp, out, r0, r1);
+    }
+  }
+  switch (rows) {
+    case 1: return gemm_rows_q8<1, 4>(W, s, xp, in, yp, out, r0, r1);
+    case 2: return gemm_rows_q8<2, 4>(W, s, xp, in, yp, out, r0, r1);
+    case 3: return gemm_rows_q8<3, 2>(W, s, xp, in, yp, out, r0, r1);
+    default: return gemm_rows_q8<4, 2>(W, s, xp, in, yp, out, r0, r1);
+  }
+}
 #endif
 
 }  // namespace
@@ -119,15 +181,17 @@ at::Tensor fast_gemv_q8(const at::Tensor& x, const at::Tensor& cb, const at::Ten
   float* yp = y.mutable_data_ptr<float>();
   // A thread's share should be worth a wake-up: at least ~64 KiB of weights, as the float kernel.
   const int64_t grain = std::max<int64_t>(16, (int64_t{64} << 10) / in);
-  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) {
-    switch (rows) {
-      case 1: gemm_rows_q8<1, 4>(W, s, xp, in, yp, out, r0, r1); break;
-      case 2: gemm_rows_q8<2, 4>(W, s, xp, in, yp, out, r0, r1); break;
-      case 3: gemm_rows_q8<3, 2>(W, s, xp, in, yp, out, r0, r1); break;
-      default: gemm_rows_q8<4, 2>(W, s, xp, in, yp, out, r0, r1); break;
-    }
-  });
+  at::parallel_for(0, out, grain, [&](int64_t r0, int64_t r1) { q8_rows(W, s, xp, in, yp, out, rows, r0, r1); });
   return y;
+#endif
+}
+
+bool allow_avx512_q8(bool on) {
+#ifdef MT_SIMD_X86
+  return g_allow_avx512.exchange(on);
+#else
+  (void)on;
+  return false;
 #endif
 }
 

@@ -35,6 +35,10 @@ bool fast_gemv_q8_applies(const at::Tensor& x, const at::Tensor& cb, const at::T
 // x [..., in] -> [..., out] = x · (CB · SCB / 127)ᵀ. Caller checks fast_gemv_q8_applies.
 at::Tensor fast_gemv_q8(const at::Tensor& x, const at::Tensor& cb, const at::Tensor& scb);
 
+// fast_gemv_q8 takes an AVX-512 kernel where the CPU has one (fewer instructions per weight), else the
+// AVX2 one. Off: the AVX2 kernel everywhere (tests check both); returns the previous setting.
+bool allow_avx512_q8(bool on);
+
 // The same product for any x (float32, bfloat16 or float16; any device): the kernel above where it
 // applies, else at::_weight_int8pack_mm, else a matmul with the dequantised weight.
 at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& cb, const at::Tensor& scb);

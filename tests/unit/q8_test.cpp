@@ -131,16 +131,20 @@ std::string load_error(const LMConfig& c, const std::string& path) {
 TEST(Q8Gemv, EqualsDequantisedProductOnEveryTailAndRowCount) {
   if (!kernel_available()) GTEST_SKIP() << "this CPU lacks AVX2/FMA: _weight_int8pack_mm is used";
   at::manual_seed(0);
-  for (int64_t rows : {1, 2, 3, 4})
-    for (int64_t in : {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 100, 512, 1037})
-      for (int64_t out : {1, 3, 17, 300}) {
-        const util::Q8Weight q = random_q8(out, in);
-        at::Tensor x = at::randn({rows, 1, in});
-        ASSERT_TRUE(fast_gemv_q8_applies(x, q.cb, q.scb));
-        at::Tensor y = fast_gemv_q8(x, q.cb, q.scb);
-        ASSERT_EQ(y.sizes(), (at::IntArrayRef{rows, 1, out}));
-        EXPECT_LT(worst_relative_error(y, q, x), 1e-5) << rows << " rows, " << out << " x " << in;
-      }
+  for (bool avx512 : {true, false}) {  // the AVX-512 kernel where the CPU has one, and the AVX2 one
+    const bool before = util::allow_avx512_q8(avx512);
+    for (int64_t rows : {1, 2, 3, 4})
+      for (int64_t in : {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 100, 512, 1037})
+        for (int64_t out : {1, 3, 17, 300}) {
+          const util::Q8Weight q = random_q8(out, in);
+          at::Tensor x = at::randn({rows, 1, in});
+          ASSERT_TRUE(fast_gemv_q8_applies(x, q.cb, q.scb));
+          at::Tensor y = fast_gemv_q8(x, q.cb, q.scb);
+          ASSERT_EQ(y.sizes(), (at::IntArrayRef{rows, 1, out}));
+          EXPECT_LT(worst_relative_error(y, q, x), 1e-5) << avx512 << ": " << rows << " rows, " << out << " x " << in;
+        }
+    util::allow_avx512_q8(before);
+  }
 }
 
 TEST(Q8Gemv, LongerInputsAndOtherDtypesUseTheLibtorchPaths) {
