@@ -5,6 +5,9 @@
 // The second argument picks a TTT integration on layers 6 and 7 (issue 4's comparison): 0 none,
 // 1 hybrid TTT-MLP, 2 hybrid TTT-Linear, 3 TTT adapters (rank 32, attention in/out projections),
 // 4 In-Place TTT (chunk 256). The ratio to variant 0 is the cost of TTT.
+// BM_LMStreamingStepQ8: the same step with Kyutai's q8 weights (int8 linears, util/gemv_q8.h) against
+// float32, interleaved in one run (medians), next to the int8 weight-streaming floor: the step's weight
+// bytes over the read bandwidth of a buffer of that size.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -16,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "bench_main.h"
 #include "lm/lm_gen.h"
@@ -23,6 +27,7 @@
 #include "op_profile.h"
 #include "util/fused.h"
 #include "util/gemv.h"
+#include "util/gemv_q8.h"
 
 using mt::bench::bench_device;
 using mt::bench::sync;
@@ -130,6 +135,104 @@ void BM_LMStreamingStep(benchmark::State& state) {
   if (g_read_gbps > 0) state.counters["floor_read_ms"] = bytes / (g_read_gbps * 1e9) * 1e3;
 }
 
+// The small model's weights in q8 (quantised from the float32 benchmark model).
+LMModel& small_q8_model() {
+  static LMModel q8 = [] {
+    LMConfig c = LMConfig::small();
+    c.quantize = true;
+    LMModel m(c);
+    std::map<std::string, at::Tensor> t;
+    for (auto& [n, v] : quantized_state_dict(*small_model(0))) t[n] = v;
+    m->load(t, "small (quantised)");
+    for (auto& p : m->parameters()) p.set_requires_grad(false);
+    m->eval();
+    return m;
+  }();
+  return q8;
+}
+
+// Read bandwidth of a buffer of `bytes` (best of 20 sums after a warm-up): a streaming step reads
+// its weights once, from wherever they sit after the previous step (caches included).
+double read_gbps(double bytes) {
+  at::Tensor buf = at::randn({static_cast<int64_t>(bytes / 4) + 1});
+  buf.sum().item<float>();
+  double best = 1e9;
+  for (int i = 0; i < 20; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    buf.sum().item<float>();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return bytes / best / 1e9;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// float32 and q8 steps of the small model interleaved (one of each per iteration, so load from other
+// processes hits both alike); the iteration time is the q8 step's.
+void BM_LMStreamingStepQ8(benchmark::State& state) {
+  LMModel &f = small_model(0), &q = small_q8_model();
+  state.SetLabel(mt::bench::kernel_path());
+  SamplingConfig s;
+  s.use_sampling = false;
+  LMGen gf(f, s), gq(q, s);
+  LMGenState sf = gf.make_state(1), sq = gq.make_state(1);
+  at::Tensor user = at::zeros({1, f->cfg.n_q - f->cfg.dep_q, 1}, at::kLong);
+  for (int i = 0; i < 5; ++i) {  // warm-up
+    gf.step(sf, user);
+    gq.step(sq, user);
+  }
+  if (int rows = mt::bench::profile_rows("LM streaming step, q8"))
+    mt::bench::profile_ops(
+        "LM streaming step, q8", [&] { gq.step(sq, user); }, rows, 20);
+  std::vector<double> tf, tq;
+  auto timed = [&](const LMGen& g, LMGenState& st) {
+    auto t0 = std::chrono::steady_clock::now();
+    g.step(st, user);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  for (auto _ : state) {
+    tf.push_back(timed(gf, sf));
+    tq.push_back(timed(gq, sq));
+    state.SetIterationTime(tq.back() / 1e3);
+  }
+  const double bq = step_weight_bytes(q), bf = step_weight_bytes(f);
+  const double floor_q = bq / (read_gbps(bq) * 1e9) * 1e3, floor_f = bf / (read_gbps(bf) * 1e9) * 1e3;
+  const double mf = median(tf), mq = median(tq);
+  state.counters["f32_ms"] = mf;
+  state.counters["q8_ms"] = mq;
+  state.counters["f32_over_q8"] = mf / mq;
+  state.counters["q8_MB"] = bq / 1e6;
+  state.counters["int8_floor_ms"] = floor_q;
+  state.counters["q8_over_floor"] = mq / floor_q;
+  state.counters["f32_floor_ms"] = floor_f;
+}
+
+// One batch-1 product, float32 gemv (util/gemv.h) against the int8 one, interleaved: [out, in] from
+// the args (the text head 32000 x 512; a depformer FFN 1408 x 256).
+void BM_GemvQ8(benchmark::State& state) {
+  const int64_t out = state.range(0), in = state.range(1);
+  at::Tensor w = at::randn({out, in}), x = at::randn({1, in});
+  const mt::util::Q8Weight q = mt::util::quantize_q8(w);
+  std::vector<double> tf, tq;
+  auto timed = [](auto&& fn) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  };
+  for (auto _ : state) {
+    tf.push_back(timed([&] { benchmark::DoNotOptimize(mt::util::fast_gemv(x, w)); }));
+    tq.push_back(timed([&] { benchmark::DoNotOptimize(mt::util::fast_gemv_q8(x, q.cb, q.scb)); }));
+    state.SetIterationTime(tq.back() / 1e6);
+  }
+  state.counters["f32_us"] = median(tf);
+  state.counters["q8_us"] = median(tq);
+  state.counters["q8_GB/s"] = static_cast<double>(out * in) / median(tq) / 1e3;
+  state.counters["f32_GB/s"] = static_cast<double>(out * in * 4) / median(tf) / 1e3;
+}
+
 // The base model's step with the fused one-query attention and one-pass RMSNorm switched off (the
 // general tensor path), for the paired comparison.
 void BM_LMStreamingStepGeneralPath(benchmark::State& state) {
@@ -150,6 +253,13 @@ BENCHMARK(BM_LMForward)
     ->MinTime(2.0)
     ->UseRealTime();
 BENCHMARK(BM_LMStreamingStep)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_GemvQ8)
+    ->Args({32000, 512})
+    ->Args({1408, 256})
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1.0)
+    ->UseManualTime();
+BENCHMARK(BM_LMStreamingStepQ8)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseManualTime();
 BENCHMARK(BM_LMStreamingStepGeneralPath)->Arg(0)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 // --measure-bandwidth: this machine's sequential read rate on a 1 GiB buffer (a sum, best of 5) and the

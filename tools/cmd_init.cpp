@@ -72,6 +72,7 @@ void add_init(CLI::App& app) {
     std::string dtype = "float32";
     bool force = false;
     bool stream = false;
+    bool q8 = false;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("init", "write a model folder with random weights (the reference's initialisation)");
@@ -87,6 +88,7 @@ void add_init(CLI::App& app) {
                 "write one tensor at a time in Kyutai's release layout (fused attention names, sorted); "
                 "automatic above 1e9 parameters (a 7B), whose model would not fit in memory twice");
   sub->add_flag("--force", o->force, "overwrite an existing model folder");
+  sub->add_flag("--q8", o->q8, "Kyutai's q8 format (quantize: true): linears drawn in float32, then quantised");
   set_handler(sub, [o]() {
     MT_CHECK(!o->out.empty() || !o->out_file.empty(), "init: give an output folder or --out FILE.safetensors");
     lm::LMConfig cfg;
@@ -105,7 +107,9 @@ void add_init(CLI::App& app) {
     }
     const at::ScalarType dtype = init_dtype(o->dtype);
     const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "moshi-ttt init"}};
+    if (o->q8) cfg.quantize = true;
     if (o->stream || (!ttt.enable && !lora.enable && release_parameters(cfg) > 1'000'000'000)) {
+      MT_CHECK(!cfg.quantize, "init --stream writes Kyutai's bf16 layout; make its q8 with `moshi-ttt quantize`");
       MT_CHECK(!ttt.enable && !lora.enable,
                "init --stream writes Kyutai's base layout: the config may have no ttt: "
                "or lora: section");

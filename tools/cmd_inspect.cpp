@@ -55,6 +55,27 @@ void print_added_parameters(const lm::LMModelImpl& m) {
     }
   }
 }
+// Kyutai's q8 linears: int8 `<name>` with float32 `<name>_scb` row scales.
+void print_q8_summary(const io::SafeTensors& f) {
+  int64_t n = 0, codes = 0, scales = 0, odd = 0;
+  for (const auto& t : f.tensors()) {
+    if (t.dtype != "I8") continue;
+    if (!f.contains(t.name + "_scb")) {
+      ++odd;
+      continue;
+    }
+    ++n;
+    codes += static_cast<int64_t>(t.end - t.begin);
+    const auto& s = f.info(t.name + "_scb");
+    scales += static_cast<int64_t>(s.end - s.begin);
+  }
+  if (n == 0 && odd == 0) return;
+  std::printf(
+      "q8 (Kyutai's int8 format, quantize: true): %lld quantised linears, %.1f MB of int8 codes + %.2f MB "
+      "of float32 row scales (%.1f MB as float32)\n",
+      (long long)n, codes / 1e6, scales / 1e6, 4.0 * codes / 1e6);
+  if (odd) std::printf("warning: %lld int8 tensors without a *_scb scale tensor\n", (long long)odd);
+}
 }  // namespace
 
 void add_inspect(CLI::App& app) {
@@ -98,6 +119,7 @@ void add_inspect(CLI::App& app) {
     std::printf("parameters: %lld (%.3f M), %.1f MB", (long long)params, params / 1e6, bytes / 1e6);
     for (const auto& [d, n] : by_dtype) std::printf("  %s: %lld", d.c_str(), (long long)n);
     std::printf("\n");
+    print_q8_summary(f);
     for (const auto& [k, v] : f.metadata()) std::printf("metadata %s = %s\n", k.c_str(), v.c_str());
     lm::LMConfig cfg;
     std::vector<std::string> notes;

@@ -31,6 +31,7 @@ void register_all(CLI::App& app) {
   add_serve(app);
   add_download(app);
   add_export(app);
+  add_quantize(app);
 }
 
 namespace {

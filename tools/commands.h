@@ -28,6 +28,7 @@ void add_collectives(CLI::App& app);  // data-parallel collectives: checked and 
 void add_serve(CLI::App& app);        // live conversations over Kyutai's websocket protocol
 void add_download(CLI::App& app);     // files of a Hugging Face hub repo into the hub cache
 void add_export(CLI::App& app);       // a checkpoint for Kyutai's loader: LoRA file or merged
+void add_quantize(CLI::App& app);     // Kyutai's q8 export of a float checkpoint
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

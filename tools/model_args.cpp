@@ -30,10 +30,19 @@ void ModelArgs::add(CLI::App* sub) {
 }
 
 namespace {
-// The weights of a model folder: ours (model.safetensors), else a moshi-finetune checkpoint's
-// consolidated/ (consolidated.safetensors), else an adapters-only one, whose base must be given.
-std::string folder_weights(const std::string& dir) {
+// A folder's weights: the file its config.json names (Kyutai's moshi_name, e.g. model.q8.safetensors
+// written by `moshi-ttt quantize`) when it exists there, else ours (model.safetensors), else a
+// moshi-finetune checkpoint's (consolidated.safetensors), else an adapters-only one, whose base must be given.
+std::string folder_weights(const std::string& dir, const std::string& cfg_path) {
   const fs::path d(dir);
+  if (fs::path(cfg_path).extension() == ".json" && fs::exists(cfg_path)) {
+    std::ifstream f(cfg_path);
+    nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("moshi_name") && j["moshi_name"].is_string()) {
+      const fs::path p = d / j["moshi_name"].get<std::string>();
+      if (fs::exists(p)) return p.string();
+    }
+  }
   for (const char* name : {"model.safetensors", "consolidated.safetensors"})
     if (fs::exists(d / name)) return (d / name).string();
   MT_CHECK(!fs::exists(d / "lora.safetensors"), dir,
@@ -91,7 +100,7 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
   if (w) {
     *w = weights;
     if (w->empty()) *w = weights_from_cfg;  // a folder's model.yaml names its weights (moshi_paths)
-    if (w->empty() && !model_dir.empty()) *w = folder_weights(model_dir);
+    if (w->empty() && !model_dir.empty()) *w = folder_weights(model_dir, cfg_path);
   }
 }
 

@@ -152,13 +152,12 @@ void get_ff(const json& j, const char* key, std::vector<int64_t>& out, const std
   }
 }
 // Keys of Kyutai's config.json that are not LM hyper-parameters, or that the reference ignores.
-const std::set<std::string> kIgnored = {"model_type", "mimi_name", "moshi_name", "tokenizer_name", "lm_gen_config",
-                                        "model_id", "lora_name", "depformer_causal", "depformer_context",
-                                        "cross_attention", "conditioners", "fuser", "stt_config", "dtype", "quantize",
-                                        "gradient_checkpointing", "demux_second_stream", "extra_heads_num_heads",
-                                        "extra_heads_dim", "tts_config",
-                                        // moshi-finetune adds these; LoRA itself is declared by a lora: section.
-                                        "lora", "lora_rank", "lora_scaling"};
+const std::set<std::string> kIgnored = {
+    "model_type", "mimi_name", "moshi_name", "tokenizer_name", "lm_gen_config", "model_id", "lora_name",
+    "depformer_causal", "depformer_context", "cross_attention", "conditioners", "fuser", "stt_config", "dtype",
+    "gradient_checkpointing", "demux_second_stream", "extra_heads_num_heads", "extra_heads_dim", "tts_config",
+    // moshi-finetune adds these; LoRA itself is declared by a lora: section.
+    "lora", "lora_rank", "lora_scaling"};
 }  // namespace
 
 LMConfig LMConfig::from_json(const json& j, const std::string& src) {
@@ -197,6 +196,7 @@ LMConfig LMConfig::from_json(const json& j, const std::string& src) {
                                               "depformer_layer_scale",
                                               "existing_text_padding_id",
                                               "existing_text_end_padding_id",
+                                              "quantize",
                                               "kv_repeat",
                                               "demux_second_text_stream",
                                               "rope_scaling"};
@@ -241,6 +241,7 @@ LMConfig LMConfig::from_json(const json& j, const std::string& src) {
   get_opt(j, "depformer_layer_scale", c.depformer_layer_scale, src);
   get_opt(j, "existing_text_padding_id", c.existing_text_padding_id, src);
   get(j, "existing_text_end_padding_id", c.existing_text_end_padding_id, src);
+  get(j, "quantize", c.quantize, src);
   if (j.contains("kv_repeat"))
     MT_CHECK(j["kv_repeat"].is_number_integer() && j["kv_repeat"].get<int64_t>() == 1, src,
              ": kv_repeat != 1 (grouped-query attention) is not supported");
@@ -305,6 +306,7 @@ json LMConfig::to_json() const {
   if (depformer_layer_scale) j["depformer_layer_scale"] = *depformer_layer_scale;
   j["existing_text_padding_id"] = existing_text_padding_id ? json(*existing_text_padding_id) : json(nullptr);
   j["existing_text_end_padding_id"] = existing_text_end_padding_id;
+  if (quantize) j["quantize"] = true;
   return j;
 }
 

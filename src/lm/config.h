@@ -55,6 +55,9 @@ struct LMConfig {
   // Special text ids.
   std::optional<int64_t> existing_text_padding_id = 3;
   int64_t existing_text_end_padding_id = 0;
+  // Kyutai's `quantize`: every Linear of the LM holds the q8 format (int8 `weight` + float32
+  // `weight_scb`, util/gemv_q8.h); embeddings and norms stay float.
+  bool quantize = false;
 
   int64_t num_codebooks() const { return n_q + 1; }
   int64_t audio_offset() const { return 1; }

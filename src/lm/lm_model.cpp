@@ -16,6 +16,7 @@
 #include "io/safetensors.h"
 #include "lm/release_checkpoint.h"
 #include "util/error.h"
+#include "util/gemv_q8.h"
 
 namespace mt::lm {
 
@@ -69,8 +70,27 @@ LMModelImpl::LMModelImpl(const LMConfig& c, const TTTIntegrationConfig& t, const
     MT_CHECK(!targets.empty(), "lora.targets: no linear layer matches");
     for (auto& [name, lin] : targets) lin->enable_lora(lora_cfg.rank, lora_cfg.scaling);
   }
+  if (cfg.quantize) make_q8();
   // No initialisation here: a checkpoint load overwrites every weight (initialising a 7B model first
   // would cost minutes); call init_weights() for a random model.
+}
+
+void LMModelImpl::make_q8() {
+  // In-Place TTT rewrites its FFN's weights as fast weights: it needs them as floats.
+  MT_CHECK(!(ttt_cfg.enable && ttt_cfg.variant == TTTVariant::kInPlace),
+           "quantize: true: In-Place TTT updates the base FFN weights and needs a float checkpoint");
+  for (auto& [name, lin] : q8_linears(/*all=*/true)) lin->make_q8();
+}
+
+std::vector<std::pair<std::string, LinearImpl*>> LMModelImpl::q8_linears(bool all) const {
+  std::vector<std::pair<std::string, LinearImpl*>> out;
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
+    auto* lin = dynamic_cast<LinearImpl*>(item.value().get());
+    const std::string dotted = item.key() + ".";
+    if (lin && !is_ttt_param(dotted) && !is_lora_param(dotted) && (all || lin->is_q8()))
+      out.emplace_back(item.key(), lin);
+  }
+  return out;
 }
 
 at::Tensor LMModelImpl::initial_tokens() const {
@@ -294,11 +314,15 @@ void init_base_param(const std::string& n, at::Tensor p, at::Generator& gen, con
 void LMModelImpl::init_weights(uint64_t seed) {
   at::NoGradGuard ng;
   at::Generator gen = at::detail::createCPUGenerator(seed);
+  std::map<std::string, at::Tensor> q8_drawn;  // a q8 weight is drawn in float32 by its rule, then quantised
   for (auto& kv : named_parameters()) {
     const std::string& n = kv.key();
     at::Tensor p = kv.value();
     if (is_ttt_param(n) || is_lora_param(n)) continue;  // initialised below by their own rules
-    if (p.device().is_cpu()) {
+    if (n.size() >= 10 && n.compare(n.size() - 10, 10, "weight_scb") == 0) continue;  // with its weight
+    if (p.scalar_type() == at::kChar) {
+      init_base_param(n, q8_drawn[n] = at::empty(p.sizes(), at::kFloat), gen, cfg);
+    } else if (p.device().is_cpu()) {
       init_base_param(n, p, gen, cfg);
     } else {
       at::Tensor t = at::empty(p.sizes(), p.options().device(at::kCPU));
@@ -306,6 +330,7 @@ void LMModelImpl::init_weights(uint64_t seed) {
       p.copy_(t);
     }
   }
+  for (auto& [name, lin] : q8_linears()) lin->assign_q8_from(q8_drawn.at(name + ".weight"));
   init_added(seed, true, true);
 }
 
@@ -333,7 +358,64 @@ int64_t LMModelImpl::num_parameters() const {
   return n;
 }
 
+
 namespace {
+// The file's tensor for parameter `name`: its own name, or its part of a fused attention tensor
+// (Kyutai's released files: in_proj_weight / out_proj.weight, and their q8 `_scb` row scales, hold
+// every weight set stacked along dim 0). Undefined when absent; names used are added to `used`.
+at::Tensor find_source(const std::map<std::string, at::Tensor>& tensors, const std::string& name, const at::Tensor& p,
+                       const std::string& source, std::set<std::string>& used) {
+  if (auto it = tensors.find(name); it != tensors.end()) {
+    used.insert(name);
+    return it->second;
+  }
+  static const std::regex split_re(R"((.*self_attn\.)(in|out)_projs\.(\d+)\.weight(_scb)?)");
+  std::smatch m;
+  if (!std::regex_match(name, m, split_re)) return {};
+  const std::string prefix = m[1], suffix = m[4];
+  const int64_t i = std::stoll(m[3]);
+  const std::vector<std::string> fused =
+      m[2] == "in" ? std::vector<std::string>{prefix + "in_proj_weight" + suffix, prefix + "in_proj.weight" + suffix}
+                   : std::vector<std::string>{prefix + "out_proj.weight" + suffix};
+  for (const auto& f : fused) {
+    auto ft = tensors.find(f);
+    if (ft == tensors.end()) continue;
+    const at::Tensor& w = ft->second;
+    const int64_t rows = p.size(0);
+    const bool cols_ok = p.dim() == 1 || (w.dim() == 2 && w.size(1) == p.size(1));
+    MT_CHECK(w.dim() == p.dim() && cols_ok && w.size(0) % rows == 0, source, ": tensor '", f, "': expected shape [k*",
+             rows, p.dim() == 2 ? str(", ", p.size(1)) : "", "], got ", shape_str(w.sizes().vec()));
+    const int64_t mult = w.size(0) / rows;
+    MT_CHECK(i < mult, source, ": tensor '", f, "' holds ", mult, " weight sets, the model needs set ", i);
+    used.insert(f);
+    return p.dim() == 1 ? w.view({mult, rows})[i] : w.view({mult, rows, -1})[i];
+  }
+  return {};
+}
+
+// q8 weights (int8 codes, float32 row scales) where the config says quantize: true, floats elsewhere;
+// a mismatch says which setting the file needs.
+void check_source_dtype(const at::Tensor& src, const at::Tensor& p, const std::string& name,
+                        const std::string& source) {
+  const auto got = src.scalar_type();
+  const bool scb = name.size() >= 10 && name.compare(name.size() - 10, 10, "weight_scb") == 0;
+  if (p.scalar_type() == at::kChar)
+    MT_CHECK(got == at::kChar, source, ": tensor '", name, "' ", shape_str(src.sizes().vec()), " is ",
+             c10::toString(got),
+             " but the config says quantize: true (int8 expected): set quantize false for a "
+             "float checkpoint, or convert it with `moshi-ttt quantize`");
+  else if (scb)
+    MT_CHECK(got == at::kFloat, source, ": tensor '", name, "' ", shape_str(src.sizes().vec()),
+             ": expected float32 q8 row scales, got ", c10::toString(got));
+  else if (got == at::kChar)
+    fail(source, ": tensor '", name, "' ", shape_str(src.sizes().vec()),
+         " is int8 (a q8 checkpoint) where the model "
+         "expects floats: set \"quantize\": true in the config");
+  else
+    MT_CHECK(at::isFloatingType(got), source, ": tensor '", name, "': expected a float dtype, got ",
+             c10::toString(got));
+}
+
 // LMModelImpl::load's work; `copied` (when given) is called with each source tensor, or slice of a
 // fused one, once it is copied into its parameter.
 int64_t load_strict(LMModelImpl& self, const std::map<std::string, at::Tensor>& tensors, const std::string& source,
@@ -347,41 +429,10 @@ int64_t load_strict(LMModelImpl& self, const std::map<std::string, at::Tensor>& 
     file_has_lora |= is_lora_param(kv.first);
   }
   int64_t kept_ttt = 0, kept_lora = 0;
-  // Fused attention names (Kyutai's released files): in_proj_weight / out_proj.weight hold every
-  // weight set stacked along dim 0.
-  static const std::regex split_re(R"((.*self_attn\.)(in|out)_projs\.(\d+)\.weight)");
   for (auto& kv : self.named_parameters()) {
     const std::string& name = kv.key();
     at::Tensor p = kv.value();
-    at::Tensor src;
-    auto it = tensors.find(name);
-    if (it != tensors.end()) {
-      src = it->second;
-      used.insert(name);
-    } else {
-      std::smatch m;
-      if (std::regex_match(name, m, split_re)) {
-        const std::string prefix = m[1];
-        const bool in = m[2] == "in";
-        const int64_t i = std::stoll(m[3]);
-        std::vector<std::string> fused =
-            in ? std::vector<std::string>{prefix + "in_proj_weight", prefix + "in_proj.weight"}
-               : std::vector<std::string>{prefix + "out_proj.weight"};
-        for (const auto& f : fused) {
-          auto ft = tensors.find(f);
-          if (ft == tensors.end()) continue;
-          const at::Tensor& w = ft->second;
-          const int64_t rows = p.size(0);
-          MT_CHECK(w.dim() == 2 && w.size(1) == p.size(1) && w.size(0) % rows == 0, source, ": tensor '", f,
-                   "': expected shape [k*", rows, ", ", p.size(1), "], got ", shape_str(w.sizes().vec()));
-          const int64_t mult = w.size(0) / rows;
-          MT_CHECK(i < mult, source, ": tensor '", f, "' holds ", mult, " weight sets, the model needs set ", i);
-          src = w.view({mult, rows, -1})[i];
-          used.insert(f);
-          break;
-        }
-      }
-    }
+    at::Tensor src = find_source(tensors, name, p, source, used);
     if (!src.defined() && is_ttt_param(name) && !file_has_ttt) {
       ++kept_ttt;
       continue;
@@ -393,8 +444,7 @@ int64_t load_strict(LMModelImpl& self, const std::map<std::string, at::Tensor>& 
     MT_CHECK(src.defined(), source, ": missing tensor '", name, "' (expected shape ", shape_str(p.sizes().vec()), ")");
     MT_CHECK(src.sizes() == p.sizes(), source, ": tensor '", name, "': expected shape ", shape_str(p.sizes().vec()),
              ", got ", shape_str(src.sizes().vec()));
-    MT_CHECK(at::isFloatingType(src.scalar_type()), source, ": tensor '", name, "': expected a float dtype, got ",
-             c10::toString(src.scalar_type()));
+    check_source_dtype(src, p, name, source);
     p.copy_(src);
     if (copied) copied(src);
   }
@@ -411,9 +461,7 @@ int64_t load_strict(LMModelImpl& self, const std::map<std::string, at::Tensor>& 
   self.init_added(0, kept_ttt > 0, kept_lora > 0);
   return kept_ttt + kept_lora;
 }
-}  // namespace
 
-namespace {
 // Drops the mapped file pages under [p, p + n) (rounded out to whole pages, which stay inside the
 // mapping: it spans whole pages) from this process's resident set; a later read faults them in again,
 // unchanged, since a read-only private mapping holds no modified page.
@@ -513,6 +561,23 @@ LMModel load_lm(const LMConfig& cfg, const std::string& path, std::optional<at::
   return m;
 }
 
+std::vector<std::pair<std::string, at::Tensor>> quantized_state_dict(const LMModelImpl& m) {
+  MT_CHECK(!m.cfg.quantize, "quantize: the model is q8 already");
+  std::set<std::string> q8;
+  for (const auto& [name, lin] : m.q8_linears(/*all=*/true)) q8.insert(name + ".weight");
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [name, p] : m.state_dict()) {
+    if (!q8.count(name)) {
+      out.emplace_back(name, p.detach());
+      continue;
+    }
+    util::Q8Weight q = util::quantize_q8(p);
+    out.emplace_back(name, q.cb);
+    out.emplace_back(name + "_scb", q.scb);
+  }
+  return out;
+}
+
 bool infer_config(const io::SafeTensors& f, LMConfig& c, std::vector<std::string>* notes) {
   auto note = [&](const std::string& s) {
     if (notes) notes->push_back(s);
@@ -570,6 +635,9 @@ bool infer_config(const io::SafeTensors& f, LMConfig& c, std::vector<std::string
       c.depformer_gating = "silu";
     }
   }
+  for (const auto& t : f.tensors())
+    if (t.dtype == "I8" && f.contains(t.name + "_scb")) c.quantize = true;
+  if (c.quantize) note("quantize: int8 linear weights with float32 row scales (*_scb): Kyutai's q8 format");
   c.delays.assign(static_cast<size_t>(c.n_q + 1), 0);
   if (c.n_q == 16 && c.dep_q == 8) c.delays = LMConfig::moshiko_7b().delays;
   note("delays, heads, positional embedding and context are not stored in the weights: defaults shown");

@@ -92,6 +92,11 @@ struct LMModelImpl : torch::nn::Module {
   // TTT / LoRA parameter of the model must be in the file. Returns the number of tensors loaded.
   int64_t load_overlay(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
   int64_t load_overlay(const std::string& safetensors_path);
+  // Turns every Linear of the LM (not LoRA or TTT ones) into Kyutai's q8 format (constructor, when
+  // cfg.quantize): int8 `weight` + float32 `weight_scb`, loaded or drawn afterwards.
+  void make_q8();
+  // The q8 linears by module path (`all`: every linear make_q8 converts, q8 or not yet).
+  std::vector<std::pair<std::string, LinearImpl*>> q8_linears(bool all = false) const;
   // name -> parameter, in the reference's (split) names.
   std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
   int64_t num_parameters() const;
@@ -131,6 +136,11 @@ LMModel load_lm(const LMConfig& cfg, const std::string& weights_path, std::optio
                 const TTTIntegrationConfig& ttt = {}, int64_t* initialised_ttt_tensors = nullptr,
                 const LoRAConfig& lora = {}, const std::string& lora_path = "",
                 std::optional<at::Device> device = std::nullopt);
+
+// A float model's tensors in Kyutai's q8 format (`moshi-ttt quantize`): every Linear that make_q8
+// converts becomes `<name>.weight` int8 + `<name>.weight_scb` float32 (util::quantize_q8); the rest
+// (embeddings, norms, TTT and LoRA tensors) as they are.
+std::vector<std::pair<std::string, at::Tensor>> quantized_state_dict(const LMModelImpl& m);
 
 // True for parameters that a TTT integration adds (absent from base Moshi checkpoints): hybrid blocks
 // (".ttt."), TTT adapters (".ttt_adapter."), In-Place targets (".ttt_conv.", ".ttt_proj.").

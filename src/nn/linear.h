@@ -27,7 +27,23 @@ struct LinearImpl : torch::nn::Module {
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
 
-  at::Tensor weight;  // weight [out, in]
+  // Switches to the q8 format: `weight` becomes int8 zeros (same device), `weight_scb` float32 zeros
+  // [out] is registered. For a whole model, before its weights are loaded.
+  void make_q8();
+  bool is_q8() const { return weight_scb.defined(); }
+  // Sets the q8 tensors from a float weight by Kyutai's rule (util::quantize_q8).
+  void assign_q8_from(const at::Tensor& w);
+  // The weight as `dtype` floats (dequantised when q8).
+  at::Tensor float_weight(at::ScalarType dtype) const;
+
+  // A dtype change leaves a q8 linear's int8 codes and float32 scales as they are (only LoRA and
+  // add-ons follow it): the format fixes those dtypes.
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+
+  at::Tensor weight;      // weight [out, in] (int8 when q8)
+  at::Tensor weight_scb;  // q8 only: float32 [out], W ≈ weight · weight_scb / 127 per row
   std::shared_ptr<LinearImpl> lora_A, lora_B;
   double lora_scaling = 0;
   std::shared_ptr<LinearAddon> addon;

@@ -587,7 +587,15 @@ TransformerState StreamingTransformerImpl::make_state(int64_t batch, int64_t max
   st.batch = batch;
   MT_CHECK(max_chunk >= 1, "max_chunk must be >= 1");
   st.max_chunk = max_chunk;
-  at::Tensor any = parameters().empty() ? at::empty({0}) : parameters().front();
+  // The run dtype and device: a float parameter's (a q8 linear holds int8 codes and float32 scales).
+  at::Tensor any = at::empty({0});
+  for (const auto& kv : named_parameters()) {
+    const std::string& n = kv.key();
+    if (at::isFloatingType(kv.value().scalar_type()) && !(n.size() >= 4 && n.compare(n.size() - 4, 4, "_scb") == 0)) {
+      any = kv.value();
+      break;
+    }
+  }
   auto opt = any.options().requires_grad(false);
   st.offsets = at::zeros({batch}, opt.dtype(at::kLong));
   st.addons = make_layer_states(batch);

@@ -173,6 +173,9 @@ void restore_checkpoint(Run& r, const std::string& dir) {
 lm::LMModel starting_model(const TrainConfig& cfg, const std::string& resume_dir, int64_t* initialised,
                            at::Device device) {
   lm::ModelConfigFile mc = cfg.model;
+  MT_CHECK(!mc.lm.quantize,
+           "train: the base model is q8 (config quantize: true), which is for inference only; "
+           "train on the float checkpoint and quantise the result (moshi-ttt quantize)");
   mc.lora_weights.clear();  // a run's adapters come from its own checkpoints only
   if (!resume_dir.empty()) {
     const fs::path cons = fs::path(resume_dir) / "consolidated";
