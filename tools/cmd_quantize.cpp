@@ -12,6 +12,7 @@
 #include "lm/model_config.h"
 #include "tools/commands.h"
 #include "util/error.h"
+#include "util/peak_memory.h"
 
 namespace fs = std::filesystem;
 
@@ -77,19 +78,9 @@ int run_quantize(const QuantizeOpts& o) {
   const std::string cfg_target = config_target(o);
   // In the file's own dtype (std::nullopt): bf16 embeddings and norms stay bf16.
   lm::LMModel m = lm::load_lm(mc.lm, o.in, std::nullopt, mc.ttt, nullptr, mc.lora);
-  const auto tensors = lm::quantized_state_dict(*m);
-  int64_t linears = 0, code_bytes = 0, float_bytes = 0;
-  for (const auto& [name, t] : tensors) {
-    if (t.scalar_type() == at::kChar) {
-      ++linears;
-      code_bytes += t.numel();
-    } else {
-      float_bytes += t.numel() * static_cast<int64_t>(t.element_size());
-    }
-  }
-  io::save(o.out, tensors, {{"format", "pt"}, {"producer", "moshi-ttt quantize"}});
-  std::printf("wrote %s: %lld q8 linears (%.1f MB of int8 codes), %.1f MB of other tensors\n", o.out.c_str(),
-              (long long)linears, code_bytes / 1e6, float_bytes / 1e6);
+  const lm::Q8FileStats st = lm::save_quantized(*m, o.out, {{"format", "pt"}, {"producer", "moshi-ttt quantize"}});
+  std::printf("wrote %s: %lld q8 linears (%.1f MB of int8 codes), %.1f MB of other tensors; peak RSS %.1f MB\n",
+              o.out.c_str(), (long long)st.linears, st.code_bytes / 1e6, st.float_bytes / 1e6, peak_rss_mb());
   write_config(o, mc, cfg_target);
   return 0;
 }

@@ -14,6 +14,7 @@
 #include <set>
 
 #include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 #include "lm/release_checkpoint.h"
 #include "util/error.h"
 #include "util/gemv_q8.h"
@@ -358,7 +359,6 @@ int64_t LMModelImpl::num_parameters() const {
   return n;
 }
 
-
 namespace {
 // The file's tensor for parameter `name`: its own name, or its part of a fused attention tensor
 // (Kyutai's released files: in_proj_weight / out_proj.weight, and their q8 `_scb` row scales, hold
@@ -576,6 +576,46 @@ std::vector<std::pair<std::string, at::Tensor>> quantized_state_dict(const LMMod
     out.emplace_back(name + "_scb", q.scb);
   }
   return out;
+}
+
+Q8FileStats save_quantized(const LMModelImpl& m, const std::string& path,
+                           const std::map<std::string, std::string>& metadata) {
+  MT_CHECK(!m.cfg.quantize, "quantize: the model is q8 already");
+  std::set<std::string> q8;
+  for (const auto& [name, lin] : m.q8_linears(/*all=*/true)) q8.insert(name + ".weight");
+  enum class Part { kAsIs, kCodes, kScales };
+  std::vector<io::TensorSpec> specs;
+  std::vector<std::pair<at::Tensor, Part>> sources;  // per spec: the parameter it is made from, and how
+  Q8FileStats st;
+  for (const auto& [name, p] : m.state_dict()) {
+    if (!q8.count(name)) {
+      specs.push_back({name, p.scalar_type(), p.sizes().vec()});
+      sources.emplace_back(p.detach(), Part::kAsIs);
+      st.float_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+      continue;
+    }
+    specs.push_back({name, at::kChar, p.sizes().vec()});
+    specs.push_back({name + "_scb", at::kFloat, {p.size(0)}});
+    sources.emplace_back(p.detach(), Part::kCodes);
+    sources.emplace_back(p.detach(), Part::kScales);
+    ++st.linears;
+    st.code_bytes += p.numel();
+  }
+  // One linear quantised at a time, its scales kept for the spec that follows its codes: a 7B's q8
+  // file is written beside its bf16 model without a second copy of either in memory.
+  util::Q8Weight last;
+  io::save_streaming(
+      path, specs,
+      [&](const io::TensorSpec&, size_t i) {
+        const auto& [src, part] = sources[i];
+        if (part == Part::kAsIs) return src;
+        if (part == Part::kCodes) last = util::quantize_q8(src);
+        at::Tensor t = part == Part::kCodes ? last.cb : last.scb;
+        if (part == Part::kScales) last = {};
+        return t;
+      },
+      metadata);
+  return st;
 }
 
 bool infer_config(const io::SafeTensors& f, LMConfig& c, std::vector<std::string>* notes) {

@@ -141,6 +141,13 @@ LMModel load_lm(const LMConfig& cfg, const std::string& weights_path, std::optio
 // converts becomes `<name>.weight` int8 + `<name>.weight_scb` float32 (util::quantize_q8); the rest
 // (embeddings, norms, TTT and LoRA tensors) as they are.
 std::vector<std::pair<std::string, at::Tensor>> quantized_state_dict(const LMModelImpl& m);
+// The same written to `path` one tensor at a time (the float model plus one quantised linear in
+// memory), with what it holds.
+struct Q8FileStats {
+  int64_t linears = 0, code_bytes = 0, float_bytes = 0;
+};
+Q8FileStats save_quantized(const LMModelImpl& m, const std::string& path,
+                           const std::map<std::string, std::string>& metadata = {});
 
 // True for parameters that a TTT integration adds (absent from base Moshi checkpoints): hybrid blocks
 // (".ttt."), TTT adapters (".ttt_adapter."), In-Place targets (".ttt_conv.", ".ttt_proj.").

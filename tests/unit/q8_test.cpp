@@ -374,3 +374,22 @@ TEST(Q8Model, RandomQ8ModelsAndConfigRoundTrip) {
   EXPECT_TRUE(LMConfig::from_json(c.to_json()).quantize);
   EXPECT_FALSE(LMConfig::tiny().to_json().contains("quantize"));
 }
+
+// `moshi-ttt quantize` writes one linear at a time (a 7B's q8 beside its bf16 model in 24 GB): the
+// file holds exactly the bytes of the in-memory quantisation written whole.
+TEST(Q8Quantize, StreamedFileEqualsTheWholeOne) {
+  test::TempDir d;
+  LMModel m(LMConfig::tiny(), TTTIntegrationConfig{}, LoRAConfig{});
+  m->init_weights(3);
+  m->to(at::kBFloat16);
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  const Q8FileStats st = save_quantized(*m, d.file("streamed.safetensors"), meta);
+  io::save(d.file("whole.safetensors"), quantized_state_dict(*m), meta);
+  EXPECT_EQ(test::slurp(d.file("streamed.safetensors")), test::slurp(d.file("whole.safetensors")));
+  EXPECT_GT(st.linears, 0);
+  io::SafeTensors f(d.file("streamed.safetensors"));
+  int64_t codes = 0;
+  for (const auto& t : f.tensors())
+    if (t.dtype == "I8") codes += t.numel();
+  EXPECT_EQ(codes, st.code_bytes);
+}
