@@ -26,7 +26,8 @@ for f in "$CLI" "$BENCH"; do
 done
 mkdir -p "$DIR"
 BF16=$DIR/moshiko-7b-bf16  # config.json + model.safetensors
-Q8=$DIR/moshiko-7b.q8.safetensors
+Q8DIR=$DIR/moshiko-7b-q8  # config.json (quantize: true) + model.q8.safetensors
+Q8=$Q8DIR/model.q8.safetensors
 RUNS=$DIR/runs
 mkdir -p "$RUNS"
 
@@ -74,16 +75,19 @@ log "read ${read_gbps} GB/s, bf16 gemv ${gemv_gbps} GB/s"
 results=()
 for fmt in $FORMATS; do
   case $fmt in
-    bf16) weights=$BF16/model.safetensors ;;
+    bf16) weights=$BF16/model.safetensors cfg=$BF16/config.json ;;
     q8)
       if [ $has_quantize = 0 ]; then
         log "q8: this build has no 'moshi-ttt quantize': skipped"
         continue
       fi
-      weights=$Q8
-      if [ ! -f "$Q8" ]; then
+      weights=$Q8 cfg=$Q8DIR/config.json
+      if [ ! -f "$Q8" ] || [ ! -f "$cfg" ]; then
         log "q8: quantizing to $Q8"
-        "$CLI" quantize "$BF16/model.safetensors" "$Q8" | tee "$RUNS/quantize.log"
+        mkdir -p "$Q8DIR"
+        /usr/bin/time -v "$CLI" quantize "$BF16/model.safetensors" "$Q8" --config "$BF16/config.json" \
+          --out-config "$cfg" --force 2> "$RUNS/quantize.time" | tee "$RUNS/quantize.log"
+        log "q8: quantize peak RSS $(awk -F': ' '/Maximum resident/ {printf "%.0f MB", $2 * 1024 / 1e6}' "$RUNS/quantize.time")"
       fi
       ;;
     *) log "unknown format $fmt (bf16, q8)"; exit 1 ;;
@@ -91,7 +95,7 @@ for fmt in $FORMATS; do
   run=$RUNS/$fmt
   rm -rf "$run"
   log "$fmt: generate, $STEPS steps"
-  /usr/bin/time -v "$CLI" generate --config "$BF16/config.json" --weights "$weights" --dtype bfloat16 \
+  /usr/bin/time -v "$CLI" generate --config "$cfg" --weights "$weights" --dtype bfloat16 \
     --steps "$STEPS" --greedy --threads "$THREADS" --run-dir "$run" 2> "$RUNS/$fmt.time" | tee "$RUNS/$fmt.log"
   read -r mean median best n < <(step_stats "$run/metrics.jsonl")
   bytes=$(step_bytes "$weights")
@@ -104,7 +108,7 @@ floor = b / (bw * 1e9) * 1e3
 print(f'$fmt: {mean:.0f} ms mean, {med:.0f} ms median, {best:.0f} ms fastest per step ({$n} steps after $WARMUP warm-up); '
       f'floor {floor:.0f} ms ({b / 1e9:.2f} GB of weights per step at {bw} GB/s read); '
       f'ratio {med / floor:.2f} (fastest {best / floor:.2f}); peak RSS {$peak_mb} MB; file {$size / 1e9:.2f} GB')")")
-  if [ "$fmt" = q8 ] && [ "${KEEP_Q8:-0}" != 1 ]; then rm -f "$Q8"; fi
+  if [ "$fmt" = q8 ] && [ "${KEEP_Q8:-0}" != 1 ]; then rm -rf "$Q8DIR"; fi
 done
 
 echo "== moshiko-7b (random weights) on $(nproc) cores, $THREADS threads; read ${read_gbps} GB/s, bf16 gemv ${gemv_gbps} GB/s"
