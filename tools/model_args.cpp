@@ -33,15 +33,12 @@ namespace {
 // A folder's weights: the file its config.json names (Kyutai's moshi_name, e.g. model.q8.safetensors
 // written by `moshi-ttt quantize`) when it exists there, else ours (model.safetensors), else a
 // moshi-finetune checkpoint's (consolidated.safetensors), else an adapters-only one, whose base must be given.
-std::string folder_weights(const std::string& dir, const std::string& cfg_path) {
+// `cfg`: the folder's config.json as read_folder_config gave it (null without one).
+std::string folder_weights(const std::string& dir, const nlohmann::json& cfg) {
   const fs::path d(dir);
-  if (fs::path(cfg_path).extension() == ".json" && fs::exists(cfg_path)) {
-    std::ifstream f(cfg_path);
-    nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("moshi_name") && j["moshi_name"].is_string()) {
-      const fs::path p = d / j["moshi_name"].get<std::string>();
-      if (fs::exists(p)) return p.string();
-    }
+  if (cfg.is_object() && cfg.contains("moshi_name") && cfg["moshi_name"].is_string()) {
+    const fs::path p = d / cfg["moshi_name"].get<std::string>();
+    if (fs::exists(p)) return p.string();
   }
   for (const char* name : {"model.safetensors", "consolidated.safetensors"})
     if (fs::exists(d / name)) return (d / name).string();
@@ -53,15 +50,21 @@ std::string folder_weights(const std::string& dir, const std::string& cfg_path) 
 // A moshi-finetune checkpoint folder declares its LoRA in config.json (lora, lora_rank, lora_scaling, on
 // every linear as Kyutai's loader wraps them); its adapters are lora.safetensors, or inside
 // consolidated.safetensors when saved whole.
-void kyutai_folder_lora(const std::string& cfg_path, lm::LoRAConfig* lora, std::string* lora_path) {
-  std::ifstream f(cfg_path);
-  const nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || !j.value("lora", false) || !lora) return;
+void kyutai_folder_lora(const nlohmann::json& cfg, const std::string& dir, lm::LoRAConfig* lora,
+                        std::string* lora_path) {
+  if (!cfg.is_object() || !cfg.value("lora", false) || !lora) return;
   lora->enable = true;
-  lora->rank = j.value("lora_rank", int64_t{128});
-  lora->scaling = j.value("lora_scaling", 2.0);
-  const fs::path adapters = fs::path(cfg_path).parent_path() / "lora.safetensors";
+  lora->rank = cfg.value("lora_rank", int64_t{128});
+  lora->scaling = cfg.value("lora_scaling", 2.0);
+  const fs::path adapters = fs::path(dir) / "lora.safetensors";
   if (lora_path && fs::exists(adapters)) *lora_path = adapters.string();
+}
+
+// A model folder's config.json, read once for the keys beyond the LM's (null when unreadable: the LM
+// config reader has already named the problem).
+nlohmann::json read_folder_config(const std::string& cfg_path) {
+  std::ifstream f(cfg_path);
+  return nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
 }
 }  // namespace
 
@@ -74,6 +77,7 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
     if (fs::exists(fs::path(model_dir) / "model.yaml")) cfg_path = (fs::path(model_dir) / "model.yaml").string();
   }
   std::string weights_from_cfg;
+  nlohmann::json folder_cfg;  // a folder's config.json (moshi_name, LoRA keys)
   const auto ext = fs::path(cfg_path).extension().string();
   if (!hf_repo.empty()) {
     MT_CHECK(model_dir.empty() && ext != ".yaml" && ext != ".yml", "--hf-repo takes the place of --model and a YAML ",
@@ -93,14 +97,17 @@ void ModelArgs::configs(lm::LMConfig& lmc, lm::TTTIntegrationConfig& ttt, std::s
     if (lora_path) *lora_path = f.lora_weights;
   } else if (!cfg_path.empty()) {
     lmc = lm::LMConfig::from_file(cfg_path);
-    if (!model_dir.empty()) kyutai_folder_lora(cfg_path, lora, lora_path);
+    if (!model_dir.empty()) {
+      folder_cfg = read_folder_config(cfg_path);
+      kyutai_folder_lora(folder_cfg, fs::path(cfg_path).parent_path().string(), lora, lora_path);
+    }
   } else {
     lmc = preset_config(preset);
   }
   if (w) {
     *w = weights;
     if (w->empty()) *w = weights_from_cfg;  // a folder's model.yaml names its weights (moshi_paths)
-    if (w->empty() && !model_dir.empty()) *w = folder_weights(model_dir, cfg_path);
+    if (w->empty() && !model_dir.empty()) *w = folder_weights(model_dir, folder_cfg);
   }
 }
 

@@ -245,4 +245,8 @@ std::string resolve(const std::string& path, const Settings& s) {
   return path;
 }
 
+std::string resolve(const std::string& path) {
+  return is_hub_path(path) ? resolve(path, Settings::from_environment()) : resolve(path, Settings{});
+}
+
 }  // namespace mt::io::hub

@@ -61,8 +61,10 @@ std::optional<std::string> try_download(const FileRef& ref, const Settings& s = 
 // Cache lookup only, no network: the snapshot path if present, else "".
 std::string cached(const FileRef& ref, const std::string& cache_dir);
 
-// Kyutai's path forms: hf:// -> download(), file://X -> X, anything else unchanged.
-std::string resolve(const std::string& path, const Settings& s = Settings::from_environment());
+// Kyutai's path forms: hf:// -> download(), file://X -> X, anything else unchanged. Without settings,
+// the environment's are read only for an hf:// path (a local path costs no environment or token-file read).
+std::string resolve(const std::string& path, const Settings& s);
+std::string resolve(const std::string& path);
 
 // Pieces of the above, exposed for tests and tools.
 // The repo's folder under the cache: "models--org--name" (datasets--, spaces--).

@@ -71,8 +71,8 @@ ModelConfigFile ModelConfigFile::from_yaml(const YAML::Node& root, const std::st
   // Kyutai's path forms: hf://org/repo/file stays a hub reference (fetched where it is used), file://X
   // is X, and a relative path is relative to this file's folder.
   auto resolve = [&](const std::string& p) {
-    if (io::hub::is_hub_path(p) && !io::hub::is_file_url(p)) return p;
-    const std::string local = io::hub::is_file_url(p) ? io::hub::resolve(p) : p;
+    if (io::hub::is_hub_path(p)) return p;
+    const std::string local = io::hub::resolve(p);
     return fs::path(local).is_absolute() ? local : (dir / local).string();
   };
   static const std::set<std::string> known = {"preset", "lm", "moshi_paths", "ttt", "lora", "rope_scaling"};
